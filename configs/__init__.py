@@ -1,0 +1,1 @@
+"""Hydra configs shipped with the package: one file per command, groups per concern."""

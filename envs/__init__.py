@@ -1,0 +1,29 @@
+"""The ground-truth world: MuJoCo rooms, the SMPL-X-skeleton body, tasks and envs.
+
+Importing this package registers the Gymnasium ids ``dreamgym/EgoRoom-v0`` (C MuJoCo, one world)
+and ``dreamgym/EgoRoomVec-v0`` (MuJoCo Warp, B worlds, via ``gymnasium.make_vec``).
+"""
+
+from gymnasium.envs.registration import register, registry
+
+from .tasks import INSTRUCTIONS, TASKS, make_task
+
+__all__ = ["EgoRoomEnv", "EgoRoomVecEnv", "INSTRUCTIONS", "TASKS", "make_task"]
+
+
+def __getattr__(name):  # lazy: importing the package must not start Warp or OpenGL
+    if name == "EgoRoomEnv":
+        from .ego_room_env import EgoRoomEnv
+
+        return EgoRoomEnv
+    if name == "EgoRoomVecEnv":
+        from .vec_env import EgoRoomVecEnv
+
+        return EgoRoomVecEnv
+    raise AttributeError(name)
+
+
+if "dreamgym/EgoRoom-v0" not in registry:
+    register(id="dreamgym/EgoRoom-v0", entry_point="dreamgym.envs.ego_room_env:EgoRoomEnv")
+if "dreamgym/EgoRoomVec-v0" not in registry:
+    register(id="dreamgym/EgoRoomVec-v0", vector_entry_point="dreamgym.envs.vec_env:EgoRoomVecEnv")

@@ -1,0 +1,219 @@
+"""The logic both backends share: episodes, control, observations, task outcomes (batched, torch).
+
+A backend (C MuJoCo for one world, MuJoCo Warp for B worlds) only steps physics, reads arrays and
+renders. Everything else -- which room and task a new episode gets, the controller, the partner's
+script, the motion vectors, occupancy, rewards -- happens here, once, so the two backends cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import mujoco
+import numpy as np
+import torch
+
+from . import partner as P
+from . import scene
+from .controller import ACTION_DIM, GaitState, actuator_targets
+from .layout import GeomFields, SceneIndex, initial_qpos, room_geom_fields
+from .motion import MOTION_DIM, compute_motion, yaw_of_quat
+from .occupancy import MOVABLE, STATIC, GridSpec, OccupancyGrid
+from .tasks import INSTRUCTIONS, TASK_OBS_DIM, EpisodeParams, Task, WorldState, make_task
+
+
+@dataclass
+class SimFrame:
+    """Arrays a backend reads after a step, as (B, ...) tensors on the core's device."""
+
+    xpos: torch.Tensor  # (B, nbody, 3)
+    xquat: torch.Tensor  # (B, nbody, 4)
+    geom_xpos: torch.Tensor  # (B, ngeom, 3)
+    geom_xmat: torch.Tensor  # (B, ngeom, 9)
+
+
+def validate_action(action, num_worlds: int, device, batched: bool) -> torch.Tensor:
+    """Check an action's shape and values and clip it to [-1, 1].
+
+    Raises ``ValueError`` naming the wrong shape, or the position of a NaN / infinite value.
+    """
+    t = torch.as_tensor(action, dtype=torch.float32, device=device)
+    want = (num_worlds, ACTION_DIM) if batched else (ACTION_DIM,)
+    if tuple(t.shape) != want:
+        raise ValueError(f"action has shape {tuple(t.shape)}, expected {want}")
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        where = bad.nonzero()[0].tolist()
+        raise ValueError(f"action contains a non-finite value {t[tuple(where)].item()} at index {tuple(where)}")
+    t = torch.clamp(t, -1.0, 1.0)
+    return t if batched else t[None]
+
+
+def _rng_for(room_seed: int, task: Task) -> np.random.Generator:
+    return np.random.default_rng([int(room_seed), sum(map(ord, task.name))])
+
+
+class EgoRoomCore:
+    """Per-world episode state and the shared computations for ``num_worlds`` worlds."""
+
+    def __init__(self, task: str | Task, num_worlds: int, device: torch.device | str = "cpu", grid: GridSpec = GridSpec()):
+        self.task = make_task(task) if isinstance(task, str) else task
+        self.B = int(num_worlds)
+        self.device = torch.device(device)
+        self.mjm = mujoco.MjModel.from_xml_string(scene.build_mjcf())
+        self.idx = SceneIndex.from_model(self.mjm)
+        B, dev = self.B, self.device
+        self.gait_agent = GaitState.zeros(B, dev)
+        self.gait_partner = GaitState.zeros(B, dev)
+        self.scripts = P.PartnerScripts.empty(B, dev)
+        self.params = EpisodeParams(
+            torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, 2, device=dev)
+        )
+        self.specs: list[scene.RoomSpec | None] = [None] * B
+        self.steps = torch.zeros(B, dtype=torch.long, device=dev)
+        self.fresh = torch.ones(B, dtype=torch.bool, device=dev)
+        self.mat_pos = torch.zeros(B, 2, device=dev)
+        self.room_half = torch.zeros(B, 2, device=dev)
+        self.box_geoms = torch.as_tensor(
+            np.concatenate([self.idx.wall_geoms, self.idx.furniture_geoms, self.idx.prop_geoms]), device=dev
+        )
+        n_static = len(self.idx.wall_geoms) + len(self.idx.furniture_geoms)
+        self.box_class = torch.tensor([STATIC] * n_static + [MOVABLE] * scene.N_PROPS, device=dev)
+        self.box_is_ball = torch.tensor([False] * n_static + [s == "ball" for s in scene.PROP_SHAPES], device=dev)
+        self.box_half = torch.as_tensor(self.mjm.geom_size[self.box_geoms.cpu().numpy()], dtype=torch.float32, device=dev).repeat(B, 1, 1)
+        self.occupancy = OccupancyGrid(grid, dev)
+        self.grid = grid
+        self.state: WorldState | None = None
+        self.prev_state: WorldState | None = None
+        self._prev_joints = torch.zeros(B, 2, 22, 3, device=dev)
+
+    # ------------------------------------------------------------------ episodes
+    def start_episodes(self, worlds: Sequence[int], room_seeds: Sequence[int]) -> list[tuple[GeomFields, np.ndarray]]:
+        """Begin new episodes in ``worlds`` with the rooms of ``room_seeds``.
+
+        Returns, per world, the geom fields and initial qpos the backend must write.
+        """
+        if len(worlds) != len(room_seeds):
+            raise ValueError(f"{len(worlds)} worlds but {len(room_seeds)} room seeds")
+        out, scripts = [], []
+        for w, seed in zip(worlds, room_seeds):
+            spec = scene.generate_room(int(seed))
+            spec, target, instr, goal, script = self.task.setup(spec, _rng_for(seed, self.task))
+            self.specs[w] = spec
+            self.params.target[w] = target
+            self.params.instruction[w] = instr
+            self.params.goal[w] = torch.tensor(goal, device=self.device)
+            self.mat_pos[w] = torch.as_tensor(spec.mat_pos, dtype=torch.float32, device=self.device)
+            self.room_half[w] = torch.as_tensor(spec.half_extent, dtype=torch.float32, device=self.device)
+            fields = room_geom_fields(self.mjm, self.idx, spec)
+            self.box_half[w] = torch.as_tensor(fields.size[self.box_geoms.cpu().numpy()], dtype=torch.float32, device=self.device)
+            scripts.append(script)
+            out.append((fields, initial_qpos(self.mjm, self.idx, spec)))
+        wt = torch.as_tensor(np.asarray(worlds, dtype=np.int64), device=self.device)
+        self.scripts.load(wt, P.pack_scripts(scripts))
+        self.gait_agent.reset(wt)
+        self.gait_partner.reset(wt)
+        self.steps[wt] = 0
+        self.fresh[wt] = True
+        return out
+
+    # ------------------------------------------------------------------ control
+    def controls(self, action: torch.Tensor) -> torch.Tensor:
+        """Actuator controls (B, nu) for the agent's ``action`` (B, 6) and the partner's script."""
+        if self.state is None:
+            raise RuntimeError("step() called before reset()")
+        st = self.state
+        ctrl = torch.zeros(self.B, self.mjm.nu, device=self.device)
+        ctrl[:, self.idx.agent_act] = actuator_targets(action, st.agent_yaw, self.gait_agent)
+        pact = P.partner_action(self.scripts, st.partner_pos, st.partner_yaw, st.agent_pos)
+        ctrl[:, self.idx.partner_act] = actuator_targets(pact, st.partner_yaw, self.gait_partner)
+        self.scripts.advance()
+        self.steps += 1
+        return ctrl
+
+    # ------------------------------------------------------------------ observation
+    def observe(self, sim: SimFrame, worlds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Update the state from ``sim`` (all worlds, or only the rows in ``worlds``) and return the
+        state-based observation parts: motion, partner_motion, occupancy, task_obs, instruction."""
+        aj = sim.xpos[:, self.idx.agent_bodies]
+        pj = sim.xpos[:, self.idx.partner_bodies]
+        aq = sim.xquat[:, self.idx.agent_bodies]
+        pq = sim.xquat[:, self.idx.partner_bodies]
+        fresh = self.fresh[:, None, None]
+        prev_a = torch.where(fresh, aj, self._prev_joints[:, 0])
+        prev_p = torch.where(fresh, pj, self._prev_joints[:, 1])
+        dt = scene.CONTROL_DT
+        motion = compute_motion(aj, aq, prev_a, dt)
+        pmotion = compute_motion(pj, pq, prev_p, dt)
+        state = WorldState(
+            agent_pos=aj[:, 0].float(),
+            agent_yaw=yaw_of_quat(aq[:, 0]).float(),
+            agent_vel=((aj[:, 0] - prev_a[:, 0]) / dt).float(),
+            agent_joints=aj.float(),
+            partner_pos=pj[:, 0].float(),
+            partner_yaw=yaw_of_quat(pq[:, 0]).float(),
+            partner_vel=((pj[:, 0] - prev_p[:, 0]) / dt).float(),
+            partner_joints=pj.float(),
+            partner_behaviour=self.scripts.current()[0].clone(),
+            prop_pos=sim.xpos[:, self.idx.prop_bodies].float(),
+            mat_pos=self.mat_pos.clone(),
+            room_half=self.room_half.clone(),
+            step=self.steps.clone(),
+        )
+        occ = self.occupancy(
+            state.agent_pos, state.agent_yaw,
+            sim.geom_xpos[:, self.box_geoms].float(), sim.geom_xmat[:, self.box_geoms].reshape(self.B, -1, 3, 3).float(),
+            self.box_half, self.box_is_ball, self.box_class, state.agent_joints, state.partner_joints,
+        )
+        obs = {
+            "motion": motion,
+            "partner_motion": pmotion,
+            "occupancy": occ,
+            "task_obs": self.task.task_obs(state, self.params),
+            "instruction": self.params.instruction.clone(),
+        }
+        new_joints = torch.stack((aj, pj), 1).float()
+        if worlds is None or self.state is None:
+            self.prev_state = state if self.state is None else self.state
+            self.state = state
+            self._prev_joints = new_joints
+            self.fresh[:] = False
+        else:
+            # Only the reset rows change: their previous state is their new state (zero progress).
+            for name in state.__dataclass_fields__:
+                getattr(self.state, name)[worlds] = getattr(state, name)[worlds]
+                getattr(self.prev_state, name)[worlds] = getattr(state, name)[worlds]
+            self._prev_joints[worlds] = new_joints[worlds]
+            self.fresh[worlds] = False
+        return obs
+
+    def outcome(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reward, terminated, truncated and success (B,) for the last transition."""
+        r = self.task.reward(self.prev_state, self.state, self.params)
+        term = self.task.terminated(self.state, self.params)
+        trunc = (self.state.step >= self.task.max_steps) & ~term
+        return r.float(), term, trunc, self.task.success(self.state, self.params)
+
+    def expert_action(self) -> torch.Tensor:
+        """The task's scripted expert action (B, 6) for the current state."""
+        return torch.clamp(self.task.expert(self.state, self.params), -1.0, 1.0)
+
+    def infos(self) -> list[dict]:
+        """Per-world information: instruction text, partner behaviour and utterance, room seed."""
+        beh = self.state.partner_behaviour.tolist()
+        return [
+            {
+                "instruction_text": INSTRUCTIONS[int(self.params.instruction[i])],
+                "partner_behaviour": P.BEHAVIOURS[beh[i]],
+                "utterance": P.UTTERANCES[beh[i]],
+                "room_seed": self.specs[i].seed if self.specs[i] is not None else -1,
+            }
+            for i in range(self.B)
+        ]
+
+
+MOTION_SHAPE = (MOTION_DIM,)
+TASK_OBS_SHAPE = (TASK_OBS_DIM,)
+NUM_INSTRUCTIONS = len(INSTRUCTIONS)

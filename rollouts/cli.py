@@ -1,0 +1,93 @@
+"""The ``dreamgym`` command line.
+
+Every subcommand reads a Hydra config from ``configs/`` (shipped with the package) and takes Hydra
+overrides on the command line, e.g.::
+
+    dreamgym demo out=runs/demo
+    dreamgym bench env out=bench_env.json
+    dreamgym collect task=reach steps=20000 out=data/reach
+
+A subcommand is an entry of ``COMMANDS``: its name, the config it composes and the function that
+runs it. ``dreamgym bench <what>`` composes ``bench/<what>``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+# name -> (config name under configs/, "module:function", one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "demo": ("demo", "dreamgym.rollouts.demo:run", "the end-to-end demo on the embedded default"),
+}
+# what -> (config name, "module:function", help) for `dreamgym bench <what>`
+BENCHES: dict[str, tuple[str, str, str]] = {
+    "env": ("bench/env", "dreamgym.rollouts.bench_env:run", "env steps/s: EgoRoomVecEnv vs Humanoid-v5"),
+}
+
+
+def compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` with Hydra overrides (``key=value``)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise SystemExit(f"dreamgym: overrides must look like key=value, got {bad}")
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="dreamgym.configs", version_base=None):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def _load(target: str) -> Callable[[DictConfig], object]:
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def _usage() -> str:
+    lines = ["usage: dreamgym <command> [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["  bench <what>   benchmarks: " + ", ".join(BENCHES)]
+    lines += [f"    bench {name:<8} {help_}" for name, (_, _, help_) in BENCHES.items()]
+    lines += ["", "Add --cfg to print the composed config instead of running."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name == "bench":
+        if not rest or rest[0] not in BENCHES:
+            got = rest[0] if rest else "nothing"
+            raise SystemExit(f"dreamgym bench: unknown benchmark {got!r}; choose one of {sorted(BENCHES)}")
+        config_name, target, _ = BENCHES[rest[0]]
+        rest = rest[1:]
+    elif name in COMMANDS:
+        config_name, target, _ = COMMANDS[name]
+    else:
+        raise SystemExit(f"dreamgym: unknown command {name!r}; choose one of {sorted([*COMMANDS, 'bench'])}")
+    print_cfg = "--cfg" in rest
+    overrides = [a for a in rest if a != "--cfg"]
+    # Positional arguments (a path, say) become `path=...` for commands that take one.
+    positional = [a for a in overrides if "=" not in a]
+    if positional:
+        if len(positional) > 1:
+            raise SystemExit(f"dreamgym {name}: at most one positional argument, got {positional}")
+        overrides = [a for a in overrides if "=" in a] + [f"path={positional[0]}"]
+    cfg = compose(config_name, overrides)
+    if print_cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    result = _load(target)(cfg)
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
