@@ -137,6 +137,25 @@ class EgoRoomEnv(gym.Env):
         self._renderer = self._overhead = None
 
     # ------------------------------------------------------------------ helpers
+    def sim_state(self) -> dict[str, np.ndarray]:
+        """A copy of the physics state: ``qpos`` (nq,) and ``qvel`` (nv,)."""
+        return {"qpos": self.data.qpos.copy(), "qvel": self.data.qvel.copy()}
+
+    def set_sim_state(self, qpos: np.ndarray, qvel: np.ndarray | None = None) -> dict[str, Any]:
+        """Put the current room's world in the state ``qpos`` (and ``qvel``) and observe it.
+
+        Used to redraw recorded steps (e.g. their overhead view); the room is the one of the
+        last ``reset``. The motion velocities of the returned observation are zero.
+        """
+        qpos = np.asarray(qpos, dtype=np.float64)
+        if qpos.shape != (self.model.nq,):
+            raise ValueError(f"qpos has shape {qpos.shape}, expected ({self.model.nq},)")
+        self.data.qpos[:] = qpos
+        self.data.qvel[:] = 0.0 if qvel is None else np.asarray(qvel, dtype=np.float64)
+        mujoco.mj_forward(self.model, self.data)
+        self.core.fresh[:] = True
+        return self._observe()
+
     def expert_action(self) -> np.ndarray:
         """The task's scripted expert action for the current state, (6,) float32."""
         return self.core.expert_action()[0].numpy().astype(np.float32)

@@ -188,6 +188,7 @@ class EgoRoomVecEnv(VectorEnv):
             infos["final_obs"] = {k: v.clone() for k, v in obs.items()}
             infos["_final_obs"] = done.clone()
             infos["final_success"] = success.clone()
+            infos["final_state"] = self.sim_state()
             w_np = worlds.cpu().numpy()
             self._begin(w_np, [int(s) for s in self._seed_rng.integers(2**31 - 1, size=len(w_np))])
             self._forward_kinematics()
@@ -201,6 +202,14 @@ class EgoRoomVecEnv(VectorEnv):
                 infos[k][w_np] = new_info[k][w_np]
         self._obs = obs
         return obs, reward, term, trunc, infos
+
+    def sim_state(self) -> dict[str, torch.Tensor]:
+        """A copy of the physics state: ``qpos`` (B, nq) and ``qvel`` (B, nv), float32.
+
+        With the room seed, this is all it takes to redraw a world (e.g. its overhead view in
+        C MuJoCo) or to restart it from this state.
+        """
+        return {"qpos": self._qpos.clone(), "qvel": self._qvel.clone()}
 
     def expert_actions(self) -> torch.Tensor:
         """The task's scripted expert actions (B, 6) for the current states."""
@@ -218,6 +227,7 @@ class EgoRoomVecEnv(VectorEnv):
             return obs, r, term, trunc, infos
         if "final_obs" in infos:
             infos["final_obs"] = self._to_numpy(infos["final_obs"])
+            infos["final_state"] = self._to_numpy(infos["final_state"])
             infos["_final_obs"] = infos["_final_obs"].cpu().numpy()
             infos["final_success"] = infos["final_success"].cpu().numpy()
         return self._to_numpy(obs), r.cpu().numpy(), term.cpu().numpy(), trunc.cpu().numpy(), infos
