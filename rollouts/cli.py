@@ -22,10 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 # name -> (config name under configs/, "module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo", "dreamgym.rollouts.demo:run", "the end-to-end demo on the embedded default"),
+    "eval-wm": ("eval_wm", "dreamgym.worldmodel.evaluate:run", "a world model vs the simulator on held-out rooms, beside baselines"),
 }
 # what -> (config name, "module:function", help) for `dreamgym bench <what>`
 BENCHES: dict[str, tuple[str, str, str]] = {
     "env": ("bench/env", "dreamgym.rollouts.bench_env:run", "env steps/s: EgoRoomVecEnv vs Humanoid-v5"),
+    "wm": ("bench/wm", "dreamgym.worldmodel.bench_wm:run", "world model: training samples/s, dreaming transitions/s vs the simulator"),
 }
 
 
