@@ -1,0 +1,144 @@
+"""Building blocks of the world model: the U-Net branches (ego frames, BEV occupancy) and the
+transformer over body/prop tokens.
+
+The U-Nets are assembled from ``diffusers`` blocks (``get_down_block``/``get_up_block`` and
+``UNetMidBlock2D``, as ``UNet2DModel`` does) but split into an encoder half and a decoder half,
+because the branches exchange features between the two: ``diffusers``' ``UNet2DModel.forward``
+runs down, mid and up in one call with one embedding and offers no point to inject features.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D, get_down_block, get_up_block
+from torch import nn
+
+
+def fourier_embedding(x: torch.Tensor, dim: int, max_period: float = 100.0) -> torch.Tensor:
+    """Sinusoidal embedding (B, dim) of scalars (B,) (here c_noise = ln(sigma)/4, in about [-3, 1])."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    args = x.float()[:, None] * freqs[None] * 100.0
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class UNetBranch(nn.Module):
+    """A small U-Net whose encoder and decoder can be run separately.
+
+    ``encode(x, emb)`` returns the bottleneck (B, C_mid, r/2^(L-1), r/2^(L-1)) and the skips;
+    ``decode(h, skips, emb)`` returns (B, out_channels, r, r). ``emb`` (B, emb_dim) conditions every
+    ResNet block (noise level, action, and -- in the decoder -- the other branches' features).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, channels: list[int], emb_dim: int, layers_per_block: int = 1, groups: int = 8):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        out_ch = channels[0]
+        for i, ch in enumerate(channels):
+            in_ch, out_ch = out_ch, ch
+            self.down.append(
+                get_down_block(
+                    "DownBlock2D", num_layers=layers_per_block, in_channels=in_ch, out_channels=out_ch,
+                    temb_channels=emb_dim, add_downsample=i < len(channels) - 1, resnet_eps=1e-5,
+                    resnet_act_fn="silu", resnet_groups=groups, attention_head_dim=out_ch, downsample_padding=1,
+                )
+            )
+        self.mid = UNetMidBlock2D(
+            in_channels=channels[-1], temb_channels=emb_dim, resnet_eps=1e-5, resnet_act_fn="silu",
+            resnet_groups=groups, add_attention=False,
+        )
+        self.up = nn.ModuleList()
+        rev = list(reversed(channels))
+        out_ch = rev[0]
+        for i in range(len(rev)):
+            prev, out_ch = out_ch, rev[i]
+            in_ch = rev[min(i + 1, len(rev) - 1)]
+            self.up.append(
+                get_up_block(
+                    "UpBlock2D", num_layers=layers_per_block + 1, in_channels=in_ch, out_channels=out_ch,
+                    prev_output_channel=prev, temb_channels=emb_dim, add_upsample=i < len(rev) - 1,
+                    resnet_eps=1e-5, resnet_act_fn="silu", resnet_groups=groups, attention_head_dim=out_ch,
+                )
+            )
+        self.norm_out = nn.GroupNorm(groups, channels[0])
+        self.conv_out = nn.Conv2d(channels[0], out_channels, 3, padding=1)
+        self.mid_channels = channels[-1]
+        self.downsampling = 2 ** (len(channels) - 1)
+
+    def encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        h = self.conv_in(x)
+        skips: tuple[torch.Tensor, ...] = (h,)
+        for blk in self.down:
+            h, res = blk(hidden_states=h, temb=emb)
+            skips += res
+        return self.mid(h, emb), skips
+
+    def decode(self, h: torch.Tensor, skips: tuple[torch.Tensor, ...], emb: torch.Tensor) -> torch.Tensor:
+        for blk in self.up:
+            res = skips[-len(blk.resnets) :]
+            skips = skips[: -len(blk.resnets)]
+            h = blk(h, res, emb)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class AdaLNBlock(nn.Module):
+    """Pre-norm transformer block whose norms are modulated by the per-token conditioning (DiT's adaLN).
+
+    ``cond`` (B, T, d) is added per token, so every token of every block sees the action and its
+    modality's noise level.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+        self.mod = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.mod.weight)
+        nn.init.zeros_(self.mod.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        s1, b1, g1, s2, b2, g2 = self.mod(F.silu(cond)).chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + s1) + b1
+        x = x + (1 + g1) * self.attn(h, h, h, need_weights=False)[0]
+        h = self.norm2(x) * (1 + s2) + b2
+        return x + (1 + g2) * self.mlp(h)
+
+
+class TokenTransformer(nn.Module):
+    """A stack of ``AdaLNBlock``s over (B, T, d) tokens with per-token conditioning (B, T, d)."""
+
+    def __init__(self, dim: int, depth: int, heads: int):
+        super().__init__()
+        self.blocks = nn.ModuleList([AdaLNBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x, cond)
+        return self.norm(x)
+
+
+class GridTokens(nn.Module):
+    """U-Net bottleneck (B, C, h, w) <-> a few tokens (B, n*n, d) for the transformer."""
+
+    def __init__(self, channels: int, dim: int, side: int):
+        super().__init__()
+        self.side = side
+        self.to_tok = nn.Linear(channels, dim)
+        self.from_tok = nn.Linear(dim, channels)
+        self.pos = nn.Parameter(torch.randn(side * side, dim) * 0.02)
+
+    def tokens(self, h: torch.Tensor) -> torch.Tensor:
+        p = F.adaptive_avg_pool2d(h, self.side)  # (B, C, n, n)
+        return self.to_tok(p.flatten(2).transpose(1, 2)) + self.pos
+
+    def grid(self, tok: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        B = tok.shape[0]
+        g = self.from_tok(tok).transpose(1, 2).reshape(B, -1, self.side, self.side)
+        return F.interpolate(g, size=size, mode="nearest")

@@ -1,0 +1,662 @@
+"""The world model: one network that denoises the next step of every modality jointly.
+
+``WorldModel`` predicts, from the last K observations and the actions, the next ego frame (RGB,
+and depth when configured), the agent's and the partner's body motion, the props' positions and
+the occupancy grid, plus reward and termination from a learned head.
+
+Architecture (one denoiser call, EgoTwin-style bidirectional exchange):
+
+1. Conditioning: the K actions (the last one emphasised) and the instruction make a global
+   embedding ``g``; each modality's noise level sigma has its own embedding. ``g`` plus the
+   modality's sigma embedding condition every ResNet block of the U-Nets and every token of
+   every transformer block (adaLN), so the action reaches everything.
+2. Ego-frame U-Net encoder (noisy next-frame change + K context frames) -> bottleneck; the same
+   for the occupancy BEV U-Net (height x class channels).
+3. A transformer over tokens: agent root + 22 joints, partner root + 22 joints, 4 props (each
+   token holds its noisy change and its K context values), pooled bottleneck tokens of both U-Nets
+   (video/occupancy -> motion), and a global token.
+4. The U-Net decoders get their bottleneck plus the transformer's output for their tokens and an
+   embedding of the pooled body tokens (motion -> video/occupancy), and predict the change.
+
+Each modality has its own sigma; sigma = 0 means the modality is given clean, as a condition.
+The frame and occupancy branches can also be *absent* (not run at all; learned placeholder
+tokens instead), which is how ``imagine(modalities=[...])`` skips frames cheaply.
+All targets are changes from the last context step in a normalised space (see ``data``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamgym.envs.motion import MOTION_DIM
+
+from . import data as D
+from . import edm
+from .blocks import GridTokens, TokenTransformer, UNetBranch, fourier_embedding
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+OBS_KEYS = ("ego_rgb", "ego_depth", "motion", "partner_motion", "props", "occupancy")
+
+
+@dataclass
+class WorldModelConfig:
+    """Everything that defines a world model's architecture (JSON-serialisable)."""
+
+    resolution: int = 32  # ego frames are denoised at resolution x resolution
+    data_resolution: int = 64  # the dataset's ego frames (imagine() returns this size)
+    context: int = 4  # K context steps
+    action_dim: int = 6
+    modalities: list[str] = field(default_factory=lambda: list(D.MODALITIES))
+    ego_depth: bool = True  # depth as a 4th frame channel
+    occupancy_shape: list[int] = field(default_factory=lambda: [8, 32, 32])  # (Z, X, Y)
+    frame_channels: list[int] = field(default_factory=lambda: [32, 64, 96])
+    occupancy_channels: list[int] = field(default_factory=lambda: [32, 64, 96])
+    layers_per_block: int = 1
+    groups: int = 8
+    dim: int = 128  # transformer width, and the embedding width of the U-Nets
+    depth: int = 4
+    heads: int = 4
+    grid_tokens: int = 4  # each U-Net's bottleneck is pooled to grid_tokens^2 tokens
+    n_instructions: int = 26
+    reward_hidden: int = 256
+    learn_success: bool = False
+    deterministic: bool = False  # MSE regression of the same network (a baseline): no noise, one step
+    sigma_data: float = 1.0
+    p_mean: float = -0.4
+    p_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 20.0
+    rho: float = 7.0
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modalities if m not in D.MODALITIES]
+        if bad:
+            raise ValueError(f"unknown modalities {bad}; choose from {list(D.MODALITIES)}")
+        missing = [m for m in D.STATE_MODALITIES if m not in self.modalities]
+        if missing:
+            raise ValueError(f"modalities must include the state modalities {list(D.STATE_MODALITIES)}; missing {missing}")
+        self.modalities = [m for m in D.MODALITIES if m in self.modalities]
+        self.occupancy_shape = [int(x) for x in self.occupancy_shape]
+        self.frame_channels = [int(x) for x in self.frame_channels]
+        self.occupancy_channels = [int(x) for x in self.occupancy_channels]
+        if self.context < 1:
+            raise ValueError(f"context must be at least 1, got {self.context}")
+
+    @property
+    def edm(self) -> edm.EDMParams:
+        return edm.EDMParams(self.sigma_data, self.p_mean, self.p_std, self.sigma_min, self.sigma_max, self.rho)
+
+    @property
+    def n_frame_channels(self) -> int:
+        return 4 if self.ego_depth else 3
+
+    @property
+    def n_occ_channels(self) -> int:
+        return self.occupancy_shape[0] * D.N_OCC_CLASSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> "WorldModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names - {"format_version"})
+        if unknown:
+            raise ValueError(f"{source}: unknown world-model config fields {unknown}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class WorldModel(nn.Module):
+    """Joint diffusion world model over ego frames, body motion, props and occupancy.
+
+    Use ``imagine`` for one step, ``rollout`` for several (autoregressive), ``save_pretrained`` /
+    ``from_pretrained`` to store and load (safetensors + JSON; nothing is unpickled).
+    Training (``dreamgym.worldmodel.train``) calls ``loss``.
+    """
+
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+        self.config = c = config
+        K, d = c.context, c.dim
+        self.norm = D.Normalizer(c.n_frame_channels)
+        # conditioning
+        self.action_mlp = nn.Sequential(nn.Linear(c.action_dim * (K + 1), d), nn.SiLU(), nn.Linear(d, d))
+        self.instruction = nn.Embedding(c.n_instructions + 1, d)  # the last index: unknown
+        self.sigma_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.modality_emb = nn.Parameter(torch.randn(len(D.MODALITIES), d) * 0.02)
+        self.sigma_mix = nn.Linear(len(D.MODALITIES) * d, d)
+        # body / props tokens: in = noisy change (F) + K context values (K*F)
+        self.in_root = nn.ModuleDict({m: nn.Linear(D.ROOT_FEATS * (K + 1), d) for m in ("motion", "partner_motion")})
+        self.in_joint = nn.ModuleDict({m: nn.Linear(D.JOINT_FEATS * (K + 1), d) for m in ("motion", "partner_motion")})
+        self.in_props = nn.Linear(3 * (K + 1), d)
+        self.out_root = nn.ModuleDict({m: nn.Linear(d, D.ROOT_FEATS) for m in ("motion", "partner_motion")})
+        self.out_joint = nn.ModuleDict({m: nn.Linear(d, D.JOINT_FEATS) for m in ("motion", "partner_motion")})
+        self.out_props = nn.Linear(d, 3)
+        self.n_state_tokens = 2 * (1 + 22) + D.N_PROPS
+        self.state_pos = nn.Parameter(torch.randn(self.n_state_tokens, d) * 0.02)
+        n_grid = c.grid_tokens**2
+        self.transformer = TokenTransformer(d, c.depth, c.heads)
+        # U-Net branches
+        self.branches = nn.ModuleDict()
+        self.grid = nn.ModuleDict()
+        self.absent = nn.ParameterDict()
+        self.up_emb = nn.ModuleDict()
+        for m, ch, n_in in (("ego", c.frame_channels, c.n_frame_channels), ("occupancy", c.occupancy_channels, c.n_occ_channels)):
+            if m not in c.modalities:
+                continue
+            self.branches[m] = UNetBranch(n_in * (K + 1), n_in, ch, d, c.layers_per_block, c.groups)
+            self.grid[m] = GridTokens(ch[-1], d, c.grid_tokens)
+            self.absent[m] = nn.Parameter(torch.randn(n_grid, d) * 0.02)
+            self.up_emb[m] = nn.Linear(d, d)
+        # reward / termination (/ success) head: context + action + (predicted) next state
+        n_state = 2 * MOTION_DIM + 3 * D.N_PROPS
+        self.reward_head = nn.Sequential(
+            nn.Linear(2 * n_state + d, c.reward_hidden), nn.SiLU(),
+            nn.Linear(c.reward_hidden, c.reward_hidden), nn.SiLU(),
+            nn.Linear(c.reward_hidden, 3 if c.learn_success else 2),
+        )
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def device(self) -> torch.device:
+        return self.state_pos.device
+
+    def encode_context(self, context: Mapping[str, torch.Tensor], actions: torch.Tensor, branches: Sequence[str] = ("ego", "occupancy")) -> dict[str, torch.Tensor]:
+        """Normalised model inputs from K context steps in env dtypes (B, K, ...) and actions (B, K, 6).
+
+        Only the U-Net branches listed in ``branches`` read their context (frames may be absent).
+        """
+        c, K, nm = self.config, self.config.context, self.norm
+        dev = self.device
+        m = context["motion"].to(dev, torch.float32)
+        p = context["partner_motion"].to(dev, torch.float32)
+        props = context["props"].to(dev, torch.float32)
+        B = m.shape[0]
+        last = m[:, K - 1]
+        out: dict[str, torch.Tensor] = {
+            "motion_last": last,
+            "partner_last": p[:, K - 1],
+            "props_last": props[:, K - 1],
+            "motion_ctx": (D.motion_context(m, last) - nm.motion_ctx_mean) / nm.motion_ctx_std,
+            "partner_ctx": (D.partner_context(p, last) - nm.partner_ctx_mean) / nm.partner_ctx_std,
+            "props_ctx": (D.props_context(props, last) - nm.props_ctx_mean) / nm.props_ctx_std,
+            "actions": actions.to(dev, torch.float32).clamp(-1, 1),
+        }
+        instr = context.get("instruction")
+        if instr is None:
+            instr = torch.full((B,), c.n_instructions, dtype=torch.long, device=dev)
+        else:
+            instr = instr.to(dev).long()
+            if instr.dim() == 2:
+                instr = instr[:, -1]
+            instr = torch.where((instr < 0) | (instr >= c.n_instructions), c.n_instructions, instr)
+        out["instruction"] = instr
+        if "ego" in branches and "ego" in c.modalities:
+            rgb = context["ego_rgb"].to(dev)
+            depth = context["ego_depth"].to(dev) if c.ego_depth else None
+            fr = D.frames_to_model(rgb, depth, c.resolution)  # (B, K, C, r, r)
+            out["ego_ctx"] = fr.flatten(1, 2)
+            out["ego_last_model"] = fr[:, K - 1]
+            out["ego_rgb_last"] = rgb[:, K - 1]
+            if depth is not None:
+                out["ego_depth_last"] = depth[:, K - 1].float()
+        if "occupancy" in branches and "occupancy" in c.modalities:
+            oc = D.occupancy_to_model(context["occupancy"].to(dev))  # (B, K, Z*5, X, Y)
+            out["occupancy_ctx"] = oc.flatten(1, 2)
+            out["occupancy_last_model"] = oc[:, K - 1]
+        return out
+
+    def targets(self, window: Mapping[str, torch.Tensor], ctx: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The normalised next-step changes x0 of each modality from a (B, K+1, ...) window."""
+        c, K, nm = self.config, self.config.context, self.norm
+        dev = self.device
+        x0 = {}
+        if "motion" in window:
+            nxt_m = window["motion"][:, K].to(dev, torch.float32)
+            x0["motion"] = (D.motion_delta(ctx["motion_last"], nxt_m) - nm.motion_delta_mean) / nm.motion_delta_std
+        if "partner_motion" in window:
+            nxt_p = window["partner_motion"][:, K].to(dev, torch.float32)
+            x0["partner_motion"] = (D.motion_delta(ctx["partner_last"], nxt_p) - nm.partner_delta_mean) / nm.partner_delta_std
+        if "props" in window:
+            nxt_props = window["props"][:, K].to(dev, torch.float32)
+            x0["props"] = D.props_delta(ctx["props_last"], nxt_props, ctx["motion_last"]) / nm.props_delta_std
+        if "ego_ctx" in ctx and "ego_rgb" in window:
+            fr = D.frames_to_model(window["ego_rgb"][:, K].to(dev), window["ego_depth"][:, K].to(dev) if c.ego_depth else None, c.resolution)
+            x0["ego"] = (fr - ctx["ego_last_model"]) / nm.frame_delta_std.view(1, -1, 1, 1)
+        if "occupancy_ctx" in ctx and "occupancy" in window:
+            oc = D.occupancy_to_model(window["occupancy"][:, K].to(dev))
+            x0["occupancy"] = (oc - ctx["occupancy_last_model"]) / 2.0 / nm.occupancy_delta_std
+        return x0
+
+    # ------------------------------------------------------------------ the denoiser
+    def _action_embedding(self, ctx: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        a = ctx["actions"]
+        # the action being applied now appears twice (alone and in the history): it matters most
+        feats = torch.cat([a[:, -1], a.flatten(1)], dim=1)
+        return self.action_mlp(feats) + self.instruction(ctx["instruction"])
+
+    def denoise(self, ctx: Mapping[str, torch.Tensor], x: Mapping[str, torch.Tensor], sigma: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """D(x; sigma) for every modality in ``x`` (normalised changes); sigma (B,) per modality, 0 = clean.
+
+        The U-Net branches whose modality is not in ``x`` are absent (not run).
+        """
+        c, K = self.config, self.config.context
+        p = c.edm
+        B = ctx["motion_ctx"].shape[0]
+        pre = {m: edm.precondition(sigma[m], p.sigma_data) for m in x}
+        zero = torch.zeros(B, device=self.device)
+        sig_emb = []
+        for i, m in enumerate(D.MODALITIES):
+            cn = pre[m][3] if m in pre else torch.full_like(zero, edm.CLEAN_LOG_SIGMA / 4)
+            sig_emb.append(self.sigma_mlp(fourier_embedding(cn, c.dim)) + self.modality_emb[i])
+        g = self._action_embedding(ctx) + self.sigma_mix(torch.cat(sig_emb, dim=1))  # (B, d)
+        mod_cond = {m: g + sig_emb[i] for i, m in enumerate(D.MODALITIES)}
+
+        def scaled(m: str) -> torch.Tensor:
+            return x[m] * edm.expand(pre[m][2], x[m])
+
+        # state tokens
+        toks, conds = [], []
+        for m, ctx_key in (("motion", "motion_ctx"), ("partner_motion", "partner_ctx")):
+            r_in, j_in = D.motion_tokens(scaled(m))  # (B, 7), (B, 22, 10)
+            r_ctx, j_ctx = D.motion_tokens(ctx[ctx_key])  # (B, K, 7), (B, K, 22, 10)
+            root = self.in_root[m](torch.cat([r_in, r_ctx.flatten(1)], -1))[:, None]
+            joints = self.in_joint[m](torch.cat([j_in, j_ctx.transpose(1, 2).flatten(2)], -1))
+            toks += [root, joints]
+            conds.append(mod_cond[m][:, None].expand(B, 23, -1))
+        pr = self.in_props(torch.cat([scaled("props"), ctx["props_ctx"].transpose(1, 2).flatten(2)], -1))
+        toks.append(pr)
+        conds.append(mod_cond["props"][:, None].expand(B, D.N_PROPS, -1))
+        state = torch.cat(toks, 1) + self.state_pos
+        # U-Net encoders
+        enc = {}
+        n_grid = c.grid_tokens**2
+        grid_toks = []
+        for m in self.branches:
+            if m in x:
+                inp = torch.cat([scaled(m), ctx[f"{m}_ctx"]], 1)
+                h, skips = self.branches[m].encode(inp, mod_cond[m])
+                enc[m] = (h, skips)
+                grid_toks.append(self.grid[m].tokens(h))
+            else:
+                grid_toks.append(self.absent[m][None].expand(B, -1, -1))
+            conds.append(mod_cond[m][:, None].expand(B, n_grid, -1))
+        tokens = torch.cat([g[:, None], state, *grid_toks], 1)
+        cond = torch.cat([g[:, None], *conds], 1)
+        out = self.transformer(tokens, cond)
+        s0 = 1
+        st = out[:, s0 : s0 + self.n_state_tokens]
+        Fout: dict[str, torch.Tensor] = {}
+        i = 0
+        for m in ("motion", "partner_motion"):
+            root, joints = st[:, i], st[:, i + 1 : i + 23]
+            Fout[m] = D.motion_from_tokens(self.out_root[m](root), self.out_joint[m](joints))
+            i += 23
+        Fout["props"] = self.out_props(st[:, i : i + D.N_PROPS])
+        body = st.mean(1)
+        gi = s0 + self.n_state_tokens
+        for m in self.branches:
+            if m in enc:
+                h, skips = enc[m]
+                h = h + self.grid[m].grid(out[:, gi : gi + n_grid], h.shape[-2:])
+                Fout[m] = self.branches[m].decode(h, skips, mod_cond[m] + self.up_emb[m](body))
+            gi += n_grid
+        res = {}
+        for m in x:
+            c_skip, c_out, _, _ = pre[m]
+            res[m] = edm.expand(c_skip, x[m]) * x[m] + edm.expand(c_out, x[m]) * Fout[m]
+        return res
+
+    def reward_outputs(self, ctx: Mapping[str, torch.Tensor], x0: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Reward head (B, 2 or 3): normalised reward, termination logit (, success logit)."""
+        K = self.config.context
+        a = self._action_embedding(ctx)
+        now = torch.cat([ctx["motion_ctx"][:, K - 1], ctx["partner_ctx"][:, K - 1], ctx["props_ctx"][:, K - 1].flatten(1)], 1)
+        nxt = torch.cat([x0["motion"], x0["partner_motion"], x0["props"].flatten(1)], 1)
+        return self.reward_head(torch.cat([a, now, nxt], 1))
+
+    # ------------------------------------------------------------------ training
+    def loss(
+        self,
+        window: Mapping[str, torch.Tensor],
+        noise: Mapping[str, torch.Tensor],
+        sigma: Mapping[str, torch.Tensor],
+        branches: Sequence[str],
+    ) -> dict[str, torch.Tensor]:
+        """Per-modality denoising losses (EDM-weighted, i.e. MSE on the network output F) and the
+        reward/termination losses, for a (B, K+1, ...) window.
+
+        ``noise`` holds unit Gaussians shaped like each modality's target, ``sigma`` (B,) per
+        modality (0 = given clean: no loss for that sample); ``branches`` lists the U-Net
+        branches to run (the others are absent). Returns a dict with ``total`` and one entry per term.
+        """
+        c, K = self.config, self.config.context
+        w = D.with_props(window)
+        obs = {k: w[k][:, :K] for k in OBS_KEYS if k in w}
+        if "instruction" in w:
+            obs["instruction"] = w["instruction"]
+        ctx = self.encode_context(obs, w["actions"][:, :K], branches)
+        x0 = self.targets(w, ctx)
+        xin, sig = {}, {}
+        for m in x0:
+            s = sigma[m]
+            if c.deterministic:
+                s = torch.where(s > 0, torch.full_like(s, c.sigma_max), s)
+                n = torch.zeros_like(x0[m])
+            else:
+                n = noise[m]
+            sig[m] = s
+            xin[m] = x0[m] + edm.expand(s, x0[m]) * n
+        den = self.denoise(ctx, xin, sig)
+        out: dict[str, torch.Tensor] = {}
+        total = x0["motion"].new_zeros(())
+        for m in x0:
+            s = sig[m]
+            c_skip, c_out, _, _ = edm.precondition(s, c.sigma_data)
+            live = s > 0
+            # EDM's weighted loss lambda(sigma) * |D - x0|^2 equals |F - F_target|^2
+            err = (den[m] - x0[m]) / edm.expand(c_out.clamp_min(1e-8), x0[m])
+            per = err.pow(2).flatten(1).mean(1)
+            lm = (per * live).sum() / live.sum().clamp_min(1)
+            out[m] = lm
+            total = total + lm
+        r = self.reward_outputs(ctx, x0)
+        rew = (w["rewards"][:, K - 1].to(r) - self.norm.reward_mean) / self.norm.reward_std
+        out["reward"] = F.mse_loss(r[:, 0], rew)
+        out["terminated"] = F.binary_cross_entropy_with_logits(r[:, 1], w["terminations"][:, K - 1].to(r).float())
+        total = total + out["reward"] + out["terminated"]
+        if c.learn_success and "successes" in w:
+            out["success"] = F.binary_cross_entropy_with_logits(r[:, 2], w["successes"][:, K - 1].to(r).float())
+            total = total + out["success"]
+        out["total"] = total
+        return out
+
+    # ------------------------------------------------------------------ inference
+    def _check_context(self, context: Mapping[str, torch.Tensor], actions: torch.Tensor, branches: Sequence[str]) -> None:
+        c, K = self.config, self.config.context
+        need = ["motion", "partner_motion", "props"]
+        if "ego" in branches:
+            need += ["ego_rgb"] + (["ego_depth"] if c.ego_depth else [])
+        if "occupancy" in branches:
+            need.append("occupancy")
+        missing = [k for k in need if k not in context]
+        if missing:
+            raise KeyError(f"context is missing {missing} (needed for the requested modalities); it has {sorted(context)}")
+        B = context["motion"].shape[0]
+        want = {
+            "motion": (B, K, MOTION_DIM), "partner_motion": (B, K, MOTION_DIM), "props": (B, K, D.N_PROPS, 3),
+            "ego_rgb": (B, K, 3, c.data_resolution, c.data_resolution), "ego_depth": (B, K, 1, c.data_resolution, c.data_resolution),
+            "occupancy": (B, K, *c.occupancy_shape),
+        }
+        for k in need:
+            if tuple(context[k].shape) != want[k]:
+                raise ValueError(f"context[{k!r}] has shape {tuple(context[k].shape)}, expected {want[k]} (B, K={K}, ...)")
+        if tuple(actions.shape) != (B, K, c.action_dim):
+            raise ValueError(f"actions has shape {tuple(actions.shape)}, expected {(B, K, c.action_dim)} (the action after each context step)")
+        if not bool(torch.isfinite(actions).all()):
+            raise ValueError("actions contain NaN or infinite values")
+
+    @torch.no_grad()
+    def imagine(
+        self,
+        context: Mapping[str, torch.Tensor],
+        actions: torch.Tensor,
+        num_steps: int = 1,
+        modalities: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
+        given: Mapping[str, torch.Tensor] | None = None,
+        heun: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """The next step from the last K observations and the actions.
+
+        Args:
+            context: (B, K, ...) observations in env dtypes: ``motion``, ``partner_motion``,
+                ``props`` (B, K, 4, 3), ``ego_rgb`` (uint8) and ``ego_depth`` (when frames are
+                generated), ``occupancy`` (uint8, when generated); optional ``instruction`` (B,).
+            actions: (B, K, 6), the action taken after each context step (the last one is the
+                action being applied now).
+            num_steps: denoising steps (1-3 for RL, more for viewing).
+            modalities: observation keys to generate (default: all the model has). Leaving out
+                ``ego_rgb`` skips the frame branch entirely (much cheaper); likewise ``occupancy``.
+                Motion, partner motion and props are always computed (they are cheap).
+            generator: for the initial noise.
+            given: next-step values of modalities to condition on (clean, sigma = 0), e.g.
+                ``{"motion": (B, 227)}`` for motion -> video, or ``{"ego_rgb": ..., "ego_depth": ...}``
+                for video -> motion.
+            heun: use Heun's second-order correction (2 network calls per step but the last).
+
+        Returns:
+            The next step in env dtypes: ``ego_rgb`` (B, 3, H, W) uint8, ``ego_depth`` (B, 1, H, W),
+            ``motion``/``partner_motion`` (B, 227), ``props`` (B, 4, 3), ``occupancy`` (B, Z, X, Y)
+            uint8 (those generated or given), ``reward`` (B,), ``terminated`` (B,) bool, and
+            ``success`` (B,) bool when the head learned it.
+        """
+        c, K = self.config, self.config.context
+        given = dict(given or {})
+        keys = self.output_keys() if modalities is None else list(modalities)
+        gen_mods = {D.modality_of_key(k) for k in keys} | set(D.STATE_MODALITIES)
+        given_mods = {D.modality_of_key(k) for k in given}
+        for m in gen_mods | given_mods:
+            if m not in c.modalities:
+                raise ValueError(f"this model does not have modality {m!r}; it has {c.modalities}")
+        gen_mods -= given_mods
+        branches = [m for m in ("ego", "occupancy") if m in gen_mods | given_mods]
+        self._check_context(context, actions, branches)
+        ctx = self.encode_context(context, actions, branches)
+        clean = self._given_to_model(given, ctx) if given else {}
+        B = ctx["motion_ctx"].shape[0]
+        shapes = self._target_shapes(B)
+        p = c.edm
+        zeros = torch.zeros(B, device=self.device)
+
+        def denoise(x: dict[str, torch.Tensor], sig: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            xx = dict(x) | clean
+            ss = dict(sig) | {m: zeros for m in clean}
+            return {m: v for m, v in self.denoise(ctx, xx, ss).items() if m in x}
+
+        gen_order = [m for m in D.MODALITIES if m in gen_mods]
+        if c.deterministic:
+            x0 = denoise({m: torch.zeros(shapes[m], device=self.device) for m in gen_order}, {m: torch.full_like(zeros, p.sigma_max) for m in gen_order})
+        else:
+            noise = {m: torch.randn(shapes[m], generator=generator, device=self.device) for m in gen_order}
+            x0 = edm.sample(denoise, noise, num_steps, p, heun=heun)
+        x0 = x0 | clean
+        out = self._decode(ctx, x0)
+        r = self.reward_outputs(ctx, x0)
+        out["reward"] = r[:, 0] * self.norm.reward_std + self.norm.reward_mean
+        out["terminated"] = r[:, 1] > 0
+        if c.learn_success:
+            out["success"] = r[:, 2] > 0
+        want = set(keys) | set(given)
+        return {k: v for k, v in out.items() if k in want or k in ("reward", "terminated", "success")}
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        context: Mapping[str, torch.Tensor],
+        actions_future: torch.Tensor,
+        past_actions: torch.Tensor | None = None,
+        num_steps: int = 1,
+        modalities: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
+        heun: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Dream H steps autoregressively, shifting the context window after each.
+
+        Args:
+            context: the last K observations (B, K, ...), as for ``imagine``.
+            actions_future: (B, H, 6); ``actions_future[:, 0]`` is applied to the last context step.
+            past_actions: (B, K-1, 6), the actions taken after context steps 0..K-2 (default:
+                ``context["actions"]`` if present; it may also be (B, K, 6), whose last row is ignored).
+        Returns:
+            (B, H, ...) per key, as ``imagine`` returns per step.
+        """
+        K = self.config.context
+        B, H = actions_future.shape[:2]
+        if past_actions is None:
+            past_actions = context.get("actions")
+            if past_actions is None:
+                if K > 1:
+                    raise ValueError(f"rollout needs past_actions (B, {K - 1}, 6): the actions taken after the first K-1 context steps")
+                past_actions = actions_future.new_zeros(B, 0, actions_future.shape[-1])
+        past_actions = past_actions[:, : K - 1].to(actions_future)
+        if tuple(past_actions.shape[:2]) != (B, K - 1):
+            raise ValueError(f"past_actions has shape {tuple(past_actions.shape)}, expected {(B, K - 1, actions_future.shape[-1])}")
+        keys = self.output_keys() if modalities is None else list(modalities)
+        obs_keys = [k for k in OBS_KEYS if k in context]
+        ctx = {k: context[k] for k in obs_keys}
+        if "instruction" in context:
+            ctx["instruction"] = context["instruction"]
+        frames = []
+        acts = past_actions
+        for h in range(H):
+            acts = torch.cat([acts, actions_future[:, h : h + 1]], 1)[:, -K:]
+            step = self.imagine(ctx, acts, num_steps=num_steps, modalities=keys, generator=generator, heun=heun)
+            frames.append(step)
+            for k in obs_keys:
+                if k in step:
+                    ctx[k] = torch.cat([ctx[k][:, 1:].to(step[k].device), step[k][:, None].to(ctx[k].dtype)], 1)
+        return {k: torch.stack([f[k] for f in frames], 1) for k in frames[0]}
+
+    def output_keys(self) -> list[str]:
+        """The observation keys this model generates."""
+        keys = []
+        for m in self.config.modalities:
+            if m == "ego":
+                keys += ["ego_rgb"] + (["ego_depth"] if self.config.ego_depth else [])
+            else:
+                keys.append(m)
+        return keys
+
+    def _target_shapes(self, B: int) -> dict[str, tuple[int, ...]]:
+        c = self.config
+        return {
+            "ego": (B, c.n_frame_channels, c.resolution, c.resolution),
+            "motion": (B, MOTION_DIM),
+            "partner_motion": (B, MOTION_DIM),
+            "props": (B, D.N_PROPS, 3),
+            "occupancy": (B, c.n_occ_channels, *c.occupancy_shape[1:]),
+        }
+
+    def _given_to_model(self, given: Mapping[str, torch.Tensor], ctx: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Next-step observations given as conditions -> normalised changes (as ``targets``)."""
+        K = self.config.context
+        if "ego_depth" in given and "ego_rgb" not in given:
+            raise KeyError("given ego frames need 'ego_rgb' (and 'ego_depth' when the model has depth)")
+        if "ego_rgb" in given and self.config.ego_depth and "ego_depth" not in given:
+            raise KeyError("this model has depth: given ego frames need 'ego_depth' beside 'ego_rgb'")
+        # a (B, K+1, ...) window whose index K is the given value (``targets`` reads only index K)
+        win = {k: v.to(self.device)[:, None].expand(-1, K + 1, *v.shape[1:]) for k, v in given.items()}
+        return self.targets(win, ctx)
+
+    def _decode(self, ctx: Mapping[str, torch.Tensor], x0: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        nm = self.norm
+        out = {
+            "motion": D.apply_motion_delta(ctx["motion_last"], x0["motion"] * nm.motion_delta_std + nm.motion_delta_mean),
+            "partner_motion": D.apply_motion_delta(ctx["partner_last"], x0["partner_motion"] * nm.partner_delta_std + nm.partner_delta_mean),
+            "props": D.apply_props_delta(ctx["props_last"], x0["props"] * nm.props_delta_std, ctx["motion_last"]),
+        }
+        if "ego" in x0:
+            change = x0["ego"] * nm.frame_delta_std.view(1, -1, 1, 1)
+            rgb, depth = D.frames_from_model(ctx["ego_rgb_last"], ctx.get("ego_depth_last"), change)
+            out["ego_rgb"] = rgb
+            if depth is not None:
+                out["ego_depth"] = depth
+        if "occupancy" in x0:
+            out["occupancy"] = D.occupancy_from_model(ctx["occupancy_last_model"] + 2.0 * x0["occupancy"] * nm.occupancy_delta_std)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (created)."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        sd = state_dict if state_dict is not None else self.state_dict()
+        save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(d / WEIGHTS_NAME), metadata={"format": "pt", "dreamgym": "worldmodel"})
+        (d / CONFIG_NAME).write_text(json.dumps({"format_version": FORMAT_VERSION, **self.config.to_dict()}, indent=2) + "\n")
+        return d
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "WorldModel":
+        """Load a model saved by ``save_pretrained``: a directory, or its ``model.safetensors``
+        (``config.json`` beside it). Raises with the file and the problem when a file is missing,
+        not safetensors, truncated, or does not match the config."""
+        p = Path(path)
+        if p.is_dir():
+            weights, config = p / WEIGHTS_NAME, p / CONFIG_NAME
+        else:
+            weights, config = p, p.parent / CONFIG_NAME
+        for f in (weights, config):
+            if not f.exists():
+                raise FileNotFoundError(f"world-model checkpoint file not found: {f}")
+        try:
+            cfg_dict = json.loads(config.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{config}: not a valid JSON world-model config ({e})") from None
+        if not isinstance(cfg_dict, dict):
+            raise ValueError(f"{config}: expected a JSON object, got {type(cfg_dict).__name__}")
+        cfg = WorldModelConfig.from_dict(cfg_dict, source=str(config))
+        sd = load_safetensors(weights)
+        model = cls(cfg)
+        check_state_dict(model, sd, weights, config)
+        model.load_state_dict(sd)
+        return model.to(device).eval()
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a clear ``ValueError`` naming the file if it is not one or is cut short."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8:
+        raise ValueError(f"{path}: not a safetensors file (only {size} bytes)")
+    n = int.from_bytes(head, "little")
+    if n <= 0 or n > 100_000_000 or 8 + n > size:
+        raise ValueError(f"{path}: not a safetensors file, or truncated (header length {n} does not fit in its {size} bytes)")
+    with open(path, "rb") as f:
+        f.seek(8)
+        header = f.read(n)
+    try:
+        meta = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: not a safetensors file (its header is not JSON)") from None
+    end = max((v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise ValueError(f"{path}: truncated: the header describes {8 + n + end} bytes but the file has {size}")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error type
+        raise ValueError(f"{path}: could not read safetensors data ({e})") from None
+
+
+def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], weights: Path, config: Path) -> None:
+    """Raise naming the file and the first mismatched tensors when ``sd`` does not fit ``model``."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shape = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if shape:
+            k, got, want = shape[0]
+            parts.append(f"tensor {k!r} has shape {got} in the file but {want} for the config" + (f" (and {len(shape) - 1} more)" if len(shape) > 1 else ""))
+        if missing:
+            parts.append(f"missing tensors {missing[:3]}" + (f" (+{len(missing) - 3})" if len(missing) > 3 else ""))
+        if unexpected:
+            parts.append(f"unexpected tensors {unexpected[:3]}" + (f" (+{len(unexpected) - 3})" if len(unexpected) > 3 else ""))
+        raise ValueError(f"{weights} does not match the config {config}: " + "; ".join(parts))
