@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 # name -> (config name under configs/, "module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo", "dreamgym.rollouts.demo:run", "the end-to-end demo on the embedded default"),
+    "train-wm": ("train_wm", "dreamgym.worldmodel.train:run", "train the world model on a dataset (data=DIR out=RUN); re-run to resume"),
     "eval-wm": ("eval_wm", "dreamgym.worldmodel.evaluate:run", "a world model vs the simulator on held-out rooms, beside baselines"),
 }
 # what -> (config name, "module:function", help) for `dreamgym bench <what>`

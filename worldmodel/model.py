@@ -367,7 +367,9 @@ class WorldModel(nn.Module):
             # EDM's weighted loss lambda(sigma) * |D - x0|^2 equals |F - F_target|^2
             err = (den[m] - x0[m]) / edm.expand(c_out.clamp_min(1e-8), x0[m])
             per = err.pow(2).flatten(1).mean(1)
-            lm = (per * live).sum() / live.sum().clamp_min(1)
+            # a mean over the whole batch (clean samples count as 0), so that the mean of
+            # per-process losses is the loss of the global batch (data-parallel equivalence)
+            lm = (per * live).sum() / per.shape[0]
             out[m] = lm
             total = total + lm
         r = self.reward_outputs(ctx, x0)
@@ -380,6 +382,9 @@ class WorldModel(nn.Module):
             total = total + out["success"]
         out["total"] = total
         return out
+
+    def forward(self, window, noise, sigma, branches):  # noqa: D102 -- training entry (DDP calls forward)
+        return self.loss(window, noise, sigma, branches)
 
     # ------------------------------------------------------------------ inference
     def _check_context(self, context: Mapping[str, torch.Tensor], actions: torch.Tensor, branches: Sequence[str]) -> None:
