@@ -188,19 +188,36 @@ def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1))).to(like.device)
 
 
-def load_episodes(path: str | Path, split: str = "heldout", keys: Sequence[str] | None = None) -> list[Episode]:
-    """Held-out episodes of a dataset written by ``dreamgym collect`` (see ``rollouts``)."""
-    try:
-        from dreamgym.rollouts import loader  # noqa: F401
-    except ImportError as e:
-        raise RuntimeError(
-            f"cannot read the dataset {path}: the rollouts loader (dreamgym.rollouts.loader) is not available ({e})"
-        ) from None
-    return _episodes_from_loader(Path(path), split, keys)
+def load_episodes(path: str | Path | Sequence[str | Path], split: str = "heldout", keys: Sequence[str] | None = None,
+                  max_episodes: int | None = None) -> list[Episode]:
+    """Whole episodes of a dataset written by ``dreamgym collect`` (``rollouts``), from the rooms
+    of ``split`` (``heldout``: seeds never seen in training), with ``props`` read from ``qpos``.
 
+    Each episode runs from its reset: rows 0..T hold observations 0..T (T is the final one),
+    ``actions`` row t the action after observation t (row T is zero, unused)."""
+    from dreamgym.rollouts.dataset import read_episode
+    from dreamgym.rollouts.loader import WindowDataset
 
-def _episodes_from_loader(path: Path, split: str, keys: Sequence[str] | None) -> list[Episode]:
-    raise NotImplementedError("reading episodes through dreamgym.rollouts.loader is wired up when the loader lands")
+    index = WindowDataset(path, context=0, horizon=1, split=split, keys=keys)
+    chosen = index.episodes[: max_episodes] if max_episodes is not None else index.episodes
+    obs_keys = [k for k in index.obs_keys if k in MODALITIES]
+    out = []
+    for e in chosen:
+        ep = read_episode(e["shard"], e["group"], keys=obs_keys)
+        T = ep.steps
+        obs = dict(ep.observations)
+        obs["props"] = props_from_qpos(ep.qpos)
+        actions = np.zeros((T + 1, ep.actions.shape[1]), np.float32)
+        actions[:T] = ep.actions
+        a = ep.attrs
+        name = f"{a.get('task', 'episode')}_room{e['room_seed']}_{Path(e['shard']).stem}_{e['group']}"
+        out.append(Episode(obs, actions, int(e["room_seed"]), str(a.get("task", "")), ep.qpos, 0, name,
+                           int(e["instruction"]) if e.get("instruction", -1) >= 0 else None))
+    index.close()
+    if not out:
+        where = path if isinstance(path, (str, Path)) else ", ".join(map(str, path))
+        raise ValueError(f"dataset {where} has no {split} episodes (room seeds are split by a hash; collect more rooms)")
+    return out
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -947,9 +964,7 @@ def run(cfg) -> int:
         raise SystemExit("dreamgym eval-wm: give checkpoint=<dir or .safetensors> and data=<held-out dataset dir>")
     model = _load_model(str(cfg.checkpoint), cfg.device)
     mse = _load_model(str(cfg.mse_checkpoint), cfg.device) if cfg.get("mse_checkpoint") else None
-    episodes = load_episodes(cfg.data, split=cfg.split)
-    if cfg.get("max_episodes"):
-        episodes = episodes[: int(cfg.max_episodes)]
+    episodes = load_episodes(cfg.data, split=cfg.split, max_episodes=int(cfg.max_episodes) if cfg.get("max_episodes") else None)
     cf = None
     if cfg.counterfactual.enabled:
         from omegaconf import OmegaConf
