@@ -4,11 +4,10 @@
 
 Measures, in one run:
 
-- **training**: samples/s of one optimisation step (the training loss, backward, optimiser step)
-  on a batch of ``train_batch_size`` windows. The loss is ``worldmodel.train``'s loss function
-  when that module provides one (``TRAIN_LOSS_NAMES``), else ``WorldModel.loss`` with EDM's
-  log-normal training sigmas for every modality (what training does per step, minus data loading);
-  the JSON names which was used.
+- **training**: samples/s of one optimisation step as ``train-wm`` takes it (noise drawn by
+  ``worldmodel.train.draw_noise`` with ``configs/train_wm.yaml``'s settings, so some steps skip
+  the frame branch as in training; ``WorldModel.loss``, backward, gradient clipping, AdamW) on
+  a batch of ``train_batch_size`` windows, data loading excluded; the JSON says what was timed.
 - **dreaming**: transitions/s of ``WorldModel.imagine`` at each batch size B and number of
   denoising steps, with every modality (frames included) and state-only (frames skipped). A
   call on B worlds counts as B transitions.
@@ -16,8 +15,8 @@ Measures, in one run:
   observations, which skip rendering), so the JSON has ``ratio_vs_sim`` = dream / sim.
 
 The inputs are real windows recorded from the simulator (random actions), tiled to each B. The
-model is ``checkpoint``'s, or the default ``WorldModelConfig`` with random weights (speed does not
-depend on the weights).
+model is ``checkpoint``'s, or the embedded default (``configs/worldmodel/default.yaml``) with
+random weights (speed does not depend on the weights).
 """
 
 from __future__ import annotations
@@ -27,14 +26,12 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 STATE_KEYS = ["motion", "partner_motion", "props", "occupancy"]
 SIM_STATE_OBS = ["motion", "partner_motion", "occupancy", "task_obs", "instruction"]
-# Names under which worldmodel.train may expose its per-batch loss: fn(model, batch, generator) -> dict with "total" or a tensor.
-TRAIN_LOSS_NAMES = ("training_loss", "compute_loss", "loss_fn")
 
 
 def _timed(fn: Callable[[], Any], min_seconds: float, min_calls: int, warmup: int) -> tuple[int, float]:
@@ -78,45 +75,45 @@ def tile(batch: dict[str, torch.Tensor], B: int) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------ measurements
-def default_train_step(model: torch.nn.Module, lr: float = 1e-4) -> tuple[Callable[[dict], None], str]:
-    """One optimisation step on a window batch (B, K+1, ...): the training loss, backward, AdamW.
-
-    Uses ``worldmodel.train``'s loss function if it has one, else ``WorldModel.loss`` with EDM
-    training sigmas; returns the step function and a description of the loss used."""
+def default_train_step(model: torch.nn.Module, train_cfg: Mapping[str, Any] | None = None) -> tuple[Callable[[dict], None], str]:
+    """One optimisation step on a window batch (B, K+1, ...), as ``train-wm`` takes it: noise and
+    sigmas drawn by ``worldmodel.train.draw_noise`` with the training config's ``noise`` settings
+    (some steps skip the frame branch, as in training), ``WorldModel.loss``, backward, gradient
+    clipping, AdamW. Without ``worldmodel.train``, EDM training sigmas for every modality.
+    Returns the step function and a description of what it does."""
     from . import edm
 
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    tc = dict(train_cfg or {})
+    noise_cfg = dict(tc.get("noise") or {"p_clean": 0.1, "p_sigma_max": 0.15, "p_skip_frames": 0.5, "p_skip_occupancy": 0.1})
+    opt = torch.optim.AdamW(model.parameters(), lr=float(tc.get("lr", 1e-3)), weight_decay=float(tc.get("weight_decay", 0.01)))
     gen = torch.Generator().manual_seed(0)
-    fn, name = None, None
     try:
-        from . import train as T
-
-        for n in TRAIN_LOSS_NAMES:
-            if callable(getattr(T, n, None)):
-                fn, name = getattr(T, n), f"dreamgym.worldmodel.train.{n}"
-                break
+        from .train import draw_noise
     except ImportError:
-        pass
+        draw_noise = None
+    counter = [0]
 
-    def own_loss(batch: dict) -> torch.Tensor:
+    def draws(B: int):
+        if draw_noise is not None:
+            return draw_noise(model.config, noise_cfg, counter[0], list(range(B)), 0)
         c = model.config
-        B = batch["motion"].shape[0]
         shapes = model._target_shapes(B)
-        mods = [m for m in c.modalities]
-        noise = {m: torch.randn(shapes[m], generator=gen) for m in mods}
-        sigma = {m: edm.sample_training_sigma(B, c.edm, generator=gen) for m in mods}
-        branches = [m for m in ("ego", "occupancy") if m in mods]
-        return model.loss(batch, noise, sigma, branches)["total"]
+        noise = {m: torch.randn(shapes[m], generator=gen) for m in c.modalities}
+        sigma = {m: edm.sample_training_sigma(B, c.edm, generator=gen) for m in c.modalities}
+        return noise, sigma, [m for m in ("ego", "occupancy") if m in c.modalities]
 
     def step(batch: dict) -> None:
         model.train()
-        opt.zero_grad(set_to_none=True)
-        out = fn(model, batch, gen) if fn is not None else own_loss(batch)
-        loss = out["total"] if isinstance(out, dict) else out
+        noise, sigma, branches = draws(batch["motion"].shape[0])
+        counter[0] += 1
+        loss = model.loss(batch, noise, sigma, branches)["total"]
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.get("grad_clip", 1.0)))
         opt.step()
+        opt.zero_grad(set_to_none=True)
 
-    return step, (name or "WorldModel.loss (EDM sigmas for every modality) + backward + AdamW step")
+    how = ("worldmodel.train.draw_noise (noise " + json.dumps(noise_cfg) + ")") if draw_noise is not None else "EDM sigmas for every modality"
+    return step, f"WorldModel.loss with {how} + backward + grad clip + AdamW step"
 
 
 def sampling_rate(model, ctx: dict[str, torch.Tensor], actions: torch.Tensor, num_steps: int, modalities: Sequence[str] | None,
@@ -161,6 +158,7 @@ def bench(
     seed: int = 0,
     train_step: Callable[[dict], None] | None = None,
     train_loss_name: str | None = None,
+    train_cfg: Mapping[str, Any] | None = None,
     windows: dict[str, torch.Tensor] | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -191,7 +189,7 @@ def bench(
     # training
     train: dict[str, Any] = {}
     if train_step is None and callable(getattr(model, "loss", None)):
-        train_step, train_loss_name = default_train_step(model)
+        train_step, train_loss_name = default_train_step(model, train_cfg)
     if train_step is not None:
         batch = tile(windows, train_batch_size)
         progress(f"training step, batch {train_batch_size} ...")
@@ -246,20 +244,34 @@ def run(cfg) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(int(cfg.seed))
+    from omegaconf import OmegaConf
+
+    from dreamgym.rollouts.cli import compose
+
     from .model import WorldModel, WorldModelConfig
 
+    # The training run's settings (noise mix, optimiser) and the embedded default model config.
+    try:
+        train_cfg = OmegaConf.to_container(compose("train_wm", []), resolve=True)
+    except Exception as e:  # noqa: BLE001 -- any failure to compose: fall back to built-in defaults, said below
+        print(f"bench wm: configs/train_wm.yaml not usable ({e}); using WorldModelConfig() and default noise settings", flush=True)
+        train_cfg = None
     if cfg.checkpoint:
         model = WorldModel.from_pretrained(str(cfg.checkpoint), device=cfg.device)
         source = str(cfg.checkpoint)
+    elif train_cfg is not None:
+        d = dict(train_cfg["worldmodel"], data_resolution=int(cfg.resolution))
+        model = WorldModel(WorldModelConfig.from_dict(d, source="configs/worldmodel")).to(cfg.device)
+        source = "configs/worldmodel/default.yaml, random weights"
     else:
-        model = WorldModel(WorldModelConfig()).to(cfg.device)
-        source = "default WorldModelConfig, random weights"
+        model = WorldModel(WorldModelConfig(data_resolution=int(cfg.resolution))).to(cfg.device)
+        source = "WorldModelConfig() defaults, random weights"
     print(f"bench wm: {source}", flush=True)
     result = bench(
         model, batch_sizes=[int(b) for b in cfg.batch_sizes], num_steps=[int(s) for s in cfg.num_steps],
         train_batch_size=int(cfg.train_batch_size), task=cfg.task, seconds=float(cfg.measure_seconds),
         min_calls=int(cfg.min_calls), warmup=int(cfg.warmup_calls), sim_baseline=bool(cfg.sim_baseline), seed=int(cfg.seed),
-        progress=lambda s: print(s, flush=True),
+        train_cfg=train_cfg, progress=lambda s: print(s, flush=True),
     )
     result["model"]["source"] = source
     out = Path(cfg.out)
