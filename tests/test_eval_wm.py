@@ -181,7 +181,8 @@ def synthetic_episodes(lengths=(40, 12, 70), res: int = 16) -> list[Episode]:
             "occupancy": occ.astype(np.uint8),
         }
         actions = g.uniform(-1, 1, (T, 6)).astype(np.float32)
-        eps.append(Episode(obs, actions, room_seed=1000 + n, task="reach", name=f"synthetic{n}", instruction=n))
+        eps.append(Episode(obs, actions, room_seed=1000 + n, task="reach", name=f"synthetic{n}", instruction=n,
+                           rewards=(0.1 * t).astype(np.float32)))
     return eps
 
 
@@ -210,6 +211,7 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
     # Starts whose episode is long enough: 7 reach h=1 and 4, 6 reach 16, 1 reaches 64.
     assert m["num_samples"] == [7, 7, 6, 1]
     for name, vals in b.items():
+        assert set(vals) < set(m)
         for metric, per_h in vals.items():
             assert per_h == m[metric], f"{name} {metric}: the copy-last stand-in must score exactly as the baseline"
     for j, h in enumerate(horizons):
@@ -219,8 +221,13 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
         assert m["depth_abs_err_m"][j] == pytest.approx(0.01 * h, rel=1e-3)
         assert m["props_err_m"][j] == pytest.approx(0.02 * h * math.sqrt(3), rel=1e-4)
         assert m["mpjpe_mm"][j] > 0 and 0 <= m["occ_iou"][j] <= 1 and 0 <= m["occ_miou"][j] <= 1
-    # Occupancy IoU at h=1 from summed counts over the 7 starts, computed independently.
+    # The stand-in predicts reward 0; the reward of the transition into row t0 + h is 0.1 (t0 + h - 1).
     starts = plan_starts(eps, 3, 64, 10, 3, None)
+    for j, h in enumerate(horizons):
+        want = [0.1 * (s.t0 + h - 1) for s in starts if s.length >= h]
+        assert m["reward_abs_err"][j] == pytest.approx(np.mean(want), rel=1e-5)
+    assert all("reward_abs_err" not in v for v in b.values())
+    # Occupancy IoU at h=1 from summed counts over the 7 starts, computed independently.
     pred = torch.as_tensor(np.stack([eps[s.episode].obs["occupancy"][s.t0] for s in starts]))
     real = torch.as_tensor(np.stack([eps[s.episode].obs["occupancy"][s.t0 + 1] for s in starts]))
     assert m["occ_iou"][0] == pytest.approx(M.iou_from_counts(M.occupancy_counts(pred, real))["occ_iou"])

@@ -40,7 +40,6 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -60,6 +59,7 @@ MODALITY_METRICS: dict[str, tuple[str, ...]] = {
     "partner_motion": ("partner_mpjpe_mm", "partner_root_trans_err_m"),
     "props": ("props_err_m",),
     "occupancy": ("occ_iou", "occ_miou"),
+    "reward": ("reward_abs_err",),
 }
 HIGHER_IS_BETTER = {"psnr_db", "ssim", "occ_iou", "occ_miou"}
 ENV_OBS_KEYS = ("ego_rgb", "ego_depth", "motion", "partner_motion", "occupancy")
@@ -84,6 +84,7 @@ class Episode:
     first_step: int = 0
     name: str = ""
     instruction: int | None = None
+    rewards: np.ndarray | None = None  # (T,): reward of action t (the last row unused)
 
     @classmethod
     def from_tensors(cls, d: dict[str, Any], room_seed: int = -1, task: str = "", first_step: int = 0, name: str = "") -> "Episode":
@@ -96,29 +97,22 @@ class Episode:
             obs["props"] = props_from_qpos(arr["qpos"])
         instr = arr.get("instruction")
         instr = int(np.asarray(instr).reshape(-1)[0]) if instr is not None else None
-        return cls(obs, arr["actions"].astype(np.float32), int(room_seed), task, arr.get("qpos"), first_step, name, instr)
+        rew = arr["rewards"].astype(np.float32) if "rewards" in arr else None
+        return cls(obs, arr["actions"].astype(np.float32), int(room_seed), task, arr.get("qpos"), first_step, name, instr, rew)
 
     @property
     def length(self) -> int:
         return int(self.actions.shape[0])
 
 
-@lru_cache(maxsize=1)
-def _prop_qpos_addresses() -> np.ndarray:
-    import mujoco
-
-    from dreamgym.envs import scene
-    from dreamgym.envs.layout import SceneIndex
-
-    return SceneIndex.from_model(mujoco.MjModel.from_xml_string(scene.build_mjcf())).prop_qpos
-
-
 def props_from_qpos(qpos: torch.Tensor | np.ndarray):
-    """Prop positions (..., N_PROPS, 3), world metres, from physics states qpos (..., nq)."""
-    adr = _prop_qpos_addresses()
+    """Prop positions (..., N_PROPS, 3), world metres, from physics states qpos (..., nq)
+    (``worldmodel.data.props_from_qpos``, for numpy arrays too)."""
+    from .data import props_from_qpos as from_qpos
+
     if isinstance(qpos, np.ndarray):
-        return np.stack([qpos[..., a : a + 3] for a in adr], axis=-2).astype(np.float32)
-    return torch.stack([qpos[..., a : a + 3] for a in adr], dim=-2).float()
+        return from_qpos(torch.from_numpy(qpos)).numpy()
+    return from_qpos(qpos)
 
 
 def simulate_episodes(
@@ -143,7 +137,7 @@ def simulate_episodes(
     gen = torch.Generator().manual_seed(seed)
     rows = {k: [v.clone()] for k, v in obs.items()}
     qpos = [env.sim_state()["qpos"]]
-    acts, alive_rows = [], [torch.ones(B, dtype=torch.bool)]
+    acts, rews, alive_rows = [], [], [torch.ones(B, dtype=torch.bool)]
     alive = torch.ones(B, dtype=torch.bool)
     for _ in range(steps):
         if policy == "random":
@@ -154,9 +148,10 @@ def simulate_episodes(
                 a = (a + noise * torch.randn(B, 6, generator=gen)).clamp(-1, 1)
             elif policy != "expert":
                 raise ValueError(f"policy must be expert, noisy or random, got {policy!r}")
-        obs, _, term, trunc, info = env.step_tensors(a)
+        obs, r, term, trunc, info = env.step_tensors(a)
         done = (term | trunc).cpu()
         o, q = obs, env.sim_state()["qpos"]
+        rews.append(r.float().cpu())
         if bool(done.any()):
             o = {k: torch.where(_bcast(done, v), info["final_obs"][k], v) for k, v in obs.items()}
             q = torch.where(done[:, None], info["final_state"]["qpos"], q)
@@ -170,6 +165,7 @@ def simulate_episodes(
             break
     env.close()
     acts.append(torch.zeros(B, 6))
+    rews.append(torch.zeros(B))
     valid = torch.stack(alive_rows, 1)  # (B, T): row t belongs to the first episode
     out = []
     for i in range(B):
@@ -179,8 +175,10 @@ def simulate_episodes(
         ep_obs["props"] = props_from_qpos(q)
         a = torch.stack(acts, 1)[i, :T].cpu().numpy().astype(np.float32)
         a[T - 1] = 0.0
+        rew = torch.stack(rews, 1)[i, :T].numpy().astype(np.float32)
+        rew[T - 1] = 0.0
         instr = int(rows["instruction"][0][i]) if "instruction" in rows else None
-        out.append(Episode(ep_obs, a, int(room_seeds[i]), task, q, 0, f"{task}_room{room_seeds[i]}", instr))
+        out.append(Episode(ep_obs, a, int(room_seeds[i]), task, q, 0, f"{task}_room{room_seeds[i]}", instr, rew))
     return out
 
 
@@ -209,10 +207,12 @@ def load_episodes(path: str | Path | Sequence[str | Path], split: str = "heldout
         obs["props"] = props_from_qpos(ep.qpos)
         actions = np.zeros((T + 1, ep.actions.shape[1]), np.float32)
         actions[:T] = ep.actions
+        rewards = np.zeros(T + 1, np.float32)
+        rewards[:T] = ep.rewards
         a = ep.attrs
         name = f"{a.get('task', 'episode')}_room{e['room_seed']}_{Path(e['shard']).stem}_{e['group']}"
         out.append(Episode(obs, actions, int(e["room_seed"]), str(a.get("task", "")), ep.qpos, 0, name,
-                           int(e["instruction"]) if e.get("instruction", -1) >= 0 else None))
+                           int(e["instruction"]) if e.get("instruction", -1) >= 0 else None, rewards))
     index.close()
     if not out:
         where = path if isinstance(path, (str, Path)) else ", ".join(map(str, path))
@@ -313,7 +313,8 @@ def _to_tensor(x: np.ndarray, device) -> torch.Tensor:
 
 
 def _batch(episodes: Sequence[Episode], starts: Sequence[Start], K: int, H: int, keys: Sequence[str], device):
-    """Context (B, K, ...), actions (B, K+H-1, 6), real future (B, H, ...) and validity (B, H)."""
+    """Context (B, K, ...), actions (B, K+H-1, 6), real future (B, H, ...) (with ``reward`` when the
+    episodes have rewards) and validity (B, H)."""
     ctx, fut, acts, valid = {k: [] for k in keys}, {k: [] for k in keys}, [], []
     for s in starts:
         ep = episodes[s.episode]
@@ -332,7 +333,11 @@ def _batch(episodes: Sequence[Episode], starts: Sequence[Start], K: int, H: int,
     instr = [episodes[s.episode].instruction for s in starts]
     if all(i is not None for i in instr):
         context["instruction"] = torch.tensor(instr, dtype=torch.long, device=device)
-    return context, stack(acts), {k: stack(v) for k, v in fut.items()}, stack(valid)
+    future = {k: stack(v) for k, v in fut.items()}
+    if all(episodes[s.episode].rewards is not None for s in starts):
+        # the reward of the transition into row t0 + h is that of action t0 + h - 1
+        future["reward"] = stack([episodes[s.episode].rewards[np.clip(np.arange(s.t0, s.t0 + H), 0, episodes[s.episode].length - 1)] for s in starts])
+    return context, stack(acts), future, stack(valid)
 
 
 def imagine_rollout(
@@ -427,6 +432,8 @@ def per_sample_metrics(pred: dict[str, torch.Tensor], real: dict[str, torch.Tens
         out["partner_root_trans_err_m"] = M.root_translation_error(pred["partner_motion"], real["partner_motion"])
     if "props" in pred:
         out["props_err_m"] = M.props_error(pred["props"], real["props"])
+    if "reward" in pred:
+        out["reward_abs_err"] = (pred["reward"].float() - real["reward"].float()).abs()
     return out
 
 
