@@ -392,3 +392,49 @@ def test_bench_measures_the_simulator_at_the_same_batch_sizes():
     for row in r["sampling"]:
         sim = r["sim_steps_per_s"][str(row["batch_size"])]["frames" if row["modalities"] == "frames" else "state_only"]
         assert row["sim_steps_per_s"] == sim and row["ratio_vs_sim"] == pytest.approx(row["transitions_per_s"] / sim)
+
+
+# ------------------------------------------------------------------------------------ command line
+def _tiny_world_model(directory, data_resolution: int):
+    from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    cfg = WorldModelConfig(resolution=16, data_resolution=data_resolution, context=2, frame_channels=[8, 16], occupancy_channels=[8, 16],
+                           groups=4, dim=32, depth=1, heads=2, grid_tokens=2, reward_hidden=32)
+    WorldModel(cfg).save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """A few short reach episodes at 16x16, nearly every room held out."""
+    from dreamgym.rollouts.cli import main
+
+    out = tmp_path_factory.mktemp("dataset")
+    main(["collect", "task=reach", "steps=96", "num_envs=4", "round_steps=24", "resolution=16", "heldout_fraction=0.99",
+          f"out={out}", "progress=false"])
+    return out
+
+
+@pytest.mark.slow
+def test_eval_wm_command_on_a_collected_dataset(tiny_dataset, tmp_path):
+    from dreamgym.rollouts.cli import main
+    from dreamgym.worldmodel.evaluate import load_episodes
+
+    eps = load_episodes(tiny_dataset, split="heldout")
+    assert eps and all(e.first_step == 0 and e.obs["ego_rgb"].shape[-1] == 16 for e in eps)
+    ck = _tiny_world_model(tmp_path / "ck", 16)
+    out = tmp_path / "eval"
+    main(["eval-wm", f"checkpoint={ck}", f"data={tiny_dataset}", f"out={out}", "horizons=[1,4,8]", "num_steps=1",
+          "counterfactual.enabled=false", "max_starts=6", "stride=6", "num_videos=1"])
+    res = json.loads((out / "metrics.json").read_text())
+    assert list(res) == ["horizons", "model", "baselines", "counterfactual"] and res["horizons"] == [1, 4, 8]
+    for metric in ("psnr_db", "ssim", "depth_abs_err_m", "mpjpe_mm", "root_trans_err_m", "root_rot_err_rad", "occ_iou", "occ_miou", "reward_abs_err"):
+        assert len(res["model"][metric]) == 3, metric
+    assert set(res["baselines"]) == {"copy_last_frame", "hold_pose", "static_occupancy"}
+    assert res["model"]["num_samples"][0] >= 1
+    assert (out / "psnr_db.png").exists() and list((out / "videos").glob("*.mp4"))
+    # A checkpoint for 32x32 frames on 16x16 data: a clear error naming both.
+    bad = _tiny_world_model(tmp_path / "ck32", 32)
+    with pytest.raises(SystemExit, match=rf"checkpoint {bad} expects ego_rgb at 32x32 but dataset {tiny_dataset} holds 16x16"):
+        main(["eval-wm", f"checkpoint={bad}", f"data={tiny_dataset}", f"out={tmp_path / 'bad'}"])

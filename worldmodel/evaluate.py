@@ -879,7 +879,10 @@ def evaluate(
     mods = [m for m in (modalities if modalities is not None else spec.modalities) if m in spec.modalities and m in episodes[0].obs]
     if modalities is not None and set(modalities) - set(mods):
         raise ValueError(f"modalities {sorted(set(modalities) - set(mods))} are not both predicted by checkpoint {checkpoint} and held by dataset {data}")
+    notes = []
     if mse_model is not None:
+        if getattr(getattr(mse_model, "config", None), "deterministic", True) is False:
+            notes.append("the mse_checkpoint's config has deterministic=false: it is not the MSE-trained baseline (train it with worldmodel=deterministic)")
         mse_spec = model_spec(mse_model)
         if mse_spec.context != spec.context or set(mods) - set(mse_spec.modalities):
             raise ValueError(f"the MSE model (context {mse_spec.context}, {list(mse_spec.modalities)}) does not match checkpoint {checkpoint} (context {spec.context}, {mods})")
@@ -899,7 +902,6 @@ def evaluate(
     res = evaluate_replay(model, episodes, starts, keep=keep, desc="model", **common)
     hold = evaluate_replay(HoldLastBaseline(), episodes, starts, desc="hold-last", **common)
     baselines = split_baseline(hold.metrics)
-    notes = []
     if mse_model is not None:
         baselines["deterministic_mse"] = evaluate_replay(mse_model, episodes, starts, desc="mse", **common).metrics
     else:
@@ -969,9 +971,15 @@ def run(cfg) -> int:
     torch.set_num_threads(int(cfg.threads))
     if cfg.checkpoint is None or cfg.data is None:
         raise SystemExit("dreamgym eval-wm: give checkpoint=<dir or .safetensors> and data=<held-out dataset dir>")
-    model = _load_model(str(cfg.checkpoint), cfg.device)
-    mse = _load_model(str(cfg.mse_checkpoint), cfg.device) if cfg.get("mse_checkpoint") else None
-    episodes = load_episodes(cfg.data, split=cfg.split, max_episodes=int(cfg.max_episodes) if cfg.get("max_episodes") else None)
+    try:
+        model = _load_model(str(cfg.checkpoint), cfg.device)
+        mse = _load_model(str(cfg.mse_checkpoint), cfg.device) if cfg.get("mse_checkpoint") else None
+        episodes = load_episodes(cfg.data, split=cfg.split, max_episodes=int(cfg.max_episodes) if cfg.get("max_episodes") else None)
+        check_compatible(model_spec(model), episodes, str(cfg.checkpoint), str(cfg.data))
+        if mse is not None:
+            check_compatible(model_spec(mse), episodes, str(cfg.mse_checkpoint), str(cfg.data))
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise SystemExit(f"dreamgym eval-wm: {e}") from None
     cf = None
     if cfg.counterfactual.enabled:
         from omegaconf import OmegaConf
