@@ -14,6 +14,7 @@ task-specific numbers (see each task), ``step_fraction`` is step / max_steps and
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -90,7 +91,7 @@ def _rows(state: WorldState) -> torch.Tensor:
     return torch.arange(state.agent_pos.shape[0], device=state.agent_pos.device)
 
 
-class Task:
+class Task(ABC):
     """Base class. Subclasses define the episode set-up, reward, success and expert."""
 
     name: str = ""
@@ -99,20 +100,22 @@ class Task:
     step_cost: float = 0.005
 
     # -- set-up (numpy, one world at a time, at reset) --
+    @abstractmethod
     def setup(self, spec: scene.RoomSpec, rng: np.random.Generator) -> tuple[scene.RoomSpec, int, int, tuple[float, float], list]:
         """Adjust the room for the task; return (spec, target, instruction, goal, partner script)."""
-        raise NotImplementedError
 
     # -- batched, torch --
+    @abstractmethod
     def success(self, state: WorldState, params: EpisodeParams) -> torch.Tensor:
-        raise NotImplementedError
+        """Whether each world has reached its goal, (B,) bool."""
 
     def failure(self, state: WorldState, params: EpisodeParams) -> torch.Tensor:
         """Terminal failures (e.g. a collision); none by default."""
         return torch.zeros_like(state.step, dtype=torch.bool)
 
+    @abstractmethod
     def progress(self, prev: WorldState, state: WorldState, params: EpisodeParams) -> torch.Tensor:
-        raise NotImplementedError
+        """Shaping term of the reward for the transition prev -> state, (B,)."""
 
     def reward(self, prev: WorldState, state: WorldState, params: EpisodeParams) -> torch.Tensor:
         """Shaped progress, a bonus on success, a small cost per step and a penalty on failure."""
@@ -128,12 +131,13 @@ class Task:
         frac = (state.step.float() / self.max_steps)[:, None]
         return torch.cat((g, s, ab, frac, _hand_above_head(state)[:, None]), dim=-1).float()
 
+    @abstractmethod
     def _obs_parts(self, state: WorldState, params: EpisodeParams):
-        raise NotImplementedError
+        """The (g, s, ab) parts of ``task_obs``: three (B, 2) tensors."""
 
+    @abstractmethod
     def expert(self, state: WorldState, params: EpisodeParams) -> torch.Tensor:
         """Scripted expert action (B, 6)."""
-        raise NotImplementedError
 
 
 class ReachTask(Task):
@@ -150,6 +154,7 @@ class ReachTask(Task):
     def setup(self, spec, rng):
         target = int(rng.integers(scene.N_PROPS))
         instr = _INSTR_ID[_reach_phrase(spec.prop_name(target))]
+        _partner_out_of_the_way(spec, rng, [spec.agent_pos, spec.prop_pos[target]])
         return spec, target, instr, (0.0, 0.0), _background_script(spec, rng)
 
     def _dist(self, state, params):
@@ -189,6 +194,7 @@ class PushTask(Task):
     def setup(self, spec, rng):
         target = int(rng.integers(scene.N_PROPS))
         instr = _INSTR_ID[_push_phrase(spec.prop_name(target))]
+        _partner_out_of_the_way(spec, rng, [spec.agent_pos, spec.prop_pos[target], spec.mat_pos])
         return spec, target, instr, (0.0, 0.0), _background_script(spec, rng)
 
     def _prop(self, state, params):
@@ -211,36 +217,41 @@ class PushTask(Task):
         pm, ap = self._dists(state, params)
         return _in_frame(state, self._prop(state, params)), _in_frame(state, state.mat_pos), torch.stack((pm, ap), -1)
 
+    BEHIND = 0.7  # metres behind the prop (away from the mat) where a push starts
+
     def expert(self, state, params):
+        """Go round to the far side of the prop, line up with the mat, walk it onto the mat."""
         p = self._prop(state, params)
         a = state.agent_pos[:, :2]
         to_mat = state.mat_pos - p
         u = to_mat / torch.linalg.norm(to_mat, dim=-1, keepdim=True).clamp(min=1e-6)
-        behind = p - u * 0.62
-        to_behind = behind - a
-        # The agent is "in front" of the prop (on the mat's side): go round it by a side point.
-        rel = a - p
-        along = (rel * u).sum(-1)
         n = torch.stack((-u[:, 1], u[:, 0]), -1)
-        side = torch.sign((rel * n).sum(-1) + 1e-6)[:, None]
-        around = p + n * side * 0.85 - u * 0.2
-        in_front = along > -0.35
-        lateral = (rel * n).sum(-1).abs()
-        waypoint = torch.where((in_front & (lateral < 0.8))[:, None], around, behind)
-        nav = steer(state.agent_pos, state.agent_yaw, waypoint, stop=0.0, speed=0.8)
-        # Pushing: lined up behind the prop, walk through it toward the mat, steering on the prop.
+        rel = a - p
+        along, lat = (rel * u).sum(-1), (rel * n).sum(-1)
         heading_u = torch.atan2(u[:, 1], u[:, 0])
-        lined_up = (torch.linalg.norm(to_behind, dim=-1) < 0.35) | ((along < -0.3) & (lateral < 0.18))
+        behind = p - u * self.BEHIND
+        # Navigation to the start point; if the prop is in the way, via a point beside it.
+        side = torch.where(lat >= 0, 1.0, -1.0)[:, None]
+        beside = p + n * side * 1.0 - u * (self.BEHIND + 0.05)  # level with the start point: no dithering
+        blocked = (along > -0.45) & (lat.abs() < 0.85)
+        waypoint = torch.where(blocked[:, None], beside, behind)
+        act = steer(state.agent_pos, state.agent_yaw, waypoint, stop=0.0, speed=0.8)
+        near_start = torch.linalg.norm(behind - a, dim=-1) < 0.3
+        act[:, 0] = torch.where(near_start, 0.0, act[:, 0])
+        act[:, 2] = torch.where(near_start, face(state.agent_yaw, heading_u), act[:, 2])
+        # Pushing: behind the prop on the prop-mat line and facing the mat.
+        lined_up = (along < -0.3) & (along > -self.BEHIND - 0.35) & (lat.abs() < 0.3)
+        facing = _wrap(heading_u - state.agent_yaw).abs() < 0.6
         to_p = p - a
-        aim = torch.atan2(to_p[:, 1], to_p[:, 0]) + 0.8 * _wrap(torch.atan2(to_p[:, 1], to_p[:, 0]) - heading_u) * -1.0
-        push = torch.zeros_like(nav)
+        dir_p = torch.atan2(to_p[:, 1], to_p[:, 0])
+        aim = dir_p + torch.clamp(_wrap(dir_p - heading_u), -0.4, 0.4)  # over-correct drift
+        push = torch.zeros_like(act)
         push[:, 2] = face(state.agent_yaw, aim)
-        aligned = torch.clamp(1.0 - _wrap(aim - state.agent_yaw).abs() / 0.5, min=0.0)
-        push[:, 0] = 0.45 * aligned
-        act = torch.where(lined_up[:, None], push, nav)
+        push[:, 0] = 0.6
+        act = torch.where((lined_up & facing)[:, None], push, act)
         relp = _in_frame(state, p)
-        act[:, 4] = 0.6  # look down at the prop
         act[:, 3] = torch.clamp(torch.atan2(relp[:, 1], relp[:, 0]), -1.0, 1.0)
+        act[:, 4] = 0.6  # look down at the prop
         return act
 
 
@@ -378,14 +389,36 @@ class AvoidTask(Task):
 
 
 def _background_script(spec: scene.RoomSpec, rng: np.random.Generator) -> list:
-    """A partner that goes about its business: random behaviours around the room."""
+    """A partner that goes about its business near where it stands: short walks and gestures."""
     hx, hy = spec.half_extent
+    home = spec.partner_pos
     script = []
     for _ in range(P.SCRIPT_LEN):
         b = int(rng.choice([P.IDLE, P.WALK_TO, P.WAVE, P.POINT, P.TURN_AWAY, P.WALK_TO]))
-        target = rng.uniform([-hx + 1.2, -hy + 1.2], [hx - 1.2, hy - 1.2])
+        target = np.clip(home + rng.uniform(-0.8, 0.8, size=2), [-hx + 1.0, -hy + 1.0], [hx - 1.0, hy - 1.0])
         script.append(P.script_entry(b, int(rng.integers(20, 80)), target))
     return script
+
+
+def _seg_dist(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    ab = b - a
+    t = float(np.clip(np.dot(p - a, ab) / max(float(np.dot(ab, ab)), 1e-9), 0.0, 1.0))
+    return float(np.linalg.norm(p - (a + t * ab)))
+
+
+def _partner_out_of_the_way(spec: scene.RoomSpec, rng: np.random.Generator, path: list[np.ndarray]) -> None:
+    """Move the partner's start to the free spot farthest from the agent's path (a polyline)."""
+    hx, hy = spec.half_extent
+    others = [*spec.prop_pos, spec.mat_pos]
+    best, best_score = spec.partner_pos, -1.0
+    for _ in range(64):
+        c = rng.uniform([-hx + 1.1, -hy + 1.1], [hx - 1.1, hy - 1.1])
+        if min(np.linalg.norm(c - o) for o in others) < 0.8:
+            continue
+        score = min(_seg_dist(c, path[i], path[i + 1]) for i in range(len(path) - 1))
+        if score > best_score:
+            best, best_score = c, score
+    spec.partner_pos = best
 
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (ReachTask, PushTask, SocialTask, AvoidTask)}
