@@ -188,19 +188,24 @@ def synthetic_episodes(lengths=(40, 12, 70), res: int = 16) -> list[Episode]:
 
 def test_plan_starts_counts_per_horizon():
     eps = synthetic_episodes()
-    starts = plan_starts(eps, context=3, max_horizon=64, stride=10, per_episode=3, max_starts=None)
+    starts = plan_starts(eps, context=3, max_horizon=64, stride=10, per_episode=10, max_starts=None)
     assert [s.length for s in starts] == sorted([s.length for s in starts], reverse=True)
-    # rows 2, 12, 22 in the 40- and 70-step episodes, rows 2 in the 12-step one
+    # rows 2, 12, 22, ... of each episode that have a future step; lengths capped at 64
     assert sorted((s.episode, s.t0, s.length) for s in starts) == [
-        (0, 2, 37), (0, 12, 27), (0, 22, 17), (1, 2, 9), (2, 2, 64), (2, 12, 57), (2, 22, 47)
+        (0, 2, 37), (0, 12, 27), (0, 22, 17), (0, 32, 7), (1, 2, 9),
+        (2, 2, 64), (2, 12, 57), (2, 22, 47), (2, 32, 37), (2, 42, 27), (2, 52, 17), (2, 62, 7),
     ]
+    # A budget takes the starts that reach the largest horizon first, and caps each episode.
+    few = plan_starts(eps, context=3, max_horizon=16, stride=10, per_episode=2, max_starts=5)
+    assert len(few) == 5 and all(s.length == 16 for s in few[:4])
+    assert max(sum(s.episode == e for s in few) for e in range(3)) == 2
 
 
 def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_path):
     eps = synthetic_episodes()
     model = CopyLast(context=3, resolution=16)
     horizons = [1, 4, 16, 64]
-    res = evaluate(model, eps, tmp_path, horizons=horizons, stride=10, starts_per_episode=3, max_starts=None,
+    res = evaluate(model, eps, tmp_path, horizons=horizons, stride=10, starts_per_episode=10, max_starts=None,
                    num_videos=2, counterfactual=None, batch_size=4)
     assert set(res) == {"horizons", "model", "baselines", "counterfactual"}
     assert res["horizons"] == horizons
@@ -208,8 +213,8 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
     assert on_disk == json.loads(json.dumps(res))
     m, b = res["model"], res["baselines"]
     assert set(b) == {"copy_last_frame", "hold_pose", "static_occupancy"}
-    # Starts whose episode is long enough: 7 reach h=1 and 4, 6 reach 16, 1 reaches 64.
-    assert m["num_samples"] == [7, 7, 6, 1]
+    # Starts whose episode is long enough: all 12 reach h=1 and 4, 9 reach 16, 1 reaches 64.
+    assert m["num_samples"] == [12, 12, 9, 1]
     for name, vals in b.items():
         assert set(vals) < set(m)
         for metric, per_h in vals.items():
@@ -222,12 +227,12 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
         assert m["props_err_m"][j] == pytest.approx(0.02 * h * math.sqrt(3), rel=1e-4)
         assert m["mpjpe_mm"][j] > 0 and 0 <= m["occ_iou"][j] <= 1 and 0 <= m["occ_miou"][j] <= 1
     # The stand-in predicts reward 0; the reward of the transition into row t0 + h is 0.1 (t0 + h - 1).
-    starts = plan_starts(eps, 3, 64, 10, 3, None)
+    starts = plan_starts(eps, 3, 64, 10, 10, None)
     for j, h in enumerate(horizons):
         want = [0.1 * (s.t0 + h - 1) for s in starts if s.length >= h]
         assert m["reward_abs_err"][j] == pytest.approx(np.mean(want), rel=1e-5)
     assert all("reward_abs_err" not in v for v in b.values())
-    # Occupancy IoU at h=1 from summed counts over the 7 starts, computed independently.
+    # Occupancy IoU at h=1 from summed counts over the 12 starts, computed independently.
     pred = torch.as_tensor(np.stack([eps[s.episode].obs["occupancy"][s.t0] for s in starts]))
     real = torch.as_tensor(np.stack([eps[s.episode].obs["occupancy"][s.t0 + 1] for s in starts]))
     assert m["occ_iou"][0] == pytest.approx(M.iou_from_counts(M.occupancy_counts(pred, real))["occ_iou"])
@@ -237,7 +242,7 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
     videos = sorted((tmp_path / "videos").glob("*.mp4"))
     assert len(videos) == 2 and all(v.stat().st_size > 1000 for v in videos)
     info = json.loads((tmp_path / "run_info.json").read_text())
-    assert info["num_samples_per_horizon"] == {"1": 7, "4": 7, "16": 6, "64": 1}
+    assert info["num_samples_per_horizon"] == {"1": 12, "4": 12, "16": 9, "64": 1}
     assert any("deterministic_mse" in n for n in info["notes"])
 
 

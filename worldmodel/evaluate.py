@@ -291,21 +291,30 @@ class Start:
     length: int  # how many future steps the episode has after t0 (capped at the largest horizon)
 
 
-def plan_starts(episodes: Sequence[Episode], context: int, max_horizon: int, stride: int, per_episode: int, max_starts: int | None) -> list[Start]:
-    """Evaluation starts: rows ``K-1, K-1+stride, ...`` of each episode with at least one future
-    step, at most ``per_episode`` per episode and ``max_starts`` in all (taken round-robin over
-    episodes), sorted by how far they can be rolled out (longest first)."""
-    per_ep = []
-    for i, ep in enumerate(episodes):
-        ts = [t for t in range(context - 1, ep.length - 1, max(1, stride))][: max(1, per_episode)]
-        per_ep.append([Start(i, t, min(max_horizon, ep.length - 1 - t)) for t in ts])
-    starts, k = [], 0
-    while any(k < len(s) for s in per_ep):
-        starts += [s[k] for s in per_ep if k < len(s)]
-        k += 1
-    if max_starts is not None:
-        starts = starts[: int(max_starts)]
-    return sorted(starts, key=lambda s: -s.length)
+def plan_starts(
+    episodes: Sequence[Episode], context: int, max_horizon: int, stride: int, per_episode: int, max_starts: int | None, seed: int = 0
+) -> list[Start]:
+    """Evaluation starts ``t0`` (the last context row): rows ``K-1, K-1+stride, ...`` of every
+    episode that have at least one future step. When there are more than ``max_starts``, a seeded
+    random choice, taking first the starts whose episode lasts the full ``max_horizon`` (so that
+    the horizons are compared on the same starts as far as possible), at most ``per_episode`` per
+    episode. Sorted longest rollout first (batches then hold rollouts of similar lengths)."""
+    cands = [
+        Start(i, t, min(max_horizon, ep.length - 1 - t))
+        for i, ep in enumerate(episodes)
+        for t in range(context - 1, ep.length - 1, max(1, stride))
+    ]
+    order = np.random.default_rng(seed).permutation(len(cands))
+    cands = sorted((cands[j] for j in order), key=lambda s: s.length < max_horizon)
+    taken, per = [], {}
+    for s in cands:
+        if per.get(s.episode, 0) >= max(1, per_episode):
+            continue
+        if max_starts is not None and len(taken) >= int(max_starts):
+            break
+        taken.append(s)
+        per[s.episode] = per.get(s.episode, 0) + 1
+    return sorted(taken, key=lambda s: (-s.length, s.episode, s.t0))
 
 
 def _to_tensor(x: np.ndarray, device) -> torch.Tensor:
@@ -858,7 +867,7 @@ def evaluate(
     batch_size: int = 16,
     stride: int = 16,
     starts_per_episode: int = 4,
-    max_starts: int | None = 64,
+    max_starts: int | None = 32,
     num_videos: int = 3,
     counterfactual: dict | None = None,
     seed: int = 0,
@@ -888,7 +897,7 @@ def evaluate(
             raise ValueError(f"the MSE model (context {mse_spec.context}, {list(mse_spec.modalities)}) does not match checkpoint {checkpoint} (context {spec.context}, {mods})")
     K = spec.context
     horizons = sorted(int(h) for h in horizons)
-    starts = plan_starts(episodes, K, max(horizons), stride, starts_per_episode, max_starts)
+    starts = plan_starts(episodes, K, max(horizons), stride, starts_per_episode, max_starts, seed)
     if not starts:
         raise ValueError(f"no evaluation start in dataset {data}: every episode is shorter than context {K} + 1")
     # Videos: the longest rollouts, one per episode.
