@@ -45,6 +45,8 @@ from .blocks import GridTokens, TokenTransformer, UNetBranch, fourier_embedding
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
+# The embedded default checkpoint, shipped with the package (see default/TRAINING.md).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "default"
 OBS_KEYS = ("ego_rgb", "ego_depth", "motion", "partner_motion", "props", "occupancy")
 
 
@@ -665,3 +667,8 @@ def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], weights: 
         if unexpected:
             parts.append(f"unexpected tensors {unexpected[:3]}" + (f" (+{len(unexpected) - 3})" if len(unexpected) > 3 else ""))
         raise ValueError(f"{weights} does not match the config {config}: " + "; ".join(parts))
+
+
+def load_default(device: str | torch.device = "cpu") -> WorldModel:
+    """The embedded default world model (``worldmodel/default``), trained as its TRAINING.md says."""
+    return WorldModel.from_pretrained(DEFAULT_CHECKPOINT, device=device)

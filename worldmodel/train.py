@@ -79,7 +79,7 @@ def _episodes_from_dataset(root: Path, split: str | None, keys: tuple[str, ...])
     for shard, ep in m.episodes():
         if split is not None and ep.get("split") != split:
             continue
-        e = read_episode(root / shard["file"], ep["key"], keys=[k for k in keys if k != "props"] + ["instruction"])
+        e = read_episode(root / shard["file"], ep["group"], keys=[k for k in keys if k != "props"] + ["instruction"])
         T = e.steps
         row = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in e.observations.items()}
         pad = lambda a, dt: torch.cat([torch.from_numpy(np.asarray(a)).to(dt), torch.zeros((1, *np.asarray(a).shape[1:]), dtype=dt)])  # noqa: E731

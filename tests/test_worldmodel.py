@@ -1,0 +1,320 @@
+"""The world model: save/load, bad checkpoints, training, imagine/rollout, conditioning, resume, NaN guard.
+
+Everything runs on a tiny config and synthetic episodes (no simulator), so the default run is fast;
+the two-process (gloo) equivalence test is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamgym.worldmodel import data as D
+from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
+from dreamgym.worldmodel.train import NonFiniteLossError, latest_checkpoint, load_episodes, save_episodes, train
+
+torch.set_num_threads(1)  # the machine is shared: one thread avoids oversubscription stalls
+
+TINY = dict(
+    resolution=16, data_resolution=32, context=2, frame_channels=[8, 16], occupancy_channels=[8, 16],
+    dim=32, depth=1, heads=2, grid_tokens=2, reward_hidden=32,
+)
+TINY_OVERRIDES = [
+    "worldmodel.resolution=16", "worldmodel.context=2", "worldmodel.frame_channels=[8,16]",
+    "worldmodel.occupancy_channels=[8,16]", "worldmodel.dim=32", "worldmodel.depth=1", "worldmodel.heads=2",
+    "worldmodel.grid_tokens=2", "worldmodel.reward_hidden=32",
+]
+
+
+def _quat(shape, g):
+    q = torch.randn(*shape, 4, generator=g) * 0.1
+    q[..., 0] += 1.0
+    return q / q.norm(dim=-1, keepdim=True)
+
+
+def synthetic_episodes(n: int = 3, T: int = 10, res: int = 32, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Episodes with the dataset's keys, dtypes and shapes, moving smoothly (not physics)."""
+    g = torch.Generator().manual_seed(seed)
+    eps = []
+    for _ in range(n):
+        a = torch.rand(T, 6, generator=g) * 2 - 1
+        m = torch.zeros(T, 227)
+        m[:, 0:3] = torch.cumsum(torch.randn(T, 3, generator=g) * 0.05, 0)
+        m[:, 3:7] = _quat((T,), g)
+        m[:, 7:73] = torch.randn(T, 66, generator=g) * 0.3
+        m[:, 73:161] = _quat((T, 22), g).reshape(T, 88)
+        m[:, 161:227] = torch.randn(T, 66, generator=g) * 0.1
+        p = m.clone()
+        p[:, 0:3] += 1.5
+        base = torch.randint(0, 255, (1, 3, res, res), generator=g, dtype=torch.uint8)
+        rgb = (base.float() + torch.arange(T).view(T, 1, 1, 1) * 3).clamp(0, 255).to(torch.uint8)
+        occ = torch.zeros(T, 8, 32, 32, dtype=torch.uint8)
+        occ[:, 0, :4] = 1
+        occ[:, :2, 15:17, 15:17] = 4
+        eps.append({
+            "ego_rgb": rgb, "ego_depth": torch.rand(T, 1, res, res, generator=g) * 5, "motion": m, "partner_motion": p,
+            "occupancy": occ, "props": torch.randn(T, 4, 3, generator=g), "actions": a,
+            "rewards": torch.randn(T, generator=g) * 0.1, "terminations": torch.zeros(T, dtype=torch.bool),
+            "instruction": torch.full((T,), 3, dtype=torch.long),
+        })
+    return eps
+
+
+def tiny_model(seed: int = 0, **kw) -> WorldModel:
+    torch.manual_seed(seed)
+    m = WorldModel(WorldModelConfig(**(TINY | kw)))
+    m.norm.fit([D.collate([D.EpisodeWindows(synthetic_episodes(), 3)[i] for i in range(8)])], m.config.resolution, True)
+    return m
+
+
+def context_of(eps, K=2, B=3):
+    ws = D.collate([D.EpisodeWindows(eps, K + 1)[i] for i in range(B)])
+    ctx = {k: ws[k][:, :K] for k in ("ego_rgb", "ego_depth", "motion", "partner_motion", "props", "occupancy")}
+    return ctx, ws
+
+
+# ----------------------------------------------------------------------------- data transforms
+def test_motion_delta_round_trip():
+    eps = synthetic_episodes(1)
+    m = eps[0]["motion"]
+    d = D.motion_delta(m[:-1], m[1:])
+    back = D.apply_motion_delta(m[:-1], d)
+    assert torch.allclose(back[:, 0:3], m[1:, 0:3], atol=1e-5)
+    assert torch.allclose(back[:, 7:73], m[1:, 7:73], atol=1e-5)
+    # quaternions: same rotation (up to sign)
+    dot = (back[:, 3:7] * m[1:, 3:7]).sum(-1).abs()
+    assert torch.allclose(dot, torch.ones_like(dot), atol=1e-5)
+
+
+def test_occupancy_round_trip():
+    occ = torch.randint(0, 5, (2, 8, 32, 32), dtype=torch.uint8)
+    x = D.occupancy_to_model(occ)
+    assert x.shape == (2, 40, 32, 32) and x.min() == -1 and x.max() == 1
+    assert torch.equal(D.occupancy_from_model(x), occ)
+
+
+# ----------------------------------------------------------------------------- persistence
+def test_save_load_round_trip(tmp_path):
+    m = tiny_model().eval()
+    m.save_pretrained(tmp_path / "ck")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
+    m2 = WorldModel.from_pretrained(tmp_path / "ck")
+    assert m2.config == m.config
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k]), k
+    ctx, ws = context_of(synthetic_episodes())
+    a = ws["actions"][:, :2]
+    o1 = m.imagine(ctx, a, generator=torch.Generator().manual_seed(1))
+    o2 = WorldModel.from_pretrained(tmp_path / "ck" / "model.safetensors").imagine(ctx, a, generator=torch.Generator().manual_seed(1))
+    for k in o1:
+        assert torch.equal(o1[k], o2[k]), k
+
+
+def test_bad_checkpoints_name_file_and_problem(tmp_path):
+    m = tiny_model()
+    d = m.save_pretrained(tmp_path / "ck")
+    w = d / "model.safetensors"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        WorldModel.from_pretrained(tmp_path / "nowhere")
+    # truncated
+    bad = tmp_path / "trunc"
+    bad.mkdir()
+    (bad / "config.json").write_text((d / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"trunc.*model\.safetensors.*truncated"):
+        WorldModel.from_pretrained(bad)
+    # not a safetensors file
+    (bad / "model.safetensors").write_bytes(b"PK\x03\x04 this is a zip, not safetensors" * 10)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        WorldModel.from_pretrained(bad)
+    # config / weights mismatch: names the weights file, the config, a tensor and both shapes
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["dim"] = 48
+    (bad / "config.json").write_text(json.dumps(cfg))
+    (bad / "model.safetensors").write_bytes(w.read_bytes())
+    with pytest.raises(ValueError, match=r"model\.safetensors does not match the config .*config\.json: tensor '.*' has shape \(.*32.*\) in the file but \(.*48.*\)"):
+        WorldModel.from_pretrained(bad)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["colour"] = 1
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"config\.json: unknown world-model config fields \['colour'\]"):
+        WorldModel.from_pretrained(bad)
+
+
+# ----------------------------------------------------------------------------- training / inference
+def test_a_few_steps_lower_the_loss():
+    m = tiny_model().train()
+    ws = D.collate([D.EpisodeWindows(synthetic_episodes(), 3)[i] for i in range(6)])
+    g = torch.Generator().manual_seed(0)
+    c = m.config
+    noise = {"ego": torch.randn(6, 4, 16, 16, generator=g), "motion": torch.randn(6, 227, generator=g),
+             "partner_motion": torch.randn(6, 227, generator=g), "props": torch.randn(6, 4, 3, generator=g),
+             "occupancy": torch.randn(6, 40, 32, 32, generator=g)}
+    sigma = {k: torch.full((6,), 0.5) for k in noise}
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(15):
+        out = m.loss(ws, noise, sigma, ["ego", "occupancy"])
+        opt.zero_grad()
+        out["total"].backward()
+        opt.step()
+        losses.append(float(out["total"].detach()))
+    assert c.context == 2
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_imagine_shapes_dtypes_and_skipping_frames(monkeypatch):
+    m = tiny_model().eval()
+    ctx, ws = context_of(synthetic_episodes())
+    a = ws["actions"][:, :2]
+    out = m.imagine(ctx, a, num_steps=2)
+    want = {"ego_rgb": ((3, 3, 32, 32), torch.uint8), "ego_depth": ((3, 1, 32, 32), torch.float32),
+            "motion": ((3, 227), torch.float32), "partner_motion": ((3, 227), torch.float32), "props": ((3, 4, 3), torch.float32),
+            "occupancy": ((3, 8, 32, 32), torch.uint8), "reward": ((3,), torch.float32), "terminated": ((3,), torch.bool)}
+    assert set(out) == set(want)
+    for k, (shape, dt) in want.items():
+        assert tuple(out[k].shape) == shape and out[k].dtype == dt, k
+    assert int(out["occupancy"].max()) <= 4
+    q = out["motion"][:, 3:7]
+    assert torch.allclose(q.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+    # without frames the frame U-Net never runs and the context needs no frames
+    def boom(*a, **k):
+        raise AssertionError("frame branch ran")
+
+    monkeypatch.setattr(m.branches["ego"], "encode", boom)
+    state_ctx = {k: v for k, v in ctx.items() if k not in ("ego_rgb", "ego_depth")}
+    out = m.imagine(state_ctx, a, modalities=["motion", "partner_motion", "props", "occupancy"])
+    assert "ego_rgb" not in out and tuple(out["occupancy"].shape) == (3, 8, 32, 32)
+    roll = m.rollout(state_ctx, torch.zeros(3, 4, 6), past_actions=a[:, :1], modalities=["motion", "partner_motion", "props"])
+    assert tuple(roll["motion"].shape) == (3, 4, 227) and tuple(roll["props"].shape) == (3, 4, 4, 3)
+    assert tuple(roll["reward"].shape) == (3, 4)
+    with pytest.raises(ValueError, match=r"actions has shape \(3, 5\), expected \(3, 2, 6\)"):
+        m.imagine(state_ctx, torch.zeros(3, 5), modalities=["motion"])
+    with pytest.raises(KeyError, match="ego_rgb"):
+        m.imagine(state_ctx, a)
+
+
+def test_clean_motion_condition_changes_the_frames():
+    m = tiny_model().eval()
+    ctx, ws = context_of(synthetic_episodes())
+    a = ws["actions"][:, :2]
+    nxt = ws["motion"][:, 2]
+    other = nxt.clone()
+    other[:, 0:3] += 0.5  # the body moved elsewhere
+    other[:, 7:73] += 0.2
+    o1 = m.imagine(ctx, a, modalities=["ego_rgb", "ego_depth"], given={"motion": nxt}, generator=torch.Generator().manual_seed(0))
+    o2 = m.imagine(ctx, a, modalities=["ego_rgb", "ego_depth"], given={"motion": other}, generator=torch.Generator().manual_seed(0))
+    o3 = m.imagine(ctx, a, modalities=["ego_rgb", "ego_depth"], given={"motion": nxt}, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(o1["ego_rgb"], o3["ego_rgb"])  # deterministic given the generator
+    assert not torch.equal(o1["ego_depth"], o2["ego_depth"])  # the clean motion reaches the frames
+    assert torch.allclose(o1["motion"], nxt, atol=1e-4)  # a given modality comes back as given
+    # and the other way: given frames change the motion prediction
+    f1 = m.imagine(ctx, a, modalities=["motion"], given={"ego_rgb": ws["ego_rgb"][:, 2], "ego_depth": ws["ego_depth"][:, 2]}, generator=torch.Generator().manual_seed(0))
+    f2 = m.imagine(ctx, a, modalities=["motion"], given={"ego_rgb": 255 - ws["ego_rgb"][:, 2], "ego_depth": ws["ego_depth"][:, 2] * 0.5}, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(f1["motion"], f2["motion"])
+
+
+def test_actions_change_the_prediction():
+    m = tiny_model().eval()
+    ctx, ws = context_of(synthetic_episodes())
+    a = ws["actions"][:, :2]
+    b = a.clone()
+    b[:, -1] = -b[:, -1]
+    o1 = m.imagine(ctx, a, modalities=["motion"], generator=torch.Generator().manual_seed(0))
+    o2 = m.imagine(ctx, b, modalities=["motion"], generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(o1["motion"], o2["motion"])
+
+
+# ----------------------------------------------------------------------------- train-wm
+def _cfg(data: Path, out: Path, *extra: str):
+    from dreamgym.rollouts.cli import compose
+
+    return compose("train_wm", [f"data={data}", f"out={out}", "batch_size=4", "num_threads=1", "progress=false",
+                                "stats_windows=16", "log_every=1", "eval_every=0", "ckpt_every=2", "warmup_steps=1",
+                                *TINY_OVERRIDES, *extra])
+
+
+@pytest.fixture(scope="module")
+def episodes_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("wmdata") / "episodes.safetensors"
+    return save_episodes(synthetic_episodes(n=3, T=10), p)
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_stop_equals_uninterrupted(tmp_path, episodes_file):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(_cfg(episodes_file, a, "steps=5"))
+    train(_cfg(episodes_file, b, "steps=5", "stop_after=3"))  # "killed" after step 3; checkpoint at 2
+    assert latest_checkpoint(b).name == "step_00000002"
+    train(_cfg(episodes_file, b, "steps=5"))
+    la, lb = _log(a), _log(b)
+    assert [r["step"] for r in lb] == [1, 2, 3, 4, 5]
+    assert la == lb
+    wa = WorldModel.from_pretrained(a / "final").state_dict()
+    wb = WorldModel.from_pretrained(b / "final").state_dict()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert (a / "tb").is_dir() and any((a / "tb").iterdir())
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, episodes_file, monkeypatch):
+    real = WorldModel.loss
+    calls = {"n": 0}
+
+    def loss(self, *args, **kw):
+        out = real(self, *args, **kw)
+        calls["n"] += 1
+        if calls["n"] == 4:  # step index 3
+            out["motion"] = out["motion"] * float("nan")
+            out["total"] = out["total"] + out["motion"]
+        return out
+
+    monkeypatch.setattr(WorldModel, "loss", loss)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss nan at step 3.*'motion': nan.*step_00000002"):
+        train(_cfg(episodes_file, out, "steps=6"))
+    assert latest_checkpoint(out).name == "step_00000002"
+    WorldModel.from_pretrained(latest_checkpoint(out))  # loadable
+    assert not (out / "final").exists()
+
+
+def test_data_without_a_needed_modality_is_refused(tmp_path):
+    eps = synthetic_episodes()
+    for e in eps:
+        del e["occupancy"]
+    p = save_episodes(eps, tmp_path / "no_occ.safetensors")
+    with pytest.raises(ValueError, match=r"no_occ\.safetensors: the data lack \['occupancy'\]"):
+        train(_cfg(p, tmp_path / "run", "steps=1"))
+    assert load_episodes(p, "heldout") == []
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_model_as_one(tmp_path, episodes_file):
+    """Two CPU processes (gloo) with half the global batch each == one process with all of it."""
+    common = [f"data={episodes_file}", "batch_size=4", "num_threads=1", "progress=false", "stats_windows=16",
+              "eval_every=0", "ckpt_every=3", "steps=3", "warmup_steps=1", *TINY_OVERRIDES]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "dreamgym.rollouts.cli", "train-wm", f"out={one}", *common], check=True, env=env, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+         "-m", "dreamgym.rollouts.cli", "train-wm", f"out={two}", *common],
+        check=True, env=env, timeout=300,
+    )
+    w1 = WorldModel.from_pretrained(one / "final_raw").state_dict()
+    w2 = WorldModel.from_pretrained(two / "final_raw").state_dict()
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=1e-4), k
+    l1 = [r["total"] for r in _log(one)]
+    assert len(l1) == 3
