@@ -1,7 +1,8 @@
 """The ground-truth world: MuJoCo rooms, the SMPL-X-skeleton body, tasks and envs.
 
 Importing this package registers the Gymnasium ids ``dreamgym/EgoRoom-v0`` (C MuJoCo, one world)
-and ``dreamgym/EgoRoomVec-v0`` (MuJoCo Warp, B worlds, via ``gymnasium.make_vec``).
+``dreamgym/EgoRoomVec-v0`` (MuJoCo Warp, B worlds, via ``gymnasium.make_vec``) and
+``dreamgym/Dream-v0`` (the world model as a single-world env).
 """
 
 from gymnasium.envs.registration import register, registry
@@ -25,5 +26,7 @@ def __getattr__(name):  # lazy: importing the package must not start Warp or Ope
 
 if "dreamgym/EgoRoom-v0" not in registry:
     register(id="dreamgym/EgoRoom-v0", entry_point="dreamgym.envs.ego_room_env:EgoRoomEnv")
+if "dreamgym/Dream-v0" not in registry:
+    register(id="dreamgym/Dream-v0", entry_point="dreamgym.envs.dream_env:DreamEnv")
 if "dreamgym/EgoRoomVec-v0" not in registry:
     register(id="dreamgym/EgoRoomVec-v0", vector_entry_point="dreamgym.envs.vec_env:EgoRoomVecEnv")
