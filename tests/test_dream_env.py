@@ -1,0 +1,103 @@
+"""DreamEnv: the world model behind the real env's API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dreamgym.envs.dream_env import DreamEnv, DreamVecEnv
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    cfg = WorldModelConfig(resolution=16, data_resolution=32, frame_channels=[8, 16], occupancy_channels=[8, 16], dim=32, depth=1, heads=2)
+    path = tmp_path_factory.mktemp("wm") / "tiny"
+    WorldModel(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dream(tiny_checkpoint):
+    return DreamVecEnv(tiny_checkpoint, num_envs=3, task="reach", seed=0, return_tensors=True)
+
+
+def test_dream_env_passes_check_env(tiny_checkpoint):
+    from gymnasium.utils.env_checker import check_env
+
+    env = DreamEnv(tiny_checkpoint, task="reach", seed=1)
+    check_env(env)
+
+
+def test_same_spaces_and_dtypes_as_the_real_env(dream, vec_env_factory):
+    real = vec_env_factory(num_envs=3, task="reach", resolution=32, obs_keys=list(dream.obs_keys), return_tensors=True)
+    assert dream.single_observation_space == real.single_observation_space
+    assert dream.single_action_space == real.single_action_space
+    o_d, _ = dream.reset_tensors(seed=0)
+    o_r, _ = real.reset_tensors(seed=0)
+    for k in o_r:
+        assert o_d[k].shape == o_r[k].shape and o_d[k].dtype == o_r[k].dtype, k
+    o_d, r, term, trunc, info = dream.step_tensors(torch.zeros(3, 6))
+    assert r.shape == (3,) and term.dtype == torch.bool and trunc.dtype == torch.bool
+    assert set(info) >= {"success", "instruction_text", "room_seed", "partner_behaviour", "utterance"}
+
+
+def test_frames_and_occupancy_are_generated_when_asked(tiny_checkpoint):
+    env = DreamVecEnv(tiny_checkpoint, num_envs=2, task="push", seed=0,
+                      modalities=["motion", "partner_motion", "ego_rgb", "ego_depth", "occupancy"])
+    obs, _ = env.reset()
+    assert env.observation_space.contains(obs)
+    obs, *_ = env.step(np.zeros((2, 6), np.float32))
+    assert obs["ego_rgb"].shape == (2, 3, 32, 32) and obs["ego_rgb"].dtype == np.uint8
+    assert obs["occupancy"].shape == (2, 8, 32, 32) and obs["occupancy"].max() <= 4
+
+
+def test_bad_actions_give_the_real_env_errors(dream):
+    dream.reset_tensors(seed=0)
+    with pytest.raises(ValueError, match=r"shape \(6,\), expected \(3, 6\)"):
+        dream.step_tensors(torch.zeros(6))
+    bad = torch.zeros(3, 6)
+    bad[2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite value nan at index \(2, 0\)"):
+        dream.step_tensors(bad)
+
+
+def test_wrong_resolution_and_modalities_are_named(tiny_checkpoint):
+    with pytest.raises(ValueError, match=r"trained on 32x32 ego frames but the env asks for 64x64"):
+        DreamVecEnv(tiny_checkpoint, num_envs=1, resolution=64)
+    with pytest.raises(ValueError, match="reward_source"):
+        DreamVecEnv(tiny_checkpoint, num_envs=1, reward_source="oracle")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        DreamVecEnv("/nonexistent/checkpoint", num_envs=1)
+
+
+def test_a_nan_world_is_terminated_and_the_others_go_on(dream, monkeypatch):
+    dream.reset_tensors(seed=3)
+    seeds_before = dream._seed.clone()
+    real_imagine = dream.model.imagine
+
+    def poisoned(*args, **kwargs):
+        out = real_imagine(*args, **kwargs)
+        out["motion"][1] = float("nan")
+        return out
+
+    monkeypatch.setattr(dream.model, "imagine", poisoned)
+    obs, r, term, trunc, info = dream.step_tensors(torch.zeros(3, 6))
+    assert term.tolist() == [False, True, False]
+    assert info["_dream_error"].tolist() == [False, True, False]
+    assert "non-finite" in info["dream_error"][1]
+    assert torch.isfinite(obs["motion"]).all(), "the failed world restarts from a real context"
+    assert dream._seed[1] != seeds_before[1] and dream._seed[0] == seeds_before[0]
+    assert float(r[1]) == 0.0
+
+
+def test_dream_episodes_truncate_at_the_horizon(tiny_checkpoint):
+    env = DreamVecEnv(tiny_checkpoint, num_envs=2, task="reach", seed=0, horizon=3, return_tensors=True)
+    env.reset_tensors()
+    for t in range(3):
+        _, _, term, trunc, info = env.step_tensors(torch.zeros(2, 6))
+    assert bool((term | trunc).all())
+    assert "final_obs" in info
