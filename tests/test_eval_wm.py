@@ -381,7 +381,7 @@ def test_bench_reports_training_and_sampling_rates_per_configuration():
     assert calls and calls[0] == (8, 4, 227), "the training batch is the windows tiled to train_batch_size"
     assert r["train"]["batch_size"] == 8 and r["train"]["samples_per_s"] > 0
     rows = {(x["batch_size"], x["num_steps"], x["modalities"]) for x in r["sampling"]}
-    assert rows == {(b, s, m) for b in (1, 4) for s in (1, 3) for m in ("frames", "state_only")}
+    assert rows == {(b, s, m) for b in (1, 4) for s in (1, 3) for m in ("frames", "state_only", "body_only")}
     assert all(x["transitions_per_s"] > 0 and "ratio_vs_sim" not in x for x in r["sampling"])
     assert "dream/s" in format_summary(r)
     json.dumps(r)

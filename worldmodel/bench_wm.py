@@ -9,10 +9,12 @@ Measures, in one run:
   the frame branch as in training; ``WorldModel.loss``, backward, gradient clipping, AdamW) on
   a batch of ``train_batch_size`` windows, data loading excluded; the JSON says what was timed.
 - **dreaming**: transitions/s of ``WorldModel.imagine`` at each batch size B and number of
-  denoising steps, with every modality (frames included) and state-only (frames skipped). A
-  call on B worlds counts as B transitions.
+  denoising steps, with every modality (``frames``), with frames skipped (``state_only``: body
+  motion, props, occupancy) and with frames and occupancy skipped (``body_only``). A call on B
+  worlds counts as B transitions.
 - **baseline**: ``EgoRoomVecEnv`` steps/s at the same B (ego frames rendered, and state-only
-  observations, which skip rendering), so the JSON has ``ratio_vs_sim`` = dream / sim.
+  observations, which skip rendering; the simulator has no cheaper mode for ``body_only``), so
+  the JSON has ``ratio_vs_sim`` = dream / sim.
 
 The inputs are real windows recorded from the simulator (random actions), tiled to each B. The
 model is ``checkpoint``'s, or the embedded default (``configs/worldmodel/default.yaml``) with
@@ -30,7 +32,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-STATE_KEYS = ["motion", "partner_motion", "props", "occupancy"]
+STATE_KEYS = ["motion", "partner_motion", "props", "occupancy"]  # frames skipped
+BODY_KEYS = ["motion", "partner_motion", "props"]  # frames and occupancy skipped
 SIM_STATE_OBS = ["motion", "partner_motion", "occupancy", "task_obs", "instruction"]
 
 
@@ -207,8 +210,9 @@ def bench(
         ctx_all = {k: w[k][:, :K] for k in full if k in w}
         ctx_all["instruction"] = w["instruction"]
         actions = w["actions"][:, :K]
-        for mods_name, mods in (("frames", full), ("state_only", state)):
-            if mods_name == "state_only" and mods == full:
+        sets = {"frames": full, "state_only": state, "body_only": [m for m in BODY_KEYS if m in full]}
+        for mods_name, mods in sets.items():
+            if not mods or (mods_name != "frames" and mods == full) or (mods_name == "body_only" and mods == state):
                 continue
             ctx = {k: v for k, v in ctx_all.items() if k in mods or k == "instruction"}
             for steps in num_steps:
