@@ -312,9 +312,17 @@ def test_two_processes_train_the_same_model_as_one(tmp_path, episodes_file):
          "-m", "dreamgym.rollouts.cli", "train-wm", f"out={two}", *common],
         check=True, env=env, timeout=300,
     )
+    # the logged losses are those of the global batch: equal step by step (steps 2 and 3 also
+    # depend on the updated weights)
+    l1, l2 = _log(one), _log(two)
+    assert len(l1) == len(l2) == 3
+    for r1, r2 in zip(l1, l2):
+        for k in ("total", "motion", "partner_motion", "props", "reward", "terminated"):
+            assert r1[k] == pytest.approx(r2[k], rel=1e-4, abs=1e-6), (r1["step"], k)
     w1 = WorldModel.from_pretrained(one / "final_raw").state_dict()
     w2 = WorldModel.from_pretrained(two / "final_raw").state_dict()
-    for k in w1:
-        assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=1e-4), k
-    l1 = [r["total"] for r in _log(one)]
-    assert len(l1) == 3
+    diffs = torch.cat([(w1[k] - w2[k]).abs().flatten() for k in w1 if w1[k].is_floating_point()])
+    # gradients agree to float rounding; Adam can magnify rounding where a gradient is ~0, so a
+    # few weights differ by up to ~lr, but the bulk are equal
+    assert float((diffs > 1e-5).float().mean()) < 0.01
+    assert float(diffs.max()) < 3e-3

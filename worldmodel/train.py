@@ -410,12 +410,16 @@ def train(cfg: DictConfig) -> Path:
             gparam["lr"] = lr_sched(step)
         losses = model(batch, noise, sigma, branches)
         total = losses["total"]
-        check = acc.reduce(total.detach().reshape(1), reduction="mean")
+        # the global batch's losses (the mean over processes), for the guard and the logs
+        names = list(losses)
+        glob = acc.reduce(torch.stack([losses[k].detach().float() for k in names]), reduction="mean")
+        logged = {k: float(v) for k, v in zip(names, glob)}
+        check = glob[names.index("total")].reshape(1)
         if not bool(torch.isfinite(check).all()):
             bar.close()
             raise NonFiniteLossError(
                 f"train-wm: non-finite loss {float(check[0])} at step {step} "
-                f"(per term: { {k: float(v.detach()) for k, v in losses.items()} }); stopped before updating the weights; "
+                f"(per term: {logged}); stopped before updating the weights; "
                 f"the last good checkpoint is {latest_checkpoint(out)}"
             )
         acc.backward(total)
@@ -426,16 +430,16 @@ def train(cfg: DictConfig) -> Path:
         samples += B
         done = step + 1
         if acc.is_main_process:
-            rec = {"step": done, **{k: round(float(v.detach()), 6) for k, v in losses.items()}, "grad_norm": float(gn), "branches": branches}
+            rec = {"step": done, **{k: round(v, 6) for k, v in logged.items()}, "grad_norm": float(gn), "branches": branches}
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if writer is not None and (done % int(cfg.log_every) == 0 or done == steps):
-                for k, v in losses.items():
-                    writer.add_scalar(f"loss/{k}", float(v.detach()), done)
+                for k, v in logged.items():
+                    writer.add_scalar(f"loss/{k}", v, done)
                 writer.add_scalar("train/grad_norm", float(gn), done)
                 writer.add_scalar("train/lr", lr_sched(step), done)
                 writer.add_scalar("train/samples_per_s", samples / max(1e-9, time.time() - t0), done)
-            bar.set_postfix(loss=f"{float(total.detach()):.3f}")
+            bar.set_postfix(loss=f"{logged['total']:.3f}")
             bar.update(1)
         if held_batch is not None and int(cfg.eval_every) > 0 and (done % int(cfg.eval_every) == 0 or done == steps) and acc.is_main_process:
             ema_model = WorldModel(mcfg)
