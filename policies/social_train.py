@@ -1,0 +1,320 @@
+"""Training and scoring the social avatar; ``dreamgym avatar-demo``.
+
+1. ``collect_scenes``: ``SocialSceneTask`` scenes in ``EgoRoomVecEnv`` (state only, no rendering),
+   the responder expert acting (plus a little noise so the inverse controller sees off-reference
+   transitions). Per step: both bodies' features, relative pose, utterance, action.
+2. ``train``: the VQ-VAE on windows of both bodies; the inverse controller on (f_t, f_t+1) -> a_t;
+   the response transformer on token sequences (teacher forcing); the motion feature extractor
+   for FID/diversity (a window classifier of the partner behaviour being responded to, trained on
+   reference windows; its 32-d penultimate layer is the feature space).
+3. ``evaluate``: held-out scenes (rooms from ``eval_seed_base``) run twice in the simulator, once
+   with the responder (reference) and once with the avatar, same rooms and scripts; MPJPE and
+   PA-MPJPE of root-relative joints per step, FID and diversity of response windows, response
+   correctness from simulator state, latency of one ``act`` step at B=1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dreamgym.envs import partner as P
+from dreamgym.envs.motion import JOINT_POS
+
+from .social import REL_DIM, WINDOW, SocialAvatarPolicy, SocialConfig, relative_pose, step_features
+from .social_scenes import SocialSceneTask, response_checks, segment_correct
+from .text_encoder import shared_encoder
+
+KEYS = ("motion", "partner_motion")
+
+
+def run_scenes(task, seeds, policy=None, noise=0.0, gen=None, render=False, resolution=64):
+    """Run one scene per seed to ``task.max_steps``; returns per-step arrays (T, B, ...) and frames."""
+    from dreamgym.envs import EgoRoomVecEnv
+
+    B = len(seeds)
+    keys = KEYS + (("ego_rgb",) if render else ())
+    env = EgoRoomVecEnv(num_envs=B, task=task, obs_keys=keys, return_tensors=True, resolution=resolution,
+                        render_mode="rgb_array" if render else None, render_resolution=128)
+    obs, info = env.reset_tensors(room_seeds=list(seeds))
+    point_at = env.core.params.goal.clone()
+    if policy is not None:
+        policy.reset()
+    rec = {k: [] for k in ("motion", "partner_motion", "action", "behaviour", "utt")}
+    checks = {k: [] for k in ("wave", "approach", "point", "turn_away")}
+    frames, latency = [], []
+    prev_m = prev_p = None
+    for _ in range(task.max_steps - 1):  # stop before truncation resets the worlds
+        if policy is None:
+            a = env.expert_actions()
+            if noise:
+                a = (a + noise * torch.randn(B, 6, generator=gen)).clamp(-1, 1)
+        else:
+            t = time.perf_counter()
+            a = policy.act(obs, utterances=list(info["utterance"]))
+            latency.append((time.perf_counter() - t) * 1000)
+        rec["motion"].append(obs["motion"].clone())
+        rec["partner_motion"].append(obs["partner_motion"].clone())
+        rec["action"].append(a.clone())
+        rec["behaviour"].append(env.core.state.partner_behaviour.clone())
+        rec["utt"].append(list(info["utterance"]))
+        if render:
+            frames.append((obs["ego_rgb"][0].permute(1, 2, 0).numpy(), env.render()[0]))
+        obs, _, term, trunc, info = env.step_tensors(a)
+        for k, v in response_checks(env.core.state, obs["motion"], point_at).items():
+            checks[k].append(v.clone())
+    env.close()
+    out = {k: torch.stack(v) for k, v in rec.items() if k != "utt"}
+    out["utt"] = rec["utt"]
+    out["checks"] = {k: torch.stack(v).numpy() for k, v in checks.items()}
+    out["latency_ms"] = latency
+    out["frames"] = frames
+    return out
+
+
+def features(rec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Own and partner step features (T, B, 77) and relative poses (T, B, 4) of a recording."""
+    m, pm = rec["motion"], rec["partner_motion"]
+    T = m.shape[0]
+    fo, fp, rel = [], [], []
+    for t in range(T):
+        fo.append(step_features(m[t], m[t - 1] if t else None))
+        fp.append(step_features(pm[t], pm[t - 1] if t else None))
+        rel.append(relative_pose(m[t], pm[t]))
+    return torch.stack(fo), torch.stack(fp), torch.stack(rel)
+
+
+def windows(f: torch.Tensor) -> torch.Tensor:
+    """(T, B, D) -> (B, T // WINDOW, WINDOW, D)."""
+    T, B, D = f.shape
+    n = T // WINDOW
+    return f[: n * WINDOW].permute(1, 0, 2).reshape(B, n, WINDOW, D)
+
+
+class MotionEncoder(nn.Module):
+    """Feature extractor for FID/diversity: window (B, 8, 77) -> 32-d, trained as a behaviour classifier."""
+
+    def __init__(self, n_classes: int = len(P.BEHAVIOURS)):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(WINDOW * 77, 128), nn.GELU(), nn.Linear(128, 32))
+        self.cls = nn.Linear(32, n_classes)
+
+    def forward(self, w):
+        return self.body(w.flatten(1))
+
+
+def fid(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import linalg
+
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean.real))
+
+
+def diversity(a: np.ndarray, pairs: int = 300, seed: int = 0) -> float:
+    r = np.random.default_rng(seed)
+    i, j = r.integers(len(a), size=pairs), r.integers(len(a), size=pairs)
+    return float(np.linalg.norm(a[i] - a[j], axis=-1).mean())
+
+
+def mpjpe(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """MPJPE and Procrustes-aligned MPJPE (mm) of (N, 22, 3) root-relative joints."""
+    err = np.linalg.norm(pred - ref, axis=-1).mean()
+    p = pred - pred.mean(1, keepdims=True)
+    r = ref - ref.mean(1, keepdims=True)
+    h = np.einsum("nji,njk->nik", p, r)
+    u, s, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(np.einsum("nij,njk->nik", u, vt)))
+    s[:, -1] *= d
+    u[:, :, -1] *= d[:, None]
+    rot = np.einsum("nij,njk->nik", u, vt)
+    scale = s.sum(1) / (p ** 2).sum((1, 2))
+    aligned = scale[:, None, None] * np.einsum("nji,nik->njk", p, rot)
+    pa = np.linalg.norm(aligned - r, axis=-1).mean()
+    return float(err * 1000), float(pa * 1000)
+
+
+def train(cfg, log=print) -> SocialAvatarPolicy:
+    torch.manual_seed(int(cfg.seed))
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    task = SocialSceneTask()
+    t0 = time.time()
+    recs = [run_scenes(task, range(cfg.train_seed_base + k * cfg.num_envs, cfg.train_seed_base + (k + 1) * cfg.num_envs),
+                       noise=float(cfg.expert_noise), gen=gen) for k in range(int(cfg.batches))]
+    log(f"collected {len(recs)} x {cfg.num_envs} scenes in {time.time() - t0:.0f}s")
+    fo, fp, rel, act, beh, utt = [], [], [], [], [], []
+    enc = shared_encoder()
+    for r in recs:
+        a, b, c = features(r)
+        fo.append(a), fp.append(b), rel.append(c), act.append(r["action"]), beh.append(r["behaviour"])
+        T, B = r["behaviour"].shape
+        utt.append(torch.stack([enc.encode(r["utt"][t]) for t in range(T)]))
+    fo, fp, rel, act, beh, utt = (torch.cat(x, 1) for x in (fo, fp, rel, act, beh, utt))  # (T, N, ...)
+    allf = torch.cat((fo, fp), 1).flatten(0, 1)
+    mean, std = allf.mean(0), allf.std(0).clamp(min=1e-3)
+    c = SocialConfig(codebook=int(cfg.codebook), context=int(cfg.context))
+    c.feat_mean, c.feat_std = mean.tolist(), std.tolist()
+    pol = SocialAvatarPolicy(c)
+    nfo, nfp = pol.norm(fo), pol.norm(fp)
+
+    # 1. tokenizer on windows of both bodies (all 8 phase offsets for more data)
+    wins = torch.cat([windows(x[o:]).flatten(0, 1) for x in (nfo, nfp) for o in range(0, WINDOW, 2)])
+    opt = torch.optim.AdamW(pol.vq.parameters(), lr=1e-3)
+    pol.vq.train()
+    for u in range(int(cfg.vq_updates)):
+        i = torch.randint(len(wins), (256,), generator=gen)
+        rec, tok, commit = pol.vq(wins[i])
+        loss = F.mse_loss(rec, wins[i]) + 0.25 * commit
+        opt.zero_grad(), loss.backward(), opt.step()
+        if (u + 1) % max(1, int(cfg.vq_updates) // 4) == 0:
+            log(f"  vq {u + 1}: recon {F.mse_loss(rec, wins[i]).item():.4f} (normalised units)")
+    pol.vq.eval()
+
+    # 2. inverse controller: (f_t, f_t+1) -> a_t
+    cur, nxt, a_t = nfo[:-1].flatten(0, 1), nfo[1:].flatten(0, 1), act[:-1].flatten(0, 1)
+    opt = torch.optim.AdamW(pol.inv.parameters(), lr=1e-3)
+    for u in range(int(cfg.inv_updates)):
+        i = torch.randint(len(cur), (256,), generator=gen)
+        loss = F.mse_loss(pol.inv(cur[i], nxt[i]), a_t[i])
+        opt.zero_grad(), loss.backward(), opt.step()
+    log(f"  inverse controller: action mse {loss.item():.4f}")
+
+    # 3. response transformer: window k of the partner (and the pose at its start/end) -> own window k+1
+    with torch.no_grad():
+        wo, wp = windows(nfo), windows(nfp)  # (N, n, 8, 77)
+        N, n = wo.shape[:2]
+        to = pol.vq.encode(wo.flatten(0, 1)).view(N, n)
+        tp = pol.vq.encode(wp.flatten(0, 1)).view(N, n)
+        r = rel[: n * WINDOW].permute(1, 0, 2).reshape(N, n, WINDOW, REL_DIM)
+        rr = torch.cat((r[:, :, 0], r[:, :, -1]), -1)
+        uu = utt[: n * WINDOW].permute(1, 0, 2).reshape(N, n, WINDOW, -1)[:, :, -1]
+    # inputs at window k: partner k, pose k, utterance k, own k ; target: own k+1
+    src_p, src_r, src_u, src_o, tgt = tp[:, :-1], rr[:, :-1], uu[:, :-1], to[:, :-1], to[:, 1:]
+    K = int(cfg.context)
+    opt = torch.optim.AdamW(pol.gen.parameters(), lr=5e-4, weight_decay=1e-2)
+    for u in range(int(cfg.gen_updates)):
+        i = torch.randint(N, (64,), generator=gen)
+        s = torch.randint(0, max(1, src_p.shape[1] - K + 1), (1,), generator=gen).item()
+        sl = slice(s, s + K)
+        logits = pol.gen(src_p[i, sl], src_r[i, sl], src_u[i, sl], src_o[i, sl])
+        loss = F.cross_entropy(logits.flatten(0, 1), tgt[i, sl].flatten())
+        opt.zero_grad(), loss.backward(), opt.step()
+        if (u + 1) % max(1, int(cfg.gen_updates) // 4) == 0:
+            acc = (logits.argmax(-1) == tgt[i, sl]).float().mean().item()
+            log(f"  response transformer {u + 1}: ce {loss.item():.3f} token acc {acc:.2f}")
+    pol.eval()
+
+    # 4. motion feature extractor (FID / diversity): classify the partner behaviour of own windows
+    lab = beh[: n * WINDOW].permute(1, 0).reshape(N, n, WINDOW)[:, :, -1].flatten()
+    x = wo.flatten(0, 1)
+    fe = MotionEncoder()
+    opt = torch.optim.AdamW(fe.parameters(), lr=1e-3)
+    for u in range(int(cfg.fe_updates)):
+        i = torch.randint(len(x), (256,), generator=gen)
+        loss = F.cross_entropy(fe.cls(fe(x[i])), lab[i])
+        opt.zero_grad(), loss.backward(), opt.step()
+    fe_acc = (fe.cls(fe(x)).argmax(-1) == lab).float().mean().item()
+    log(f"  feature extractor: train accuracy {fe_acc:.2f}")
+    pol.feature_extractor = fe
+    pol.config.info = {"train_scenes": int(N), "train_steps": int(N * fo.shape[0]), "feature_extractor_accuracy": fe_acc,
+                       "vq_window_mse_norm": float(F.mse_loss(pol.vq(wins[:4096])[0], wins[:4096]).item())}
+    return pol
+
+
+def evaluate(pol: SocialAvatarPolicy, fe: MotionEncoder, seeds, task=None, render=False) -> tuple[dict, dict, dict]:
+    task = task or SocialSceneTask()
+    ref = run_scenes(task, seeds)
+    gen_rec = run_scenes(task, seeds, policy=pol, render=render)
+    T, B = ref["behaviour"].shape
+    jp = lambda r: r["motion"][..., JOINT_POS].reshape(T * B, 22, 3).numpy()  # noqa: E731
+    err, pa = mpjpe(jp(gen_rec), jp(ref))
+    with torch.no_grad():
+        emb = lambda r: fe(pol.norm(windows(features(r)[0])).flatten(0, 1)).numpy()  # noqa: E731
+        e_ref, e_gen = emb(ref), emb(gen_rec)
+    corr = segment_correct(gen_rec["behaviour"].numpy(), gen_rec["checks"])
+    corr_ref = segment_correct(ref["behaviour"].numpy(), ref["checks"])
+    flat = [v for vs in corr.values() for v in vs]
+    flat_ref = [v for vs in corr_ref.values() for v in vs]
+    # latency at B=1, the way an avatar runs in a VR session
+    pol.reset()
+    lat = []
+    for t in range(3 * WINDOW):
+        o = {"motion": gen_rec["motion"][t, :1], "partner_motion": gen_rec["partner_motion"][t, :1]}
+        s = time.perf_counter()
+        pol.act(o, utterances=[gen_rec["utt"][t][0]])
+        lat.append((time.perf_counter() - s) * 1000)
+    metrics = {
+        "response_correctness": float(np.mean(flat)) if flat else float("nan"),
+        "response_correctness_by_behaviour": {k: (float(np.mean(v)) if v else None, len(v)) for k, v in corr.items()},
+        "reference_correctness": float(np.mean(flat_ref)) if flat_ref else float("nan"),
+        "mpjpe_mm": err, "pa_mpjpe_mm": pa,
+        "fid": fid(e_gen, e_ref), "diversity": diversity(e_gen), "reference_diversity": diversity(e_ref),
+        "latency_ms": float(np.mean(lat)), "latency_ms_per_window_step": float(np.max(lat)),
+        "scenes": B, "steps_per_scene": T, "response_segments": len(flat),
+    }
+    return metrics, ref, gen_rec
+
+
+def run_train(cfg) -> int:
+    """``dreamgym train-social out=DIR``."""
+    torch.set_num_threads(int(cfg.num_threads))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pol = train(cfg)
+    pol.save_pretrained(out)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in pol.feature_extractor.state_dict().items()}, str(out / "motion_encoder.safetensors"))
+    seeds = list(range(int(cfg.eval_seed_base), int(cfg.eval_seed_base) + int(cfg.eval_scenes)))
+    metrics, _, _ = evaluate(pol, pol.feature_extractor, seeds)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def load_motion_encoder(path: Path) -> MotionEncoder:
+    from safetensors.torch import load_file
+
+    fe = MotionEncoder()
+    fe.load_state_dict(load_file(str(path / "motion_encoder.safetensors")))
+    return fe.eval()
+
+
+def run_demo(cfg) -> int:
+    """``dreamgym avatar-demo out=DIR``: a scripted conversation, the avatar responding, video + motions + metrics."""
+    import imageio.v2 as imageio
+
+    from dreamgym.avatars.exports import export_episode
+
+    torch.set_num_threads(int(cfg.num_threads))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Path(cfg.policy)
+    pol = SocialAvatarPolicy.from_pretrained(ckpt)
+    fe = load_motion_encoder(ckpt)
+    seq = [getattr(P, b.upper()) for b in cfg.conversation]
+    task = SocialSceneTask(behaviours=seq, segment=int(cfg.segment))
+    task.max_steps = int(cfg.steps)
+    seeds = [int(cfg.room_seed) + k for k in range(int(cfg.scenes))]
+    metrics, ref, gen_rec = evaluate(pol, fe, seeds, task=task, render=True)
+    with imageio.get_writer(str(out / "conversation.mp4"), fps=20) as w:
+        for ego, over in gen_rec["frames"]:
+            ego = np.kron(ego, np.ones((2, 2, 1), np.uint8)) if ego.shape[0] == 64 else ego
+            w.append_data(np.concatenate((ego, over), 1))
+    motions = {}
+    for who, key in (("avatar", "motion"), ("partner", "partner_motion"), ("avatar_reference", "motion")):
+        rec = ref if who == "avatar_reference" else gen_rec
+        motions[who] = {k: str(v) for k, v in export_episode(rec[key][:, 0].numpy(), 20.0, out, who).items()}
+    metrics["motions"] = motions
+    metrics["conversation"] = list(cfg.conversation)
+    metrics["video"] = "conversation.mp4"
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+    print(json.dumps(metrics, indent=1, default=str))
+    return 0
