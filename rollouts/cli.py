@@ -24,11 +24,15 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo", "dreamgym.rollouts.demo:run", "the end-to-end demo on the embedded default"),
     "train-wm": ("train_wm", "dreamgym.worldmodel.train:run", "train the world model on a dataset (data=DIR out=RUN); re-run to resume"),
     "eval-wm": ("eval_wm", "dreamgym.worldmodel.evaluate:run", "a world model vs the simulator on held-out rooms, beside baselines"),
+    "train-vla": ("policy/vla", "dreamgym.policies.vla_train:run", "VLA policy: BC (DAgger) in the simulator, then AWR in the dream (out=DIR)"),
+    "train-social": ("policy/social", "dreamgym.policies.social_train:run_train", "social avatar: motion VQ-VAE, response transformer, inverse controller (out=DIR)"),
+    "avatar-demo": ("avatar_demo", "dreamgym.policies.social_train:run_demo", "a scripted conversation with the social avatar: video, motions, metrics.json (out=DIR)"),
 }
 # what -> (config name, "module:function", help) for `dreamgym bench <what>`
 BENCHES: dict[str, tuple[str, str, str]] = {
     "env": ("bench/env", "dreamgym.rollouts.bench_env:run", "env steps/s: EgoRoomVecEnv vs Humanoid-v5"),
     "wm": ("bench/wm", "dreamgym.worldmodel.bench_wm:run", "world model: training samples/s, dreaming transitions/s vs the simulator"),
+    "vla": ("bench/vla", "dreamgym.policies.vla_bench:run", "VLA success on held-out rooms: training phrasings, paraphrases, unseen combos, BC only, random"),
 }
 
 
