@@ -290,7 +290,7 @@ def build_mjcf() -> str:
         )
     return f"""<mujoco model="dreamgym_egoroom">
   <compiler angle="radian" autolimits="true"/>
-  <option timestep="{SIM_TIMESTEP}" solver="Newton" iterations="8" ls_iterations="6" integrator="implicitfast"/>
+  <option timestep="{SIM_TIMESTEP}" solver="Newton" iterations="6" ls_iterations="4" integrator="implicitfast"/>
   <visual>
     <headlight ambient="0.35 0.35 0.35" diffuse="0.5 0.5 0.5" specular="0 0 0"/>
     <global offwidth="640" offheight="640"/>

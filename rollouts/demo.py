@@ -1,14 +1,26 @@
 """``dreamgym demo``: the end-to-end demo on the embedded default.
 
-Builds a seeded room per task, runs the task's scripted expert in the C MuJoCo env, writes an mp4
-per task with the ego view (upscaled) beside the overhead third-person view, and prints success.
+Stages, each a ``dreamgym`` command run in-process with the same code and configs as on the
+command line, each skipped when a previous run finished it (``<out>/stages/<name>.json``), so an
+interrupted demo is re-run with the same command:
+
+1. ``rooms``     -- a few seeded rooms and one scripted-expert episode per task (mp4s);
+2. ``collect``   -- a little data from the batched simulator (behaviour mix);
+3. ``world_model`` -- fine-tune the shipped default world model on it (``train-wm init=...``);
+4. ``eval_wm``   -- the world model against the simulator on held-out rooms (metrics, plots,
+   real | dream videos);
+5. ``policy``    -- a policy trained only in imagination (``train-policy env=dream``);
+6. ``eval_policy`` -- that policy, the scripted expert and a random policy in the real simulator;
+7. ``report``    -- ``report.md`` with the tables, plots and videos.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 from omegaconf import DictConfig
@@ -20,39 +32,181 @@ def ego_frame(ego_rgb: np.ndarray, scale: int) -> np.ndarray:
     return np.kron(ego_rgb.transpose(1, 2, 0), np.ones((scale, scale, 1), np.uint8))
 
 
-def run(cfg: DictConfig) -> int:
-    os.environ.setdefault("MUJOCO_GL", "egl")
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Stages:
+    """Runs named stages once: a finished stage leaves ``stages/<name>.json`` with its summary."""
+
+    def __init__(self, out: Path):
+        self.dir = out / "stages"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.summaries: dict[str, Any] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        marker = self.dir / f"{name}.json"
+        if marker.exists():
+            summary = json.loads(marker.read_text())
+            print(f"[demo] {name}: done in an earlier run, skipped")
+        else:
+            print(f"[demo] {name} ...", flush=True)
+            t0 = time.time()
+            result = fn()
+            summary = {"result": result, "seconds": round(time.time() - t0, 1)}
+            _atomic_json(marker, summary)
+            print(f"[demo] {name}: {summary['seconds']} s", flush=True)
+        self.summaries[name] = summary
+        return summary["result"]
+
+
+def _cli(*argv: str) -> None:
+    from dreamgym.rollouts.cli import main
+
+    code = main(list(argv))
+    if code:
+        raise SystemExit(f"dreamgym {' '.join(argv)} exited with {code}")
+
+
+def expert_videos(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    """One scripted-expert episode per task in the C MuJoCo env: ego | overhead mp4s."""
     import imageio.v2 as imageio
 
     from dreamgym.envs.ego_room_env import EgoRoomEnv
 
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for k, task in enumerate(cfg.tasks):
+        scale = int(cfg.video_scale)
         env = EgoRoomEnv(task=task, resolution=int(cfg.resolution), render_mode="rgb_array",
-                         render_resolution=int(cfg.resolution) * int(cfg.video_scale))
+                         render_resolution=int(cfg.resolution) * scale)
         obs, info = env.reset(seed=int(cfg.seed) + k)
-        path = out / f"{task}.mp4"
-        tmp = out / f".{task}.tmp.mp4"
+        path, tmp = out / f"{task}.mp4", out / f".{task}.tmp.mp4"
         writer = imageio.get_writer(tmp, fps=env.metadata["render_fps"], macro_block_size=1)
-        ret, success, steps = 0.0, False, 0
+        ret, steps = 0.0, 0
         with tqdm(total=env.core.task.max_steps, desc=f"{task}: {info['instruction_text']}", unit="step") as bar:
             while True:
-                writer.append_data(np.concatenate([ego_frame(obs["ego_rgb"], int(cfg.video_scale)), env.render()], axis=1))
+                writer.append_data(np.concatenate([ego_frame(obs["ego_rgb"], scale), env.render()], axis=1))
                 obs, r, term, trunc, info = env.step(env.expert_action())
-                ret += r
-                steps += 1
+                ret, steps = ret + r, steps + 1
                 bar.update(1)
                 if term or trunc:
-                    success = info["success"]
                     break
-        writer.append_data(np.concatenate([ego_frame(obs["ego_rgb"], int(cfg.video_scale)), env.render()], axis=1))
+        writer.append_data(np.concatenate([ego_frame(obs["ego_rgb"], scale), env.render()], axis=1))
         writer.close()
         os.replace(tmp, path)
         env.close()
-        results[task] = {"instruction": info["instruction_text"], "success": bool(success), "return": round(ret, 3),
-                         "steps": steps, "video": str(path)}
-        print(f"{task:>7}: {'success' if success else 'failure'} in {steps} steps, return {ret:.2f} -> {path}")
-    (out / "demo.json").write_text(json.dumps(results, indent=2))
+        results[task] = {"instruction": info["instruction_text"], "success": bool(info["success"]),
+                         "return": round(float(ret), 3), "steps": steps, "video": str(path.relative_to(out.parent))}
+        print(f"{task:>7}: {'success' if info['success'] else 'failure'} in {steps} steps, return {ret:.2f} -> {path}")
+    return results
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    fmt = lambda x: f"{x:.3g}" if isinstance(x, float) else str(x)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(cfg: DictConfig, out: Path, stages: Stages) -> str:
+    """``report.md``: what each stage produced, with tables, plots and videos."""
+    s = stages.summaries
+    parts = ["# dreamgym demo report", ""]
+    parts.append("Stage times (s): " + ", ".join(f"{k} {v['seconds']}" for k, v in s.items() if "seconds" in v))
+    parts += ["", "## Rooms and scripted experts (simulator)", ""]
+    rooms = s.get("rooms", {}).get("result", {})
+    parts.append(_table([[t, r["instruction"], r["success"], r["return"], r["steps"], f"[mp4]({r['video']})"] for t, r in rooms.items()],
+                        ["task", "instruction", "success", "return", "steps", "video (ego | overhead)"]))
+    wm = out / "eval_wm" / "metrics.json"
+    if wm.exists():
+        m = json.loads(wm.read_text())
+        parts += ["", "## World model vs the simulator (held-out rooms)", ""]
+        hs = m["horizons"]
+        rows = []
+        for metric, vals in m["model"].items():
+            row = [metric] + [vals[i] if i < len(vals) else "" for i in range(len(hs))]
+            rows.append(row)
+            for name, b in m["baselines"].items():
+                if metric in b:
+                    rows.append([f"  {metric} ({name})"] + [b[metric][i] if i < len(b[metric]) else "" for i in range(len(hs))])
+        parts.append(_table(rows, ["metric"] + [f"h={h}" for h in hs]))
+        parts.append("")
+        for png in sorted((out / "eval_wm").glob("*.png")):
+            parts.append(f"![{png.stem}]({png.relative_to(out)})")
+        for mp4 in sorted((out / "eval_wm").rglob("*.mp4")):
+            parts.append(f"- real | dream: [{mp4.name}]({mp4.relative_to(out)})")
+        if "counterfactual" in m:
+            parts += ["", "Counterfactual controllability:", "", "```", json.dumps(m["counterfactual"], indent=1)[:3000], "```"]
+    ev = out / "eval_policy.json"
+    if ev.exists():
+        e = json.loads(ev.read_text())
+        parts += ["", "## Policies in the real simulator (held-out rooms)", ""]
+        rows = [[name, r.get("success_rate"), str(r.get("success_ci95")), r.get("mean_return"), str(r.get("return_ci95")), r.get("episodes")]
+                for name, r in e.items()]
+        parts.append(_table(rows, ["policy", "success rate", "95% CI", "mean return", "95% CI", "episodes"]))
+    text = "\n".join(parts) + "\n"
+    tmp = out / "report.md.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, out / "report.md")
+    return str(out / "report.md")
+
+
+def run(cfg: DictConfig) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = Stages(out)
+    task = str(cfg.task)
+    data, wm, policy = out / "data", out / "world_model", out / "policy"
+
+    stages.run("rooms", lambda: expert_videos(cfg, out / "rooms"))
+
+    def collect():
+        _cli("collect", f"task={task}", f"steps={int(cfg.collect_steps)}", f"num_envs={int(cfg.num_envs)}",
+             f"resolution={int(cfg.wm_resolution)}", f"out={data}", f"seed={int(cfg.seed)}", f'policy="{cfg.behaviour}"')
+        return {"dataset": str(data)}
+
+    stages.run("collect", collect)
+
+    def world_model():
+        init = [] if cfg.wm_init in (None, "none") else [f"init={cfg.wm_init}"]
+        _cli("train-wm", f"data={data}", f"out={wm}", f"steps={int(cfg.wm_steps)}", f"seed={int(cfg.seed)}",
+             f"eval_every={int(cfg.wm_steps)}", f"ckpt_every={max(50, int(cfg.wm_steps) // 4)}", *init)
+        return {"checkpoint": str(wm / "final")}
+
+    stages.run("world_model", world_model)
+
+    def eval_wm():
+        _cli("eval-wm", f"checkpoint={wm / 'final'}", f"data={data}", f"out={out / 'eval_wm'}",
+             f"max_starts={int(cfg.eval_wm_starts)}", "num_videos=2")
+        return json.loads((out / "eval_wm" / "metrics.json").read_text())
+
+    stages.run("eval_wm", eval_wm)
+
+    def train_policy():
+        _cli("train-policy", "env=dream", f"task={task}", f"checkpoint={wm / 'final'}", f"out={policy}",
+             f"steps={int(cfg.policy_steps)}", f"seed={int(cfg.seed)}")
+        zips = sorted(policy.rglob("*.zip"))
+        return {"policy": str(zips[-1]) if zips else str(policy)}
+
+    pol = stages.run("policy", train_policy)
+
+    def eval_policy():
+        results = {}
+        for name, spec in (("dream-trained", pol["policy"]), ("expert", "expert"), ("random", "random")):
+            f = out / f"eval_{name}.json"
+            _cli("eval-policy", f"policy={spec}", "env=real", f"task={task}", f"episodes={int(cfg.eval_episodes)}", f"out={f}")
+            results[name] = json.loads(f.read_text())
+        _atomic_json(out / "eval_policy.json", results)
+        return {k: {kk: v.get(kk) for kk in ("success_rate", "mean_return")} for k, v in results.items()}
+
+    stages.run("eval_policy", eval_policy)
+    report = write_report(cfg, out, stages)
+    print(f"[demo] report: {report}")
     return 0
