@@ -140,7 +140,7 @@ class ResponseTransformer(nn.Module):
         self.utt = nn.Linear(EMBED_DIM, d)
         self.pos = nn.Parameter(torch.zeros(c.context, d))
         layer = nn.TransformerEncoderLayer(d, c.heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
-        self.body = nn.TransformerEncoder(layer, c.layers)
+        self.body = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
         self.out = nn.Linear(d, c.codebook)
         self.register_buffer("mask", torch.triu(torch.full((c.context, c.context), float("-inf")), 1), persistent=False)
 
@@ -166,6 +166,8 @@ class InverseController(nn.Module):
 class SocialAvatarPolicy(nn.Module):
     """The three modules plus per-world runtime state (see the module docstring)."""
 
+    obs_keys = ("motion", "partner_motion")
+
     def __init__(self, config: SocialConfig | None = None):
         super().__init__()
         self.config = c = config or SocialConfig()
@@ -186,18 +188,22 @@ class SocialAvatarPolicy(nn.Module):
 
     # ------------------------------------------------------------------ runtime
     def reset(self, worlds: torch.Tensor | None = None) -> None:
-        """Forget the history of ``worlds`` (all when None): call when their episodes restart."""
+        """Forget the history of ``worlds`` (indices or a (B,) bool mask; all when None) when their episodes restart."""
         if self._state is None or worlds is None:
             self._state = None
             return
         s = self._state
-        w = torch.as_tensor(worlds)
+        w = torch.as_tensor(worlds, device=s["t"].device)
+        if w.dtype == torch.bool:
+            w = w.nonzero()[:, 0]
         s["t"][w] = 0
         s["own"][w] = self.config.codebook
         s["partner"][w] = 0
         s["rel"][w] = 0
         s["utt"][w] = 0
         s["filled"][w] = 0
+        s["plan"][w] = 0
+        s["fresh"][w] = True
 
     def _init_state(self, B: int, dev) -> dict:
         c = self.config
@@ -212,10 +218,11 @@ class SocialAvatarPolicy(nn.Module):
             "filled": torch.zeros(B, dtype=torch.long, device=dev),
             "plan": torch.zeros(B, WINDOW, FEAT_DIM, device=dev),  # avatar's planned window (normalised)
             "prev_m": None, "prev_p": None,
+            "fresh": torch.zeros(B, dtype=torch.bool, device=dev),  # rows reset since the last step
         }
 
     @torch.no_grad()
-    def act(self, obs: dict[str, torch.Tensor], utterances: Sequence[str] | None = None) -> torch.Tensor:
+    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True, utterances: Sequence[str] | None = None) -> torch.Tensor:
         """Actions (B, 6) for batched ``motion`` / ``partner_motion`` observations."""
         for k in ("motion", "partner_motion"):
             if k not in obs:
@@ -229,8 +236,12 @@ class SocialAvatarPolicy(nn.Module):
         if utterances is None:
             utterances = [""] * B
         utt = shared_encoder("cpu").encode(list(utterances)).to(dev)
-        f_own = self.norm(step_features(m, s["prev_m"]))
-        f_par = self.norm(step_features(pm, s["prev_p"]))
+        prev_m, prev_p = s["prev_m"], s["prev_p"]
+        if prev_m is not None:  # a restarted row has no previous step: zero yaw rate
+            prev_m = torch.where(s["fresh"][:, None], m, prev_m)
+            prev_p = torch.where(s["fresh"][:, None], pm, prev_p)
+        f_own = self.norm(step_features(m, prev_m))
+        f_par = self.norm(step_features(pm, prev_p))
         rel = relative_pose(m, pm)
         phase = s["t"] % WINDOW
         rows = torch.arange(B, device=dev)
@@ -245,6 +256,7 @@ class SocialAvatarPolicy(nn.Module):
         act = torch.where((s["filled"] == 0)[:, None], torch.zeros_like(act), act)  # before the first response: stand
         s["t"] += 1
         s["prev_m"], s["prev_p"] = m.clone(), pm.clone()
+        s["fresh"][:] = False
         return act.to(obs["motion"].device)
 
     def _respond(self, w: torch.Tensor, rel_end: torch.Tensor, utt: torch.Tensor) -> None:
@@ -287,3 +299,21 @@ class SocialAvatarPolicy(nn.Module):
         model = cls(SocialConfig(**raw))
         model.load_state_dict(load_file(str(path / "model.safetensors")))
         return model.to(device).eval()
+
+
+def _is_social(p: Path) -> bool:
+    cfg = Path(p) / "config.json"
+    try:
+        return cfg.is_file() and json.loads(cfg.read_text()).get("kind") == "social"
+    except json.JSONDecodeError:
+        return False
+
+
+def _register() -> None:
+    from .base import register_policy_loader
+
+    register_policy_loader("social", matches=_is_social,
+                           load=lambda p, task=None, device="cpu": SocialAvatarPolicy.from_pretrained(p, device=device))
+
+
+_register()

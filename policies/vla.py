@@ -30,7 +30,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dreamgym.envs import scene
 from dreamgym.envs.motion import JOINT_POS, JOINT_ROT, JOINT_VEL
 from dreamgym.envs.tasks import INSTRUCTIONS
 
@@ -112,6 +111,8 @@ class FiLMConv(nn.Module):
 class VLAPolicy(nn.Module):
     """Frame (CNN with text FiLM) + motion features + text -> action in [-1, 1]^6."""
 
+    obs_keys = OBS_KEYS
+
     def __init__(self, config: VLAConfig | None = None):
         super().__init__()
         self.config = c = config or VLAConfig()
@@ -157,7 +158,7 @@ class VLAPolicy(nn.Module):
         return self.head(torch.cat((x.flatten(1), m, t), -1))
 
     @torch.no_grad()
-    def act(self, obs: dict[str, torch.Tensor], texts: Sequence[str] | None = None) -> torch.Tensor:
+    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True, texts: Sequence[str] | None = None) -> torch.Tensor:
         """Actions (B, 6) in [-1, 1] for batched observations (see the module docstring)."""
         missing = [k for k in ("ego_rgb", "motion") if k not in obs]
         if missing or (texts is None and "instruction" not in obs):
@@ -196,5 +197,27 @@ class VLAPolicy(nn.Module):
         return model.to(device).eval()
 
 
-def colour_names() -> tuple[str, ...]:
-    return scene.COLOUR_NAMES
+def find_checkpoint(path: str | Path) -> Path | None:
+    """The VLA checkpoint in ``path``: the dir itself, or a train-vla run's ``final/`` (else ``bc/``)."""
+    p = Path(path)
+    for c in (p, p / "final", p / "bc"):
+        cfg = c / "config.json"
+        if cfg.is_file() and (c / "model.safetensors").is_file():
+            try:
+                if json.loads(cfg.read_text()).get("kind") == "vla":
+                    return c
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def _register() -> None:
+    from .base import register_policy_loader
+
+    register_policy_loader(
+        "vla", matches=lambda p: find_checkpoint(p) is not None,
+        load=lambda p, task=None, device="cpu": VLAPolicy.from_pretrained(find_checkpoint(p), device=device),
+    )
+
+
+_register()

@@ -103,7 +103,7 @@ def fit_bc(policy: VLAPolicy, buffer: Buffer, updates: int, batch: int, lr: floa
     tid = torch.tensor([uniq.index(t) for t in texts])
     opt = optimizer or torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
     policy.train()
-    run = None
+    run = float("nan")
     for u in range(updates):
         idx = torch.randint(len(texts), (batch,), generator=gen)
         pred = torch.tanh(policy(rgb[idx], motion[idx], emb_table[tid[idx]]))
@@ -111,7 +111,7 @@ def fit_bc(policy: VLAPolicy, buffer: Buffer, updates: int, batch: int, lr: floa
         opt.zero_grad()
         loss.backward()
         opt.step()
-        run = loss.item() if run is None else 0.98 * run + 0.02 * loss.item()
+        run = loss.item() if u == 0 else 0.98 * run + 0.02 * loss.item()
         if (u + 1) % max(1, updates // 5) == 0:
             log(f"  bc update {u + 1}/{updates}  loss {run:.4f}")
     policy.eval()
@@ -201,7 +201,10 @@ def run(cfg) -> int:
         log_file.write(msg + "\n")
         log_file.flush()
 
-    policy = VLAPolicy(VLAConfig(resolution=int(cfg.resolution)))
+    if cfg.get("init"):  # continue from a checkpoint (e.g. only the dream stage: updates_per_round=0)
+        policy = VLAPolicy.from_pretrained(cfg.init)
+    else:
+        policy = VLAPolicy(VLAConfig(resolution=int(cfg.resolution)))
     envs = {t: EgoRoomVecEnv(num_envs=int(cfg.num_envs), task=t, resolution=int(cfg.resolution), seed=int(cfg.seed),
                              obs_keys=OBS_KEYS, return_tensors=True) for t in cfg.tasks}
     buffer, rooms, history = Buffer(), set(), []
@@ -213,13 +216,19 @@ def run(cfg) -> int:
                          rooms)
             log(f"round {rnd} {task}: {st}, buffer {len(buffer)}, {time.time() - t0:.0f}s")
             history.append({"round": rnd, "task": task, **st})
-        loss = fit_bc(policy, buffer, int(cfg.updates_per_round), int(cfg.batch), float(cfg.lr), gen, log)
+        loss = fit_bc(policy, buffer, int(cfg.updates_per_round), int(cfg.batch), float(cfg.lr), gen, log) if int(cfg.updates_per_round) else float("nan")
         log(f"round {rnd}: bc loss {loss:.4f}, {time.time() - t0:.0f}s")
     for env in envs.values():
         env.close()
-    policy.config.info = {"bc_samples": len(buffer), "rounds": int(cfg.rounds), "seed": int(cfg.seed), "history": history,
+    if cfg.get("init") and int(cfg.updates_per_round) == 0:
+        info = dict(policy.config.info)
+    else:
+        info = {}
+    policy.config.info = {**info, "bc_samples": len(buffer), "rounds": int(cfg.rounds), "seed": int(cfg.seed), "history": history,
                           "stage": "bc"}
     policy.save_pretrained(out / "bc")
+    if cfg.get("init") and (Path(cfg.init).parent / "train_rooms.json").exists():  # rooms the init was trained on
+        rooms |= set(json.loads((Path(cfg.init).parent / "train_rooms.json").read_text()))
     (out / "train_rooms.json").write_text(json.dumps(sorted(rooms)))
     if cfg.world_model is not None and int(cfg.dream_steps) > 0:
         stats = finetune_dream(policy, cfg.world_model, buffer, cfg, rng, gen, log)
