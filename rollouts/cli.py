@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-vla": ("policy/vla", "dreamgym.policies.vla_train:run", "VLA policy: BC (DAgger) in the simulator, then AWR in the dream (out=DIR)"),
     "train-social": ("policy/social", "dreamgym.policies.social_train:run_train", "social avatar: motion VQ-VAE, response transformer, inverse controller (out=DIR)"),
     "avatar-demo": ("avatar_demo", "dreamgym.policies.social_train:run_demo", "a scripted conversation with the social avatar: video, motions, metrics.json (out=DIR)"),
+    "export": ("export", "dreamgym.avatars.export_cli:run", "SMPL-X .npz, BVH and .glb of every episode, agent and partner (data=DIR out=DIR)"),
+    "view": ("view", "dreamgym.avatars.viewer.server:run", "three.js/WebXR viewer of a dataset or run, real beside dream, on 127.0.0.1"),
 }
 # what -> (config name, "module:function", help) for `dreamgym bench <what>`
 BENCHES: dict[str, tuple[str, str, str]] = {
