@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo", "dreamgym.rollouts.demo:run", "the end-to-end demo on the embedded default"),
     "train-wm": ("train_wm", "dreamgym.worldmodel.train:run", "train the world model on a dataset (data=DIR out=RUN); re-run to resume"),
     "eval-wm": ("eval_wm", "dreamgym.worldmodel.evaluate:run", "a world model vs the simulator on held-out rooms, beside baselines"),
+    "collect": ("collect", "dreamgym.rollouts.collect:run", "collect episodes into a resumable dataset (out=DIR)"),
+    "video": ("video", "dreamgym.rollouts.video:run", "mp4 of a dataset episode: ego, overhead, occupancy"),
+    "dataset verify": ("dataset", "dreamgym.rollouts.dataset:run_verify", "check every shard checksum of a dataset"),
+    "dataset info": ("dataset", "dreamgym.rollouts.dataset:run_info", "episodes, steps, splits, behaviours of a dataset"),
     "train-vla": ("policy/vla", "dreamgym.policies.vla_train:run", "VLA policy: BC (DAgger) in the simulator, then AWR in the dream (out=DIR)"),
     "train-social": ("policy/social", "dreamgym.policies.social_train:run_train", "social avatar: motion VQ-VAE, response transformer, inverse controller (out=DIR)"),
     "avatar-demo": ("avatar_demo", "dreamgym.policies.social_train:run_demo", "a scripted conversation with the social avatar: video, motions, metrics.json (out=DIR)"),
@@ -33,6 +37,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 # what -> (config name, "module:function", help) for `dreamgym bench <what>`
 BENCHES: dict[str, tuple[str, str, str]] = {
     "env": ("bench/env", "dreamgym.rollouts.bench_env:run", "env steps/s: EgoRoomVecEnv vs Humanoid-v5"),
+    "collect": ("bench/collect", "dreamgym.rollouts.bench_rollouts:run_collect", "collection steps/s vs bare EgoRoomVecEnv"),
+    "loader": ("bench/loader", "dreamgym.rollouts.bench_rollouts:run_loader", "training windows/s of the dataset loader"),
     "wm": ("bench/wm", "dreamgym.worldmodel.bench_wm:run", "world model: training samples/s, dreaming transitions/s vs the simulator"),
     "vla": ("bench/vla", "dreamgym.policies.vla_bench:run", "VLA success on held-out rooms: training phrasings, paraphrases, unseen combos, BC only, random"),
 }
@@ -80,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         rest = rest[1:]
     elif name in COMMANDS:
         config_name, target, _ = COMMANDS[name]
+    elif rest and f"{name} {rest[0]}" in COMMANDS:  # two-word commands, e.g. `dataset verify`
+        name = f"{name} {rest[0]}"
+        config_name, target, _ = COMMANDS[name]
+        rest = rest[1:]
     else:
         raise SystemExit(f"dreamgym: unknown command {name!r}; choose one of {sorted([*COMMANDS, 'bench'])}")
     print_cfg = "--cfg" in rest

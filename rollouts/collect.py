@@ -1,0 +1,618 @@
+"""``dreamgym collect``: episodes from ``EgoRoomVecEnv`` into a crash-safe, resumable dataset.
+
+    dreamgym collect task=reach steps=20000 'policy="expert:0.5,noisy:0.3,random:0.2"' out=data/reach
+
+(Hydra reads an unquoted comma as a sweep: quote the mix as above, or write it as a dict,
+``policy={expert:0.5,noisy:0.3,random:0.2}``.)
+
+How collection is organised, and why:
+
+- **Rounds.** The B worlds are reset together at the start of every round, with rooms drawn from a
+  seed that depends only on ``(seed, round)``; within a round, worlds auto-reset as episodes end.
+  A round lasts ``round_steps`` steps; episodes still running when it ends are stored as truncated
+  (``truncations[-1]`` true, attribute ``cut``). MuJoCo Warp on CPU is deterministic, so a round
+  is a pure function of its seed, which is what makes collection resumable: a re-run replays the
+  unfinished round (writing none of the episodes it already has, and checking that their rooms
+  come out the same) and carries on, so the result is the one an uninterrupted run gives, episode
+  for episode.
+- **Budget.** ``steps`` counts transitions over all worlds: each world runs ``ceil(steps / B)``
+  steps, every one of which lands in exactly one stored episode.
+- **Behaviours.** Each episode gets one behaviour, drawn when it starts from the ``policy`` mix:
+  ``expert`` (the task's scripted expert), ``noisy`` (expert plus Gaussian noise of std ``noise``,
+  clipped to [-1, 1]) or ``random`` (uniform in [-1, 1]).
+- **Nothing lost.** Finished episodes go through a bounded queue to a writer thread that packs
+  ``shard_episodes`` of them into a shard (see ``dataset``), so stepping never waits for disk. A
+  ``SIGKILL`` loses only the episodes not yet in a shard; Ctrl-C or ``stop_after_steps`` also
+  writes the finished ones out first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .dataset import SHARD_PATTERN, Episode, Manifest, is_temp_file, room_split, write_shard
+
+BEHAVIOURS: tuple[str, ...] = ("expert", "noisy", "random")
+EXPERT, NOISY, RANDOM = range(3)
+# Settings a resumed collection must share with the run that started the dataset.
+RESUME_KEYS = ("task", "num_envs", "seed", "policy", "noise", "resolution", "round_steps", "obs_keys")
+
+
+def parse_policy(spec: str | Mapping[str, float] | Sequence[str]) -> dict[str, float]:
+    """A behaviour mix from ``"expert:0.5,noisy:0.3,random:0.2"`` (or a dict, or a list of
+    ``"name:weight"``); a bare name means weight 1. Weights are normalised to sum to 1."""
+    if isinstance(spec, str):
+        items = [s for s in spec.replace("+", ",").split(",") if s.strip()]
+    elif isinstance(spec, Mapping):
+        items = [f"{k}:{v}" for k, v in spec.items()]
+    else:
+        items = [str(s) for s in spec]
+    mix: dict[str, float] = {}
+    for item in items:
+        name, _, weight = item.strip().partition(":")
+        name = name.strip()
+        if name not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {name!r} in policy {spec!r}; choose from {list(BEHAVIOURS)}")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"behaviour weight {weight!r} in policy {spec!r} is not a number") from None
+        if w < 0 or not math.isfinite(w):
+            raise ValueError(f"behaviour weight for {name!r} must be a finite number >= 0, got {w}")
+        mix[name] = mix.get(name, 0.0) + w
+    total = sum(mix.values())
+    if total <= 0:
+        raise ValueError(f"policy {spec!r} gives no behaviour a positive weight, e.g. policy=expert:0.5,random:0.5")
+    return {k: round(mix[k] / total, 12) for k in BEHAVIOURS if mix.get(k, 0) > 0}
+
+
+def round_seed(seed: int, index: int, num_envs: int) -> int:
+    """The seed of round ``index``: its worlds start in rooms ``round_seed + i``."""
+    s = np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0]
+    return int(s % np.uint64(2**31 - 1 - num_envs))
+
+
+class BehaviourMix:
+    """The behaviours of one round: who acts how, drawn per episode, and their actions.
+
+    Everything random comes from generators seeded by ``(seed, round)``, so a round replays
+    exactly; ``bench collect`` drives its bare-env baseline with the same object.
+    """
+
+    def __init__(self, mix: Mapping[str, float], noise: float, seed: int, round_index: int, num_envs: int):
+        self.codes = np.array([BEHAVIOURS.index(k) for k in mix])
+        self.weights = np.array(list(mix.values()), dtype=float)
+        self.noise = float(noise)
+        self.B = int(num_envs)
+        self.rng = np.random.default_rng([int(seed), int(round_index), 1])
+        self.gen = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), int(round_index), 2]).generate_state(1)[0]))
+        self.behaviour = np.zeros(self.B, np.int64)  # per world, index into BEHAVIOURS
+        self._b = torch.zeros(self.B, 1, dtype=torch.long)
+
+    def draw(self, worlds: np.ndarray) -> None:
+        """New behaviours for the episodes starting in ``worlds`` (in world order)."""
+        if len(worlds):
+            self.behaviour[worlds] = self.codes[self.rng.choice(len(self.codes), size=len(worlds), p=self.weights)]
+            self._b = torch.as_tensor(self.behaviour)[:, None]
+
+    def actions(self, env) -> torch.Tensor:
+        """(B, 6) actions for the worlds' current states."""
+        expert = env.expert_actions()
+        noisy = torch.clamp(expert + self.noise * torch.randn(self.B, 6, generator=self.gen), -1.0, 1.0)
+        rand = torch.rand(self.B, 6, generator=self.gen) * 2 - 1
+        b = self._b.to(expert.device)
+        return torch.where(b == EXPERT, expert, torch.where(b == NOISY, noisy.to(expert.device), rand.to(expert.device)))
+
+
+def env_spec(env, task_name: str) -> dict[str, Any]:
+    """What a dataset records of the env that produced it (also in every shard's attrs)."""
+    from dreamgym.envs import scene
+    from dreamgym.envs.occupancy import CLASS_NAMES
+    from dreamgym.envs.tasks import INSTRUCTIONS
+
+    from .dataset import FORMAT_VERSION
+
+    space = env.single_observation_space
+    obs = {}
+    for k, s in space.spaces.items():
+        obs[k] = {"shape": list(getattr(s, "shape", ()) or ()), "dtype": str(np.dtype(s.dtype))}
+    q = env.sim_state()
+    return {
+        "env_id": "dreamgym/EgoRoomVec-v0",
+        "env_version": 0,
+        "obs_layout_version": FORMAT_VERSION,
+        "task": task_name,
+        "max_episode_steps": int(env.core.task.max_steps),
+        "resolution": list(env.resolution),
+        "obs_keys": list(env.obs_keys),
+        "observation_space": obs,
+        "action_space": {"shape": [6], "dtype": "float32", "low": -1.0, "high": 1.0},
+        "control_dt": float(scene.CONTROL_DT),
+        "frame_skip": int(scene.FRAME_SKIP),
+        "nq": int(q["qpos"].shape[1]),
+        "nv": int(q["qvel"].shape[1]),
+        "occupancy": {"size_xyz": list(env.grid.size), "voxel": float(env.grid.voxel), "classes": list(CLASS_NAMES)},
+        "instructions": list(INSTRUCTIONS),
+        "env_kwargs": {"task": task_name, "resolution": list(env.resolution), "obs_keys": list(env.obs_keys),
+                       "occupancy_size": list(env.grid.size), "occupancy_voxel": float(env.grid.voxel)},
+    }
+
+
+# ---------------------------------------------------------------------------------------- writer
+class ShardWriter:
+    """Packs finished episodes into shards on a background thread, behind a bounded queue.
+
+    Owns the manifest while it runs: a shard is listed (and the manifest replaced) only once the
+    shard file is complete on disk.
+    """
+
+    def __init__(self, root: Path, manifest: Manifest, shard_episodes: int, queue_episodes: int, shard_kwargs: Mapping[str, Any]):
+        self.root, self.manifest = root, manifest
+        self.shard_episodes = max(1, int(shard_episodes))
+        self.shard_kwargs = dict(shard_kwargs)
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, int(queue_episodes)))
+        self.error: BaseException | None = None
+        self.pending: list[Episode] = []
+        self.written_episodes = 0
+        self.written_steps = 0
+        self.busy_seconds = 0.0
+        self._thread = threading.Thread(target=self._run, name="dreamgym-shard-writer", daemon=True)
+        self._thread.start()
+
+    # ---- called from the collecting thread
+    def put(self, kind: str, item: Any = None) -> None:
+        while True:
+            if self.error is not None:
+                raise RuntimeError(f"writing shards to {self.root} failed: {self.error}") from self.error
+            try:
+                self.queue.put((kind, item), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def sync(self) -> None:
+        """Wait until the writer has handled everything queued so far."""
+        done = threading.Event()
+        self.put("sync", done)
+        while not done.wait(0.5):
+            if self.error is not None or not self._thread.is_alive():
+                break
+        if self.error is not None:
+            raise RuntimeError(f"writing shards to {self.root} failed: {self.error}") from self.error
+
+    def close(self) -> None:
+        """Write whatever is pending and stop; raises if writing failed."""
+        if self._thread.is_alive():
+            self.put("close")
+            self._thread.join()
+        if self.error is not None:
+            raise RuntimeError(f"writing shards to {self.root} failed: {self.error}") from self.error
+
+    # ---- the writer thread
+    def _run(self) -> None:
+        try:
+            while True:
+                kind, item = self.queue.get()
+                if kind == "episode":
+                    self.pending.append(item)
+                    if len(self.pending) >= self.shard_episodes:
+                        self._flush()
+                elif kind == "round_start":
+                    rounds = self.manifest.data["rounds"]
+                    if not any(r["index"] == item["index"] for r in rounds):
+                        rounds.append(dict(item, complete=False))
+                elif kind == "round_end":
+                    self._flush()
+                    for r in self.manifest.data["rounds"]:
+                        if r["index"] == item:
+                            r["complete"] = True
+                    self.manifest.save()
+                elif kind == "sync":
+                    item.set()
+                elif kind == "close":
+                    self._flush()
+                    self.manifest.save()
+                    return
+        except BaseException as e:  # noqa: BLE001 -- handed to the collecting thread
+            self.error = e
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        t0 = time.perf_counter()
+        first = self.manifest.num_episodes
+        episodes = list(enumerate(self.pending, start=first))
+        entry = write_shard(self.root, self.manifest.next_shard_name(), episodes, self.manifest.data["env"], **self.shard_kwargs)
+        self.manifest.shards.append(entry)
+        self.manifest.save()
+        self.written_episodes += len(self.pending)
+        self.written_steps += entry["steps"]
+        self.pending = []
+        self.busy_seconds += time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------- buffers
+class EpisodeBuffers:
+    """Per-world episode buffers, written for all B worlds at once each step (no per-world loop)."""
+
+    def __init__(self, B: int, capacity: int, obs_space, nq: int, nv: int):
+        self.B, self.capacity = B, int(capacity)
+        n = self.capacity + 1
+        self.obs = {k: np.zeros((B, n, *s.shape), dtype=s.dtype) for k, s in obs_space.spaces.items()}
+        self.qpos = np.zeros((B, n, nq), np.float32)
+        self.qvel = np.zeros((B, n, nv), np.float32)
+        self.actions = np.zeros((B, self.capacity, 6), np.float32)
+        self.rewards = np.zeros((B, self.capacity), np.float32)
+        self.terminations = np.zeros((B, self.capacity), bool)
+        self.truncations = np.zeros((B, self.capacity), bool)
+        self.pos = np.zeros(B, np.int64)  # steps taken in each world's current episode
+        self.rows = np.arange(B)
+
+    def put_obs(self, rows: np.ndarray, obs: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray]) -> None:
+        """Observation and physics state of ``rows`` at their current position."""
+        t = self.pos[rows]
+        for k, v in obs.items():
+            self.obs[k][rows, t] = v[rows]
+        self.qpos[rows, t] = state["qpos"][rows]
+        self.qvel[rows, t] = state["qvel"][rows]
+
+    def put_transition(self, actions: np.ndarray, rewards: np.ndarray, term: np.ndarray, trunc: np.ndarray) -> None:
+        if int(self.pos.max()) >= self.capacity:
+            raise RuntimeError(f"an episode ran past {self.capacity} steps, the task's max_steps; the env did not truncate it")
+        r, t = self.rows, self.pos
+        self.actions[r, t] = actions
+        self.rewards[r, t] = rewards
+        self.terminations[r, t] = term
+        self.truncations[r, t] = trunc
+        self.pos += 1
+
+    def take(self, w: int, attrs: dict[str, Any]) -> Episode:
+        """A copy of world ``w``'s current episode (its ``pos`` steps)."""
+        T = int(self.pos[w])
+        return Episode(
+            observations={k: v[w, : T + 1].copy() for k, v in self.obs.items()},
+            actions=self.actions[w, :T].copy(),
+            rewards=self.rewards[w, :T].copy(),
+            terminations=self.terminations[w, :T].copy(),
+            truncations=self.truncations[w, :T].copy(),
+            qpos=self.qpos[w, : T + 1].copy(),
+            qvel=self.qvel[w, : T + 1].copy(),
+            attrs=attrs,
+        )
+
+
+def _np(tree: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in tree.items()}
+
+
+# ---------------------------------------------------------------------------------------- collect
+@dataclass
+class CollectResult:
+    """What a ``collect`` call did and what the dataset now holds."""
+
+    out: Path
+    episodes: int  # in the dataset
+    steps: int  # in the dataset
+    new_episodes: int
+    new_steps: int
+    simulated_steps: int  # world-steps stepped by this call, replays included
+    seconds: float  # stepping and writing, without building the env
+    complete: bool  # the dataset holds every step asked for
+    writer_busy_seconds: float  # time the writer thread spent packing and writing shards
+    stopped: str | None = None  # "budget" (stop_after_steps) or "interrupted" (Ctrl-C, SIGTERM)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["out"] = str(self.out)
+        return d
+
+
+class _Stop(Exception):
+    pass
+
+
+def _claim(root: Path):
+    """An exclusive lock on ``root`` for this process (released by the OS if it dies)."""
+    fh = open(root / ".lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise SystemExit(f"dreamgym collect: another collection is writing to {root}; wait for it or use another out=") from None
+    return fh
+
+
+def _clean_strays(root: Path, manifest: Manifest) -> list[str]:
+    """Remove temporary files and shards that a crash left unlisted; returns their names."""
+    listed = {s["file"] for s in manifest.shards}
+    removed = []
+    for p in root.iterdir():
+        if is_temp_file(p.name) or (SHARD_PATTERN.match(p.name) and p.name not in listed):
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+def collect(
+    out: str | Path,
+    *,
+    task: str = "reach",
+    steps: int = 20000,
+    num_envs: int = 16,
+    policy: str | Mapping[str, float] = "expert:0.5,noisy:0.3,random:0.2",
+    noise: float = 0.3,
+    seed: int = 0,
+    resolution: int = 64,
+    obs_keys: Sequence[str] | None = None,
+    round_steps: int = 500,
+    shard_episodes: int = 16,
+    heldout_fraction: float = 0.1,
+    compression: str | None = "gzip",
+    compression_level: int | None = 1,
+    image_chunk_steps: int = 4,
+    queue_episodes: int = 16,
+    stop_after_steps: int | None = None,
+    progress: bool = True,
+    env=None,
+) -> CollectResult:
+    """Collect (or continue collecting) ``steps`` transitions into the dataset at ``out``.
+
+    Re-running with the same settings continues an interrupted collection and ends with exactly
+    the episodes an uninterrupted run has; a larger ``steps`` extends a finished one. Settings
+    that shape the data (``RESUME_KEYS``, ``heldout_fraction``) must match the dataset's.
+    ``stop_after_steps`` stops this call after that many new steps (as an interruption would).
+    ``env`` reuses an ``EgoRoomVecEnv`` built with the same task, ``num_envs`` and resolution.
+    """
+    from tqdm import tqdm
+
+    from dreamgym.envs.spaces import check_obs_keys, check_resolution
+    from dreamgym.envs.tasks import make_task
+
+    mix = parse_policy(policy)
+    B = int(num_envs)
+    if B < 1 or int(steps) < 1 or int(round_steps) < 1:
+        raise ValueError(f"num_envs, steps and round_steps must be positive, got {B}, {steps}, {round_steps}")
+    if not 0.0 <= float(heldout_fraction) < 1.0:
+        raise ValueError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
+    if not float(noise) >= 0.0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    keys = list(check_obs_keys(obs_keys))
+    res = list(check_resolution(resolution))
+    make_task(task)  # fails early, with the list of tasks, on a wrong name
+    settings = {"task": task, "num_envs": B, "seed": int(seed), "policy": mix, "noise": float(noise),
+                "resolution": res, "round_steps": int(round_steps), "obs_keys": keys}
+
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = _claim(root)
+    try:
+        manifest = Manifest.load(root) if (root / "manifest.json").exists() else None
+        if manifest is not None:
+            have = manifest.data["collection"]
+            diff = {k: (have.get(k), settings[k]) for k in RESUME_KEYS if have.get(k) != settings[k]}
+            if abs(manifest.heldout_fraction - float(heldout_fraction)) > 1e-12:
+                diff["heldout_fraction"] = (manifest.heldout_fraction, float(heldout_fraction))
+            if diff:
+                lines = ", ".join(f"{k}: dataset {a!r}, now {b!r}" for k, (a, b) in diff.items())
+                raise SystemExit(f"dreamgym collect: {root} was collected with other settings ({lines}); "
+                                 "re-run with the dataset's settings to continue it, or choose another out=")
+        if manifest is not None and _finished(manifest, int(steps), B, int(round_steps)):
+            n, k = manifest.num_episodes, manifest.num_steps
+            return CollectResult(out=root, episodes=n, steps=k, new_episodes=0, new_steps=0, simulated_steps=0,
+                                 seconds=0.0, complete=True, writer_busy_seconds=0.0)
+        if env is None:
+            from dreamgym.envs.vec_env import EgoRoomVecEnv
+
+            env = EgoRoomVecEnv(num_envs=B, task=task, resolution=res, seed=int(seed), obs_keys=keys, return_tensors=True)
+        elif (env.num_envs, env.core.task.name, list(env.resolution), list(env.obs_keys)) != (B, task, res, keys):
+            raise ValueError("the env passed to collect() does not match num_envs/task/resolution/obs_keys")
+        if manifest is None:
+            manifest = Manifest.new(root, env_spec(env, task), {**settings, "steps": int(steps)}, heldout_fraction)
+            manifest.save()
+        removed = _clean_strays(root, manifest)
+        if removed:
+            print(f"removed {len(removed)} file(s) an interrupted run left behind: {', '.join(removed[:4])}{' ...' if len(removed) > 4 else ''}")
+        manifest.data["collection"]["steps"] = max(int(steps), int(manifest.data["collection"].get("steps", 0)))
+        return _collect(env, manifest, settings, int(steps), stop_after_steps, progress, tqdm,
+                        shard_episodes=shard_episodes, queue_episodes=queue_episodes,
+                        shard_kwargs={"compression": compression or None, "compression_level": compression_level,
+                                      "image_chunk_steps": int(image_chunk_steps)},
+                        heldout_fraction=float(heldout_fraction))
+    finally:
+        lock.close()
+
+
+def _plan(manifest: Manifest, per_world: int, round_steps: int) -> list[int]:
+    """Steps of every round, recorded rounds first (their length is fixed once started)."""
+    plan = [int(r["steps"]) for r in sorted(manifest.data["rounds"], key=lambda r: r["index"])]
+    while sum(plan) < per_world:
+        plan.append(min(round_steps, per_world - sum(plan)))
+    return plan
+
+
+class Collector:
+    """Runs rounds on an env, recording every world's episodes and handing finished ones to a
+    ``ShardWriter``; episodes already ``stored`` (key -> room seed) are replayed but not written."""
+
+    def __init__(self, env, settings: Mapping[str, Any], writer: ShardWriter, stored: Mapping[str, int] | None = None,
+                 heldout_fraction: float = 0.1, capacity: int | None = None):
+        self.env, self.settings, self.writer = env, settings, writer
+        self.stored = dict(stored or {})  # key -> room seed of the episodes already in the dataset
+        self.heldout_fraction = float(heldout_fraction)
+        self.B = env.num_envs
+        capacity = int(env.core.task.max_steps) if capacity is None else min(int(capacity), int(env.core.task.max_steps))
+        q = env.sim_state()
+        self.buf = EpisodeBuffers(self.B, capacity, env.single_observation_space, q["qpos"].shape[1], q["qvel"].shape[1])
+        self.simulated = 0  # world-steps stepped
+        self.new_steps = 0  # world-steps that belong to episodes not stored before
+
+    def run_round(self, r: int, L: int, on_step=None) -> None:
+        """Round ``r`` of ``L`` steps. ``on_step(new_world_steps, t)`` is called after every step
+        (to show progress, or to stop by raising)."""
+        env, buf, B, writer = self.env, self.buf, self.B, self.writer
+        seed, task_name = self.settings["seed"], self.settings["task"]
+        rs = round_seed(seed, r, B)
+        writer.put("round_start", {"index": r, "seed": rs, "steps": L})
+        policy = BehaviourMix(self.settings["policy"], self.settings["noise"], seed, r, B)
+        obs_t, infos = env.reset_tensors(seed=rs)
+        buf.pos[:] = 0
+        ep_count = np.zeros(B, np.int64)
+        meta: list[dict[str, Any]] = [{} for _ in range(B)]
+
+        def start(worlds: np.ndarray, obs: dict, infos: dict) -> None:
+            policy.draw(worlds)
+            for w in worlds:
+                key = f"r{r}-w{w}-e{ep_count[w]}"
+                seed_w = int(infos["room_seed"][w])
+                if key in self.stored and self.stored[key] != seed_w:
+                    raise RuntimeError(f"replaying round {r} diverged: episode {key} has room {seed_w}, the dataset room "
+                                       f"{self.stored[key]}; the simulator is not deterministic here, continue into a new out=")
+                meta[w] = {
+                    "key": key, "round": r, "world": int(w), "task": task_name,
+                    "instruction": int(obs["instruction"][w]) if "instruction" in obs else -1,
+                    "instruction_text": str(infos["instruction_text"][w]), "room_seed": seed_w,
+                    "behaviour": BEHAVIOURS[int(policy.behaviour[w])], "partner_behaviour": str(infos["partner_behaviour"][w]),
+                    "utterance": str(infos["utterance"][w]), "split": room_split(seed_w, self.heldout_fraction),
+                    "stored": key in self.stored,
+                }
+
+        def emit(w: int, success: bool, terminated: bool, truncated: bool, cut: bool) -> None:
+            m = meta[w]
+            ep_count[w] += 1
+            if m.pop("stored") or buf.pos[w] == 0:
+                return
+            attrs = {**m, "success": bool(success), "terminated": bool(terminated), "truncated": bool(truncated), "cut": bool(cut)}
+            writer.put("episode", buf.take(w, attrs))
+
+        obs = _np(obs_t)
+        buf.put_obs(buf.rows, obs, _np(env.sim_state()))
+        start(buf.rows, obs, infos)
+        for t in range(L):
+            act = policy.actions(env)
+            obs_t, rew, term, trunc, infos = env.step_tensors(act)
+            fresh = sum(not m["stored"] for m in meta)
+            buf.put_transition(act.cpu().numpy(), rew.cpu().numpy(), term.cpu().numpy(), trunc.cpu().numpy())
+            obs = _np(obs_t)
+            state = _np(env.sim_state())
+            buf.put_obs(buf.rows, obs, state)
+            done = (term | trunc).cpu().numpy()
+            if done.any():
+                ended = np.nonzero(done)[0]
+                # The ended rows' last observation and state are in infos; the returned ones
+                # already start their next episode.
+                buf.put_obs(ended, _np(infos["final_obs"]), _np(infos["final_state"]))
+                fs = infos["final_success"].cpu().numpy()
+                te, tr = term.cpu().numpy(), trunc.cpu().numpy()
+                for w in ended:
+                    emit(int(w), fs[w], te[w], tr[w], cut=False)
+                buf.pos[ended] = 0
+                buf.put_obs(ended, obs, state)
+                start(ended, obs, infos)
+            self.simulated += B
+            self.new_steps += fresh
+            if on_step is not None:
+                on_step(fresh, t)
+        success = infos["success"]
+        success = success.cpu().numpy() if isinstance(success, torch.Tensor) else np.asarray(success)
+        for w in range(B):  # episodes still running when the round ends are cut
+            if buf.pos[w] > 0:
+                buf.truncations[w, buf.pos[w] - 1] = True
+            emit(w, success[w], False, True, cut=True)
+        writer.put("round_end", r)
+
+
+def _finished(manifest: Manifest, steps: int, num_envs: int, round_steps: int) -> bool:
+    """Whether the dataset already holds every round that ``steps`` asks for."""
+    plan = _plan(manifest, math.ceil(steps / num_envs), round_steps)
+    done = {r["index"] for r in manifest.data["rounds"] if r.get("complete")}
+    return all(r in done for r in range(len(plan)))
+
+
+def _collect(env, manifest: Manifest, settings: dict, steps: int, stop_after: int | None, progress: bool, tqdm,
+             shard_episodes: int, queue_episodes: int, shard_kwargs: dict, heldout_fraction: float) -> CollectResult:
+    B = settings["num_envs"]
+    plan = _plan(manifest, math.ceil(steps / B), settings["round_steps"])
+    complete = {r["index"] for r in manifest.data["rounds"] if r.get("complete")}
+    start_eps, start_steps = manifest.num_episodes, manifest.num_steps
+    writer = ShardWriter(manifest.root, manifest, shard_episodes, queue_episodes, shard_kwargs)
+    collector = Collector(env, settings, writer, {e["key"]: e["room_seed"] for _, e in manifest.episodes()}, heldout_fraction, max(plan))
+    total = sum(plan) * B
+    bar = tqdm(total=total, initial=min(start_steps, total), unit="step", disable=not progress, smoothing=0.1,
+               desc=f"collect {settings['task']}")
+    stopped: str | None = None
+    t0 = time.perf_counter()
+
+    def on_step(fresh: int, t: int) -> None:
+        bar.update(fresh)
+        if fresh == 0:
+            bar.set_postfix_str(f"replaying round {r} step {t + 1}/{plan[r]}", refresh=False)
+        else:
+            bar.set_postfix(episodes=start_eps + writer.written_episodes + writer.queue.qsize(), refresh=False)
+        if stop_after is not None and collector.new_steps >= stop_after:
+            raise _Stop
+
+    def on_term(signum, frame):  # SIGTERM: stop like Ctrl-C, writing finished episodes first
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
+    try:
+        for r in range(len(plan)):
+            if r not in complete:
+                collector.run_round(r, plan[r], on_step)
+    except _Stop:
+        stopped = "budget"
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+        print(f"\ninterrupted: writing finished episodes; re-run the same command to continue {manifest.root}")
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        bar.close()
+        writer.close()
+    seconds = time.perf_counter() - t0
+    rounds = manifest.data["rounds"]
+    done_all = stopped is None and len(rounds) >= len(plan) and all(r.get("complete") for r in rounds)
+    return CollectResult(
+        out=manifest.root, episodes=manifest.num_episodes, steps=manifest.num_steps,
+        new_episodes=manifest.num_episodes - start_eps, new_steps=manifest.num_steps - start_steps,
+        simulated_steps=collector.simulated, seconds=seconds, complete=done_all, writer_busy_seconds=writer.busy_seconds,
+        stopped=stopped,
+    )
+
+
+def collect_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``collect`` keyword arguments from a ``configs/collect.yaml``-shaped config."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    names = ("task", "steps", "num_envs", "policy", "noise", "seed", "resolution", "obs_keys", "round_steps",
+             "shard_episodes", "heldout_fraction", "compression", "compression_level", "image_chunk_steps",
+             "queue_episodes", "stop_after_steps", "progress")
+    return {k: c[k] for k in names if k in c}
+
+
+def run(cfg: DictConfig) -> int:
+    """``dreamgym collect``: see the module docstring and ``configs/collect.yaml``."""
+    out = cfg.get("out") or cfg.get("path")
+    if not out:
+        raise SystemExit("dreamgym collect: say where to write, e.g. out=data/reach")
+    try:
+        result = collect(out, **collect_kwargs(cfg))
+    except ValueError as e:
+        raise SystemExit(f"dreamgym collect: {e}") from None
+    state = "complete" if result.complete else "incomplete (re-run the same command to continue)"
+    print(f"{result.out}: {result.episodes} episodes, {result.steps} steps, {state}; "
+          f"this run added {result.new_episodes} episodes, {result.new_steps} steps in {result.seconds:.1f} s")
+    return 130 if result.stopped == "interrupted" else 0
