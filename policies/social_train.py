@@ -141,7 +141,7 @@ def mpjpe(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return float(err * 1000), float(pa * 1000)
 
 
-def train(cfg, log=print) -> SocialAvatarPolicy:
+def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
     torch.manual_seed(int(cfg.seed))
     gen = torch.Generator().manual_seed(int(cfg.seed))
     task = SocialSceneTask()
@@ -222,10 +222,9 @@ def train(cfg, log=print) -> SocialAvatarPolicy:
         opt.zero_grad(), loss.backward(), opt.step()
     fe_acc = (fe.cls(fe(x)).argmax(-1) == lab).float().mean().item()
     log(f"  feature extractor: train accuracy {fe_acc:.2f}")
-    pol.feature_extractor = fe
     pol.config.info = {"train_scenes": int(N), "train_steps": int(N * fo.shape[0]), "feature_extractor_accuracy": fe_acc,
                        "vq_window_mse_norm": float(F.mse_loss(pol.vq(wins[:4096])[0], wins[:4096]).item())}
-    return pol
+    return pol, fe.eval()
 
 
 def evaluate(pol: SocialAvatarPolicy, fe: MotionEncoder, seeds, task=None, render=False) -> tuple[dict, dict, dict]:
@@ -267,13 +266,13 @@ def run_train(cfg) -> int:
     torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    pol = train(cfg)
+    pol, fe = train(cfg)
     pol.save_pretrained(out)
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in pol.feature_extractor.state_dict().items()}, str(out / "motion_encoder.safetensors"))
+    save_file({k: v.contiguous() for k, v in fe.state_dict().items()}, str(out / "motion_encoder.safetensors"))
     seeds = list(range(int(cfg.eval_seed_base), int(cfg.eval_seed_base) + int(cfg.eval_scenes)))
-    metrics, _, _ = evaluate(pol, pol.feature_extractor, seeds)
+    metrics, _, _ = evaluate(pol, fe, seeds)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps(metrics, indent=1))
     return 0
@@ -296,7 +295,7 @@ def run_demo(cfg) -> int:
     torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(cfg.policy)
+    ckpt = Path(cfg.checkpoint)
     pol = SocialAvatarPolicy.from_pretrained(ckpt)
     fe = load_motion_encoder(ckpt)
     seq = [getattr(P, b.upper()) for b in cfg.conversation]

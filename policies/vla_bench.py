@@ -62,7 +62,7 @@ def run(cfg) -> int:
     from dreamgym.envs import EgoRoomVecEnv
 
     torch.set_num_threads(int(cfg.num_threads))
-    ckpt = Path(cfg.policy)
+    ckpt = Path(cfg.checkpoint)
     final_dir = ckpt / "final" if (ckpt / "final").exists() else ckpt / "bc"
     policy = VLAPolicy.from_pretrained(final_dir)
     bc = VLAPolicy.from_pretrained(ckpt / "bc")

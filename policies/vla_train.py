@@ -130,9 +130,13 @@ def finetune_dream(policy: VLAPolicy, world_model, buffer: Buffer, cfg, rng: np.
     tid_bc = torch.tensor([uniq_bc.index(t) for t in texts_bc])
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.dream_lr, weight_decay=1e-4)
     for task in cfg.dream_tasks:
-        env = DreamVecEnv(world_model, num_envs=cfg.dream_envs, task=task, modalities=("motion", "partner_motion", "ego_rgb"),
-                          obs_keys=OBS_KEYS, resolution=cfg.resolution, num_denoising_steps=cfg.dream_denoising_steps,
-                          horizon=cfg.dream_horizon, seed=int(rng.integers(10**9)), return_tensors=True)
+        kw = dict(world_model=world_model, num_envs=cfg.dream_envs, task=task, obs_keys=OBS_KEYS, resolution=cfg.resolution,
+                  num_denoising_steps=cfg.dream_denoising_steps, horizon=cfg.dream_horizon, seed=int(rng.integers(10**9)),
+                  return_tensors=True)
+        try:  # a model trained on RGB-D frames needs depth in its context, so it generates both
+            env = DreamVecEnv(modalities=("motion", "partner_motion", "ego_rgb", "ego_depth"), **kw)
+        except ValueError:
+            env = DreamVecEnv(modalities=("motion", "partner_motion", "ego_rgb"), **kw)
         t0 = time.time()
         obs, _ = env.reset_tensors()
         texts = [training_text(int(i), rng) for i in obs["instruction"]]
@@ -220,10 +224,7 @@ def run(cfg) -> int:
         log(f"round {rnd}: bc loss {loss:.4f}, {time.time() - t0:.0f}s")
     for env in envs.values():
         env.close()
-    if cfg.get("init") and int(cfg.updates_per_round) == 0:
-        info = dict(policy.config.info)
-    else:
-        info = {}
+    info = {"init": str(cfg.init), "init_info": dict(policy.config.info)} if cfg.get("init") else {}
     policy.config.info = {**info, "bc_samples": len(buffer), "rounds": int(cfg.rounds), "seed": int(cfg.seed), "history": history,
                           "stage": "bc"}
     policy.save_pretrained(out / "bc")

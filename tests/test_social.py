@@ -52,7 +52,8 @@ def test_tokenizer_round_trip_error_bound():
         back = pol.denorm(pol.vq.decode(pol.vq.encode(w)))
     joints = lambda x: x[..., :66].reshape(-1, WINDOW, 22, 3)  # noqa: E731
     err_mm = (joints(back) - joints(pol.denorm(w))).norm(dim=-1).mean().item() * 1000
+    print(f"round-trip joint error {err_mm:.1f} mm")
     assert err_mm < BOUND_MM, f"round-trip joint error {err_mm:.1f} mm"
 
 
-BOUND_MM = 60.0
+BOUND_MM = 20.0  # measured 8.9 mm on these rooms with the shipped checkpoint
