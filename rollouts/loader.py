@@ -239,13 +239,20 @@ class WindowDataset(Dataset):
 def make_loader(
     dataset: WindowDataset,
     batch_size: int = 32,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     shuffle: bool = True,
     seed: int = 0,
     drop_last: bool = True,
     **kwargs,
 ) -> DataLoader:
-    """A ``DataLoader`` of batched windows: each value gains a leading batch axis, (B, K+H, ...)."""
+    """A ``DataLoader`` of batched windows: each value gains a leading batch axis, (B, K+H, ...).
+
+    ``num_workers`` defaults to 2 for windows read from disk (decompression runs beside training)
+    and to 0 for an ``in_memory`` dataset, whose windows are cheaper to slice than to pass
+    between processes.
+    """
+    if num_workers is None:
+        num_workers = 0 if getattr(dataset, "_memory", None) is not None else 2
     gen = torch.Generator().manual_seed(int(seed))
     return DataLoader(
         dataset, batch_size=int(batch_size), shuffle=shuffle, num_workers=int(num_workers), drop_last=drop_last,
