@@ -73,7 +73,7 @@ def test_shipped_vla_beats_random_on_held_out_rooms():
     from dreamgym.policies.vla import OBS_KEYS, VLAPolicy
     from dreamgym.policies.vla_bench import held_out_rooms
 
-    policy = VLAPolicy.from_pretrained(SHIPPED / "bc")
+    policy = VLAPolicy.from_pretrained(SHIPPED / "final")
     n = 6
     seeds, _ = held_out_rooms("reach", 2 * n, False, 1_600_000_000, set())
     env = EgoRoomVecEnv(num_envs=2 * n, task="reach", resolution=32, obs_keys=OBS_KEYS, return_tensors=True)
