@@ -28,11 +28,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "video": ("video", "dreamgym.rollouts.video:run", "mp4 of a dataset episode: ego, overhead, occupancy"),
     "dataset verify": ("dataset", "dreamgym.rollouts.dataset:run_verify", "check every shard checksum of a dataset"),
     "dataset info": ("dataset", "dreamgym.rollouts.dataset:run_info", "episodes, steps, splits, behaviours of a dataset"),
-    "train-vla": ("policy/vla", "dreamgym.policies.vla_train:run", "VLA policy: BC (DAgger) in the simulator, then AWR in the dream (out=DIR)"),
-    "train-social": ("policy/social", "dreamgym.policies.social_train:run_train", "social avatar: motion VQ-VAE, response transformer, inverse controller (out=DIR)"),
+    "train-vla": ("train_vla", "dreamgym.policies.vla_train:run", "VLA policy: BC (DAgger) in the simulator, then AWR in the dream (out=DIR)"),
+    "train-social": ("train_social", "dreamgym.policies.social_train:run_train", "social avatar: motion VQ-VAE, response transformer, inverse controller (out=DIR)"),
     "avatar-demo": ("avatar_demo", "dreamgym.policies.social_train:run_demo", "a scripted conversation with the social avatar: video, motions, metrics.json (out=DIR)"),
     "export": ("export", "dreamgym.avatars.export_cli:run", "SMPL-X .npz, BVH and .glb of every episode, agent and partner (data=DIR out=DIR)"),
     "view": ("view", "dreamgym.avatars.viewer.server:run", "three.js/WebXR viewer of a dataset or run, real beside dream, on 127.0.0.1"),
+    "train-policy": ("train_policy", "dreamgym.policies.train:run", "SB3 PPO/SAC policy in the dream (env=dream) or the simulator (env=real) (out=DIR)"),
+    "eval-policy": ("eval_policy", "dreamgym.policies.evaluate:run", "a policy's return and success (95 % CIs) on held-out rooms of the simulator (JSON)"),
+    "diamond": ("diamond", "dreamgym.policies.diamond:run", "DIAMOND-style loop: real collection, world-model update, policy in imagination (budget=real steps)"),
 }
 # what -> (config name, "module:function", help) for `dreamgym bench <what>`
 BENCHES: dict[str, tuple[str, str, str]] = {
@@ -41,6 +44,8 @@ BENCHES: dict[str, tuple[str, str, str]] = {
     "loader": ("bench/loader", "dreamgym.rollouts.bench_rollouts:run_loader", "training windows/s of the dataset loader"),
     "wm": ("bench/wm", "dreamgym.worldmodel.bench_wm:run", "world model: training samples/s, dreaming transitions/s vs the simulator"),
     "vla": ("bench/vla", "dreamgym.policies.vla_bench:run", "VLA success on held-out rooms: training phrasings, paraphrases, unseen combos, BC only, random"),
+    "transfer": ("bench/transfer", "dreamgym.policies.bench_transfer:run", "policy trained in imagination vs PPO with 10x real steps, random, expert (real-env success)"),
+    "dream": ("bench/dream", "dreamgym.policies.bench_dream:run", "DreamVecEnv transitions/s vs EgoRoomVecEnv at B = 1, 16, 64"),
 }
 
 

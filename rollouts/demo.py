@@ -6,7 +6,8 @@ interrupted demo is re-run with the same command:
 
 1. ``rooms``     -- a few seeded rooms and one scripted-expert episode per task (mp4s);
 2. ``collect``   -- a little data from the batched simulator (behaviour mix);
-3. ``world_model`` -- fine-tune the shipped default world model on it (``train-wm init=...``);
+3. ``world_model`` -- the shipped default world model, or (``wm_steps > 0``) one trained on the
+   collected data with ``train-wm``;
 4. ``eval_wm``   -- the world model against the simulator on held-out rooms (metrics, plots,
    real | dream videos);
 5. ``policy``    -- a policy trained only in imagination (``train-policy env=dream``);
@@ -175,22 +176,25 @@ def run(cfg: DictConfig) -> int:
     stages.run("collect", collect)
 
     def world_model():
-        init = [] if cfg.wm_init in (None, "none") else [f"init={cfg.wm_init}"]
-        _cli("train-wm", f"data={data}", f"out={wm}", f"steps={int(cfg.wm_steps)}", f"seed={int(cfg.seed)}",
-             f"eval_every={int(cfg.wm_steps)}", f"ckpt_every={max(50, int(cfg.wm_steps) // 4)}", *init)
-        return {"checkpoint": str(wm / "final")}
+        if int(cfg.wm_steps) <= 0:  # the embedded default, as shipped
+            from dreamgym.envs.dream_env import DEFAULT_CHECKPOINT
 
-    stages.run("world_model", world_model)
+            return {"checkpoint": str(DEFAULT_CHECKPOINT), "trained_steps": 0}
+        _cli("train-wm", f"data={data}", f"out={wm}", f"steps={int(cfg.wm_steps)}", f"seed={int(cfg.seed)}",
+             f"eval_every={int(cfg.wm_steps)}", f"ckpt_every={max(50, int(cfg.wm_steps) // 4)}")
+        return {"checkpoint": str(wm / "final"), "trained_steps": int(cfg.wm_steps)}
+
+    ckpt = stages.run("world_model", world_model)["checkpoint"]
 
     def eval_wm():
-        _cli("eval-wm", f"checkpoint={wm / 'final'}", f"data={data}", f"out={out / 'eval_wm'}",
+        _cli("eval-wm", f"checkpoint={ckpt}", f"data={data}", f"out={out / 'eval_wm'}",
              f"max_starts={int(cfg.eval_wm_starts)}", "num_videos=2")
         return json.loads((out / "eval_wm" / "metrics.json").read_text())
 
     stages.run("eval_wm", eval_wm)
 
     def train_policy():
-        _cli("train-policy", "env=dream", f"task={task}", f"checkpoint={wm / 'final'}", f"out={policy}",
+        _cli("train-policy", "env=dream", f"task={task}", f"checkpoint={ckpt}", f"out={policy}",
              f"steps={int(cfg.policy_steps)}", f"seed={int(cfg.seed)}")
         zips = sorted(policy.rglob("*.zip"))
         return {"policy": str(zips[-1]) if zips else str(policy)}
@@ -198,11 +202,11 @@ def run(cfg: DictConfig) -> int:
     pol = stages.run("policy", train_policy)
 
     def eval_policy():
+        from dreamgym.policies.evaluate import evaluate_policy
+
         results = {}
         for name, spec in (("dream-trained", pol["policy"]), ("expert", "expert"), ("random", "random")):
-            f = out / f"eval_{name}.json"
-            _cli("eval-policy", f"policy={spec}", "env=real", f"task={task}", f"episodes={int(cfg.eval_episodes)}", f"out={f}")
-            results[name] = json.loads(f.read_text())
+            results[name] = evaluate_policy(spec, task=task, episodes=int(cfg.eval_episodes), seed=int(cfg.seed))
         _atomic_json(out / "eval_policy.json", results)
         return {k: {kk: v.get(kk) for kk in ("success_rate", "mean_return")} for k, v in results.items()}
 

@@ -1,0 +1,206 @@
+"""Policies: the Policy interface and loaders, evaluation with intervals, training in real and dream
+envs through the same SB3 code, the DIAMOND loop.
+
+World models here are tiny, randomly initialised and state-only (what state-based policies need);
+every env has 8 worlds so that Warp compiles its kernels for one batch size only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dreamgym.policies.base import ExpertPolicy, Policy, RandomPolicy, SB3Policy, load_policy, register_policy_loader
+from dreamgym.policies.evaluate import HELDOUT_ROOM_BASE, evaluate_policies, heldout_rooms, t_interval, wilson_interval
+
+torch.set_num_threads(1)  # the machine is shared
+
+B = 8
+OBS_KEYS = ["task_obs", "motion"]
+
+
+@pytest.fixture(scope="module")
+def tiny_wm(tmp_path_factory):
+    from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    cfg = WorldModelConfig(resolution=16, data_resolution=32, context=2, modalities=["motion", "partner_motion", "props"],
+                           dim=32, depth=1, heads=2, reward_hidden=32)
+    path = tmp_path_factory.mktemp("wm") / "tiny"
+    WorldModel(cfg).save_pretrained(path)
+    return path
+
+
+def _train_cfg(env: str, out, algo: str = "ppo", checkpoint=None, steps: int = 64, init=None):
+    from dreamgym.rollouts.cli import compose
+
+    return compose("train_policy", [
+        f"env={env}", f"algo={algo}", f"out={out}", f"steps={steps}", f"num_envs={B}", "progress=false", "stats_steps=2",
+        "ppo.n_steps=8", "ppo.batch_size=32", "ppo.n_epochs=2", "sac.learning_starts=16", "sac.gradient_steps=1",
+        "sac.batch_size=32", "num_threads=1", "checkpoint_every=1000000",
+        *([f"checkpoint={checkpoint}"] if checkpoint else []), *([f"init={init}"] if init else []),
+    ])
+
+
+# ----------------------------------------------------------------------------- statistics and loaders
+def test_intervals_match_known_values():
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+    assert wilson_interval(0, 20)[0] == 0.0 and 0.1 < wilson_interval(0, 20)[1] < 0.2
+    lo, hi = t_interval([1.0, 2.0, 3.0, 4.0])
+    assert (lo + hi) / 2 == pytest.approx(2.5) and hi - 2.5 == pytest.approx(3.182446 * np.std([1, 2, 3, 4], ddof=1) / 2, rel=1e-4)
+    assert t_interval([5.0, 5.0, 5.0]) == (5.0, 5.0)
+
+
+def test_heldout_rooms_are_above_every_training_draw():
+    rooms = heldout_rooms(100, seed=3)
+    assert min(rooms) >= HELDOUT_ROOM_BASE > 2**31 - 2 and len(set(rooms)) == 100
+    assert set(rooms).isdisjoint(heldout_rooms(100, seed=4))
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        heldout_rooms(3, seed=-1)
+
+
+def test_load_policy_builtins_registry_and_errors(tmp_path):
+    assert isinstance(load_policy("expert"), ExpertPolicy) and isinstance(load_policy("random"), RandomPolicy)
+    a = load_policy("random").act({"task_obs": torch.zeros(5, 8)})
+    assert a.shape == (5, 6) and a.abs().max() <= 1
+    with pytest.raises(RuntimeError, match="before bind"):
+        ExpertPolicy().act({"task_obs": torch.zeros(2, 8)})
+    with pytest.raises(FileNotFoundError, match="neither 'expert', 'random'"):
+        load_policy(tmp_path / "nothing.zip")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ValueError, match="no policy loader recognises"):
+        load_policy(tmp_path / "weights.bin")
+
+    class Still:
+        obs_keys = ("task_obs",)
+
+        def act(self, obs, deterministic=True):
+            return torch.zeros(obs["task_obs"].shape[0], 6)
+
+    assert isinstance(Still(), Policy)
+    d = tmp_path / "still"
+    d.mkdir()
+    (d / "policy.json").write_text(json.dumps({"family": "still-test"}))
+    with pytest.raises(ValueError, match="'still-test' is not registered"):
+        load_policy(d)
+    register_policy_loader("still-test", matches=lambda p: False, load=lambda p, task=None, device="cpu": Still())
+    assert isinstance(load_policy(d), Still)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def test_eval_policy_expert_beats_random_with_intervals():
+    res = evaluate_policies({"expert": "expert", "random": "random"}, task="reach", episodes=B // 2, seed=0, progress=False)
+    ex, rnd = res["expert"], res["random"]
+    for r in (ex, rnd):
+        assert r["episodes"] == B // 2
+        assert r["return_ci95"][0] <= r["mean_return"] <= r["return_ci95"][1]
+        assert r["success_ci95"][0] <= r["success_rate"] <= r["success_ci95"][1]
+    assert ex["success_rate"] >= 0.75 and rnd["success_rate"] <= 0.25
+    assert ex["mean_return"] > rnd["return_ci95"][1] and ex["return_ci95"][0] > rnd["mean_return"]
+    assert ex["mean_length"] < rnd["mean_length"]  # the expert's episodes end on success
+
+
+def test_eval_policy_command_writes_json(tmp_path):
+    from dreamgym.rollouts.cli import main
+
+    out = tmp_path / "eval.json"
+    # positional: `policy=` is taken by the Hydra group configs/policy/
+    assert main(["eval-policy", "expert", "episodes=8", "progress=false", "num_threads=1", f"out={out}"]) == 0
+    r = json.loads(out.read_text())
+    assert r["policy"] == "expert" and r["env"] == "real" and r["episodes"] == 8 and r["success_rate"] > 0.5
+    assert {"mean_return", "return_ci95", "success_rate", "success_ci95"} <= set(r)
+
+
+# ----------------------------------------------------------------------------- one SB3 policy, two envs
+def _drive(venv, model, steps: int) -> tuple[np.ndarray, list]:
+    """The policy loop of both envs (the same code): SB3 VecEnv API, SB3 predict."""
+    obs = venv.reset()
+    total = np.zeros(venv.num_envs)
+    for _ in range(steps):
+        act, _ = model.predict(obs, deterministic=True)
+        obs, rew, done, infos = venv.step(act)
+        total += rew
+    return total, infos
+
+
+def test_same_sb3_policy_runs_in_real_and_dream_envs(tiny_wm):
+    from stable_baselines3 import PPO
+
+    from dreamgym.envs.sb3 import SB3VecEnv
+    from dreamgym.policies.train import make_env
+
+    real = SB3VecEnv(make_env("real", "reach", B, OBS_KEYS, seed=0))
+    dream = SB3VecEnv(make_env("dream", "reach", B, OBS_KEYS, seed=0, checkpoint=tiny_wm))
+    assert real.observation_space == dream.observation_space and real.action_space == dream.action_space
+    model = PPO("MultiInputPolicy", real, n_steps=8, batch_size=32, n_epochs=1, seed=0, device="cpu")
+    for venv in (real, dream):
+        model.set_env(venv)
+        model.learn(16)  # SB3 collects and updates in either env
+        total, infos = _drive(venv, model, 4)
+        assert total.shape == (B,) and np.isfinite(total).all()
+        assert len(infos) == B and all("is_success" in i for i in infos)
+    # and through the Policy interface, on torch tensors
+    pol = SB3Policy(model)
+    for env in (real.env, dream.env):
+        obs, _ = env.reset_tensors(seed=1)
+        a = pol.act(obs)
+        assert a.shape == (B, 6) and a.abs().max() <= 1
+        env.step_tensors(a)
+
+
+@pytest.mark.parametrize("env,algo", [("real", "ppo"), ("dream", "sac")])
+def test_train_policy_gives_a_loadable_checkpoint(tmp_path, tiny_wm, env, algo):
+    from dreamgym.policies.train import train_policy
+
+    path = train_policy(_train_cfg(env, tmp_path / "run", algo, checkpoint=tiny_wm if env == "dream" else None))
+    meta = json.loads((path.parent / "policy.json").read_text())
+    assert meta["family"] == "sb3" and meta["algo"] == algo and meta["steps"] >= 64 and meta["obs_keys"] == OBS_KEYS
+    assert meta["real_env_steps"] == (meta["steps"] if env == "real" else (B + meta["episodes"]) * 1)
+    assert list((tmp_path / "run" / "tb").iterdir())  # tensorboard logs
+    for spec in (path, path.parent):  # the zip, or the run directory
+        pol = load_policy(spec)
+        assert isinstance(pol, SB3Policy) and pol.obs_keys == ("motion", "task_obs")  # the env's key order
+        assert type(pol.model).__name__ == algo.upper()
+        a = pol.act({"task_obs": torch.zeros(3, 8), "motion": torch.zeros(3, 227)})
+        assert a.shape == (3, 6) and a.abs().max() <= 1
+
+
+# ----------------------------------------------------------------------------- DIAMOND
+def test_finetune_world_model_changes_weights_and_loads(tmp_path, tiny_wm):
+    from dreamgym.envs.dream_env import DreamVecEnv
+    from dreamgym.policies.diamond import collect_with_policy, finetune_world_model
+    from dreamgym.worldmodel.model import WorldModel
+
+    eps, stats = collect_with_policy(RandomPolicy(), "reach", steps=4 * B, num_envs=B, seed=5, exploration_noise=0.0)
+    assert stats["real_steps"] == 4 * B and sum(e["actions"].shape[0] for e in eps) == 4 * B
+    assert set(eps[0]) == {"motion", "partner_motion", "props", "actions", "rewards", "terminations", "instruction"}
+    out = finetune_world_model(tiny_wm, eps, tmp_path / "wm", steps=3, batch_size=4, progress=False)
+    before, after = WorldModel.from_pretrained(tiny_wm).state_dict(), WorldModel.from_pretrained(out).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+    env = DreamVecEnv(out, num_envs=B, task="reach", obs_keys=OBS_KEYS, seed=0, return_tensors=True)
+    env.reset_tensors(seed=0)
+    obs, r, *_ = env.step_tensors(torch.zeros(B, 6))
+    assert torch.isfinite(r).all()
+
+
+@pytest.mark.slow
+def test_diamond_loop_respects_the_budget(tmp_path, tiny_wm):
+    from dreamgym.policies.diamond import diamond
+    from dreamgym.rollouts.cli import compose
+
+    cfg = compose("diamond", [
+        f"out={tmp_path / 'run'}", f"checkpoint={tiny_wm}", "budget=200", "collect_steps=64", f"collect_envs={B}",
+        "wm.steps=2", "wm.batch_size=4", "policy_steps=64", f"num_envs={B}", "ppo.n_steps=8", "ppo.batch_size=32",
+        "ppo.n_epochs=1", "eval_episodes=0", "progress=false", "num_threads=1", "stats_steps=2",
+    ])
+    s = diamond(cfg)
+    log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert s["iterations"] == len(log) >= 2
+    assert s["real_steps_used"] <= 200 and s["real_steps_used"] == log[-1]["real_steps_used"]
+    assert log[1]["data_episodes"] >= log[0]["data_episodes"]
+    assert isinstance(load_policy(s["policy"]), SB3Policy)
