@@ -109,7 +109,7 @@ def test_eval_policy_command_writes_json(tmp_path):
     from dreamgym.rollouts.cli import main
 
     out = tmp_path / "eval.json"
-    # positional: `policy=` is taken by the Hydra group configs/policy/
+    # positional form (policy= works too)
     assert main(["eval-policy", "expert", "episodes=8", "progress=false", "num_threads=1", f"out={out}"]) == 0
     r = json.loads(out.read_text())
     assert r["policy"] == "expert" and r["env"] == "real" and r["episodes"] == 8 and r["success_rate"] > 0.5
