@@ -22,7 +22,8 @@ registering a loader::
     register_policy_loader("vla", matches=lambda p: ..., load=lambda spec, task, device: MyVLA(...))
 
 ``load_policy(spec)`` tries, in order: a ``Policy`` instance (returned as is), the built-in names
-``expert`` and ``random``, a directory (or file beside) with ``policy.json`` whose ``"family"``
+``expert`` (``expert:noise=0.3``: Gaussian noise when sampling) and ``random`` (``random:hold=10``:
+each action held for 10 steps), a directory (or file beside) with ``policy.json`` whose ``"family"``
 names a registered loader, then each registered loader's ``matches`` (e.g. ``*.zip`` is a
 Stable-Baselines3 checkpoint). Modules named in ``LOADER_MODULES`` are imported first so that the
 families of other modules (``policies/vla*.py``, ``policies/social*.py``) register themselves.
@@ -100,17 +101,50 @@ class ExpertPolicy:
 
 
 class RandomPolicy:
-    """Uniform random actions in [-1, 1] (``policy=random``)."""
+    """Uniform random actions in [-1, 1] (``random``), each held for ``hold`` steps (``random:hold=10``).
+
+    Held actions make the body actually walk and turn (a fresh action every 50 ms mostly cancels
+    out in the gait controller), which is what a world model needs to see to learn the controls.
+    """
 
     obs_keys: tuple[str, ...] = ("task_obs",)
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, hold: int = 1):
+        if int(hold) < 1:
+            raise ValueError(f"hold must be at least 1 step, got {hold}")
         self.gen = torch.Generator().manual_seed(int(seed))
+        self.hold = int(hold)
+        self._action: torch.Tensor | None = None
+        self._age: torch.Tensor | None = None
+
+    def reset(self, mask: torch.Tensor) -> None:
+        if self._age is not None and len(mask) == len(self._age):
+            self._age[mask.cpu()] = self.hold  # draw afresh at the next step
 
     def act(self, obs: Mapping[str, torch.Tensor], deterministic: bool = True) -> torch.Tensor:
         B = _batch_size(obs)
         dev = next(iter(obs.values())).device
-        return (torch.rand(B, ACTION_DIM, generator=self.gen) * 2 - 1).to(dev)
+        fresh = torch.rand(B, ACTION_DIM, generator=self.gen) * 2 - 1
+        if self._action is None or self._action.shape[0] != B:
+            self._action, self._age = fresh, torch.zeros(B, dtype=torch.long)
+        else:
+            redraw = self._age >= self.hold
+            self._action = torch.where(redraw[:, None], fresh, self._action)
+            self._age = torch.where(redraw, 0, self._age)
+        self._age += 1
+        return self._action.to(dev)
+
+
+def _parse_builtin(spec: str) -> tuple[str, dict[str, float]]:
+    """``"random:hold=10,seed=3"`` -> ("random", {"hold": 10.0, "seed": 3.0})."""
+    name, _, rest = spec.partition(":")
+    kw = {}
+    for part in filter(None, rest.split(",")):
+        k, eq, v = part.partition("=")
+        if not eq:
+            raise ValueError(f"policy {spec!r}: options look like name:key=value,key=value")
+        kw[k.strip()] = float(v)
+    return name, kw
 
 
 class SB3Policy:
@@ -251,10 +285,11 @@ def load_policy(spec: str | Path | Policy, task: str = "reach", device: str | to
             return spec
         raise TypeError(f"not a policy: {type(spec).__name__} has no obs_keys/act")
     s = str(spec)
-    if s == "expert":
-        return ExpertPolicy(seed=seed)
-    if s == "random":
-        return RandomPolicy(seed=seed)
+    name, kw = _parse_builtin(s) if s.split(":")[0] in ("expert", "random") else (s, {})
+    if name == "expert":  # expert[:noise=0.3]
+        return ExpertPolicy(noise=kw.get("noise", 0.0), seed=int(kw.get("seed", seed)))
+    if name == "random":  # random[:hold=10]
+        return RandomPolicy(seed=int(kw.get("seed", seed)), hold=int(kw.get("hold", 1)))
     _import_family_modules()
     p = Path(s)
     cfg_file = p / POLICY_CONFIG if p.is_dir() else p.parent / POLICY_CONFIG

@@ -9,7 +9,9 @@ With N real simulator steps behind the world model (its training data; ``wm_data
 and scores them beside (c) ``random`` and (d) the scripted ``expert`` in the real simulator, all
 four in one batch on the same held-out rooms (``evaluate_policies``). The **value gap** is the
 return the dream predicts for (a) (``evaluate_in_dream``, episodes starting from real contexts)
-minus its real return. The goal: ``dream_success >= 0.8 * real10x_success``.
+minus its real return. The goal: ``dream_success >= 0.8 * real10x_success``. As a diagnostic of the
+world model, the scripted expert is also run in the dream (``expert_dream_success``): a world model
+that does not follow the controls shows up there first.
 
 The real steps (a) consumes beyond N -- the K-1 simulator steps that start each dreamed episode --
 are reported as ``dream_start_steps``. Stages are cached in ``run_dir`` (a re-run skips a finished
@@ -95,6 +97,11 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     in_dream = evaluate_in_dream(dream_zip, world_model=world_model, task=cfg.task, episodes=int(cfg.value_gap_episodes),
                                  seed=int(cfg.eval_seed), num_denoising_steps=int(cfg.num_denoising_steps), progress=bool(cfg.progress))
     walls["eval_dream"] = time.time() - tic
+    tic = time.time()
+    # diagnostic: the scripted expert in the same dream (does the world model follow the controls?)
+    expert_dream = evaluate_in_dream("expert", world_model=world_model, task=cfg.task, episodes=int(cfg.value_gap_episodes),
+                                     seed=int(cfg.eval_seed), num_denoising_steps=int(cfg.num_denoising_steps), progress=bool(cfg.progress))
+    walls["eval_expert_dream"] = time.time() - tic
     walls["total"] = time.time() - t0
 
     out: dict[str, Any] = {}
@@ -108,6 +115,8 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     out["dream_predicted_return"] = in_dream["mean_return"]
     out["dream_predicted_return_ci95"] = in_dream["return_ci95"]
     out["dream_predicted_success"] = in_dream["success_rate"]
+    out["expert_dream_success"] = expert_dream["success_rate"]
+    out["expert_dream_return"] = expert_dream["mean_return"]
     r10 = scores["real10x"]["success_rate"]
     out["dream_over_real10x_success"] = scores["dream"]["success_rate"] / r10 if r10 > 0 else None
     out["goal_met"] = bool(scores["dream"]["success_rate"] >= 0.8 * r10)
@@ -123,7 +132,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         "value_gap_episodes": in_dream["episodes"],
     }
     out["wall_s"] = walls
-    out["details"] = {"real": scores, "dream_predicted": in_dream, "dream_training": dream_meta, "real10x_training": real_meta}
+    out["details"] = {"real": scores, "dream_predicted": in_dream, "expert_in_dream": expert_dream, "dream_training": dream_meta, "real10x_training": real_meta}
     out["config"] = OmegaConf.to_container(cfg, resolve=True)
     out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}
     return out
