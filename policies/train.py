@@ -126,6 +126,7 @@ def train_policy(cfg: DictConfig | dict) -> Path:
             policy_kwargs["log_std_init"] = float(hp.pop("log_std_init"))
         model = cls("MultiInputPolicy", venv, seed=int(cfg.seed), device=cfg.device, tensorboard_log=str(out / "tb"),
                     policy_kwargs=policy_kwargs, verbose=0, **hp)
+    start_steps = int(model.num_timesteps)
     counter = _Progress()
     every = max(1, int(cfg.checkpoint_every) // int(cfg.num_envs))
     callbacks = CallbackList([counter.callback, CheckpointCallback(every, str(out / "checkpoints"), name_prefix=algo)])
@@ -133,14 +134,15 @@ def train_policy(cfg: DictConfig | dict) -> Path:
                 tb_log_name=str(cfg.get("tb_name") or algo), reset_num_timesteps=not cfg.init)
     path = out / "policy.zip"
     model.save(str(path))
-    steps = int(model.num_timesteps)
+    total_steps = int(model.num_timesteps)  # includes the steps of ``init``
+    steps = total_steps - start_steps
     K = int(getattr(env, "K", 1))
     real_steps = steps if cfg.env == "real" else (int(cfg.num_envs) + counter.episodes) * max(0, K - 1)
     ep_returns = [float(e["r"]) for e in model.ep_info_buffer] if model.ep_info_buffer else []
     meta = {
         "family": "sb3", "algo": algo, "task": cfg.task, "env": cfg.env, "obs_keys": list(obs_keys),
         "world_model": None if cfg.env == "real" else str(cfg.checkpoint or "default"),
-        "steps": steps, "real_env_steps": real_steps, "episodes": counter.episodes,
+        "steps": steps, "total_steps": total_steps, "real_env_steps": real_steps, "episodes": counter.episodes,
         "train_return_recent": float(np.mean(ep_returns)) if ep_returns else None,
         "train_success_recent": float(np.mean(model.ep_success_buffer)) if model.ep_success_buffer else None,
         "wall_s": time.time() - t0, "init": str(cfg.init) if cfg.init else None,

@@ -41,7 +41,7 @@ def _train_cfg(env: str, out, algo: str = "ppo", checkpoint=None, steps: int = 6
     return compose("train_policy", [
         f"env={env}", f"algo={algo}", f"out={out}", f"steps={steps}", f"num_envs={B}", "progress=false", "stats_steps=2",
         "ppo.n_steps=8", "ppo.batch_size=32", "ppo.n_epochs=2", "sac.learning_starts=16", "sac.gradient_steps=1",
-        "sac.batch_size=32", "num_threads=1", "checkpoint_every=1000000",
+        "sac.batch_size=32", "num_threads=1", "checkpoint_every=1000000", "obs_keys=[task_obs,motion]",
         *([f"checkpoint={checkpoint}"] if checkpoint else []), *([f"init={init}"] if init else []),
     ])
 
