@@ -19,7 +19,10 @@ How collection is organised, and why:
   steps, every one of which lands in exactly one stored episode.
 - **Behaviours.** Each episode gets one behaviour, drawn when it starts from the ``policy`` mix:
   ``expert`` (the task's scripted expert), ``noisy`` (expert plus Gaussian noise of std ``noise``,
-  clipped to [-1, 1]) or ``random`` (uniform in [-1, 1]).
+  clipped to [-1, 1]), ``random`` (uniform in [-1, 1], drawn anew every step) or ``held``
+  (uniform in [-1, 1], each draw held for 4-20 steps: the body walks and turns for real, which
+  i.i.d. random actions, averaging out within a few steps, never do; a world model needs such
+  sustained, off-expert commands to learn what its actions do).
 - **Nothing lost.** Finished episodes go through a bounded queue to a writer thread that packs
   ``shard_episodes`` of them into a shard (see ``dataset``), so stepping never waits for disk. A
   ``SIGKILL`` loses only the episodes not yet in a shard; Ctrl-C or ``stop_after_steps`` also
@@ -44,8 +47,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .dataset import SHARD_PATTERN, Episode, Manifest, is_temp_file, room_split, write_shard
 
-BEHAVIOURS: tuple[str, ...] = ("expert", "noisy", "random")
-EXPERT, NOISY, RANDOM = range(3)
+BEHAVIOURS: tuple[str, ...] = ("expert", "noisy", "random", "held")
+EXPERT, NOISY, RANDOM, HELD = range(4)
+HOLD_STEPS = (4, 20)  # a held random action lasts this many steps (inclusive), uniformly drawn
 # Settings a resumed collection must share with the run that started the dataset.
 RESUME_KEYS = ("task", "num_envs", "seed", "policy", "noise", "resolution", "round_steps", "obs_keys")
 
@@ -100,20 +104,32 @@ class BehaviourMix:
         self.gen = torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed), int(round_index), 2]).generate_state(1)[0]))
         self.behaviour = np.zeros(self.B, np.int64)  # per world, index into BEHAVIOURS
         self._b = torch.zeros(self.B, 1, dtype=torch.long)
+        self._held = torch.zeros(self.B, 6)
+        self._left = torch.zeros(self.B, dtype=torch.long)  # steps the held action still lasts
 
     def draw(self, worlds: np.ndarray) -> None:
         """New behaviours for the episodes starting in ``worlds`` (in world order)."""
         if len(worlds):
             self.behaviour[worlds] = self.codes[self.rng.choice(len(self.codes), size=len(worlds), p=self.weights)]
             self._b = torch.as_tensor(self.behaviour)[:, None]
+            self._left[torch.as_tensor(worlds, dtype=torch.long)] = 0
 
     def actions(self, env) -> torch.Tensor:
         """(B, 6) actions for the worlds' current states."""
         expert = env.expert_actions()
         noisy = torch.clamp(expert + self.noise * torch.randn(self.B, 6, generator=self.gen), -1.0, 1.0)
         rand = torch.rand(self.B, 6, generator=self.gen) * 2 - 1
+        if HELD in self.codes:
+            new = self._left <= 0
+            fresh = torch.rand(self.B, 6, generator=self.gen) * 2 - 1
+            dur = torch.randint(HOLD_STEPS[0], HOLD_STEPS[1] + 1, (self.B,), generator=self.gen)
+            self._held = torch.where(new[:, None], fresh, self._held)
+            self._left = torch.where(new, dur, self._left) - 1
+        held = self._held.to(expert.device)
         b = self._b.to(expert.device)
-        return torch.where(b == EXPERT, expert, torch.where(b == NOISY, noisy.to(expert.device), rand.to(expert.device)))
+        out = torch.where(b == NOISY, noisy.to(expert.device), rand.to(expert.device))
+        out = torch.where(b == HELD, held, out)
+        return torch.where(b == EXPERT, expert, out)
 
 
 def env_spec(env, task_name: str) -> dict[str, Any]:

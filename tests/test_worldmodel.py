@@ -337,3 +337,23 @@ def test_two_processes_train_the_same_model_as_one(tmp_path, episodes_file):
     # few weights differ by up to ~lr, but the bulk are equal
     assert float((diffs > 1e-5).float().mean()) < 0.01
     assert float(diffs.max()) < 3e-3
+
+
+def test_init_fine_tunes_from_a_pretrained_model(tmp_path, episodes_file):
+    base = tmp_path / "base"
+    train(_cfg(episodes_file, base, "steps=2"))
+    pre = WorldModel.from_pretrained(base / "final")
+    # the architecture comes from init= even when worldmodel.* says otherwise (here: its depth)
+    tuned = tmp_path / "tuned"
+    train(_cfg(episodes_file, tuned, "steps=1", "lr=1e-9", f"init={base / 'final'}", "worldmodel.depth=2"))
+    post = WorldModel.from_pretrained(tuned / "final")
+    assert post.config == pre.config
+    sd_pre, sd_post = pre.state_dict(), post.state_dict()
+    for k in sd_pre:  # norm statistics kept, weights barely moved (lr ~ 0)
+        assert torch.allclose(sd_pre[k].float(), sd_post[k].float(), atol=1e-4), k
+    # a pretrained model for other frame sizes than the data is refused, naming both
+    other = tmp_path / "other"
+    m = tiny_model(data_resolution=64)
+    m.save_pretrained(other)
+    with pytest.raises(ValueError, match=r"64x64.*32x32"):
+        train(_cfg(episodes_file, tmp_path / "bad", "steps=1", f"init={other}"))

@@ -72,6 +72,13 @@ class WorldModelConfig:
     n_instructions: int = 26
     reward_hidden: int = 256
     learn_success: bool = False
+    # The actions also enter the agent's body tokens directly (a linear path from the command to
+    # the root and joint changes), not only through the shared conditioning vector: without it a
+    # small model learns to extrapolate the context's motion and ignores turn commands.
+    action_tokens: bool = True
+    # Weight of the agent's root change (position + orientation: 7 of the 227 motion numbers) in
+    # the motion loss, relative to the other numbers (the weights are renormalised to mean 1).
+    root_loss_weight: float = 10.0
     deterministic: bool = False  # MSE regression of the same network (a baseline): no noise, one step
     # Scale of the sampler's initial noise (imagine's default). 1: a diffusion sample. 0 with one
     # step: D(0; sigma_max), the network's estimate of the conditional mean -- the lowest expected
@@ -119,6 +126,10 @@ class WorldModelConfig:
         unknown = sorted(set(d) - names - {"format_version"})
         if unknown:
             raise ValueError(f"{source}: unknown world-model config fields {unknown}")
+        d = dict(d)
+        # checkpoints written before these options existed have the older architecture
+        d.setdefault("action_tokens", False)
+        d.setdefault("root_loss_weight", 1.0)
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -145,6 +156,9 @@ class WorldModel(nn.Module):
         self.in_root = nn.ModuleDict({m: nn.Linear(D.ROOT_FEATS * (K + 1), d) for m in ("motion", "partner_motion")})
         self.in_joint = nn.ModuleDict({m: nn.Linear(D.JOINT_FEATS * (K + 1), d) for m in ("motion", "partner_motion")})
         self.in_props = nn.Linear(3 * (K + 1), d)
+        if c.action_tokens:
+            self.act_root = nn.Linear(c.action_dim * (K + 1), d)
+            self.act_joint = nn.Linear(c.action_dim * (K + 1), d)
         self.out_root = nn.ModuleDict({m: nn.Linear(d, D.ROOT_FEATS) for m in ("motion", "partner_motion")})
         self.out_joint = nn.ModuleDict({m: nn.Linear(d, D.JOINT_FEATS) for m in ("motion", "partner_motion")})
         self.out_props = nn.Linear(d, 3)
@@ -278,6 +292,11 @@ class WorldModel(nn.Module):
             r_ctx, j_ctx = D.motion_tokens(ctx[ctx_key])  # (B, K, 7), (B, K, 22, 10)
             root = self.in_root[m](torch.cat([r_in, r_ctx.flatten(1)], -1))[:, None]
             joints = self.in_joint[m](torch.cat([j_in, j_ctx.transpose(1, 2).flatten(2)], -1))
+            if m == "motion" and c.action_tokens:
+                a = ctx["actions"]
+                acts = torch.cat([a[:, -1], a.flatten(1)], dim=1)
+                root = root + self.act_root(acts)[:, None]
+                joints = joints + self.act_joint(acts)[:, None]
             toks += [root, joints]
             conds.append(mod_cond[m][:, None].expand(B, 23, -1))
         pr = self.in_props(torch.cat([scaled("props"), ctx["props_ctx"].transpose(1, 2).flatten(2)], -1))
@@ -372,7 +391,12 @@ class WorldModel(nn.Module):
             live = s > 0
             # EDM's weighted loss lambda(sigma) * |D - x0|^2 equals |F - F_target|^2
             err = (den[m] - x0[m]) / edm.expand(c_out.clamp_min(1e-8), x0[m])
-            per = err.pow(2).flatten(1).mean(1)
+            if m == "motion" and c.root_loss_weight != 1.0:
+                wt = torch.ones(err.shape[1], device=err.device)
+                wt[: D.ROOT_FEATS] = c.root_loss_weight
+                per = (err.pow(2) * (wt / wt.mean())).mean(1)
+            else:
+                per = err.pow(2).flatten(1).mean(1)
             # a mean over the whole batch (clean samples count as 0), so that the mean of
             # per-process losses is the loss of the global batch (data-parallel equivalence)
             lm = (per * live).sum() / per.shape[0]

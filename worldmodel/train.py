@@ -338,7 +338,22 @@ def train(cfg: DictConfig) -> Path:
         raise ValueError(f"{cfg.data}: no training episodes")
     held_eps = load_episodes(cfg.heldout_data, None) if cfg.get("heldout_data") else load_episodes(cfg.data, "heldout")
     res = int(train_eps[0]["ego_rgb"].shape[-1]) if "ego_rgb" in train_eps[0] else int(cfg.worldmodel.resolution)
-    mcfg = model_config_from(cfg, res)
+    init = cfg.get("init")
+    init_model = None
+    if init:
+        # fine-tuning: the architecture and normalisation come from the pretrained model
+        from .model import DEFAULT_CHECKPOINT
+
+        init_dir = Path(DEFAULT_CHECKPOINT) if str(init) == "default" else Path(str(init))
+        init_model = WorldModel.from_pretrained(init_dir)
+        mcfg = init_model.config
+        if mcfg.data_resolution != res:
+            raise ValueError(
+                f"train-wm: init={init_dir} was trained on {mcfg.data_resolution}x{mcfg.data_resolution} ego frames, "
+                f"but {cfg.data} has {res}x{res}; collect with resolution={mcfg.data_resolution}"
+            )
+    else:
+        mcfg = model_config_from(cfg, res)
     check_episodes(train_eps, mcfg, str(cfg.data))
     K = mcfg.context
     ds = D.EpisodeWindows(train_eps, K + 1)
@@ -356,7 +371,9 @@ def train(cfg: DictConfig) -> Path:
     model = WorldModel(mcfg)
     ckpt = latest_checkpoint(out) if cfg.resume else None
     start = 0
-    if ckpt is None:
+    if ckpt is None and init_model is not None:
+        model.load_state_dict(init_model.state_dict())
+    elif ckpt is None:
         # statistics from a fixed sample of training windows (the same on every process)
         n_stat = min(len(ds), int(cfg.stats_windows))
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n_stat].tolist()
