@@ -6,8 +6,9 @@ interrupted demo is re-run with the same command:
 
 1. ``rooms``     -- a few seeded rooms and one scripted-expert episode per task (mp4s);
 2. ``collect``   -- a little data from the batched simulator (behaviour mix);
-3. ``world_model`` -- the shipped default world model, or (``wm_steps > 0``) one trained on the
-   collected data with ``train-wm``;
+3. ``world_model`` -- the shipped default world model fine-tuned on the collected data for
+   ``wm_steps`` steps (``train-wm init=default``); ``wm_init=null`` trains one from scratch instead,
+   ``wm_steps=0`` uses the shipped default as it is;
 4. ``eval_wm``   -- the world model against the simulator on held-out rooms (metrics, plots,
    real | dream videos);
 5. ``policy``    -- a policy trained only in imagination (``train-policy env=dream``);
@@ -124,6 +125,11 @@ def write_report(cfg: DictConfig, out: Path, stages: Stages) -> str:
     rooms = s.get("rooms", {}).get("result", {})
     parts.append(_table([[t, r["instruction"], r["success"], r["return"], r["steps"], f"[mp4]({r['video']})"] for t, r in rooms.items()],
                         ["task", "instruction", "success", "return", "steps", "video (ego | overhead)"]))
+    wmr = s.get("world_model", {}).get("result", {})
+    if wmr:
+        how = (f"fine-tuned from `{wmr['init']}` for {wmr['trained_steps']} steps on the collected data" if wmr.get("init")
+               else f"trained from scratch for {wmr['trained_steps']} steps" if wmr.get("trained_steps") else "used as shipped")
+        parts += ["", f"World model: `{wmr.get('checkpoint')}`, {how}."]
     wm = out / "eval_wm" / "metrics.json"
     if wm.exists():
         m = json.loads(wm.read_text())
@@ -168,34 +174,44 @@ def run(cfg: DictConfig) -> int:
 
     stages.run("rooms", lambda: expert_videos(cfg, out / "rooms"))
 
+    extra = cfg.get("overrides") or {}
+
+    def more(cmd: str) -> list[str]:
+        return [str(x) for x in (extra.get(cmd) or [])]
+
     def collect():
         _cli("collect", f"task={task}", f"steps={int(cfg.collect_steps)}", f"num_envs={int(cfg.num_envs)}",
-             f"resolution={int(cfg.wm_resolution)}", f"out={data}", f"seed={int(cfg.seed)}", f'policy="{cfg.behaviour}"')
+             f"resolution={int(cfg.wm_resolution)}", f"out={data}", f"seed={int(cfg.seed)}", f'policy="{cfg.behaviour}"',
+             *more("collect"))
         return {"dataset": str(data)}
 
     stages.run("collect", collect)
 
     def world_model():
-        if int(cfg.wm_steps) <= 0:  # the embedded default, as shipped
+        if int(cfg.wm_steps) <= 0:  # wm_init as it is (default: the embedded default, as shipped)
             from dreamgym.envs.dream_env import DEFAULT_CHECKPOINT
 
-            return {"checkpoint": str(DEFAULT_CHECKPOINT), "trained_steps": 0}
+            init = cfg.get("wm_init")
+            return {"checkpoint": str(DEFAULT_CHECKPOINT if init in (None, "default") else init), "trained_steps": 0}
+        init = cfg.get("wm_init")
         _cli("train-wm", f"data={data}", f"out={wm}", f"steps={int(cfg.wm_steps)}", f"seed={int(cfg.seed)}",
-             f"eval_every={int(cfg.wm_steps)}", f"ckpt_every={max(50, int(cfg.wm_steps) // 4)}")
-        return {"checkpoint": str(wm / "final"), "trained_steps": int(cfg.wm_steps)}
+             f"eval_every={int(cfg.wm_steps)}", f"ckpt_every={max(50, int(cfg.wm_steps) // 4)}",
+             f"warmup_steps={min(200, max(1, int(cfg.wm_steps) // 4))}", *([f"init={init}"] if init else []), *more("train_wm"))
+        return {"checkpoint": str(wm / "final"), "trained_steps": int(cfg.wm_steps), "init": str(init) if init else None}
 
     ckpt = stages.run("world_model", world_model)["checkpoint"]
 
     def eval_wm():
         _cli("eval-wm", f"checkpoint={ckpt}", f"data={data}", f"out={out / 'eval_wm'}",
-             f"max_starts={int(cfg.eval_wm_starts)}", "num_videos=2")
+             f"max_starts={int(cfg.eval_wm_starts)}", "num_videos=2", *more("eval_wm"))
         return json.loads((out / "eval_wm" / "metrics.json").read_text())
 
     stages.run("eval_wm", eval_wm)
 
     def train_policy():
         _cli("train-policy", "env=dream", f"task={task}", f"checkpoint={ckpt}", f"out={policy}",
-             f"steps={int(cfg.policy_steps)}", f"seed={int(cfg.seed)}")
+             f"steps={int(cfg.policy_steps)}", f"num_envs={int(cfg.get('policy_envs', 32))}", f"seed={int(cfg.seed)}",
+             *more("train_policy"))
         zips = sorted(policy.rglob("*.zip"))
         return {"policy": str(zips[-1]) if zips else str(policy)}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dreamgym.rollouts.collect import BEHAVIOURS, collect, parse_policy
 from dreamgym.rollouts.dataset import CorruptShardError, Manifest, read_episode, room_split, verify
@@ -344,3 +345,23 @@ def test_video_has_one_frame_per_observation(dataset, tmp_path):
     assert frames[0].shape == (64, 192, 3)
     overhead = frames[0][:, 64:128].astype(float)
     assert overhead.std() > 5, "the overhead panel shows a room, not a blank"
+
+
+def test_held_random_actions_are_held_for_4_to_20_steps():
+    from dreamgym.rollouts.collect import HOLD_STEPS, BehaviourMix
+
+    class Env:
+        def expert_actions(self):
+            return torch.zeros(3, 6)
+
+    mix = BehaviourMix(parse_policy("held"), noise=0.3, seed=0, round_index=0, num_envs=3)
+    mix.draw(np.arange(3))
+    acts = torch.stack([mix.actions(Env()) for _ in range(200)])  # (T, B, 6)
+    assert acts.abs().max() <= 1 and acts.abs().min() > 0
+    for w in range(3):
+        change = (acts[1:, w] != acts[:-1, w]).any(-1).nonzero()[:, 0].tolist()
+        runs = np.diff([-1] + change)
+        assert len(runs) >= 5 and runs.min() >= HOLD_STEPS[0] and runs.max() <= HOLD_STEPS[1], runs
+    # a new episode draws a new action at once
+    mix.draw(np.array([0]))
+    assert not torch.equal(mix.actions(Env())[0], acts[-1, 0])
