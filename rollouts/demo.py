@@ -154,7 +154,8 @@ def write_report(cfg: DictConfig, out: Path, stages: Stages) -> str:
     if ev.exists():
         e = json.loads(ev.read_text())
         parts += ["", "## Policies in the real simulator (held-out rooms)", ""]
-        rows = [[name, r.get("success_rate"), str(r.get("success_ci95")), r.get("mean_return"), str(r.get("return_ci95")), r.get("episodes")]
+        ci = lambda v: "-".join(f"{x:.2f}" for x in v) if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
+        rows = [[name, r.get("success_rate"), ci(r.get("success_ci95")), r.get("mean_return"), ci(r.get("return_ci95")), r.get("episodes")]
                 for name, r in e.items()]
         parts.append(_table(rows, ["policy", "success rate", "95% CI", "mean return", "95% CI", "episodes"]))
     text = "\n".join(parts) + "\n"
