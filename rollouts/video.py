@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 
 from .dataset import CorruptShardError, Manifest, check_shard, read_episode
 
-# free, static, movable, partner, agent (envs.occupancy.CLASS_NAMES)
-OCCUPANCY_COLOURS = np.array([[236, 236, 236], [96, 96, 96], [232, 160, 40], [60, 120, 220], [220, 60, 60]], np.uint8)
+# free, static, movable, partner, agent (envs.occupancy.CLASS_NAMES); partner and agent in their bodies' colours (scene.PARTNER_RGBA, scene.AGENT_RGBA)
+OCCUPANCY_COLOURS = np.array([[236, 236, 236], [96, 96, 96], [232, 160, 40], [242, 90, 140], [64, 140, 242]], np.uint8)
 
 
 def resize_nearest(img: np.ndarray, height: int, width: int) -> np.ndarray:

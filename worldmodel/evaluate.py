@@ -760,15 +760,12 @@ def write_plots(out: Path, horizons: Sequence[int], model: dict, baselines: dict
     return written
 
 
-_OCC_COLOURS = np.array([[255, 255, 255], [90, 90, 90], [230, 150, 40], [60, 120, 230], [220, 50, 50]], np.uint8)
-
-
 def occupancy_image(occ: np.ndarray) -> np.ndarray:
     """Top view (X, Y, 3) uint8 of an occupancy grid (Z, X, Y): each column shows its highest class,
-    agent facing up."""
-    top = occ.max(0)  # (X, Y)
-    img = _OCC_COLOURS[np.clip(top, 0, len(_OCC_COLOURS) - 1)]
-    return img[::-1, ::-1]  # x (forward) up, y (left) to the left
+    agent facing up (the colours of ``dreamgym collect``'s videos)."""
+    from dreamgym.rollouts.video import occupancy_image as top_view
+
+    return top_view(occ, occ.shape[-1])
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
