@@ -31,6 +31,8 @@ WALL_THICK = 0.1
 MAX_HALF_EXTENT = 4.0  # the template is built at the largest room so bounds stay conservative
 MIN_HALF_EXTENT = 3.0
 MAT_HALF = 0.45
+EGO_CAM_POS = (0.13, 0.0, 0.1)  # the agent's head camera, in the head body's frame (looks along +x, +z up)
+EGO_CAM_FOVY = 90.0  # degrees, vertical (square images: also horizontal)
 FURNITURE_MAX = (0.8, 0.4, 0.9)  # half sizes
 FURNITURE_MIN = (0.3, 0.25, 0.3)
 COLLIDER_RADIUS = 0.22
@@ -224,7 +226,7 @@ def _humanoid_xml(prefix: str, rgba: tuple[float, ...], with_camera: bool) -> st
             lines.append(f'{ind}  <geom type="box" pos="0.09 0 0.1" size="0.02 0.06 0.025" contype="0" conaffinity="0" rgba="0.1 0.1 0.1 1"/>')
             if with_camera:
                 # Looks along the head's +x with +z up.
-                lines.append(f'{ind}  <camera name="ego" pos="0.13 0 0.1" xyaxes="0 -1 0 0 0 1" fovy="90"/>')
+                lines.append(f'{ind}  <camera name="ego" pos="{_fmt(EGO_CAM_POS)}" xyaxes="0 -1 0 0 0 1" fovy="{EGO_CAM_FOVY:g}"/>')
         if j in (20, 21):  # hands push props
             sign = 1.0 if j == 20 else -1.0
             lines.append(f'{ind}  <geom name="{prefix}{names[j]}_hand" type="sphere" pos="0 {0.06 * sign:.3f} 0" size="0.05" '

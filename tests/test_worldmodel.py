@@ -357,3 +357,51 @@ def test_init_fine_tunes_from_a_pretrained_model(tmp_path, episodes_file):
     m.save_pretrained(other)
     with pytest.raises(ValueError, match=r"64x64.*32x32"):
         train(_cfg(episodes_file, tmp_path / "bad", "steps=1", f"init={other}"))
+
+
+def test_warping_model_predicts_frames_from_the_warped_base(monkeypatch):
+    """An ``ego_warp`` model: its loss trains, imagine dreams the bodies first and the frames
+    given them (relative to the last frame warped to the dreamed head pose), and all three
+    conditionings still work."""
+    m = tiny_model(ego_warp=True)
+    with pytest.raises(ValueError, match="ego_warp needs ego frames with depth"):
+        WorldModelConfig(**(TINY | {"ego_warp": True, "ego_depth": False}))
+    eps = synthetic_episodes()
+    ws = D.collate([D.EpisodeWindows(eps, 3)[i] for i in range(4)])
+    g = torch.Generator().manual_seed(0)
+    noise = {"ego": torch.randn(4, 4, 16, 16, generator=g), "motion": torch.randn(4, 227, generator=g),
+             "partner_motion": torch.randn(4, 227, generator=g), "props": torch.randn(4, 4, 3, generator=g)}
+    sigma = {k: torch.full((4,), 0.5) for k in noise}
+    sigma["motion"] = torch.tensor([0.0, 0.0, 0.5, 0.5])  # the first two: warped bases
+    seen = {}
+    real_base = m.frame_base
+
+    def spy(ctx, next_motion=None, warp=None):
+        real_base(ctx, next_motion, warp)
+        seen["valid"] = ctx["ego_base_valid"].flatten(1).amax(1)
+
+    monkeypatch.setattr(m, "frame_base", spy)
+    out = m.loss(ws, noise, sigma, ["ego"])
+    assert torch.isfinite(out["total"]) and float(out["ego"].detach()) > 0
+    assert seen["valid"].tolist()[2:] == [0.0, 0.0]  # never warp by a motion being denoised
+    monkeypatch.undo()
+
+    m.eval()
+    ctx, ws = context_of(eps)
+    a = ws["actions"][:, :2]
+    both = m.imagine(ctx, a, init_noise=0.0)
+    state = m.imagine(ctx, a, modalities=["motion", "partner_motion", "props"], init_noise=0.0)
+    for k in ("motion", "partner_motion", "props", "reward"):
+        assert torch.allclose(both[k], state[k], atol=1e-5), k  # the frames follow the dreamed bodies
+    states = {k: both[k] for k in ("motion", "partner_motion", "props")}
+    given = m.imagine(ctx, a, modalities=["ego_rgb", "ego_depth", "occupancy"], given=states, init_noise=0.0)
+    assert torch.equal(given["ego_rgb"], both["ego_rgb"])
+    moved = both["motion"].clone()
+    moved[:, 3:7] = torch.tensor([0.92388, 0.0, 0.0, 0.38268])  # turned by 45 degrees
+    turned = m.imagine(ctx, a, modalities=["ego_rgb", "ego_depth", "occupancy"], given=states | {"motion": moved}, init_noise=0.0)
+    assert not torch.equal(turned["ego_depth"], given["ego_depth"])
+    f1 = m.imagine(ctx, a, modalities=["motion"], given={"ego_rgb": ws["ego_rgb"][:, 2], "ego_depth": ws["ego_depth"][:, 2]})
+    f2 = m.imagine(ctx, a, modalities=["motion"], given={"ego_rgb": 255 - ws["ego_rgb"][:, 2], "ego_depth": ws["ego_depth"][:, 2] * 0.5})
+    assert not torch.allclose(f1["motion"], f2["motion"])
+    roll = m.rollout(ctx, torch.zeros(3, 3, 6), past_actions=a[:, :1])
+    assert tuple(roll["ego_rgb"].shape) == (3, 3, 3, 32, 32)

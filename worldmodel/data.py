@@ -12,8 +12,9 @@ What the model denoises is always the *change* from the last context step, in a 
   rotation relative to the last step, and per-joint differences (positions, local rotations with
   the hemisphere aligned, velocities); normalised per dimension with dataset statistics.
 - props: displacement of each prop, in the agent's last heading frame.
-- ego frames (RGB, and depth when modelled) at the model resolution: next minus last, normalised
-  per channel. Decoding adds the upsampled change to the last frame at the data resolution, so
+- ego frames (RGB, and depth when modelled) at the model resolution: next minus last (for
+  ``ego_warp`` models: minus the last frame reprojected to the next head pose, when that pose is
+  given), normalised per channel. Decoding adds the upsampled change to the last frame at the data resolution, so
   detail the low-resolution model cannot represent is carried over rather than blurred away.
 - occupancy: one-hot classes scaled to [-1, 1], height x class as channels (a BEV image); the
   change from the last step; decoding takes the argmax over classes of last + change.
@@ -264,8 +265,12 @@ class Normalizer(nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
-    def fit(self, windows: Iterable[Mapping[str, torch.Tensor]], resolution: int, with_depth: bool, floor: float = 1e-3) -> None:
-        """Statistics from (B, K+1, ...) windows (an iterable of batches)."""
+    def fit(self, windows: Iterable[Mapping[str, torch.Tensor]], resolution: int, with_depth: bool, floor: float = 1e-3,
+            warp: bool = False) -> None:
+        """Statistics from (B, K+1, ...) windows (an iterable of batches).
+
+        ``warp``: the frame changes are also measured from the last frame warped to the next head
+        pose (``ego_warp`` models use both bases); the frame scale is then the RMS over both."""
         acc: dict[str, list[torch.Tensor]] = {}
         for w in windows:
             w = with_props(w)
@@ -284,6 +289,13 @@ class Normalizer(nn.Module):
             if "ego_rgb" in w:
                 fr = frames_to_model(w["ego_rgb"][:, K - 1 :], w["ego_depth"][:, K - 1 :] if with_depth else None, resolution)
                 parts["frame_delta"] = (fr[:, 1] - fr[:, 0]).transpose(0, 1).reshape(fr.shape[2], -1).T
+                if warp and with_depth:
+                    from .warp import warp_frame
+
+                    wr, wd, _ = warp_frame(w["ego_rgb"][:, K - 1], w["ego_depth"][:, K - 1], last, m[:, K])
+                    base = frames_to_model(wr, wd, resolution)
+                    wdelta = (fr[:, 1] - base).transpose(0, 1).reshape(fr.shape[2], -1).T
+                    parts["frame_delta"] = torch.cat([parts["frame_delta"], wdelta])
             if "occupancy" in w:
                 oc = occupancy_to_model(w["occupancy"][:, K - 1 :])
                 parts["occupancy_delta"] = ((oc[:, 1] - oc[:, 0]) / 2.0).reshape(-1, 1)

@@ -22,6 +22,12 @@ Each modality has its own sigma; sigma = 0 means the modality is given clean, as
 The frame and occupancy branches can also be *absent* (not run at all; learned placeholder
 tokens instead), which is how ``imagine(modalities=[...])`` skips frames cheaply.
 All targets are changes from the last context step in a normalised space (see ``data``).
+
+With ``ego_warp`` the frame change is measured from the last frame *reprojected to the next head
+pose* (``warp``: depth-based forward warping) whenever the next motion is a clean condition:
+``imagine`` then dreams the bodies and props first (frames absent) and the frames given them, so
+the view's geometric change under the agent's own motion comes from geometry and the U-Net (which
+also reads the warped base and its validity mask) learns what warping cannot explain.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from dreamgym.envs.motion import MOTION_DIM
 from . import data as D
 from . import edm
 from .blocks import GridTokens, TokenTransformer, UNetBranch, fourier_embedding
+from .warp import warp_frame
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -79,6 +86,12 @@ class WorldModelConfig:
     # Weight of the agent's root change (position + orientation: 7 of the 227 motion numbers) in
     # the motion loss, relative to the other numbers (the weights are renormalised to mean 1).
     root_loss_weight: float = 10.0
+    # Frames are predicted relative to the last frame *warped to the next head pose* (``warp``:
+    # depth-based reprojection) instead of relative to the last frame, whenever the next motion is
+    # known -- given, or dreamed first in a state-only pass (``imagine`` then runs two passes).
+    # The view's change under the agent's own motion then comes from geometry, and the network
+    # learns the rest. Needs ``ego_depth``.
+    ego_warp: bool = False
     deterministic: bool = False  # MSE regression of the same network (a baseline): no noise, one step
     # Scale of the sampler's initial noise (imagine's default). 1: a diffusion sample. 0 with one
     # step: D(0; sigma_max), the network's estimate of the conditional mean -- the lowest expected
@@ -104,6 +117,8 @@ class WorldModelConfig:
         self.occupancy_channels = [int(x) for x in self.occupancy_channels]
         if self.context < 1:
             raise ValueError(f"context must be at least 1, got {self.context}")
+        if self.ego_warp and not (self.ego_depth and "ego" in self.modalities):
+            raise ValueError("ego_warp needs ego frames with depth (modalities with 'ego' and ego_depth: true)")
 
     @property
     def edm(self) -> edm.EDMParams:
@@ -130,6 +145,7 @@ class WorldModelConfig:
         # checkpoints written before these options existed have the older architecture
         d.setdefault("action_tokens", False)
         d.setdefault("root_loss_weight", 1.0)
+        d.setdefault("ego_warp", False)
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -174,7 +190,8 @@ class WorldModel(nn.Module):
         for m, ch, n_in in (("ego", c.frame_channels, c.n_frame_channels), ("occupancy", c.occupancy_channels, c.n_occ_channels)):
             if m not in c.modalities:
                 continue
-            self.branches[m] = UNetBranch(n_in * (K + 1), n_in, ch, d, c.layers_per_block, c.groups)
+            extra = n_in + 1 if (m == "ego" and c.ego_warp) else 0  # the warped base frame and its validity
+            self.branches[m] = UNetBranch(n_in * (K + 1) + extra, n_in, ch, d, c.layers_per_block, c.groups)
             self.grid[m] = GridTokens(ch[-1], d, c.grid_tokens)
             self.absent[m] = nn.Parameter(torch.randn(n_grid, d) * 0.02)
             self.up_emb[m] = nn.Linear(d, d)
@@ -230,11 +247,36 @@ class WorldModel(nn.Module):
             out["ego_rgb_last"] = rgb[:, K - 1]
             if depth is not None:
                 out["ego_depth_last"] = depth[:, K - 1].float()
+            if c.ego_warp:
+                self.frame_base(out)
         if "occupancy" in branches and "occupancy" in c.modalities:
             oc = D.occupancy_to_model(context["occupancy"].to(dev))  # (B, K, Z*5, X, Y)
             out["occupancy_ctx"] = oc.flatten(1, 2)
             out["occupancy_last_model"] = oc[:, K - 1]
         return out
+
+    def frame_base(self, ctx: dict[str, torch.Tensor], next_motion: torch.Tensor | None = None, warp: torch.Tensor | None = None) -> None:
+        """Set the frame the next frame's change is measured from (``ego_warp`` models), in ``ctx``.
+
+        Where ``warp`` (B,) is true (default: all, when ``next_motion`` (B, 227) is given) it is
+        the last frame reprojected to the head pose of ``next_motion``; elsewhere the last frame
+        itself. ``ego_base_valid`` marks the pixels the reprojection filled (0 everywhere for an
+        unwarped base), and is an input of the frame branch with the base itself.
+        """
+        rgb, depth = ctx["ego_rgb_last"].float(), ctx["ego_depth_last"]
+        B = rgb.shape[0]
+        valid = torch.zeros(B, 1, *rgb.shape[-2:], device=rgb.device)
+        if next_motion is not None:
+            w = torch.ones(B, dtype=torch.bool, device=rgb.device) if warp is None else warp.to(rgb.device).bool()
+            if bool(w.any()):
+                wr, wd, wv = warp_frame(rgb, depth, ctx["motion_last"], next_motion.to(rgb.device, torch.float32))
+                sel = w.view(B, 1, 1, 1)
+                rgb, depth = torch.where(sel, wr, rgb), torch.where(sel, wd, depth)
+                valid = (wv & sel).float()
+        ctx["ego_base_rgb"], ctx["ego_base_depth"] = rgb, depth
+        ctx["ego_base_model"] = D.frames_to_model(rgb, depth, self.config.resolution)
+        r = self.config.resolution
+        ctx["ego_base_valid"] = valid if valid.shape[-1] == r else F.interpolate(valid, size=(r, r), mode="area")
 
     def targets(self, window: Mapping[str, torch.Tensor], ctx: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The normalised next-step changes x0 of each modality from a (B, K+1, ...) window."""
@@ -252,7 +294,8 @@ class WorldModel(nn.Module):
             x0["props"] = D.props_delta(ctx["props_last"], nxt_props, ctx["motion_last"]) / nm.props_delta_std
         if "ego_ctx" in ctx and "ego_rgb" in window:
             fr = D.frames_to_model(window["ego_rgb"][:, K].to(dev), window["ego_depth"][:, K].to(dev) if c.ego_depth else None, c.resolution)
-            x0["ego"] = (fr - ctx["ego_last_model"]) / nm.frame_delta_std.view(1, -1, 1, 1)
+            base = ctx.get("ego_base_model", ctx["ego_last_model"])
+            x0["ego"] = (fr - base) / nm.frame_delta_std.view(1, -1, 1, 1)
         if "occupancy_ctx" in ctx and "occupancy" in window:
             oc = D.occupancy_to_model(window["occupancy"][:, K].to(dev))
             x0["occupancy"] = (oc - ctx["occupancy_last_model"]) / 2.0 / nm.occupancy_delta_std
@@ -310,6 +353,8 @@ class WorldModel(nn.Module):
         for m in self.branches:
             if m in x:
                 inp = torch.cat([scaled(m), ctx[f"{m}_ctx"]], 1)
+                if m == "ego" and c.ego_warp:
+                    inp = torch.cat([inp, ctx["ego_base_model"], ctx["ego_base_valid"]], 1)
                 h, skips = self.branches[m].encode(inp, mod_cond[m])
                 enc[m] = (h, skips)
                 grid_toks.append(self.grid[m].tokens(h))
@@ -371,6 +416,10 @@ class WorldModel(nn.Module):
         if "instruction" in w:
             obs["instruction"] = w["instruction"]
         ctx = self.encode_context(obs, w["actions"][:, :K], branches)
+        if c.ego_warp and "ego_ctx" in ctx:
+            # warp where the next motion is a clean condition (as at inference); elsewhere the
+            # base is the last frame, so that the base never leaks a motion being denoised
+            self.frame_base(ctx, w["motion"][:, K].to(self.device, torch.float32), sigma["motion"].to(self.device) == 0)
         x0 = self.targets(w, ctx)
         xin, sig = {}, {}
         for m in x0:
@@ -473,6 +522,10 @@ class WorldModel(nn.Module):
             init_noise: scale of the initial noise (default: ``config.init_noise``); 0 with
                 ``num_steps=1`` gives the conditional-mean estimate instead of a sample.
 
+        An ``ego_warp`` model generating frames without a given motion runs two passes: the
+        state modalities first (frames and occupancy absent), then frames and occupancy given
+        them; the step's states and reward are the first pass's.
+
         Returns:
             The next step in env dtypes: ``ego_rgb`` (B, 3, H, W) uint8, ``ego_depth`` (B, 1, H, W),
             ``motion``/``partner_motion`` (B, 227), ``props`` (B, 4, 3), ``occupancy`` (B, Z, X, Y)
@@ -490,7 +543,17 @@ class WorldModel(nn.Module):
         gen_mods -= given_mods
         branches = [m for m in ("ego", "occupancy") if m in gen_mods | given_mods]
         self._check_context(context, actions, branches)
+        first = None
+        if c.ego_warp and "ego" in gen_mods and "motion" not in given_mods:
+            # two passes: the bodies and props first (state only, cheap), then the frames (and
+            # occupancy) given them, relative to the last frame warped to the dreamed head pose
+            state_given = {k: v for k, v in given.items() if D.modality_of_key(k) in D.STATE_MODALITIES}
+            first = self.imagine(context, actions, num_steps, list(D.STATE_MODALITIES), generator, state_given, heun, init_noise)
+            given |= {k: first[k] for k in D.STATE_MODALITIES}
+            gen_mods -= set(D.STATE_MODALITIES)
         ctx = self.encode_context(context, actions, branches)
+        if c.ego_warp and "ego" in branches and "motion" in given:
+            self.frame_base(ctx, given["motion"])
         clean = self._given_to_model(given, ctx) if given else {}
         B = ctx["motion_ctx"].shape[0]
         shapes = self._target_shapes(B)
@@ -516,6 +579,8 @@ class WorldModel(nn.Module):
         out["terminated"] = r[:, 1] > 0
         if c.learn_success:
             out["success"] = r[:, 2] > 0
+        if first is not None:  # the step's reward is the state pass's (the same states)
+            out |= {k: first[k] for k in ("reward", "terminated", "success") if k in first}
         want = set(keys) | set(given)
         return {k: v for k, v in out.items() if k in want or k in ("reward", "terminated", "success")}
 
@@ -608,7 +673,7 @@ class WorldModel(nn.Module):
         }
         if "ego" in x0:
             change = x0["ego"] * nm.frame_delta_std.view(1, -1, 1, 1)
-            rgb, depth = D.frames_from_model(ctx["ego_rgb_last"], ctx.get("ego_depth_last"), change)
+            rgb, depth = D.frames_from_model(ctx.get("ego_base_rgb", ctx["ego_rgb_last"]), ctx.get("ego_base_depth", ctx.get("ego_depth_last")), change)
             out["ego_rgb"] = rgb
             if depth is not None:
                 out["ego_depth"] = depth

@@ -176,9 +176,14 @@ def draw_noise(
                 s = p.sigma_max
             sigma[m].append(s)
             noise[m].append(torch.randn(shapes[m], generator=gs))
+        if c.ego_warp and "ego" in mods and float(torch.rand(1, generator=gs)[0]) < float(tcfg.get("p_warp", 0.7)):
+            # frames predicted given the next motion: relative to the last frame warped to it
+            sigma["motion"][-1] = 0.0
         # every sample must have something to learn: if all were given clean, denoise motion
+        # (frames, for a warping model given its motion)
         if all(sigma[m][-1] == 0.0 for m in mods):
-            sigma["motion"][-1] = float(edm.sample_training_sigma(1, p, gs)[0])
+            fix = "ego" if (c.ego_warp and "ego" in mods) else "motion"
+            sigma[fix][-1] = float(edm.sample_training_sigma(1, p, gs)[0])
     return (
         {m: torch.stack(v) for m, v in noise.items()},
         {m: torch.tensor(v, dtype=torch.float32) for m, v in sigma.items()},
@@ -377,7 +382,8 @@ def train(cfg: DictConfig) -> Path:
         # statistics from a fixed sample of training windows (the same on every process)
         n_stat = min(len(ds), int(cfg.stats_windows))
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n_stat].tolist()
-        model.norm.fit((D.collate([ds[i] for i in idx[j : j + 64]]) for j in range(0, n_stat, 64)), mcfg.resolution, mcfg.ego_depth)
+        model.norm.fit((D.collate([ds[i] for i in idx[j : j + 64]]) for j in range(0, n_stat, 64)), mcfg.resolution, mcfg.ego_depth,
+                       warp=mcfg.ego_warp)
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay), betas=(0.9, 0.99))
     ema = EMA(model, float(cfg.ema_decay))
     if ckpt is not None:

@@ -1,0 +1,161 @@
+"""Reprojecting an ego frame to a new head pose (depth-based forward warping, batched torch).
+
+The agent's head camera is rigidly attached to its head body (``envs/scene.py``: position
+``EGO_CAM_POS`` in the head frame, looking along the head's +x with the head's +z up, square
+image, ``EGO_CAM_FOVY`` vertical field of view). The motion vector holds everything needed to
+place it: the pelvis pose, the head joint's position in the root (heading) frame and the local
+joint rotations along the spine chain. So from two motion vectors and one RGB-D frame the frame
+can be re-rendered, approximately, from the second pose: every pixel is lifted to 3-D with its
+planar depth, moved into the new camera and splatted with a z-buffer. Pixels that no source
+pixel lands on (what the old view did not see) are reported in a validity mask.
+
+The world model uses this as the *base* of its frame prediction: it denoises the difference
+between the next frame and the last frame warped to the next (predicted) head pose, so that the
+view's geometric change under the agent's own motion comes for free and the network only has to
+learn what warping cannot explain (disocclusions, moving bodies, lighting).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dreamgym.envs.scene import EGO_CAM_FOVY, EGO_CAM_POS
+from dreamgym.envs.motion import JOINT_POS, JOINT_ROT, MOTION_DIM, ROOT_POS, ROOT_QUAT, quat_mul, yaw_of_quat
+from dreamgym.envs.skeleton import NUM_JOINTS, PARENTS
+from dreamgym.envs.spaces import MAX_DEPTH
+
+HEAD = 15  # SMPL-X joint index of the head
+FAR = 1.0e4  # metres: where pixels that saw nothing are placed
+# camera axes in the head frame (MuJoCo: x right, y up, looking along -z): xyaxes="0 -1 0 0 0 1"
+_CAM_IN_HEAD = torch.tensor([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # columns: x, y, z axes
+
+
+def _chain(joint: int) -> list[int]:
+    out = []
+    while joint >= 0:
+        out.append(joint)
+        joint = PARENTS[joint]
+    return out[::-1]
+
+
+_HEAD_CHAIN = _chain(HEAD)
+
+
+def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """(..., 4) unit quaternions (w, x, y, z) -> (..., 3, 3) rotation matrices."""
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack(
+        (
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ),
+        dim=-1,
+    ).reshape(*q.shape[:-1], 3, 3)
+
+
+def ego_camera_pose(motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """World position (B, 3) and orientation (B, 3, 3; columns = camera x, y, z axes) of the
+    agent's head camera from its motion vectors (B, 227)."""
+    motion = motion.float()
+    rots = motion[:, JOINT_ROT].reshape(-1, NUM_JOINTS, 4)
+    q = rots[:, _HEAD_CHAIN[0]]  # joint 0 holds the global orientation
+    for j in _HEAD_CHAIN[1:]:
+        q = quat_mul(q, rots[:, j])
+    r_head = quat_to_matrix(q)
+    yaw = yaw_of_quat(motion[:, ROOT_QUAT])
+    head_rel = motion[:, JOINT_POS].reshape(-1, NUM_JOINTS, 3)[:, HEAD]
+    c, s = torch.cos(yaw), torch.sin(yaw)
+    head = motion[:, ROOT_POS] + torch.stack((c * head_rel[:, 0] - s * head_rel[:, 1], s * head_rel[:, 0] + c * head_rel[:, 1], head_rel[:, 2]), -1)
+    offset = torch.tensor(EGO_CAM_POS, device=motion.device)
+    pos = head + r_head @ offset
+    return pos, r_head @ _CAM_IN_HEAD.to(motion.device)
+
+
+def _rays(H: int, W: int, fovy_deg: float, device) -> torch.Tensor:
+    """(H*W, 3) per-pixel directions in the camera frame with forward component 1 (z = -1)."""
+    t = math.tan(math.radians(fovy_deg) / 2)
+    u = ((torch.arange(W, device=device) + 0.5) / W * 2 - 1) * t * (W / H)
+    v = (1 - (torch.arange(H, device=device) + 0.5) / H * 2) * t
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    return torch.stack((uu.reshape(-1), vv.reshape(-1), -torch.ones(H * W, device=device)), -1)
+
+
+def warp_frame(
+    rgb: torch.Tensor,
+    depth: torch.Tensor,
+    motion_from: torch.Tensor,
+    motion_to: torch.Tensor,
+    fovy_deg: float = EGO_CAM_FOVY,
+    supersample: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Re-render ego frames from the head pose of ``motion_to``.
+
+    Args:
+        rgb: (B, 3, H, W) frames seen from the pose of ``motion_from`` (any dtype; uint8 or float).
+        depth: (B, 1, H, W) their planar depth, metres.
+        motion_from, motion_to: (B, 227) motion vectors of the agent at the two steps.
+        supersample: each source pixel is split into supersample^2 points before splatting, so
+            that views moving closer do not crack.
+
+    Returns:
+        ``rgb`` (B, 3, H, W) float (the input's value range), ``depth`` (B, 1, H, W) float and
+        ``valid`` (B, 1, H, W) bool: where a source point landed. Invalid pixels hold the input
+        frame's values (copy-last-frame).
+    """
+    if rgb.dim() != 4 or rgb.shape[1] != 3:
+        raise ValueError(f"warp_frame: rgb must be (B, 3, H, W), got {tuple(rgb.shape)}")
+    B, _, H, W = rgb.shape
+    if tuple(depth.shape) != (B, 1, H, W):
+        raise ValueError(f"warp_frame: depth must be {(B, 1, H, W)} like rgb, got {tuple(depth.shape)}")
+    for name, m in (("motion_from", motion_from), ("motion_to", motion_to)):
+        if tuple(m.shape) != (B, MOTION_DIM):
+            raise ValueError(f"warp_frame: {name} must be {(B, MOTION_DIM)} motion vectors, got {tuple(m.shape)}")
+    dev = rgb.device
+    src = torch.cat([rgb.float(), depth.float()], 1)
+    if supersample > 1:
+        src = F.interpolate(src, scale_factor=supersample, mode="nearest")
+    Hs, Ws = src.shape[-2:]
+    d = src[:, 3].reshape(B, -1)  # (B, N)
+    # nothing hit (or beyond the cap): a point at (practically) infinite distance, which only the
+    # camera's rotation moves; it loses every z-test against real geometry
+    far = d >= MAX_DEPTH - 1e-4
+    d = torch.where(far, torch.full_like(d, FAR), d)
+    pts = _rays(Hs, Ws, fovy_deg, dev)[None] * d[..., None]  # camera frame of the source
+    p0, r0 = ego_camera_pose(motion_from.to(dev))
+    p1, r1 = ego_camera_pose(motion_to.to(dev))
+    world = pts @ r0.transpose(1, 2) + p0[:, None]
+    cam = (world - p1[:, None]) @ r1  # new camera frame: (x right, y up, -z forward)
+    z = -cam[..., 2]
+    t = math.tan(math.radians(fovy_deg) / 2)
+    zc = z.clamp_min(1e-3)
+    col = ((cam[..., 0] / zc) / (t * W / H) + 1) / 2 * W - 0.5
+    row = (1 - (cam[..., 1] / zc) / t) / 2 * H - 0.5
+    ci, ri = col.round().long(), row.round().long()
+    ok = (z > 0.05) & (ci >= 0) & (ci < W) & (ri >= 0) & (ri < H)
+    flat = torch.where(ok, ri * W + ci, H * W)  # the extra slot H*W collects the rejected points
+    base = (torch.arange(B, device=dev) * (H * W + 1))[:, None]
+    idx = (flat + base).reshape(-1)
+    zf = torch.where(ok, z, torch.full_like(z, float("inf"))).reshape(-1)
+    zbuf = torch.full((B * (H * W + 1),), float("inf"), device=dev)
+    zbuf = zbuf.scatter_reduce(0, idx, zf, reduce="amin")
+    win = ok.reshape(-1) & (zf <= zbuf[idx] + 1e-6)
+    vals = torch.cat([src[:, :3].reshape(B, 3, -1).transpose(1, 2), z[..., None]], -1).reshape(-1, 4)
+    out = torch.zeros(B * (H * W + 1), 4, device=dev)
+    cnt = torch.zeros(B * (H * W + 1), device=dev)
+    wi = idx[win]
+    out.index_add_(0, wi, vals[win])
+    cnt.index_add_(0, wi, torch.ones_like(wi, dtype=torch.float32))
+    out = out.reshape(B, H * W + 1, 4)[:, : H * W]
+    cnt = cnt.reshape(B, H * W + 1)[:, : H * W]
+    valid = cnt > 0
+    res = (out / cnt.clamp_min(1)[..., None]).transpose(1, 2).reshape(B, 4, H, W)
+    valid = valid.reshape(B, 1, H, W)
+    fallback = torch.cat([rgb.float(), depth.float()], 1)
+    res = torch.where(valid, res, fallback)
+    # a point farther than the cap reads as MAX_DEPTH, as the renderer's depth does
+    return res[:, :3], res[:, 3:4].clamp(0, MAX_DEPTH), valid
