@@ -14,6 +14,12 @@ Pieces, each a small ``nn.Module``:
 - ``InverseController``: (current step features, desired next step features) -> the 6-float
   controller action that produces it, learned from simulator transitions (the controller is a
   gait generator with velocity servos, so its inverse is learned rather than written).
+- With ``heading_head`` (the shipped avatar), the transformer also regresses, each window, the
+  direction the response faces -- a bearing in the avatar's frame (cos, sin), supervised with
+  where the reference responder turns (to the partner, or to where they point; no turn when
+  they turn away). A codebook of 8-step windows quantises the turning rate, and an open-loop
+  turn drifts off its mark; so while executing a window the plan's yaw rate is replaced by a
+  steer toward that bearing (held in world yaw, so it stays put as the body turns).
 
 ``SocialAvatarPolicy.act(obs)`` runs them at control rate: every ``WINDOW`` steps it tokenizes the
 partner's last window, samples (greedily) the avatar's next token, decodes it to an 8-step plan;
@@ -36,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dreamgym.envs.controller import MAX_FORWARD, MAX_LATERAL, MAX_YAW_RATE
+from dreamgym.envs.partner import face
 from dreamgym.envs.motion import JOINT_POS, JOINT_ROT, JOINT_VEL, ROOT_POS, ROOT_QUAT, rotate_to_heading, yaw_of_quat
 from dreamgym.envs.scene import CONTROL_DT
 
@@ -45,6 +52,7 @@ WINDOW = 8
 FEAT_DIM = 77
 REL_DIM = 4
 NECK, HEAD = 12, 15
+RATE = 66 + 2  # index of the yaw rate in the step features
 
 
 def step_features(motion: torch.Tensor, prev_motion: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,6 +90,7 @@ class SocialConfig:
     heads: int = 4
     context: int = 12  # windows the transformer sees
     kind: str = "social"
+    heading_head: bool = False  # also regress the facing direction (older checkpoints: without)
     feat_mean: list = field(default_factory=list)
     feat_std: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
@@ -142,13 +151,19 @@ class ResponseTransformer(nn.Module):
         layer = nn.TransformerEncoderLayer(d, c.heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True)
         self.body = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
         self.out = nn.Linear(d, c.codebook)
+        self.heading = nn.Linear(d, 2) if c.heading_head else None
         self.register_buffer("mask", torch.triu(torch.full((c.context, c.context), float("-inf")), 1), persistent=False)
 
     def forward(self, partner_tok, rel, utt, own_prev) -> torch.Tensor:
         """Logits (B, K, codebook) from (B, K) tokens, (B, K, 8) poses, (B, K, 384) utterances, (B, K) tokens."""
+        return self.forward_all(partner_tok, rel, utt, own_prev)[0]
+
+    def forward_all(self, partner_tok, rel, utt, own_prev) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, K, codebook) and, with ``heading_head``, the facing direction (B, K, 2) (cos, sin; not unit)."""
         K = partner_tok.shape[1]
         x = self.partner_tok(partner_tok) + self.rel(rel) + self.utt(utt) + self.own_tok(own_prev) + self.pos[:K]
-        return self.out(self.body(x, mask=self.mask[:K, :K]))
+        h = self.body(x, mask=self.mask[:K, :K])
+        return self.out(h), (self.heading(h) if self.heading is not None else None)
 
 
 class InverseController(nn.Module):
@@ -203,6 +218,7 @@ class SocialAvatarPolicy(nn.Module):
         s["utt"][w] = 0
         s["filled"][w] = 0
         s["plan"][w] = 0
+        s["has_goal"][w] = False
         s["fresh"][w] = True
 
     def _init_state(self, B: int, dev) -> dict:
@@ -217,6 +233,8 @@ class SocialAvatarPolicy(nn.Module):
             "own": torch.full((B, c.context + 1), c.codebook, dtype=torch.long, device=dev),
             "filled": torch.zeros(B, dtype=torch.long, device=dev),
             "plan": torch.zeros(B, WINDOW, FEAT_DIM, device=dev),  # avatar's planned window (normalised)
+            "goal": torch.zeros(B, device=dev),  # world yaw the response faces (heading_head)
+            "has_goal": torch.zeros(B, dtype=torch.bool, device=dev),
             "prev_m": None, "prev_p": None,
             "fresh": torch.zeros(B, dtype=torch.bool, device=dev),  # rows reset since the last step
         }
@@ -248,10 +266,17 @@ class SocialAvatarPolicy(nn.Module):
         s["pwin"][rows, phase] = f_par
         s["prel"] = torch.where((phase == 0)[:, None], rel, s["prel"])
         boundary = phase == WINDOW - 1  # a partner window is complete: respond with the next own window
+        yaw = yaw_of_quat(m[:, ROOT_QUAT])
         if bool(boundary.any()):
-            self._respond(boundary.nonzero()[:, 0], rel, utt)
+            self._respond(boundary.nonzero()[:, 0], rel, utt, yaw)
         nxt = s["plan"][rows, (phase + 1) % WINDOW]
         nxt = torch.where((phase == WINDOW - 1)[:, None], s["plan"][:, 0], nxt)
+        if self.config.heading_head:
+            # steer toward the response's facing direction instead of the token's open-loop turn
+            rate = face(yaw, s["goal"])  # the responder's turning law, in units of the top yaw rate
+            steer = (rate - self.feat_mean[RATE]) / self.feat_std[RATE]
+            nxt = nxt.clone()
+            nxt[:, RATE] = torch.where(s["has_goal"], steer, nxt[:, RATE])
         act = self.inv(f_own, nxt)
         act = torch.where((s["filled"] == 0)[:, None], torch.zeros_like(act), act)  # before the first response: stand
         s["t"] += 1
@@ -259,7 +284,7 @@ class SocialAvatarPolicy(nn.Module):
         s["fresh"][:] = False
         return act.to(obs["motion"].device)
 
-    def _respond(self, w: torch.Tensor, rel_end: torch.Tensor, utt: torch.Tensor) -> None:
+    def _respond(self, w: torch.Tensor, rel_end: torch.Tensor, utt: torch.Tensor, yaw: torch.Tensor) -> None:
         s, K = self._state, self.config.context
 
         def push(buf, val):  # shift left, append
@@ -270,8 +295,12 @@ class SocialAvatarPolicy(nn.Module):
         push(s["utt"], utt[w])
         s["filled"][w] = torch.clamp(s["filled"][w] + 1, max=K)
         # own[:, 1:] are the avatar windows aligned with the partner windows (the last is being executed now)
-        logits = self.gen(s["partner"][w], s["rel"][w], s["utt"][w], s["own"][w, 1:])[:, -1]
-        tok = logits.argmax(-1)
+        logits, heading = self.gen.forward_all(s["partner"][w], s["rel"][w], s["utt"][w], s["own"][w, 1:])
+        tok = logits[:, -1].argmax(-1)
+        if heading is not None:
+            h = heading[:, -1]
+            s["goal"][w] = yaw[w] + torch.atan2(h[:, 1], h[:, 0])
+            s["has_goal"][w] = True
         s["own"][w] = torch.cat((s["own"][w][:, 1:], tok[:, None]), 1)
         s["plan"][w] = self.vq.decode(tok)
 

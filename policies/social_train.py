@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dreamgym.envs import partner as P
-from dreamgym.envs.motion import JOINT_POS
+from dreamgym.envs.motion import JOINT_POS, ROOT_QUAT, yaw_of_quat
 
 from .social import REL_DIM, WINDOW, SocialAvatarPolicy, SocialConfig, relative_pose, step_features
 from .social_scenes import SocialSceneTask, response_checks, segment_correct
@@ -75,6 +76,7 @@ def run_scenes(task, seeds, policy=None, noise=0.0, gen=None, render=False, reso
     out["checks"] = {k: torch.stack(v).numpy() for k, v in checks.items()}
     out["latency_ms"] = latency
     out["frames"] = frames
+    out["point_at"] = point_at
     return out
 
 
@@ -88,6 +90,19 @@ def features(rec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fp.append(step_features(pm[t], pm[t - 1] if t else None))
         rel.append(relative_pose(m[t], pm[t]))
     return torch.stack(fo), torch.stack(fp), torch.stack(rel)
+
+
+def facing_bearings(rec) -> torch.Tensor:
+    """(T, B): where the reference response faces at each step, as a bearing from the avatar's
+    heading (radians): toward the point the partner points at while they point, no turn while
+    they turn away, toward the partner otherwise (the responder's turning targets)."""
+    m, pm, beh, pa = rec["motion"], rec["partner_motion"], rec["behaviour"], rec["point_at"]
+    yaw = yaw_of_quat(m[..., ROOT_QUAT])
+    d_p = pm[..., :2] - m[..., :2]
+    d_t = pa[None].to(m) - m[..., :2]
+    target = torch.where(beh == P.POINT, torch.atan2(d_t[..., 1], d_t[..., 0]), torch.atan2(d_p[..., 1], d_p[..., 0]))
+    target = torch.where(beh == P.TURN_AWAY, yaw, target)
+    return torch.remainder(target - yaw + math.pi, 2 * math.pi) - math.pi
 
 
 def windows(f: torch.Tensor) -> torch.Tensor:
@@ -149,17 +164,18 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
     recs = [run_scenes(task, range(cfg.train_seed_base + k * cfg.num_envs, cfg.train_seed_base + (k + 1) * cfg.num_envs),
                        noise=float(cfg.expert_noise), gen=gen) for k in range(int(cfg.batches))]
     log(f"collected {len(recs)} x {cfg.num_envs} scenes in {time.time() - t0:.0f}s")
-    fo, fp, rel, act, beh, utt = [], [], [], [], [], []
+    fo, fp, rel, act, beh, utt, face = [], [], [], [], [], [], []
     enc = shared_encoder()
     for r in recs:
         a, b, c = features(r)
         fo.append(a), fp.append(b), rel.append(c), act.append(r["action"]), beh.append(r["behaviour"])
+        face.append(facing_bearings(r))
         T, B = r["behaviour"].shape
         utt.append(torch.stack([enc.encode(r["utt"][t]) for t in range(T)]))
-    fo, fp, rel, act, beh, utt = (torch.cat(x, 1) for x in (fo, fp, rel, act, beh, utt))  # (T, N, ...)
+    fo, fp, rel, act, beh, utt, face = (torch.cat(x, 1) for x in (fo, fp, rel, act, beh, utt, face))  # (T, N, ...)
     allf = torch.cat((fo, fp), 1).flatten(0, 1)
     mean, std = allf.mean(0), allf.std(0).clamp(min=1e-3)
-    c = SocialConfig(codebook=int(cfg.codebook), context=int(cfg.context))
+    c = SocialConfig(codebook=int(cfg.codebook), context=int(cfg.context), heading_head=bool(cfg.get("heading_head", False)))
     c.feat_mean, c.feat_std = mean.tolist(), std.tolist()
     pol = SocialAvatarPolicy(c)
     nfo, nfp = pol.norm(fo), pol.norm(fp)
@@ -195,20 +211,32 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
         r = rel[: n * WINDOW].permute(1, 0, 2).reshape(N, n, WINDOW, REL_DIM)
         rr = torch.cat((r[:, :, 0], r[:, :, -1]), -1)
         uu = utt[: n * WINDOW].permute(1, 0, 2).reshape(N, n, WINDOW, -1)[:, :, -1]
-    # inputs at window k: partner k, pose k, utterance k, own k ; target: own k+1
-    src_p, src_r, src_u, src_o, tgt = tp[:, :-1], rr[:, :-1], uu[:, :-1], to[:, :-1], to[:, 1:]
+        # the facing direction as the last step of window k sees it (cos, sin)
+        fb = face[: n * WINDOW].permute(1, 0).reshape(N, n, WINDOW)[:, :, -1]
+        fcs = torch.stack((torch.cos(fb), torch.sin(fb)), -1)
+    # inputs at window k: partner k, pose k, utterance k, own k ; target: own k+1 (and where it faces)
+    src_p, src_r, src_u, src_o, tgt, tgt_face = tp[:, :-1], rr[:, :-1], uu[:, :-1], to[:, :-1], to[:, 1:], fcs[:, :-1]
     K = int(cfg.context)
     opt = torch.optim.AdamW(pol.gen.parameters(), lr=5e-4, weight_decay=1e-2)
     for u in range(int(cfg.gen_updates)):
         i = torch.randint(N, (64,), generator=gen)
         s = torch.randint(0, max(1, src_p.shape[1] - K + 1), (1,), generator=gen).item()
         sl = slice(s, s + K)
-        logits = pol.gen(src_p[i, sl], src_r[i, sl], src_u[i, sl], src_o[i, sl])
-        loss = F.cross_entropy(logits.flatten(0, 1), tgt[i, sl].flatten())
+        logits, heading = pol.gen.forward_all(src_p[i, sl], src_r[i, sl], src_u[i, sl], src_o[i, sl])
+        ce = F.cross_entropy(logits.flatten(0, 1), tgt[i, sl].flatten())
+        loss = ce
+        if heading is not None:
+            face_mse = F.mse_loss(heading, tgt_face[i, sl])
+            loss = loss + float(cfg.get("heading_weight", 1.0)) * face_mse
         opt.zero_grad(), loss.backward(), opt.step()
         if (u + 1) % max(1, int(cfg.gen_updates) // 4) == 0:
             acc = (logits.argmax(-1) == tgt[i, sl]).float().mean().item()
-            log(f"  response transformer {u + 1}: ce {loss.item():.3f} token acc {acc:.2f}")
+            msg = f"  response transformer {u + 1}: ce {ce.item():.3f} token acc {acc:.2f}"
+            if heading is not None:
+                want = tgt_face[i, sl]
+                err = torch.remainder(torch.atan2(heading[..., 1], heading[..., 0]) - torch.atan2(want[..., 1], want[..., 0]) + math.pi, 2 * math.pi) - math.pi
+                msg += f", facing error {err.abs().mean().item():.3f} rad"
+            log(msg)
     pol.eval()
 
     # 4. motion feature extractor (FID / diversity): classify the partner behaviour of own windows

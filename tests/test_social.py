@@ -57,3 +57,65 @@ def test_tokenizer_round_trip_error_bound():
 
 
 BOUND_MM = 20.0  # measured 8.9 mm on these rooms with the shipped checkpoint
+
+
+def _yaw_quat(yaw: float) -> torch.Tensor:
+    return torch.tensor([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
+
+
+def test_facing_labels_follow_the_responded_behaviour():
+    from dreamgym.envs import partner as P
+    from dreamgym.policies.social_train import facing_bearings
+
+    T, B = 3, 1
+    m = torch.zeros(T, B, 227)
+    m[..., 3:7] = _yaw_quat(0.0)  # the avatar at the origin, facing +x
+    pm = torch.zeros(T, B, 227)
+    pm[..., 0:2] = torch.tensor([0.0, 2.0])  # the partner to its left
+    beh = torch.tensor([[P.WAVE], [P.POINT], [P.TURN_AWAY]])
+    rec = {"motion": m, "partner_motion": pm, "behaviour": beh, "point_at": torch.tensor([[0.0, -3.0]])}
+    got = facing_bearings(rec)[:, 0]
+    assert torch.allclose(got, torch.tensor([np.pi / 2, -np.pi / 2, 0.0]), atol=1e-5)  # partner, pointed-at spot, no turn
+
+
+def test_heading_head_steers_the_planned_turn():
+    """With ``heading_head`` the executed yaw rate comes from the facing direction, not the token."""
+    from dreamgym.policies.social import RATE, SocialAvatarPolicy, SocialConfig
+
+    torch.manual_seed(0)
+    pol = SocialAvatarPolicy(SocialConfig(codebook=8, hidden=32, d_model=16, layers=1, heads=2, heading_head=True)).eval()
+    seen = []
+    pol.inv.forward = lambda cur, nxt: seen.append(nxt.clone()) or torch.zeros(cur.shape[0], 6)
+    m = torch.zeros(2, 227)
+    m[:, 3:7] = _yaw_quat(0.0)
+    pm = m.clone()
+    pm[:, 0] = 2.0
+    for _ in range(8):  # the first window completes: a response (token + facing) is made
+        pol.act({"motion": m, "partner_motion": pm})
+    s = pol._state
+    assert bool(s["has_goal"].all())
+    s["goal"][:] = torch.tensor([1.0, -1.0])  # face 1 rad left / right of the current heading
+    pol.act({"motion": m, "partner_motion": pm})
+    rate = pol.denorm(seen[-1])[:, RATE]
+    assert rate[0] > 0.9 and rate[1] < -0.9  # the responder's turning law: full rate for a 1 rad error
+    pol.reset(torch.tensor([0]))
+    assert not bool(s["has_goal"][0]) and bool(s["has_goal"][1])
+
+
+@pytest.mark.slow
+def test_train_social_tiny_end_to_end(tmp_path):
+    """``dreamgym train-social`` on a tiny budget: saves a loadable avatar with its facing head and metrics."""
+    import json
+
+    from dreamgym.policies.social import SocialAvatarPolicy
+    from dreamgym.rollouts.cli import main
+
+    out = tmp_path / "social"
+    rc = main(["train-social", f"out={out}", "batches=1", "num_envs=2", "vq_updates=30", "inv_updates=30", "gen_updates=30",
+               "fe_updates=10", "eval_scenes=1"])
+    assert rc == 0
+    pol = SocialAvatarPolicy.from_pretrained(out)
+    assert pol.config.heading_head and pol.gen.heading is not None
+    metrics = json.loads((out / "metrics.json").read_text())
+    for k in ("response_correctness", "mpjpe_mm", "pa_mpjpe_mm", "fid", "diversity", "latency_ms"):
+        assert np.isfinite(metrics[k]), k
