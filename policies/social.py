@@ -278,6 +278,10 @@ class SocialAvatarPolicy(nn.Module):
             nxt = nxt.clone()
             nxt[:, RATE] = torch.where(s["has_goal"], steer, nxt[:, RATE])
         act = self.inv(f_own, nxt)
+        if self.config.heading_head:
+            # the yaw-rate channel of the controller is the steer itself (the inverse controller,
+            # fitted to whole-body transitions, tracks a commanded turn only loosely)
+            act[:, 2] = torch.where(s["has_goal"], rate, act[:, 2])
         act = torch.where((s["filled"] == 0)[:, None], torch.zeros_like(act), act)  # before the first response: stand
         s["t"] += 1
         s["prev_m"], s["prev_p"] = m.clone(), pm.clone()

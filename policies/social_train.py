@@ -105,6 +105,17 @@ def facing_bearings(rec) -> torch.Tensor:
     return torch.remainder(target - yaw + math.pi, 2 * math.pi) - math.pi
 
 
+def rotate_relative(rel: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Relative poses (B, K, 8) (two of x, y, cos, sin) as seen by an avatar turned by ``delta`` (B,) more."""
+    c, s = torch.cos(delta)[:, None], torch.sin(delta)[:, None]
+    out = rel.clone()
+    for o in (0, REL_DIM):
+        x, y, hc, hs = rel[..., o], rel[..., o + 1], rel[..., o + 2], rel[..., o + 3]
+        out[..., o], out[..., o + 1] = c * x + s * y, -s * x + c * y
+        out[..., o + 2], out[..., o + 3] = hc * c + hs * s, hs * c - hc * s
+    return out
+
+
 def windows(f: torch.Tensor) -> torch.Tensor:
     """(T, B, D) -> (B, T // WINDOW, WINDOW, D)."""
     T, B, D = f.shape
@@ -213,9 +224,10 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
         uu = utt[: n * WINDOW].permute(1, 0, 2).reshape(N, n, WINDOW, -1)[:, :, -1]
         # the facing direction as the last step of window k sees it (cos, sin)
         fb = face[: n * WINDOW].permute(1, 0).reshape(N, n, WINDOW)[:, :, -1]
-        fcs = torch.stack((torch.cos(fb), torch.sin(fb)), -1)
+        still = (beh[: n * WINDOW].permute(1, 0).reshape(N, n, WINDOW)[:, :, -1] == P.TURN_AWAY)
     # inputs at window k: partner k, pose k, utterance k, own k ; target: own k+1 (and where it faces)
-    src_p, src_r, src_u, src_o, tgt, tgt_face = tp[:, :-1], rr[:, :-1], uu[:, :-1], to[:, :-1], to[:, 1:], fcs[:, :-1]
+    src_p, src_r, src_u, src_o, tgt = tp[:, :-1], rr[:, :-1], uu[:, :-1], to[:, :-1], to[:, 1:]
+    face_b, face_still = fb[:, :-1], still[:, :-1]
     K = int(cfg.context)
     opt = torch.optim.AdamW(pol.gen.parameters(), lr=5e-4, weight_decay=1e-2)
     for u in range(int(cfg.gen_updates)):
@@ -226,15 +238,24 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
         ce = F.cross_entropy(logits.flatten(0, 1), tgt[i, sl].flatten())
         loss = ce
         if heading is not None:
-            face_mse = F.mse_loss(heading, tgt_face[i, sl])
+            # The responder nearly always already faces its target, so its facing labels are
+            # nearly always ~0 and a head fitted on them never learns to turn. Each sequence is
+            # therefore also seen as if the avatar had been turned by a random angle: the partner's
+            # relative pose turns the other way and the facing label with it (tokens, which live in
+            # the body's own frame, are unchanged; no turn stays no turn).
+            delta = (torch.rand(len(i), generator=gen) * 2 - 1) * math.pi
+            r_aug = rotate_relative(src_r[i, sl], delta)
+            want = torch.where(face_still[i, sl], 0.0, face_b[i, sl] - delta[:, None])
+            _, heading = pol.gen.forward_all(src_p[i, sl], r_aug, src_u[i, sl], src_o[i, sl])
+            tgt_face = torch.stack((torch.cos(want), torch.sin(want)), -1)
+            face_mse = F.mse_loss(heading, tgt_face)
             loss = loss + float(cfg.get("heading_weight", 1.0)) * face_mse
         opt.zero_grad(), loss.backward(), opt.step()
         if (u + 1) % max(1, int(cfg.gen_updates) // 4) == 0:
             acc = (logits.argmax(-1) == tgt[i, sl]).float().mean().item()
             msg = f"  response transformer {u + 1}: ce {ce.item():.3f} token acc {acc:.2f}"
             if heading is not None:
-                want = tgt_face[i, sl]
-                err = torch.remainder(torch.atan2(heading[..., 1], heading[..., 0]) - torch.atan2(want[..., 1], want[..., 0]) + math.pi, 2 * math.pi) - math.pi
+                err = torch.remainder(torch.atan2(heading[..., 1], heading[..., 0]) - want + math.pi, 2 * math.pi) - math.pi
                 msg += f", facing error {err.abs().mean().item():.3f} rad"
             log(msg)
     pol.eval()

@@ -119,3 +119,20 @@ def test_train_social_tiny_end_to_end(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     for k in ("response_correctness", "mpjpe_mm", "pa_mpjpe_mm", "fid", "diversity", "latency_ms"):
         assert np.isfinite(metrics[k]), k
+
+
+def test_rotating_the_avatar_rotates_the_relative_pose():
+    from dreamgym.policies.social import relative_pose
+    from dreamgym.policies.social_train import rotate_relative
+
+    m = torch.zeros(1, 227)
+    m[:, 3:7] = _yaw_quat(0.0)
+    pm = torch.zeros(1, 227)
+    pm[:, 0:2] = torch.tensor([1.0, 2.0])
+    pm[:, 3:7] = _yaw_quat(0.4)
+    turned = m.clone()
+    turned[:, 3:7] = _yaw_quat(0.7)
+    rel = relative_pose(m, pm)
+    got = rotate_relative(torch.cat((rel, rel), -1)[:, None], torch.tensor([0.7]))[0, 0]
+    want = relative_pose(turned, pm)[0]
+    assert torch.allclose(got[:4], want, atol=1e-5) and torch.allclose(got[4:], want, atol=1e-5)
