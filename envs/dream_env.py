@@ -255,6 +255,7 @@ class DreamVecEnv(VectorEnv):
         self._pool_next = 0
         self._gen = torch.Generator(device=self.device).manual_seed(0 if seed is None else int(seed) + 1)
         self._ctx: dict[str, torch.Tensor] = {}
+        self._memory: dict[str, torch.Tensor] = {}  # scene memory of a warping world model, per world
         self._acts = torch.zeros(B, self.K - 1, 6, device=self.device)
         self._params = EpisodeParams(torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long), torch.zeros(B, 2))
         self._scripts = P.PartnerScripts.empty(B, self.device)
@@ -303,6 +304,12 @@ class DreamVecEnv(VectorEnv):
                 self._ctx[k] = torch.zeros((self.num_envs, *v.shape[1:]), dtype=v.dtype, device=dev)
             self._ctx[k][worlds] = v.to(dev)
         self._acts[worlds] = st.actions.to(dev)
+        # a warping world model reprojects the start's real frame through the whole episode
+        mem = self.model.scene_memory(st.context) if hasattr(self.model, "scene_memory") else {}
+        for k, v in mem.items():
+            if k not in self._memory:
+                self._memory[k] = torch.zeros((self.num_envs, *v.shape[1:]), dtype=v.dtype, device=dev)
+            self._memory[k][worlds] = v.to(dev)
         wc = worlds.cpu()
         self._params.target[wc] = st.target
         self._params.instruction[wc] = st.instruction
@@ -365,7 +372,7 @@ class DreamVecEnv(VectorEnv):
             raise RuntimeError("step called before reset")
         a = validate_action(actions, self.num_envs, self.device, batched=True)
         acts = torch.cat([self._acts, a[:, None]], 1)
-        context = dict(self._ctx)
+        context = dict(self._ctx) | self._memory
         context["instruction"] = self._params.instruction.to(self.device)
         pred = self.model.imagine(context, acts, num_steps=self.num_steps, modalities=self.gen_keys, generator=self._gen)
         bad = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)

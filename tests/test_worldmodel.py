@@ -405,3 +405,25 @@ def test_warping_model_predicts_frames_from_the_warped_base(monkeypatch):
     assert not torch.allclose(f1["motion"], f2["motion"])
     roll = m.rollout(ctx, torch.zeros(3, 3, 6), past_actions=a[:, :1])
     assert tuple(roll["ego_rgb"].shape) == (3, 3, 3, 32, 32)
+    # scene memory: the rollout's real frame; remembering the last frame itself changes nothing,
+    # remembering another view changes the dreamed frames
+    mem = m.scene_memory(ctx)
+    assert set(mem) == {"memory_rgb", "memory_depth", "memory_motion"} and torch.equal(mem["memory_rgb"], ctx["ego_rgb"][:, -1])
+    same = m.imagine(ctx | mem, a, init_noise=0.0)
+    assert torch.equal(same["ego_rgb"], both["ego_rgb"])
+    other = {"memory_rgb": 255 - ctx["ego_rgb"][:, -1], "memory_depth": ctx["ego_depth"][:, -1], "memory_motion": ctx["motion"][:, -1]}
+    assert not torch.equal(m.imagine(ctx | other, a, init_noise=0.0)["ego_rgb"], both["ego_rgb"])
+    assert m.scene_memory({k: v for k, v in ctx.items() if k != "ego_rgb"}) == {}
+
+
+def test_props_at_rest_stay_at_rest():
+    m = tiny_model().eval()
+    ctx, ws = context_of(synthetic_episodes())
+    a = ws["actions"][:, :2]
+    free = m.imagine(ctx, a, modalities=["props"], init_noise=0.0)
+    assert not torch.equal(free["props"], ctx["props"][:, -1])
+    m.config.props_rest_threshold = 1e6  # every predicted displacement counts as drift
+    held = m.imagine(ctx, a, modalities=["props"], init_noise=0.0)
+    assert torch.equal(held["props"], ctx["props"][:, -1])
+    m.config.props_rest_threshold = 1e-9  # nothing is dropped
+    assert torch.equal(m.imagine(ctx, a, modalities=["props"], init_noise=0.0)["props"], free["props"])

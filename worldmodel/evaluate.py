@@ -364,6 +364,9 @@ def imagine_rollout(
     K.. are the future actions). Calls ``on_step(h, prediction)`` for h = 1..horizon."""
     K = context[modalities[0]].shape[1]
     ctx = dict(context)
+    memory = getattr(model, "scene_memory", None)  # a warping world model keeps the real frame
+    if memory is not None:
+        ctx |= memory(ctx)
     for h in range(1, horizon + 1):
         pred = model.imagine(ctx, actions[:, h - 1 : h - 1 + K], num_steps=num_steps, modalities=list(modalities), generator=generator)
         missing = [m for m in modalities if m not in pred]

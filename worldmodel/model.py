@@ -47,7 +47,7 @@ from dreamgym.envs.motion import MOTION_DIM
 from . import data as D
 from . import edm
 from .blocks import GridTokens, TokenTransformer, UNetBranch, fourier_embedding
-from .warp import warp_frame
+from .warp import camera_feature_index, warp_frame
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -55,6 +55,9 @@ FORMAT_VERSION = 1
 # The embedded default checkpoint, shipped with the package (see default/TRAINING.md).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "default"
 OBS_KEYS = ("ego_rgb", "ego_depth", "motion", "partner_motion", "props", "occupancy")
+# Scene memory of an ``ego_warp`` dream (see ``WorldModel.scene_memory``): a real frame, its depth
+# and the motion it was seen from, carried unchanged through a rollout's contexts.
+MEMORY_KEYS = ("memory_rgb", "memory_depth", "memory_motion")
 
 
 @dataclass
@@ -86,12 +89,20 @@ class WorldModelConfig:
     # Weight of the agent's root change (position + orientation: 7 of the 227 motion numbers) in
     # the motion loss, relative to the other numbers (the weights are renormalised to mean 1).
     root_loss_weight: float = 10.0
+    # Weight of the numbers that place the head camera (the spine/neck/head rotations and the head
+    # position) in the motion loss: a frame warped to a badly predicted head pose is off by pixels.
+    camera_loss_weight: float = 1.0
     # Frames are predicted relative to the last frame *warped to the next head pose* (``warp``:
     # depth-based reprojection) instead of relative to the last frame, whenever the next motion is
     # known -- given, or dreamed first in a state-only pass (``imagine`` then runs two passes).
     # The view's change under the agent's own motion then comes from geometry, and the network
     # learns the rest. Needs ``ego_depth``.
     ego_warp: bool = False
+    # Props at rest stay at rest: a predicted prop displacement shorter than this (metres per
+    # step) is dropped at decoding. Props sit still on almost every step (in reach data more than
+    # 99 % move less than 2 mm) and a regression's small drift on a resting prop compounds over
+    # a long dream. An inference-time option (0: off); it changes no weights.
+    props_rest_threshold: float = 0.0
     deterministic: bool = False  # MSE regression of the same network (a baseline): no noise, one step
     # Scale of the sampler's initial noise (imagine's default). 1: a diffusion sample. 0 with one
     # step: D(0; sigma_max), the network's estimate of the conditional mean -- the lowest expected
@@ -146,6 +157,8 @@ class WorldModelConfig:
         d.setdefault("action_tokens", False)
         d.setdefault("root_loss_weight", 1.0)
         d.setdefault("ego_warp", False)
+        d.setdefault("camera_loss_weight", 1.0)
+        d.setdefault("props_rest_threshold", 0.0)
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -248,6 +261,8 @@ class WorldModel(nn.Module):
             if depth is not None:
                 out["ego_depth_last"] = depth[:, K - 1].float()
             if c.ego_warp:
+                if all(k in context for k in MEMORY_KEYS):
+                    out |= {k: context[k].to(dev) for k in MEMORY_KEYS}
                 self.frame_base(out)
         if "occupancy" in branches and "occupancy" in c.modalities:
             oc = D.occupancy_to_model(context["occupancy"].to(dev))  # (B, K, Z*5, X, Y)
@@ -262,6 +277,11 @@ class WorldModel(nn.Module):
         the last frame reprojected to the head pose of ``next_motion``; elsewhere the last frame
         itself. ``ego_base_valid`` marks the pixels the reprojection filled (0 everywhere for an
         unwarped base), and is an input of the frame branch with the base itself.
+
+        With a scene memory in ``ctx`` (``MEMORY_KEYS``: a real frame of this rollout), the
+        pixels that the memory frame reprojected to the next pose covers come from it instead:
+        one reprojection of a real frame rather than a chain of reprojections of dreamed ones,
+        which blur and drift step after step.
         """
         rgb, depth = ctx["ego_rgb_last"].float(), ctx["ego_depth_last"]
         B = rgb.shape[0]
@@ -269,7 +289,11 @@ class WorldModel(nn.Module):
         if next_motion is not None:
             w = torch.ones(B, dtype=torch.bool, device=rgb.device) if warp is None else warp.to(rgb.device).bool()
             if bool(w.any()):
-                wr, wd, wv = warp_frame(rgb, depth, ctx["motion_last"], next_motion.to(rgb.device, torch.float32))
+                nm = next_motion.to(rgb.device, torch.float32)
+                wr, wd, wv = warp_frame(rgb, depth, ctx["motion_last"], nm)
+                if "memory_rgb" in ctx:
+                    mr, md, mv = warp_frame(ctx["memory_rgb"].float(), ctx["memory_depth"].float(), ctx["memory_motion"].float(), nm)
+                    wr, wd, wv = torch.where(mv, mr, wr), torch.where(mv, md, wd), wv | mv
                 sel = w.view(B, 1, 1, 1)
                 rgb, depth = torch.where(sel, wr, rgb), torch.where(sel, wd, depth)
                 valid = (wv & sel).float()
@@ -440,8 +464,9 @@ class WorldModel(nn.Module):
             live = s > 0
             # EDM's weighted loss lambda(sigma) * |D - x0|^2 equals |F - F_target|^2
             err = (den[m] - x0[m]) / edm.expand(c_out.clamp_min(1e-8), x0[m])
-            if m == "motion" and c.root_loss_weight != 1.0:
+            if m == "motion" and (c.root_loss_weight != 1.0 or c.camera_loss_weight != 1.0):
                 wt = torch.ones(err.shape[1], device=err.device)
+                wt[camera_feature_index()] = c.camera_loss_weight
                 wt[: D.ROOT_FEATS] = c.root_loss_weight
                 per = (err.pow(2) * (wt / wt.mean())).mean(1)
             else:
@@ -622,6 +647,7 @@ class WorldModel(nn.Module):
         ctx = {k: context[k] for k in obs_keys}
         if "instruction" in context:
             ctx["instruction"] = context["instruction"]
+        ctx |= {k: context[k] for k in MEMORY_KEYS if k in context} or self.scene_memory(context)
         frames = []
         acts = past_actions
         for h in range(H):
@@ -632,6 +658,15 @@ class WorldModel(nn.Module):
                 if k in step:
                     ctx[k] = torch.cat([ctx[k][:, 1:].to(step[k].device), step[k][:, None].to(ctx[k].dtype)], 1)
         return {k: torch.stack([f[k] for f in frames], 1) for k in frames[0]}
+
+    def scene_memory(self, context: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The scene memory entries (``MEMORY_KEYS``) for a rollout that starts from ``context``:
+        its last (real) frame, depth and motion. Add them to the context passed to every
+        ``imagine`` call of the rollout (``rollout`` does); empty for models without ``ego_warp``
+        or a context without frames."""
+        if not self.config.ego_warp or not all(k in context for k in ("ego_rgb", "ego_depth", "motion")):
+            return {}
+        return {"memory_rgb": context["ego_rgb"][:, -1], "memory_depth": context["ego_depth"][:, -1], "memory_motion": context["motion"][:, -1]}
 
     def output_keys(self) -> list[str]:
         """The observation keys this model generates."""
@@ -671,6 +706,9 @@ class WorldModel(nn.Module):
             "partner_motion": D.apply_motion_delta(ctx["partner_last"], x0["partner_motion"] * nm.partner_delta_std + nm.partner_delta_mean),
             "props": D.apply_props_delta(ctx["props_last"], x0["props"] * nm.props_delta_std, ctx["motion_last"]),
         }
+        if self.config.props_rest_threshold > 0:
+            moved = (out["props"] - ctx["props_last"]).norm(dim=-1, keepdim=True) >= self.config.props_rest_threshold
+            out["props"] = torch.where(moved, out["props"], ctx["props_last"])
         if "ego" in x0:
             change = x0["ego"] * nm.frame_delta_std.view(1, -1, 1, 1)
             rgb, depth = D.frames_from_model(ctx.get("ego_base_rgb", ctx["ego_rgb_last"]), ctx.get("ego_base_depth", ctx.get("ego_depth_last")), change)

@@ -44,6 +44,14 @@ def _chain(joint: int) -> list[int]:
 _HEAD_CHAIN = _chain(HEAD)
 
 
+def camera_feature_index() -> torch.Tensor:
+    """Indices into a motion vector of the numbers that place the head camera besides the root:
+    the local rotations of the spine, neck and head and the head's position."""
+    idx = [JOINT_ROT.start + 4 * j + k for j in _HEAD_CHAIN[1:] for k in range(4)]
+    idx += [JOINT_POS.start + 3 * HEAD + k for k in range(3)]
+    return torch.tensor(idx)
+
+
 def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """(..., 4) unit quaternions (w, x, y, z) -> (..., 3, 3) rotation matrices."""
     q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -63,7 +71,9 @@ def ego_camera_pose(motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     agent's head camera from its motion vectors (B, 227)."""
     motion = motion.float()
     rots = motion[:, JOINT_ROT].reshape(-1, NUM_JOINTS, 4)
-    q = rots[:, _HEAD_CHAIN[0]]  # joint 0 holds the global orientation
+    # joint 0's rotation is the global orientation, equal to the root's: read the root's, which a
+    # world model predicts relative to the heading (joint 0's change depends on the world yaw)
+    q = motion[:, ROOT_QUAT]
     for j in _HEAD_CHAIN[1:]:
         q = quat_mul(q, rots[:, j])
     r_head = quat_to_matrix(q)
