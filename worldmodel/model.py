@@ -298,7 +298,10 @@ class WorldModel(nn.Module):
                 rgb, depth = torch.where(sel, wr, rgb), torch.where(sel, wd, depth)
                 valid = (wv & sel).float()
         ctx["ego_base_rgb"], ctx["ego_base_depth"] = rgb, depth
-        ctx["ego_base_model"] = D.frames_to_model(rgb, depth, self.config.resolution)
+        if next_motion is None and "ego_last_model" in ctx:  # unwarped: the last frame, already converted
+            ctx["ego_base_model"] = ctx["ego_last_model"]
+        else:
+            ctx["ego_base_model"] = D.frames_to_model(rgb, depth, self.config.resolution)
         r = self.config.resolution
         ctx["ego_base_valid"] = valid if valid.shape[-1] == r else F.interpolate(valid, size=(r, r), mode="area")
 
