@@ -130,3 +130,54 @@ def partner_action(scripts: PartnerScripts, pos: torch.Tensor, yaw: torch.Tensor
     head = torch.where(beh == POINT, _wrap(target_dir - yaw), _wrap(agent_dir - yaw))
     act[:, 3] = torch.where((beh == WAVE) | (beh == POINT) | (beh == IDLE), torch.clamp(head, -1.0, 1.0), 0.0)
     return act
+
+
+# ----------------------------------------------------------------------------- replay
+# A room's script is a function of its seed and task (``Task.setup``), and the partner's action a
+# function of the script's progress (the episode's step) and of the two bodies' current states.
+# So the partner's commands can be recovered exactly from a recording of an episode's motions:
+# a world model conditions on them, as on the agent's own actions.
+def room_script(task, room_seed: int) -> dict[str, np.ndarray]:
+    """The packed script (one row, see ``pack_scripts``) of the room ``room_seed`` under ``task``
+    (a task name or ``Task``), as ``EgoRoomCore`` draws it at reset."""
+    from . import scene
+    from .core import _rng_for
+    from .tasks import make_task
+
+    t = make_task(task) if isinstance(task, str) else task
+    spec = scene.generate_room(int(room_seed))
+    script = t.setup(spec, _rng_for(int(room_seed), t))[-1]
+    return pack_scripts([script])
+
+
+def scripts_at(packed: dict[str, np.ndarray], steps, device="cpu") -> PartnerScripts:
+    """Scripts positioned after ``steps`` (N,) control steps from the episode's reset: row ``i`` is
+    the one-row ``packed`` script advanced ``steps[i]`` times (what ``advance`` would give)."""
+    steps = torch.as_tensor(np.asarray(steps), dtype=torch.long, device=device).reshape(-1)
+    n = steps.shape[0]
+    beh = torch.as_tensor(packed["behaviour"], device=device).reshape(1, SCRIPT_LEN).expand(n, -1)
+    dur = torch.as_tensor(packed["duration"], device=device).reshape(1, SCRIPT_LEN).expand(n, -1)
+    tgt = torch.as_tensor(packed["target"], device=device).reshape(1, SCRIPT_LEN, 2).expand(n, -1, -1)
+    if bool((steps < 0).any()):
+        raise ValueError(f"steps must be >= 0, got {int(steps.min())}")
+    ends = dur.cumsum(1)  # the step at which each entry is left
+    cursor = (steps[:, None] >= ends).sum(1).clamp(max=SCRIPT_LEN - 1)
+    start = torch.where(cursor > 0, ends.gather(1, (cursor - 1).clamp(min=0)[:, None])[:, 0], torch.zeros_like(cursor))
+    timer = steps - start
+    last = steps[:, None] >= ends  # past the final entry the timer wraps, as ``advance`` resets it
+    timer = torch.where(last[:, -1], torch.remainder(steps - ends[:, -2], dur[:, -1]), timer) if SCRIPT_LEN > 1 else timer
+    return PartnerScripts(beh.clone(), dur.clone(), tgt.clone(), cursor, timer)
+
+
+def replay_actions(packed: dict[str, np.ndarray], steps, agent_motion: torch.Tensor, partner_motion: torch.Tensor) -> torch.Tensor:
+    """The partner's controller actions (N, 6) at episode steps ``steps`` (N,), given the agent's
+    and the partner's motion vectors (N, 227) observed at those steps (``envs.motion`` layout)."""
+    from .motion import ROOT_POS, ROOT_QUAT, yaw_of_quat
+
+    a, p = torch.as_tensor(agent_motion).float(), torch.as_tensor(partner_motion).float()
+    if a.shape != p.shape or a.dim() != 2 or a.shape[1] != 227:
+        raise ValueError(f"agent and partner motion must both be (N, 227), got {tuple(a.shape)} and {tuple(p.shape)}")
+    s = scripts_at(packed, steps, a.device)
+    if s.cursor.shape[0] != a.shape[0]:
+        raise ValueError(f"{s.cursor.shape[0]} steps but {a.shape[0]} motion rows")
+    return partner_action(s, p[:, ROOT_POS], yaw_of_quat(p[:, ROOT_QUAT]), a[:, ROOT_POS])

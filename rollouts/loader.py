@@ -29,6 +29,10 @@ SPLITS = ("train", "heldout", "all")
 FLAG_KEYS = ("terminations", "truncations")  # bool: HDF5 converts them slowly, so whole episodes are cached
 OPEN_EPISODES = 128  # per worker: episodes whose HDF5 datasets stay open (an LRU)
 CHUNK_CACHE_BYTES = 1 << 18  # HDF5 chunk cache per open dataset
+# Keys computed from the recording rather than stored: ``partner_actions`` (T, 6), the partner's
+# controller commands, replayed from the room's script and the two bodies' motions
+# (``envs.partner.replay_actions``); it needs ``motion`` and ``partner_motion``.
+DERIVED_KEYS = ("partner_actions",)
 
 
 def _as_dirs(dirs: str | Path | Iterable[str | Path]) -> list[Path]:
@@ -96,9 +100,17 @@ class WindowDataset(Dataset):
 
         available = set.intersection(*(set(m.data["env"]["obs_keys"]) for m in manifests))
         self.keys = tuple(sorted(available, key=lambda k: list(manifests[0].data["env"]["obs_keys"]).index(k))) if keys is None else tuple(keys)
-        unknown = [k for k in self.keys if k not in available and k not in STATE_KEYS]
+        unknown = [k for k in self.keys if k not in available and k not in STATE_KEYS and k not in DERIVED_KEYS]
         if unknown:
-            raise ValueError(f"keys {unknown} are not in every dataset; available: {sorted(available) + list(STATE_KEYS)}")
+            raise ValueError(f"keys {unknown} are not in every dataset; available: {sorted(available) + list(STATE_KEYS + DERIVED_KEYS)}")
+        self.derived = tuple(k for k in self.keys if k in DERIVED_KEYS)
+        if self.derived:
+            lacking = [k for k in ("motion", "partner_motion") if k not in available]
+            if lacking:
+                raise ValueError(f"{list(self.derived)} are computed from 'motion' and 'partner_motion', which the datasets lack ({lacking})")
+            self.keys = tuple(k for k in self.keys if k not in DERIVED_KEYS)
+            self.keys += tuple(k for k in ("motion", "partner_motion") if k not in self.keys)
+        self._tasks = [str(m.data["env"].get("task", "")) for m in manifests]
         self._check_shapes(manifests)
         self.obs_keys = tuple(k for k in self.keys if k not in STATE_KEYS and k != "instruction")
         self.state_keys = tuple(k for k in self.keys if k in STATE_KEYS)
@@ -106,7 +118,8 @@ class WindowDataset(Dataset):
         self.skipped: dict[str, str] = {}
         shards: list[str] = []
         rows: list[tuple[int, str, int, int, int, int]] = []  # shard, group, steps, room_seed, instruction, behaviour
-        for root, m in zip(self.dirs, manifests):
+        task_of: list[str] = []  # per row
+        for di, (root, m) in enumerate(zip(self.dirs, manifests)):
             for entry in m.shards:
                 why = check_shard(root, entry, checksum=verify == "sha256")
                 path = str(root / entry["file"])
@@ -123,11 +136,13 @@ class WindowDataset(Dataset):
                         continue
                     b = BEHAVIOURS.index(e["behaviour"]) if e.get("behaviour") in BEHAVIOURS else -1
                     rows.append((len(shards) - 1, e["group"], int(e["steps"]), int(e["room_seed"]), int(e.get("instruction", -1)), b))
+                    task_of.append(self._tasks[di])
         self.shards = shards
         self.episodes = [
-            {"shard": shards[s], "group": g, "steps": T, "room_seed": seed, "instruction": ins, "behaviour": b}
-            for s, g, T, seed, ins, b in rows
+            {"shard": shards[s], "group": g, "steps": T, "room_seed": seed, "instruction": ins, "behaviour": b, "task": task}
+            for (s, g, T, seed, ins, b), task in zip(rows, task_of)
         ]
+        self._scripts: dict[int, dict[str, np.ndarray]] = {}
         steps = np.array([r[2] for r in rows], np.int64)
         counts = np.maximum(0, (steps - self.length) // int(stride) + 1)
         self._ep = np.repeat(np.arange(len(rows)), counts).astype(np.int64)
@@ -156,6 +171,8 @@ class WindowDataset(Dataset):
         else:
             arrays = self._read(e, sl)
         out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+        if "partner_actions" in self.derived:
+            out["partner_actions"] = self.partner_actions(e, t0, out["motion"], out["partner_motion"])
         seed, instruction, behaviour = self._scalars[e]
         out["instruction"] = torch.tensor(instruction)
         out["room_seed"] = torch.tensor(seed)
@@ -165,6 +182,19 @@ class WindowDataset(Dataset):
         return out
 
     # ------------------------------------------------------------------ helpers
+    def partner_actions(self, e: int, t0: int, motion, partner_motion) -> torch.Tensor:
+        """The partner's commands (L, 6) at steps ``t0 ..`` of episode ``e`` from its motions (L, 227)."""
+        from dreamgym.envs import partner as P
+
+        script = self._scripts.get(e)
+        if script is None:
+            ep = self.episodes[e]
+            if not ep["task"]:
+                raise ValueError(f"{ep['shard']}: the manifest names no task, so the partner's script cannot be replayed")
+            script = self._scripts[e] = P.room_script(ep["task"], ep["room_seed"])
+        steps = np.arange(t0, t0 + len(motion))
+        return P.replay_actions(script, steps, torch.as_tensor(motion), torch.as_tensor(partner_motion))
+
     @property
     def room_seeds(self) -> set[int]:
         """Room seeds of the episodes in this split."""
