@@ -11,8 +11,10 @@ a dataset. From then on every step is dreamed: the model predicts the next motio
 partner, the props and, if asked for, the ego frames and occupancy. Reward, termination, success
 and ``task_obs`` come from the *same task objects* the real env uses, applied to the predicted
 state (``reward_source="task"``), or from the model's learned reward/termination head
-(``reward_source="learned"``). The partner's scripted behaviour (a function of time only) runs on,
-as in the simulator. Episodes truncate at ``horizon`` steps.
+(``reward_source="learned"``). The partner's script runs on, as in the simulator: each step its
+command is computed from the script and the dreamed bodies (``envs.partner.partner_action``), and
+a world model conditioned on the partner's commands (``config.partner_actions``) gets it, so the
+dreamed partner does what ``infos["partner_behaviour"]`` says. Episodes truncate at ``horizon`` steps.
 
 A world whose prediction is not finite is terminated with ``infos["dream_error"]`` set for it; the
 others go on.
@@ -90,6 +92,7 @@ class Starts:
     room_seed: torch.Tensor
     script: dict[str, torch.Tensor]  # behaviour, duration, target, cursor, timer
     step: torch.Tensor
+    partner_actions: torch.Tensor  # (N, K-1, 6) the partner's commands after context steps 0..K-2
 
     def __len__(self) -> int:
         return int(self.target.shape[0])
@@ -99,7 +102,7 @@ class Starts:
         return Starts(
             {k: pick(v) for k, v in self.context.items()}, pick(self.actions), pick(self.target), pick(self.instruction),
             pick(self.goal), pick(self.mat_pos), pick(self.room_half), pick(self.room_seed),
-            {k: pick(v) for k, v in self.script.items()}, pick(self.step),
+            {k: pick(v) for k, v in self.script.items()}, pick(self.step), pick(self.partner_actions),
         )
 
 
@@ -142,12 +145,13 @@ class SimStarts:
         seeds = [int(s) for s in self.rng.integers(2**31 - 1, size=env.num_envs)]
         obs, _ = env.reset_tensors(room_seeds=seeds)
         frames = [dict(obs, props=self._props())]
-        acts, alive = [], torch.ones(env.num_envs, dtype=torch.bool)
+        acts, pacts, alive = [], [], torch.ones(env.num_envs, dtype=torch.bool)
         for _ in range(K - 1):
             a = self._action()
             obs, _, term, trunc, _ = env.step_tensors(a.to(env.device))
             alive &= ~(term | trunc).cpu()
             acts.append(a)
+            pacts.append(env.core.partner_action.cpu().clone())
             frames.append(dict(obs, props=self._props()))
         core = env.core
         s = core.scripts
@@ -163,6 +167,7 @@ class SimStarts:
             script={"behaviour": s.behaviour.cpu()[keep], "duration": s.duration.cpu()[keep], "target": s.target.cpu()[keep],
                     "cursor": s.cursor.cpu()[keep], "timer": s.timer.cpu()[keep]},
             step=core.steps.cpu()[keep],
+            partner_actions=(torch.stack(pacts, 1) if pacts else torch.zeros(env.num_envs, 0, 6))[keep],
         )
 
 
@@ -257,6 +262,7 @@ class DreamVecEnv(VectorEnv):
         self._ctx: dict[str, torch.Tensor] = {}
         self._memory: dict[str, torch.Tensor] = {}  # scene memory of a warping world model, per world
         self._acts = torch.zeros(B, self.K - 1, 6, device=self.device)
+        self._pacts = torch.zeros(B, self.K - 1, 6, device=self.device)  # the partner's commands (its script, run on)
         self._params = EpisodeParams(torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long), torch.zeros(B, 2))
         self._scripts = P.PartnerScripts.empty(B, self.device)
         self._mat = torch.zeros(B, 2, device=self.device)
@@ -294,6 +300,7 @@ class DreamVecEnv(VectorEnv):
             cat([p.target for p in parts]), cat([p.instruction for p in parts]), cat([p.goal for p in parts]),
             cat([p.mat_pos for p in parts]), cat([p.room_half for p in parts]), cat([p.room_seed for p in parts]),
             {k: cat([p.script[k] for p in parts]) for k in parts[0].script}, cat([p.step for p in parts]),
+            cat([p.partner_actions for p in parts]),
         )
 
     def _begin(self, worlds: torch.Tensor) -> None:
@@ -304,6 +311,7 @@ class DreamVecEnv(VectorEnv):
                 self._ctx[k] = torch.zeros((self.num_envs, *v.shape[1:]), dtype=v.dtype, device=dev)
             self._ctx[k][worlds] = v.to(dev)
         self._acts[worlds] = st.actions.to(dev)
+        self._pacts[worlds] = st.partner_actions.to(dev)
         # a warping world model reprojects the start's real frame through the whole episode
         mem = self.model.scene_memory(st.context) if hasattr(self.model, "scene_memory") else {}
         for k, v in mem.items():
@@ -372,9 +380,14 @@ class DreamVecEnv(VectorEnv):
             raise RuntimeError("step called before reset")
         a = validate_action(actions, self.num_envs, self.device, batched=True)
         acts = torch.cat([self._acts, a[:, None]], 1)
+        # the partner's command this step, from its script and the dreamed bodies (as the simulator computes it)
+        st = self._state
+        pa = P.partner_action(self._scripts, st.partner_pos, st.partner_yaw, st.agent_pos)
+        pacts = torch.cat([self._pacts, pa[:, None]], 1)
         context = dict(self._ctx) | self._memory
         context["instruction"] = self._params.instruction.to(self.device)
-        pred = self.model.imagine(context, acts, num_steps=self.num_steps, modalities=self.gen_keys, generator=self._gen)
+        extra = {"partner_actions": pacts} if getattr(self.model.config, "partner_actions", False) else {}
+        pred = self.model.imagine(context, acts, num_steps=self.num_steps, modalities=self.gen_keys, generator=self._gen, **extra)
         bad = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         for k in self.gen_keys:
             v = pred[k]
@@ -388,6 +401,7 @@ class DreamVecEnv(VectorEnv):
             nxt = torch.where(bad.view(-1, *[1] * (pred[k].dim() - 1)), self._ctx[k][:, -1], pred[k].to(self._ctx[k].dtype))
             self._ctx[k] = torch.cat([self._ctx[k][:, 1:], nxt[:, None]], 1)
         self._acts = acts[:, 1:]
+        self._pacts = pacts[:, 1:]
         lat = self._latest()
         prev, state = self._state, self._world_state(lat["motion"], lat["partner_motion"], lat["props"])
         params = self._params_on(self.device)

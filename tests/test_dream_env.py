@@ -101,3 +101,33 @@ def test_dream_episodes_truncate_at_the_horizon(tiny_checkpoint):
         _, _, term, trunc, info = env.step_tensors(torch.zeros(2, 6))
     assert bool((term | trunc).all())
     assert "final_obs" in info
+
+
+def test_the_dreamed_partner_gets_its_scripted_commands(tmp_path, monkeypatch):
+    """A model conditioned on the partner's commands gets, each dreamed step, what the partner's
+    script commands for the dreamed bodies (as the simulator would compute it)."""
+    from dreamgym.envs import partner as P
+    from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    cfg = WorldModelConfig(resolution=16, data_resolution=32, frame_channels=[8, 16], occupancy_channels=[8, 16], dim=32, depth=1,
+                           heads=2, context=2, state_prior=16, partner_actions=True)
+    WorldModel(cfg).save_pretrained(tmp_path / "wm")
+    env = DreamVecEnv(tmp_path / "wm", num_envs=2, task="reach", seed=0, return_tensors=True)
+    env.reset_tensors(seed=1)
+    seen = []
+    real = env.model.imagine
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("partner_actions"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(env.model, "imagine", spy)
+    for _ in range(3):
+        st = env._state
+        want = P.partner_action(env._scripts, st.partner_pos, st.partner_yaw, st.agent_pos)
+        env.step_tensors(torch.zeros(2, 6))
+        got = seen[-1]
+        assert got is not None and got.shape == (2, 2, 6)
+        assert torch.allclose(got[:, -1], want)
+    assert torch.allclose(seen[1][:, 0], seen[0][:, 1]), "the window of commands shifts like the actions'"

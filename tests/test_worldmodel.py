@@ -28,7 +28,7 @@ TINY = dict(
 TINY_OVERRIDES = [
     "worldmodel.resolution=16", "worldmodel.context=2", "worldmodel.frame_channels=[8,16]",
     "worldmodel.occupancy_channels=[8,16]", "worldmodel.dim=32", "worldmodel.depth=1", "worldmodel.heads=2",
-    "worldmodel.grid_tokens=2", "worldmodel.reward_hidden=32",
+    "worldmodel.grid_tokens=2", "worldmodel.reward_hidden=32", "worldmodel.state_prior=32",
 ]
 
 
@@ -60,6 +60,7 @@ def synthetic_episodes(n: int = 3, T: int = 10, res: int = 32, seed: int = 0) ->
         eps.append({
             "ego_rgb": rgb, "ego_depth": torch.rand(T, 1, res, res, generator=g) * 5, "motion": m, "partner_motion": p,
             "occupancy": occ, "props": torch.randn(T, 4, 3, generator=g), "actions": a,
+            "partner_actions": torch.rand(T, 6, generator=g) * 2 - 1,
             "rewards": torch.randn(T, generator=g) * 0.1, "terminations": torch.zeros(T, dtype=torch.bool),
             "instruction": torch.full((T,), 3, dtype=torch.long),
         })
@@ -241,6 +242,72 @@ def test_actions_change_the_prediction():
     o1 = m.imagine(ctx, a, modalities=["motion"], generator=torch.Generator().manual_seed(0))
     o2 = m.imagine(ctx, b, modalities=["motion"], generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(o1["motion"], o2["motion"])
+
+
+def test_partner_commands_condition_the_partner_and_are_optional():
+    m = tiny_model(state_prior=16, partner_actions=True).eval()
+    ctx, ws = context_of(synthetic_episodes())
+    a, pa = ws["actions"][:, :2], ws["partner_actions"][:, :2]
+    kw = dict(modalities=["motion", "partner_motion"], init_noise=0.0)
+    o1 = m.imagine(ctx, a, partner_actions=pa, **kw)
+    o2 = m.imagine(ctx, a, partner_actions=-pa, **kw)
+    assert not torch.allclose(o1["partner_motion"], o2["partner_motion"])
+    o3 = m.imagine(ctx, a, **kw)  # unknown: the model guesses the partner
+    assert torch.isfinite(o3["partner_motion"]).all()
+    with pytest.raises(ValueError, match="partner_actions has shape"):
+        m.imagine(ctx, a, partner_actions=pa[:, :1], **kw)
+    with pytest.raises(ValueError, match="not trained with the partner's commands"):
+        tiny_model().eval().imagine(ctx, a, partner_actions=pa, **kw)
+    out = m.rollout(ctx, ws["actions"][:, 1:3], past_actions=ws["actions"][:, :1], partner_actions=ws["partner_actions"][:, :3], modalities=["partner_motion"])
+    assert out["partner_motion"].shape == (3, 2, 227)
+
+
+def test_state_prior_is_learned_and_clean_conditions_pass_through():
+    m = tiny_model(state_prior=16)
+    eps = synthetic_episodes()
+    ds = D.EpisodeWindows(eps, 3)
+    w = D.collate([ds[i] for i in range(6)])
+    B = 6
+    noise = {k: torch.randn(B, *s) for k, s in (("motion", (227,)), ("partner_motion", (227,)), ("props", (4, 3)))}
+    sigma = {k: torch.full((B,), 1.0) for k in noise}
+    losses = m.loss(w, noise, sigma, branches=())
+    assert "prior_motion" in losses and "prior_partner_motion" in losses and float(losses["prior_motion"].detach()) > 0
+    losses["total"].backward()
+    assert m.prior[0].weight.grad is not None and float(m.prior[0].weight.grad.abs().sum()) > 0
+    # a clean modality (sigma = 0) is returned exactly, the prior's shift notwithstanding
+    with torch.no_grad():
+        obs = {k: D.with_props(w)[k][:, :2] for k in ("motion", "partner_motion", "props")}
+        ctx = m.encode_context(obs, w["actions"][:, :2], branches=())
+        x = {k: torch.randn(B, *s) for k, s in (("motion", (227,)), ("partner_motion", (227,)), ("props", (4, 3)))}
+        den = m.denoise(ctx, x, {"motion": torch.zeros(B), "partner_motion": torch.ones(B), "props": torch.ones(B)})
+    assert torch.allclose(den["motion"], x["motion"], atol=1e-6)
+
+
+def test_window_batches_gather_what_collate_stacks():
+    eps = synthetic_episodes()
+    ds = D.EpisodeWindows([{k: ep[k] for k in ("motion", "actions", "partner_actions", "props")} for ep in eps], 3)
+    idx = [0, 5, 7, 3, 3, len(ds) - 1]
+    a, b = ds.batch(idx), D.collate([ds[i] for i in idx])
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_regression_baseline_never_sees_its_target(monkeypatch):
+    m = tiny_model(deterministic=True)
+    ds = D.EpisodeWindows(synthetic_episodes(), 3)
+    w = D.collate([ds[i] for i in range(4)])
+    seen = {}
+    real = m.denoise
+
+    def spy(ctx, x, sigma):
+        seen.update({k: v.clone() for k, v in x.items()})
+        return real(ctx, x, sigma)
+
+    monkeypatch.setattr(m, "denoise", spy)
+    noise = {k: torch.randn(4, *s) for k, s in (("motion", (227,)), ("partner_motion", (227,)), ("props", (4, 3)))}
+    sigma = {"motion": torch.tensor([1.0, 0.0, 1.0, 1.0]), "partner_motion": torch.ones(4), "props": torch.ones(4)}
+    m.loss(w, noise, sigma, branches=())
+    assert torch.count_nonzero(seen["motion"][[0, 2, 3]]) == 0 and torch.count_nonzero(seen["partner_motion"]) == 0
+    assert torch.count_nonzero(seen["motion"][1]) > 0, "a clean modality is still a condition"
 
 
 # ----------------------------------------------------------------------------- train-wm

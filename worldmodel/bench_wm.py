@@ -63,6 +63,7 @@ def record_windows(env, steps: int, seed: int) -> dict[str, torch.Tensor]:
         rows.setdefault("props", []).append(props_from_qpos(env.sim_state()["qpos"]))
         obs, r, term, _, _ = env.step_tensors(a)
         rows.setdefault("actions", []).append(a)
+        rows.setdefault("partner_actions", []).append(env.core.partner_action.clone())
         rows.setdefault("rewards", []).append(r.float())
         rows.setdefault("terminations", []).append(term)
     out = {k: torch.stack(v, 1).cpu() for k, v in rows.items() if k not in ("instruction", "task_obs")}
@@ -105,17 +106,22 @@ def default_train_step(model: torch.nn.Module, train_cfg: Mapping[str, Any] | No
         sigma = {m: edm.sample_training_sigma(B, c.edm, generator=gen) for m in c.modalities}
         return noise, sigma, [m for m in ("ego", "occupancy") if m in c.modalities]
 
+    PB = int(tc.get("prior_batch") or 0) if getattr(model.config, "state_prior", 0) else 0
+
     def step(batch: dict) -> None:
         model.train()
         noise, sigma, branches = draws(batch["motion"].shape[0])
         counter[0] += 1
-        loss = model.loss(batch, noise, sigma, branches)["total"]
+        # the state prior's own batch of state-only windows, as train-wm draws it
+        prior = tile({k: batch[k] for k in ("motion", "partner_motion", "props", "actions", "partner_actions") if k in batch}, PB) if PB else None
+        loss = model.loss(batch, noise, sigma, branches, prior)["total"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.get("grad_clip", 1.0)))
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     how = ("worldmodel.train.draw_noise (noise " + json.dumps(noise_cfg) + ")") if draw_noise is not None else "EDM sigmas for every modality"
+    how += f", state-prior batch {PB}" if PB else ""
     return step, f"WorldModel.loss with {how} + backward + grad clip + AdamW step"
 
 

@@ -27,7 +27,7 @@ The statistics live in ``Normalizer``, a module whose buffers are saved with the
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -351,7 +351,7 @@ class EpisodeWindows(torch.utils.data.Dataset):
     """Windows of ``length`` consecutive steps from in-memory episodes (the loader's item format).
 
     ``episodes`` is a list of dicts of (T, ...) tensors with the observation keys, ``props``,
-    ``actions``, ``rewards``, ``terminations`` and ``instruction`` (T,). Windows never cross an
+    ``actions`` (and optionally ``partner_actions``), ``rewards``, ``terminations`` and ``instruction`` (T,). Windows never cross an
     episode boundary. Used by tests and quick experiments; datasets on disk come through
     ``dreamgym.rollouts.loader.WindowDataset``.
     """
@@ -367,6 +367,16 @@ class EpisodeWindows(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         e, t = self.index[i]
         return {k: v[t : t + self.length] for k, v in self.episodes[e].items()}
+
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """``collate([self[i] for i in indices])`` in one gather per key (for large batches)."""
+        if not hasattr(self, "_flat"):
+            keys = list(self.episodes[0]) if self.episodes else []
+            self._flat = {k: torch.cat([ep[k] for ep in self.episodes]) for k in keys}
+            first = torch.tensor([0] + [int(ep["actions"].shape[0]) for ep in self.episodes]).cumsum(0)
+            self._row0 = torch.tensor([int(first[e]) + t for e, t in self.index], dtype=torch.long)
+        rows = self._row0[torch.as_tensor(list(indices), dtype=torch.long)][:, None] + torch.arange(self.length)
+        return {k: v[rows] for k, v in self._flat.items()}
 
 
 def collect_episodes(
@@ -401,15 +411,16 @@ def collect_episodes(
         random_a = torch.rand(expert_a.shape, generator=g) * 2 - 1
         a = torch.where((u < expert)[:, None], expert_a, torch.where((u < expert + noisy)[:, None], noisy_a, random_a))
         nobs, rew, term, trunc, info = env.step_tensors(a)
+        pact = env.core.partner_action.cpu()
         for i in range(num_envs):
-            current[i].append({**{k: obs[k][i].cpu() for k in keys}, "props": props[i], "actions": a[i], "rewards": rew[i].cpu().float(),
+            current[i].append({**{k: obs[k][i].cpu() for k in keys}, "props": props[i], "actions": a[i], "partner_actions": pact[i], "rewards": rew[i].cpu().float(),
                                "terminations": term[i].cpu(), "instruction": obs["instruction"][i].cpu()})
         new_props = props_from_qpos(env.sim_state()["qpos"])
         done = (term | trunc).cpu()
         if bool(done.any()):
             fin_props = props_from_qpos(info["final_state"]["qpos"])
             for i in done.nonzero()[:, 0].tolist():
-                last = {**{k: info["final_obs"][k][i].cpu() for k in keys}, "props": fin_props[i], "actions": torch.zeros(6),
+                last = {**{k: info["final_obs"][k][i].cpu() for k in keys}, "props": fin_props[i], "actions": torch.zeros(6), "partner_actions": torch.zeros(6),
                         "rewards": torch.zeros(()), "terminations": torch.zeros((), dtype=torch.bool), "instruction": obs["instruction"][i].cpu()}
                 done_eps.append(_stack(current[i] + [last]))
                 current[i] = []

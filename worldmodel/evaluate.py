@@ -85,6 +85,7 @@ class Episode:
     name: str = ""
     instruction: int | None = None
     rewards: np.ndarray | None = None  # (T,): reward of action t (the last row unused)
+    partner_actions: np.ndarray | None = None  # (T, 6): the partner's command after observation t
 
     @classmethod
     def from_tensors(cls, d: dict[str, Any], room_seed: int = -1, task: str = "", first_step: int = 0, name: str = "") -> "Episode":
@@ -98,7 +99,8 @@ class Episode:
         instr = arr.get("instruction")
         instr = int(np.asarray(instr).reshape(-1)[0]) if instr is not None else None
         rew = arr["rewards"].astype(np.float32) if "rewards" in arr else None
-        return cls(obs, arr["actions"].astype(np.float32), int(room_seed), task, arr.get("qpos"), first_step, name, instr, rew)
+        pa = arr["partner_actions"].astype(np.float32) if "partner_actions" in arr else None
+        return cls(obs, arr["actions"].astype(np.float32), int(room_seed), task, arr.get("qpos"), first_step, name, instr, rew, pa)
 
     @property
     def length(self) -> int:
@@ -137,7 +139,7 @@ def simulate_episodes(
     gen = torch.Generator().manual_seed(seed)
     rows = {k: [v.clone()] for k, v in obs.items()}
     qpos = [env.sim_state()["qpos"]]
-    acts, rews, alive_rows = [], [], [torch.ones(B, dtype=torch.bool)]
+    acts, pacts, rews, alive_rows = [], [], [], [torch.ones(B, dtype=torch.bool)]
     alive = torch.ones(B, dtype=torch.bool)
     for _ in range(steps):
         if policy == "random":
@@ -149,6 +151,7 @@ def simulate_episodes(
             elif policy != "expert":
                 raise ValueError(f"policy must be expert, noisy or random, got {policy!r}")
         obs, r, term, trunc, info = env.step_tensors(a)
+        pacts.append(env.core.partner_action.cpu().clone())
         done = (term | trunc).cpu()
         o, q = obs, env.sim_state()["qpos"]
         rews.append(r.float().cpu())
@@ -165,6 +168,7 @@ def simulate_episodes(
             break
     env.close()
     acts.append(torch.zeros(B, 6))
+    pacts.append(torch.zeros(B, 6))
     rews.append(torch.zeros(B))
     valid = torch.stack(alive_rows, 1)  # (B, T): row t belongs to the first episode
     out = []
@@ -178,7 +182,9 @@ def simulate_episodes(
         rew = torch.stack(rews, 1)[i, :T].numpy().astype(np.float32)
         rew[T - 1] = 0.0
         instr = int(rows["instruction"][0][i]) if "instruction" in rows else None
-        out.append(Episode(ep_obs, a, int(room_seeds[i]), task, q, 0, f"{task}_room{room_seeds[i]}", instr, rew))
+        pa = torch.stack(pacts, 1)[i, :T].numpy().astype(np.float32)
+        pa[T - 1] = 0.0
+        out.append(Episode(ep_obs, a, int(room_seeds[i]), task, q, 0, f"{task}_room{room_seeds[i]}", instr, rew, pa))
     return out
 
 
@@ -210,9 +216,18 @@ def load_episodes(path: str | Path | Sequence[str | Path], split: str = "heldout
         rewards = np.zeros(T + 1, np.float32)
         rewards[:T] = ep.rewards
         a = ep.attrs
+        task = str(a.get("task", "") or e.get("task", ""))
+        pacts = None
+        if task and "motion" in obs and "partner_motion" in obs:
+            # the partner's commands, replayed from the room's script (row T: after the last obs, unused)
+            from dreamgym.envs import partner as P
+
+            pacts = P.replay_actions(P.room_script(task, int(e["room_seed"])), np.arange(T + 1),
+                                     torch.from_numpy(obs["motion"]), torch.from_numpy(obs["partner_motion"])).numpy()
+            pacts[T] = 0.0
         name = f"{a.get('task', 'episode')}_room{e['room_seed']}_{Path(e['shard']).stem}_{e['group']}"
-        out.append(Episode(obs, actions, int(e["room_seed"]), str(a.get("task", "")), ep.qpos, 0, name,
-                           int(e["instruction"]) if e.get("instruction", -1) >= 0 else None, rewards))
+        out.append(Episode(obs, actions, int(e["room_seed"]), task, ep.qpos, 0, name,
+                           int(e["instruction"]) if e.get("instruction", -1) >= 0 else None, rewards, pacts))
     index.close()
     if not out:
         where = path if isinstance(path, (str, Path)) else ", ".join(map(str, path))
@@ -324,7 +339,7 @@ def _to_tensor(x: np.ndarray, device) -> torch.Tensor:
 def _batch(episodes: Sequence[Episode], starts: Sequence[Start], K: int, H: int, keys: Sequence[str], device):
     """Context (B, K, ...), actions (B, K+H-1, 6), real future (B, H, ...) (with ``reward`` when the
     episodes have rewards) and validity (B, H)."""
-    ctx, fut, acts, valid = {k: [] for k in keys}, {k: [] for k in keys}, [], []
+    ctx, fut, acts, pacts, valid = {k: [] for k in keys}, {k: [] for k in keys}, [], [], []
     for s in starts:
         ep = episodes[s.episode]
         lo = s.t0 - K + 1
@@ -332,13 +347,18 @@ def _batch(episodes: Sequence[Episode], starts: Sequence[Start], K: int, H: int,
         for k in keys:
             ctx[k].append(ep.obs[k][lo : s.t0 + 1])
             fut[k].append(ep.obs[k][idx])
-        a = np.zeros((K + H - 1, ep.actions.shape[1]), np.float32)
-        seg = ep.actions[lo : min(ep.length, lo + K + H - 1)]
-        a[: len(seg)] = seg
-        acts.append(a)
+        for rows, src in ((acts, ep.actions), (pacts, ep.partner_actions)):
+            if src is None:
+                continue
+            a = np.zeros((K + H - 1, src.shape[1]), np.float32)
+            seg = src[lo : min(ep.length, lo + K + H - 1)]
+            a[: len(seg)] = seg
+            rows.append(a)
         valid.append(np.arange(1, H + 1) <= s.length)
     stack = lambda rows: _to_tensor(np.stack(rows), device)  # noqa: E731
     context = {k: stack(v) for k, v in ctx.items()}
+    if len(pacts) == len(starts):
+        context["partner_actions"] = stack(pacts)  # (B, K+H-1, 6), aligned with the actions
     instr = [episodes[s.episode].instruction for s in starts]
     if all(i is not None for i in instr):
         context["instruction"] = torch.tensor(instr, dtype=torch.long, device=device)
@@ -361,14 +381,20 @@ def imagine_rollout(
 ) -> None:
     """Autoregressive rollout with ``model.imagine``: ``context`` (B, K, ...) per modality,
     ``actions`` (B, K+horizon-1, 6) where row ``j`` is the action after context row ``j`` (rows
-    K.. are the future actions). Calls ``on_step(h, prediction)`` for h = 1..horizon."""
+    K.. are the future actions). ``context["partner_actions"]`` (B, K+horizon-1, 6), when present,
+    holds the partner's commands aligned with ``actions``; a model conditioned on them
+    (``config.partner_actions``) gets them. Calls ``on_step(h, prediction)`` for h = 1..horizon."""
     K = context[modalities[0]].shape[1]
     ctx = dict(context)
+    pacts = ctx.pop("partner_actions", None)
+    if not getattr(getattr(model, "config", None), "partner_actions", False):
+        pacts = None
     memory = getattr(model, "scene_memory", None)  # a warping world model keeps the real frame
     if memory is not None:
         ctx |= memory(ctx)
     for h in range(1, horizon + 1):
-        pred = model.imagine(ctx, actions[:, h - 1 : h - 1 + K], num_steps=num_steps, modalities=list(modalities), generator=generator)
+        extra = {} if pacts is None else {"partner_actions": pacts[:, h - 1 : h - 1 + K]}
+        pred = model.imagine(ctx, actions[:, h - 1 : h - 1 + K], num_steps=num_steps, modalities=list(modalities), generator=generator, **extra)
         missing = [m for m in modalities if m not in pred]
         if missing:
             raise RuntimeError(f"{type(model).__name__}.imagine returned no {missing} (asked for {list(modalities)})")
@@ -542,6 +568,7 @@ class SimBranches:
     alive: torch.Tensor  # (N*S,) bool: no episode end within the Hc steps
     replay_dev_m: float  # largest root position difference between replay and recording at t0
     episodes: list[int]  # the N episode indices
+    partner_actions: torch.Tensor | None = None  # (N*S, K-1+Hc, 6) the partner's commands, aligned with context_actions + actions
 
 
 def simulate_branches(
@@ -577,8 +604,11 @@ def simulate_branches(
 
     if t0 - K + 1 <= 0:
         ctx_rows.append(grab(obs))
+    pacts: list[torch.Tensor] = []
     for t in range(t0):
         obs, _, term, trunc, _ = env.step_tensors(rec(t))
+        if t >= t0 - K + 1:
+            pacts.append(env.core.partner_action.cpu().clone())
         if bool((term | trunc).any()):
             raise RuntimeError(f"an episode ended while replaying its recorded actions at step {t + 1} (t0={t0})")
         if t + 1 >= t0 - K + 1:
@@ -591,6 +621,7 @@ def simulate_branches(
     acts = sequences.repeat(N, 1, 1)
     for h in range(Hc):
         obs, _, term, trunc, info = env.step_tensors(acts[:, h])
+        pacts.append(env.core.partner_action.cpu().clone())
         done = (term | trunc).cpu()
         m = obs["motion"]
         if bool(done.any()):
@@ -609,6 +640,7 @@ def simulate_branches(
         alive=alive,
         replay_dev_m=dev,
         episodes=list(chosen),
+        partner_actions=torch.stack(pacts, 1),
     )
 
 
@@ -641,6 +673,8 @@ def counterfactual_scores(sim: SimBranches, model: Any, names: Sequence[str], mo
     Hc = sim.actions.shape[1]
     ctx = {k: v.to(device) for k, v in sim.context.items() if k in modalities or k == "instruction"}
     acts = torch.cat((sim.context_actions, sim.actions), 1).to(device)
+    if sim.partner_actions is not None:
+        ctx["partner_actions"] = sim.partner_actions.to(device)
     roots = [ctx["motion"][:, -1, :7].cpu()]
     gen = torch.Generator(device=device).manual_seed(int(seed))
     with torch.no_grad():

@@ -8,8 +8,13 @@ One step:
      each train the same model as one process with batch B, and a resumed run repeats exactly
      what an uninterrupted one does, without relying on saved RNG states (they are saved anyway);
   2. per modality and sample: sigma ~ log-normal (EDM), sometimes sigma_max (the one-step
-     sampling regime), sometimes 0 (the modality is given clean: a condition, no loss);
-  3. loss = sum over modalities of EDM-weighted denoising losses + reward MSE + termination BCE;
+     sampling regime), sometimes 0 (the modality is given clean: a condition, no loss); for a
+     ``partner_actions`` model, some samples go without the partner's commands
+     (``noise.p_drop_partner_actions``); episodes read from a dataset get those commands replayed
+     from each room's script (``envs.partner.replay_actions``);
+  3. loss = sum over modalities of EDM-weighted denoising losses + reward MSE + termination BCE
+     (+ for a ``state_prior`` model, the prior's MSE on its own larger batch of state-only windows,
+     ``prior_batch``, drawn like the main batch from (seed, step));
      a NaN or infinite loss stops the run naming the step and the loss, before the weights change
      (the last checkpoint on disk is the last good one);
   4. AdamW step (gradients averaged across processes by Accelerate / DDP), EMA update;
@@ -44,6 +49,7 @@ from .model import CONFIG_NAME, WorldModel, WorldModelConfig, load_safetensors
 
 CKPT_DIR = "checkpoints"
 OBS_KEYS = ("ego_rgb", "ego_depth", "motion", "partner_motion", "occupancy")
+PRIOR_KEYS = ("motion", "partner_motion", "props", "actions", "partner_actions")  # what the state prior's batches hold
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,9 +78,11 @@ def _episodes_from_safetensors(path: Path) -> list[dict[str, torch.Tensor]]:
 def _episodes_from_dataset(root: Path, split: str | None, keys: tuple[str, ...]) -> list[dict[str, torch.Tensor]]:
     """Episodes of one split of a ``dreamgym collect`` dataset, in memory, in the row layout of
     ``EpisodeWindows`` (T+1 rows; the last row's action/reward are zero)."""
+    from dreamgym.envs import partner as P
     from dreamgym.rollouts.dataset import Manifest, read_episode
 
     m = Manifest.load(root)
+    task = str(m.data["env"].get("task", ""))
     out = []
     for shard, ep in m.episodes():
         if split is not None and ep.get("split") != split:
@@ -87,6 +95,12 @@ def _episodes_from_dataset(root: Path, split: str | None, keys: tuple[str, ...])
         row["rewards"] = pad(e.rewards, torch.float32)
         row["terminations"] = pad(e.terminations, torch.bool)
         row["props"] = D.props_from_qpos(torch.from_numpy(e.qpos))
+        if task and "motion" in row and "partner_motion" in row:
+            # the partner's commands, replayed from the room's script (a condition of the model)
+            script = P.room_script(task, int(ep["room_seed"]))
+            pa = P.replay_actions(script, np.arange(T + 1), row["motion"], row["partner_motion"])
+            pa[T] = 0.0
+            row["partner_actions"] = pa
         assert row["motion"].shape[0] == T + 1
         out.append(row)
     return out
@@ -115,6 +129,8 @@ def check_episodes(episodes: list[dict[str, torch.Tensor]], cfg: WorldModelConfi
         need += ["ego_rgb"] + (["ego_depth"] if cfg.ego_depth else [])
     if "occupancy" in cfg.modalities:
         need.append("occupancy")
+    if cfg.partner_actions:
+        need.append("partner_actions")
     ep = episodes[0]
     missing = [k for k in need if k not in ep]
     if missing:
@@ -165,6 +181,7 @@ def draw_noise(
     mods = [m for m in D.MODALITIES if m in D.STATE_MODALITIES or m in branches]
     noise = {m: [] for m in mods}
     sigma = {m: [] for m in mods}
+    known: list[bool] = []
     for pos in positions:
         gs = torch.Generator().manual_seed(seed * 1_000_033 + step * 9_973 + pos * 31 + 7)
         for m in mods:
@@ -179,13 +196,20 @@ def draw_noise(
         if c.ego_warp and "ego" in mods and float(torch.rand(1, generator=gs)[0]) < float(tcfg.get("p_warp", 0.7)):
             # frames predicted given the next motion: relative to the last frame warped to it
             sigma["motion"][-1] = 0.0
+        if c.partner_actions:
+            # some samples train without the partner's commands, so that the model also dreams
+            # when a caller has none
+            known.append(float(torch.rand(1, generator=gs)[0]) >= float(tcfg.get("p_drop_partner_actions", 0.2)))
         # every sample must have something to learn: if all were given clean, denoise motion
         # (frames, for a warping model given its motion)
         if all(sigma[m][-1] == 0.0 for m in mods):
             fix = "ego" if (c.ego_warp and "ego" in mods) else "motion"
             sigma[fix][-1] = float(edm.sample_training_sigma(1, p, gs)[0])
+    noise_out = {m: torch.stack(v) for m, v in noise.items()}
+    if c.partner_actions:
+        noise_out["partner_known"] = torch.tensor(known, dtype=torch.bool)
     return (
-        {m: torch.stack(v) for m, v in noise.items()},
+        noise_out,
         {m: torch.tensor(v, dtype=torch.float32) for m, v in sigma.items()},
         branches,
     )
@@ -295,7 +319,8 @@ def heldout_metrics(model: WorldModel, batch: Mapping[str, torch.Tensor], num_st
         ctx["instruction"] = w["instruction"]
     was = model.training
     model.eval()
-    pred = model.imagine(ctx, w["actions"][:, :K], num_steps=num_steps, generator=torch.Generator().manual_seed(seed))
+    extra = {"partner_actions": w["partner_actions"][:, :K]} if model.config.partner_actions and "partner_actions" in w else {}
+    pred = model.imagine(ctx, w["actions"][:, :K], num_steps=num_steps, generator=torch.Generator().manual_seed(seed), **extra)
     model.train(was)
     out: dict[str, float] = {}
     truth = {k: w[k][:, K] for k in ctx if k != "instruction"}
@@ -369,6 +394,11 @@ def train(cfg: DictConfig) -> Path:
     B = int(cfg.batch_size)
     if B % world:
         raise ValueError(f"batch_size={B} must be divisible by the number of processes ({world})")
+    PB = int(cfg.get("prior_batch") or 0) if mcfg.state_prior else 0
+    if PB % world:
+        raise ValueError(f"prior_batch={PB} must be divisible by the number of processes ({world})")
+    # the state prior's own batches: state-only windows (cheap to slice and to run)
+    ds_state = D.EpisodeWindows([{k: ep[k] for k in PRIOR_KEYS if k in ep} for ep in train_eps], K + 1) if PB else None
     tcfg = OmegaConf.to_container(cfg.noise, resolve=True)
     assert isinstance(tcfg, dict)
 
@@ -429,9 +459,18 @@ def train(cfg: DictConfig) -> Path:
         positions = list(range(rank, B, world))
         batch = D.collate([ds[gidx[j]] for j in positions])
         noise, sigma, branches = draw_noise(mcfg, tcfg, step, positions, seed)
+        prior_window = None
+        if ds_state is not None:
+            pidx = batch_indices(step, len(ds_state), PB, seed + 1_000)
+            ppos = list(range(rank, PB, world))
+            prior_window = ds_state.batch([pidx[j] for j in ppos])
+            if mcfg.partner_actions:
+                gk = torch.Generator().manual_seed(seed * 7_717 + step * 131 + 5)
+                keep = torch.rand(PB, generator=gk) >= float(tcfg.get("p_drop_partner_actions", 0.2))
+                prior_window["partner_known"] = keep[ppos]
         for gparam in opt.param_groups:
             gparam["lr"] = lr_sched(step)
-        losses = model(batch, noise, sigma, branches)
+        losses = model(batch, noise, sigma, branches, prior_window)
         total = losses["total"]
         # the global batch's losses (the mean over processes), for the guard and the logs
         names = list(losses)

@@ -200,8 +200,17 @@ def dream_episodes(model: Any, episodes: Sequence[DatasetEpisode], steps: int | 
             context["instruction"] = torch.tensor([int(e.attrs["instruction"]) for e in eps], device=device)
         actions = torch.from_numpy(np.stack([np.asarray(e.actions[: t0 + H], np.float32) for e in eps])).to(device)
         generator = torch.Generator(device=device).manual_seed(int(seed))
+        extra = {}
+        if getattr(model.config, "partner_actions", False) and all(e.attrs.get("task") and "room_seed" in e.attrs for e in eps):
+            # the recorded partner's commands, replayed from its room's script
+            from dreamgym.envs import partner as P
+
+            extra["partner_actions"] = torch.stack([
+                P.replay_actions(P.room_script(str(e.attrs["task"]), int(e.attrs["room_seed"])), np.arange(t0 + H),
+                                 torch.from_numpy(np.asarray(e.obs["motion"][: t0 + H])), torch.from_numpy(np.asarray(e.obs["partner_motion"][: t0 + H])))
+                for e in eps]).to(device)
         out = model.rollout(context, actions[:, t0 : t0 + H], past_actions=actions[:, :t0], num_steps=int(num_steps),
-                            modalities=gen_mods, generator=generator)
+                            modalities=gen_mods, generator=generator, **extra)
         for b, (i, ep) in enumerate(zip(members, eps)):
             dreamed = {k: out[k][b].cpu().numpy() for k in need if k in out}
             notes = []
