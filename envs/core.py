@@ -73,6 +73,7 @@ class EgoRoomCore:
         )
         self.specs: list[scene.RoomSpec | None] = [None] * B
         self.steps = torch.zeros(B, dtype=torch.long, device=dev)
+        self.partner_action = torch.zeros(B, ACTION_DIM, device=dev)  # the partner's command of the last step
         self.fresh = torch.ones(B, dtype=torch.bool, device=dev)
         self.mat_pos = torch.zeros(B, 2, device=dev)
         self.room_half = torch.zeros(B, 2, device=dev)

@@ -181,3 +181,10 @@ def replay_actions(packed: dict[str, np.ndarray], steps, agent_motion: torch.Ten
     if s.cursor.shape[0] != a.shape[0]:
         raise ValueError(f"{s.cursor.shape[0]} steps but {a.shape[0]} motion rows")
     return partner_action(s, p[:, ROOT_POS], yaw_of_quat(p[:, ROOT_QUAT]), a[:, ROOT_POS])
+
+
+def replay_episode(task, room_seed: int, agent_motion, partner_motion) -> torch.Tensor:
+    """The partner's commands (T, 6) of a recording that starts at its episode's reset: one per
+    observed step of the agent's and the partner's motions (T, 227)."""
+    a = torch.as_tensor(np.asarray(agent_motion))
+    return replay_actions(room_script(task, room_seed), np.arange(a.shape[0]), a, torch.as_tensor(np.asarray(partner_motion)))

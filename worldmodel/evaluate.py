@@ -222,8 +222,7 @@ def load_episodes(path: str | Path | Sequence[str | Path], split: str = "heldout
             # the partner's commands, replayed from the room's script (row T: after the last obs, unused)
             from dreamgym.envs import partner as P
 
-            pacts = P.replay_actions(P.room_script(task, int(e["room_seed"])), np.arange(T + 1),
-                                     torch.from_numpy(obs["motion"]), torch.from_numpy(obs["partner_motion"])).numpy()
+            pacts = P.replay_episode(task, int(e["room_seed"]), obs["motion"], obs["partner_motion"]).numpy()
             pacts[T] = 0.0
         name = f"{a.get('task', 'episode')}_room{e['room_seed']}_{Path(e['shard']).stem}_{e['group']}"
         out.append(Episode(obs, actions, int(e["room_seed"]), task, ep.qpos, 0, name,

@@ -97,8 +97,7 @@ def _episodes_from_dataset(root: Path, split: str | None, keys: tuple[str, ...])
         row["props"] = D.props_from_qpos(torch.from_numpy(e.qpos))
         if task and "motion" in row and "partner_motion" in row:
             # the partner's commands, replayed from the room's script (a condition of the model)
-            script = P.room_script(task, int(ep["room_seed"]))
-            pa = P.replay_actions(script, np.arange(T + 1), row["motion"], row["partner_motion"])
+            pa = P.replay_episode(task, int(ep["room_seed"]), row["motion"], row["partner_motion"])
             pa[T] = 0.0
             row["partner_actions"] = pa
         assert row["motion"].shape[0] == T + 1

@@ -206,8 +206,7 @@ def dream_episodes(model: Any, episodes: Sequence[DatasetEpisode], steps: int | 
             from dreamgym.envs import partner as P
 
             extra["partner_actions"] = torch.stack([
-                P.replay_actions(P.room_script(str(e.attrs["task"]), int(e.attrs["room_seed"])), np.arange(t0 + H),
-                                 torch.from_numpy(np.asarray(e.obs["motion"][: t0 + H])), torch.from_numpy(np.asarray(e.obs["partner_motion"][: t0 + H])))
+                P.replay_episode(str(e.attrs["task"]), int(e.attrs["room_seed"]), e.obs["motion"][: t0 + H], e.obs["partner_motion"][: t0 + H])
                 for e in eps]).to(device)
         out = model.rollout(context, actions[:, t0 : t0 + H], past_actions=actions[:, :t0], num_steps=int(num_steps),
                             modalities=gen_mods, generator=generator, **extra)
