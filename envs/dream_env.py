@@ -191,6 +191,10 @@ class DreamVecEnv(VectorEnv):
         device: torch device of the model and of the returned tensors.
         seed: seed of the start rooms and of the sampler noise.
         return_tensors: make ``step``/``reset`` return torch tensors instead of numpy arrays.
+        starts_pool: how many real starts the simulator prepares at a time (default ``num_envs``).
+        start_group: ``reset`` hands each real start to this many consecutive worlds, so that
+            rollouts from the same start can be compared (a group-relative baseline for policy
+            improvement); worlds that end later restart alone. Must divide ``num_envs``.
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -211,6 +215,7 @@ class DreamVecEnv(VectorEnv):
         seed: int | None = None,
         return_tensors: bool = False,
         starts_pool: int | None = None,
+        start_group: int = 1,
     ):
         self.device = torch.device(device)
         self.model = load_world_model(world_model, self.device)
@@ -218,6 +223,9 @@ class DreamVecEnv(VectorEnv):
         self.num_envs = B = int(num_envs)
         if B < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        self.start_group = int(start_group)
+        if self.start_group < 1 or B % self.start_group:
+            raise ValueError(f"start_group must be a positive divisor of num_envs={B}, got {start_group}")
         if resolution is not None and int(resolution) != int(cfg.data_resolution):
             raise ValueError(
                 f"the world model was trained on {cfg.data_resolution}x{cfg.data_resolution} ego frames but the env asks for "
@@ -303,8 +311,10 @@ class DreamVecEnv(VectorEnv):
             cat([p.partner_actions for p in parts]),
         )
 
-    def _begin(self, worlds: torch.Tensor) -> None:
-        st = self._draw(len(worlds))
+    def _begin(self, worlds: torch.Tensor, group: int = 1) -> None:
+        st = self._draw(len(worlds) // group)
+        if group > 1:
+            st = st.take(torch.arange(len(worlds) // group).repeat_interleave(group))
         dev = self.device
         for k, v in st.context.items():
             if k not in self._ctx:
@@ -368,7 +378,7 @@ class DreamVecEnv(VectorEnv):
             self._gen.manual_seed(int(seed) + 1)
             self._pool = None
         worlds = torch.arange(self.num_envs, device=self.device)
-        self._begin(worlds)
+        self._begin(worlds, self.start_group)
         lat = self._latest()
         self._state = self._world_state(lat["motion"], lat["partner_motion"], lat["props"])
         self._last_obs = self._observation(lat, self._state)

@@ -14,6 +14,9 @@ random              uniform random actions
 expert              the scripted expert (privileged state): the ceiling
 ==================  ====================================================================
 
+``bc_only`` runs on the same rooms with the same sentences as ``train_phrasing``, so
+``dream_gain_over_bc`` compares the two policies episode for episode.
+
 Held-out rooms are seeds from ``room_seed_base`` upwards whose set-up gives the needed kind of
 instruction; any seed in the checkpoint's ``train_rooms.json`` is skipped, and the JSON says how
 many training rooms it was checked against. Success is the task's own ``success`` within
@@ -33,7 +36,7 @@ from dreamgym.envs import scene
 from dreamgym.envs.core import _rng_for
 from dreamgym.envs.tasks import make_task
 
-from .vla import OBS_KEYS, PARAPHRASE_TEMPLATES, TRAIN_TEMPLATES, VLAPolicy, is_held_out, parse_instruction, phrase
+from .vla import HELD_OUT_COMBOS, OBS_KEYS, PARAPHRASE_TEMPLATES, TRAIN_TEMPLATES, VLAPolicy, is_held_out, parse_instruction, phrase
 
 CONDITIONS = ("train_phrasing", "paraphrase", "unseen_combo", "bc_only", "random", "expert")
 
@@ -58,6 +61,38 @@ def held_out_rooms(task_name: str, n: int, unseen: bool, base: int, exclude: set
     return seeds, k
 
 
+def sign_test(a: int, b: int) -> float:
+    """Two-sided exact sign test: the chance of a split at least this uneven among a + b discordant pairs."""
+    from math import comb
+
+    n = a + b
+    if n == 0:
+        return 1.0
+    k = min(a, b)
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def parser_accuracy(policy: VLAPolicy) -> dict[str, float]:
+    """How often the policy's instruction parser reads (task, colour, shape) right, over every
+    combination and template: training phrasings of trained combinations, paraphrases, and the
+    held-out combinations (under training and paraphrase templates)."""
+    from dreamgym.envs.scene import COLOUR_NAMES
+
+    groups = {"train_phrasing": [], "paraphrase": [], "unseen_combo": []}
+    for task in TRAIN_TEMPLATES:
+        for colour in COLOUR_NAMES:
+            for shape in ("box", "ball"):
+                held = (task, colour, shape) in HELD_OUT_COMBOS
+                for pool, name in ((TRAIN_TEMPLATES, "train_phrasing"), (PARAPHRASE_TEMPLATES, "paraphrase")):
+                    for tpl in pool[task]:
+                        groups["unseen_combo" if held else name].append((phrase(task, colour, shape, tpl), task, colour, shape))
+    out = {}
+    for name, rows in groups.items():
+        parsed = policy.parsed([r[0] for r in rows])
+        out[name] = sum(p == {"colour": c, "shape": s, "task": t} for p, (_, t, c, s) in zip(parsed, rows)) / len(rows)
+    return out
+
+
 def run(cfg) -> int:
     from dreamgym.envs import EgoRoomVecEnv
 
@@ -78,6 +113,9 @@ def run(cfg) -> int:
         unseen, _ = held_out_rooms(task_name, n, True, int(cfg.room_seed_base), train_rooms, start=k)
         cond = [c for c in CONDITIONS if c != "unseen_combo" for _ in range(n)]
         seeds = seen[: len(cond)]
+        # bc_only runs on the train_phrasing rooms with the same sentences: the dream gain is paired
+        tp, bo = cond.index("train_phrasing"), cond.index("bc_only")
+        seeds[bo:bo + n] = seeds[tp:tp + n]
         cond += ["unseen_combo"] * n
         seeds += unseen
         assert not set(seeds) & train_rooms
@@ -90,6 +128,7 @@ def run(cfg) -> int:
             t, colour, shape = parse_instruction(i)
             pool = PARAPHRASE_TEMPLATES[t] if c == "paraphrase" else TRAIN_TEMPLATES[t]
             texts.append(phrase(t, colour, shape, pool[int(rng.integers(len(pool)))]))
+        texts[bo:bo + n] = texts[tp:tp + n]
         cond_t = np.array(cond)
         use_bc = torch.as_tensor(cond_t == "bc_only")
         use_rand = torch.as_tensor(cond_t == "random")
@@ -117,9 +156,13 @@ def run(cfg) -> int:
             per[c] = {"success": float(success[m].float().mean()), "episodes": int(m.sum()),
                       "mean_steps": float(steps[m].float().mean())}
         per["max_steps"] = max_steps
+        fin, base = success[tp:tp + n], success[bo:bo + n]  # the same rooms and sentences
+        per["paired"] = {"final_only": int((fin & ~base).sum()), "bc_only": int((base & ~fin).sum()),
+                         "both": int((fin & base).sum()), "neither": int((~fin & ~base).sum())}
         per["instructions"] = {c: sorted(set(np.array(texts)[cond_t == c].tolist())) for c in ("paraphrase", "unseen_combo")}
         result["tasks"][task_name] = per
         print(f"{task_name}: " + ", ".join(f"{c} {per[c]['success']:.2f}" for c in CONDITIONS), flush=True)
+    result["parser_accuracy"] = parser_accuracy(policy)
     for c in CONDITIONS:
         key = "bc_only_success" if c == "bc_only" else f"{c}_success"
         vals = [result["tasks"][t][c]["success"] for t in cfg.tasks]
@@ -128,6 +171,10 @@ def run(cfg) -> int:
     base = max(result["random_success"], 1.0 / (2 * n * len(cfg.tasks)))
     result["train_phrasing_vs_random"] = result["train_phrasing_success"] / base
     result["dream_gain_over_bc"] = result["train_phrasing_success"] - result["bc_only_success"]
+    # paired episodes where only one of the two policies succeeded, and the two-sided sign-test p-value
+    a = sum(result["tasks"][t]["paired"]["final_only"] for t in cfg.tasks)
+    b = sum(result["tasks"][t]["paired"]["bc_only"] for t in cfg.tasks)
+    result["dream_gain_discordant_pairs"] = {"final_only": a, "bc_only": b, "sign_test_p": sign_test(a, b)}
     result["seconds"] = round(time.time() - t0, 1)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)

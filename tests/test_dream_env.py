@@ -103,6 +103,20 @@ def test_dream_episodes_truncate_at_the_horizon(tiny_checkpoint):
     assert "final_obs" in info
 
 
+def test_start_groups_share_a_start_and_then_follow_their_own_actions(tiny_checkpoint):
+    env = DreamVecEnv(tiny_checkpoint, num_envs=4, task="reach", seed=0, start_group=2, return_tensors=True)
+    obs, info = env.reset_tensors()
+    assert torch.equal(obs["motion"][0], obs["motion"][1]) and torch.equal(obs["motion"][2], obs["motion"][3])
+    assert not torch.equal(obs["motion"][0], obs["motion"][2])
+    assert list(info["room_seed"][::2]) == list(info["room_seed"][1::2])
+    act = torch.zeros(4, 6)
+    act[1, 0] = act[3, 0] = 1.0  # the second world of each group walks, the first stands
+    obs, *_ = env.step_tensors(act)
+    assert not torch.equal(obs["motion"][0], obs["motion"][1])
+    with pytest.raises(ValueError, match="start_group must be a positive divisor of num_envs=4"):
+        DreamVecEnv(tiny_checkpoint, num_envs=4, task="reach", start_group=3)
+
+
 def test_the_dreamed_partner_gets_its_scripted_commands(tmp_path, monkeypatch):
     """A model conditioned on the partner's commands gets, each dreamed step, what the partner's
     script commands for the dreamed bodies (as the simulator would compute it)."""

@@ -63,6 +63,56 @@ def test_vla_checkpoint_round_trip(tmp_path):
         p.act({"motion": obs["motion"], "instruction": obs["instruction"]})
 
 
+def test_old_vla_checkpoint_is_refused_by_version(tmp_path):
+    import json
+
+    from dreamgym.policies.vla import VLAConfig, VLAPolicy
+
+    VLAPolicy(VLAConfig()).save_pretrained(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["version"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="version-1 VLA policy.*retrain"):
+        VLAPolicy.from_pretrained(tmp_path)
+
+
+def test_keypoint_cells():
+    from dreamgym.policies.vla import keypoint_cells
+
+    uv = torch.tensor([[[-0.99, -0.99], [0.99, 0.99], [0.1, -0.3], [0.0, 0.0]]])
+    visible = torch.tensor([[True, True, True, False]])
+    cells = keypoint_cells(uv, visible, 8)
+    # top-left, bottom-right, row 2 (v = -0.3 is above the centre) col 4, not in view
+    assert cells.tolist() == [[0, 63, 2 * 8 + 4, 64]]
+
+
+def test_projected_props_land_on_their_colour_in_the_rendered_frame():
+    """The keypoint targets: each prop projected with the camera placed by the motion observation
+    falls on a pixel of the prop's own colour in the rendered ego frame."""
+    from dreamgym.envs import EgoRoomVecEnv
+    from dreamgym.envs.scene import COLOUR_NAMES, COLOURS
+    from dreamgym.policies.vla import OBS_KEYS, project_to_frame
+
+    R = 64
+    env = EgoRoomVecEnv(num_envs=8, task="reach", resolution=R, obs_keys=OBS_KEYS, return_tensors=True, seed=3)
+    obs, _ = env.reset_tensors()
+    dists = []
+    for _ in range(12):
+        st = env.core.state
+        uv, vis = project_to_frame(obs["motion"], st.prop_pos)
+        for b, k in (vis & (uv.abs().amax(-1) < 0.9)).nonzero().tolist():
+            col, row = ((uv[b, k] + 1) / 2 * R).long().tolist()
+            ref = torch.tensor(COLOURS[COLOUR_NAMES[int(env.core.specs[b].prop_colour[k])]][:3])
+            patch = obs["ego_rgb"][b, :, max(0, row - 1):row + 2, max(0, col - 1):col + 2].float().reshape(3, -1) / 255
+            dists.append(float((patch - ref[:, None]).norm(dim=0).min()))
+        obs, *_ = env.step_tensors(env.expert_actions())
+    env.close()
+    dists = torch.tensor(dists)
+    assert len(dists) >= 20
+    # a few may hide behind furniture or the partner; the rest match the prop's colour closely
+    assert (dists < 0.25).float().mean() > 0.9
+
+
 SHIPPED = __import__("pathlib").Path(__file__).resolve().parent.parent / "policies" / "checkpoints" / "vla"
 
 
@@ -91,3 +141,47 @@ def test_shipped_vla_beats_random_on_held_out_rooms():
         if done.all():
             break
     assert success[~rand].float().mean() > success[rand].float().mean()
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped VLA checkpoint")
+def test_shipped_parser_reads_unseen_combinations_and_paraphrases():
+    """Trained on three phrasings per task without the held-out colour x object combinations, the
+    instruction parser reads new wordings and the held-out combinations correctly."""
+    from dreamgym.policies.vla import (HELD_OUT_COMBOS, PARAPHRASE_TEMPLATES, SYNONYM, TRAIN_TEMPLATES, VLAPolicy,
+                                       phrase)
+
+    policy = VLAPolicy.from_pretrained(SHIPPED / "final")
+    rows = [(phrase(t, c, s, tpl), t, c, s) for t, c, s in HELD_OUT_COMBOS for tpl in TRAIN_TEMPLATES[t] + PARAPHRASE_TEMPLATES[t]]
+    rows += [(phrase(t, c, s, tpl), t, c, s) for t in ("reach", "push") for c in ("red", "blue") for s in SYNONYM
+             for tpl in PARAPHRASE_TEMPLATES[t]]
+    parsed = policy.parsed([r[0] for r in rows])
+    right = [p == {"colour": c, "shape": s, "task": t} for p, (_, t, c, s) in zip(parsed, rows)]
+    assert sum(right) / len(right) >= 0.9, [r[0] for r, ok in zip(rows, right) if not ok]
+    assert all(p["colour"] == r[2] and p["task"] == r[1] for p, r in zip(parsed, rows))
+
+
+def test_train_vla_runs_bc_and_the_grouped_dream_stage_end_to_end(tmp_path):
+    """A tiny `dreamgym train-vla`: DAgger BC with the parser and keypoint losses, then group-relative
+    AWR in a dream (an untrained world model), checkpoints for both stages and the training rooms."""
+    import json
+
+    from dreamgym.policies.vla import VLAPolicy
+    from dreamgym.rollouts.cli import main
+    from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    wm = tmp_path / "wm"
+    WorldModel(WorldModelConfig(resolution=16, data_resolution=32, frame_channels=[8, 16], occupancy_channels=[8, 16], dim=32,
+                                depth=1, heads=2)).save_pretrained(wm)
+    out = tmp_path / "vla"
+    assert main(["train-vla", f"out={out}", "rounds=2", "steps_per_round=3", "num_envs=2", "updates_per_round=3", "batch=8",
+                 f"world_model={wm}", "dream_envs=4", "dream_group=2", "dream_iterations=1", "dream_horizon=2",
+                 "dream_updates=2"]) == 0
+    bc, final = VLAPolicy.from_pretrained(out / "bc"), VLAPolicy.from_pretrained(out / "final")
+    assert final.config.info["stage"] == "bc+dream_awr"
+    stats = final.config.info["dream"]
+    assert set(stats) == {"reach", "push"} and all(s["dreamed_transitions"] > 0 for s in stats.values())
+    assert not torch.equal(bc.head[-1].weight, final.head[-1].weight)  # the dream stage changed the policy
+    assert len(json.loads((out / "train_rooms.json").read_text())) >= 4
+    log = (out / "train_log.txt").read_text()
+    assert "parse" in log and "keypoints" in log
