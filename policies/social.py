@@ -21,6 +21,15 @@ Pieces, each a small ``nn.Module``:
   turn drifts off its mark; so while executing a window the plan's yaw rate is replaced by a
   steer toward that bearing (held in world yaw, so it stays put as the body turns).
 
+- With ``scene_objects`` (the shipped avatar), a pointer head picks, each window, which object of
+  the scene the response should face -- or none. Each object is described by where it lies from
+  the avatar (x, y in its root frame) and how well it lines up with the partner (the angle between
+  the partner's heading and the partner-to-object direction, and the distance): a pointing partner
+  turns to the thing they point at, but the heading alone cannot say how far along that ray it
+  is. When the head picks an object, its bearing replaces the regressed facing direction. The
+  objects' positions come from the application (``act(obs, objects=...)``; a VR scene knows its
+  objects); without them the regressed direction is used.
+
 ``SocialAvatarPolicy.act(obs)`` runs them at control rate: every ``WINDOW`` steps it tokenizes the
 partner's last window, samples (greedily) the avatar's next token, decodes it to an 8-step plan;
 each step the inverse controller turns the next planned pose into an action. It keeps per-world
@@ -51,6 +60,7 @@ from .text_encoder import EMBED_DIM, shared_encoder
 WINDOW = 8
 FEAT_DIM = 77
 REL_DIM = 4
+OBJ_DIM = 5
 NECK, HEAD = 12, 15
 RATE = 66 + 2  # index of the yaw rate in the step features
 
@@ -80,6 +90,20 @@ def relative_pose(motion: torch.Tensor, partner_motion: torch.Tensor) -> torch.T
     return torch.cat((xy, torch.cos(pyaw - yaw)[:, None], torch.sin(pyaw - yaw)[:, None]), -1)
 
 
+def object_features(motion: torch.Tensor, partner_motion: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    """(B, N, 5) per scene object (B, N, 2 or 3 world positions): its x, y in the avatar's root frame;
+    cos and sin of the angle between the partner's heading and the partner-to-object direction; the
+    partner-to-object distance (metres)."""
+    objects = objects[..., :2].to(motion)
+    yaw = yaw_of_quat(motion[:, ROOT_QUAT])
+    d = objects - motion[:, None, ROOT_POS][..., :2]
+    c, s = torch.cos(yaw)[:, None], torch.sin(yaw)[:, None]
+    x, y = c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]
+    dp = objects - partner_motion[:, None, ROOT_POS][..., :2]
+    ang = torch.atan2(dp[..., 1], dp[..., 0]) - yaw_of_quat(partner_motion[:, ROOT_QUAT])[:, None]
+    return torch.stack((x, y, torch.cos(ang), torch.sin(ang), torch.linalg.norm(dp, dim=-1)), -1)
+
+
 @dataclass
 class SocialConfig:
     codebook: int = 128
@@ -91,6 +115,7 @@ class SocialConfig:
     context: int = 12  # windows the transformer sees
     kind: str = "social"
     heading_head: bool = False  # also regress the facing direction (older checkpoints: without)
+    scene_objects: bool = False  # pointer head over the scene's objects (older checkpoints: without)
     feat_mean: list = field(default_factory=list)
     feat_std: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
@@ -152,18 +177,32 @@ class ResponseTransformer(nn.Module):
         self.body = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
         self.out = nn.Linear(d, c.codebook)
         self.heading = nn.Linear(d, 2) if c.heading_head else None
+        if c.scene_objects:
+            self.obj_score = nn.Sequential(nn.Linear(d + OBJ_DIM, d), nn.GELU(), nn.Linear(d, 1))
+            self.no_obj = nn.Linear(d, 1)
         self.register_buffer("mask", torch.triu(torch.full((c.context, c.context), float("-inf")), 1), persistent=False)
 
     def forward(self, partner_tok, rel, utt, own_prev) -> torch.Tensor:
         """Logits (B, K, codebook) from (B, K) tokens, (B, K, 8) poses, (B, K, 384) utterances, (B, K) tokens."""
         return self.forward_all(partner_tok, rel, utt, own_prev)[0]
 
-    def forward_all(self, partner_tok, rel, utt, own_prev) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, K, codebook) and, with ``heading_head``, the facing direction (B, K, 2) (cos, sin; not unit)."""
+    def hidden(self, partner_tok, rel, utt, own_prev) -> torch.Tensor:
+        """The causal transformer's output (B, K, d_model)."""
         K = partner_tok.shape[1]
         x = self.partner_tok(partner_tok) + self.rel(rel) + self.utt(utt) + self.own_tok(own_prev) + self.pos[:K]
-        h = self.body(x, mask=self.mask[:K, :K])
+        return self.body(x, mask=self.mask[:K, :K])
+
+    def forward_all(self, partner_tok, rel, utt, own_prev) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, K, codebook) and, with ``heading_head``, the facing direction (B, K, 2) (cos, sin; not unit)."""
+        h = self.hidden(partner_tok, rel, utt, own_prev)
         return self.out(h), (self.heading(h) if self.heading is not None else None)
+
+    def point(self, h: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+        """Pointer logits (B, K, N + 1) from hidden states (B, K, d) and object features (B, K, N, OBJ_DIM):
+        one per object, the last for "no object"."""
+        N = objects.shape[2]
+        score = self.obj_score(torch.cat((h[:, :, None].expand(-1, -1, N, -1), objects), -1))[..., 0]
+        return torch.cat((score, self.no_obj(h)), -1)
 
 
 class InverseController(nn.Module):
@@ -240,8 +279,10 @@ class SocialAvatarPolicy(nn.Module):
         }
 
     @torch.no_grad()
-    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True, utterances: Sequence[str] | None = None) -> torch.Tensor:
-        """Actions (B, 6) for batched ``motion`` / ``partner_motion`` observations."""
+    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True, utterances: Sequence[str] | None = None,
+            objects: torch.Tensor | None = None) -> torch.Tensor:
+        """Actions (B, 6) for batched ``motion`` / ``partner_motion`` observations; ``utterances`` (B,)
+        the partner's words, ``objects`` (B, N, 2 or 3) world positions of the scene's objects."""
         for k in ("motion", "partner_motion"):
             if k not in obs:
                 raise KeyError(f"SocialAvatarPolicy.act needs observation keys ['motion', 'partner_motion']; missing {k!r}")
@@ -253,6 +294,10 @@ class SocialAvatarPolicy(nn.Module):
         s = self._state
         if utterances is None:
             utterances = [""] * B
+        if objects is not None:
+            objects = torch.as_tensor(objects).to(dev).float()
+            if objects.dim() != 3 or objects.shape[0] != B or objects.shape[2] not in (2, 3):
+                raise ValueError(f"objects must be (B={B}, N, 2 or 3) world positions, got {tuple(objects.shape)}")
         utt = shared_encoder("cpu").encode(list(utterances)).to(dev)
         prev_m, prev_p = s["prev_m"], s["prev_p"]
         if prev_m is not None:  # a restarted row has no previous step: zero yaw rate
@@ -268,7 +313,8 @@ class SocialAvatarPolicy(nn.Module):
         boundary = phase == WINDOW - 1  # a partner window is complete: respond with the next own window
         yaw = yaw_of_quat(m[:, ROOT_QUAT])
         if bool(boundary.any()):
-            self._respond(boundary.nonzero()[:, 0], rel, utt, yaw)
+            objf = object_features(m, pm, objects) if (objects is not None and self.config.scene_objects) else None
+            self._respond(boundary.nonzero()[:, 0], rel, utt, yaw, objf)
         nxt = s["plan"][rows, (phase + 1) % WINDOW]
         nxt = torch.where((phase == WINDOW - 1)[:, None], s["plan"][:, 0], nxt)
         if self.config.heading_head:
@@ -288,7 +334,8 @@ class SocialAvatarPolicy(nn.Module):
         s["fresh"][:] = False
         return act.to(obs["motion"].device)
 
-    def _respond(self, w: torch.Tensor, rel_end: torch.Tensor, utt: torch.Tensor, yaw: torch.Tensor) -> None:
+    def _respond(self, w: torch.Tensor, rel_end: torch.Tensor, utt: torch.Tensor, yaw: torch.Tensor,
+                 objf: torch.Tensor | None = None) -> None:
         s, K = self._state, self.config.context
 
         def push(buf, val):  # shift left, append
@@ -299,11 +346,20 @@ class SocialAvatarPolicy(nn.Module):
         push(s["utt"], utt[w])
         s["filled"][w] = torch.clamp(s["filled"][w] + 1, max=K)
         # own[:, 1:] are the avatar windows aligned with the partner windows (the last is being executed now)
-        logits, heading = self.gen.forward_all(s["partner"][w], s["rel"][w], s["utt"][w], s["own"][w, 1:])
+        hid = self.gen.hidden(s["partner"][w], s["rel"][w], s["utt"][w], s["own"][w, 1:])
+        logits = self.gen.out(hid)
         tok = logits[:, -1].argmax(-1)
-        if heading is not None:
-            h = heading[:, -1]
-            s["goal"][w] = yaw[w] + torch.atan2(h[:, 1], h[:, 0])
+        if self.gen.heading is not None:
+            h = self.gen.heading(hid[:, -1])
+            goal = yaw[w] + torch.atan2(h[:, 1], h[:, 0])
+            if objf is not None:  # an object picked by the pointer head: face it
+                of = objf[w]
+                pick = self.gen.point(hid[:, -1:], of[:, None])[:, 0].argmax(-1)
+                chosen = pick < of.shape[1]
+                k = pick.clamp(max=of.shape[1] - 1)
+                sel = of[torch.arange(len(w), device=of.device), k]
+                goal = torch.where(chosen, yaw[w] + torch.atan2(sel[:, 1], sel[:, 0]), goal)
+            s["goal"][w] = goal
             s["has_goal"][w] = True
         s["own"][w] = torch.cat((s["own"][w][:, 1:], tok[:, None]), 1)
         s["plan"][w] = self.vq.decode(tok)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from dreamgym.envs import partner as P
 from dreamgym.envs.motion import JOINT_POS, ROOT_QUAT, yaw_of_quat
 
-from .social import REL_DIM, WINDOW, SocialAvatarPolicy, SocialConfig, relative_pose, step_features
+from .social import REL_DIM, WINDOW, SocialAvatarPolicy, SocialConfig, object_features, relative_pose, step_features
 from .social_scenes import SocialSceneTask, response_checks, segment_correct
 from .text_encoder import shared_encoder
 
@@ -47,7 +47,7 @@ def run_scenes(task, seeds, policy=None, noise=0.0, gen=None, render=False, reso
     point_at = env.core.params.goal.clone()
     if policy is not None:
         policy.reset()
-    rec = {k: [] for k in ("motion", "partner_motion", "action", "behaviour", "utt")}
+    rec = {k: [] for k in ("motion", "partner_motion", "objects", "action", "behaviour", "utt")}
     checks = {k: [] for k in ("wave", "approach", "point", "turn_away")}
     frames, latency = [], []
     prev_m = prev_p = None
@@ -58,10 +58,11 @@ def run_scenes(task, seeds, policy=None, noise=0.0, gen=None, render=False, reso
                 a = (a + noise * torch.randn(B, 6, generator=gen)).clamp(-1, 1)
         else:
             t = time.perf_counter()
-            a = policy.act(obs, utterances=list(info["utterance"]))
+            a = policy.act(obs, utterances=list(info["utterance"]), objects=env.core.state.prop_pos[..., :2])
             latency.append((time.perf_counter() - t) * 1000)
         rec["motion"].append(obs["motion"].clone())
         rec["partner_motion"].append(obs["partner_motion"].clone())
+        rec["objects"].append(env.core.state.prop_pos[..., :2].cpu().clone())
         rec["action"].append(a.clone())
         rec["behaviour"].append(env.core.state.partner_behaviour.clone())
         rec["utt"].append(list(info["utterance"]))
@@ -103,6 +104,24 @@ def facing_bearings(rec) -> torch.Tensor:
     target = torch.where(beh == P.POINT, torch.atan2(d_t[..., 1], d_t[..., 0]), torch.atan2(d_p[..., 1], d_p[..., 0]))
     target = torch.where(beh == P.TURN_AWAY, yaw, target)
     return torch.remainder(target - yaw + math.pi, 2 * math.pi) - math.pi
+
+
+def object_sequence(rec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Object features (T, B, N, OBJ_DIM) of a recording and the index of the object the partner
+    points at in each scene (B,): the prop nearest the scene's pointing target."""
+    m, pm, objs = rec["motion"], rec["partner_motion"], rec["objects"]
+    feats = torch.stack([object_features(m[t], pm[t], objs[t]) for t in range(m.shape[0])])
+    pointed = torch.linalg.norm(objs[0] - rec["point_at"][:, None].to(objs), dim=-1).argmin(-1)
+    return feats, pointed
+
+
+def rotate_objects(objf: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Object features (B, K, N, OBJ_DIM) as seen by an avatar turned by ``delta`` (B,) more
+    (only the avatar-frame position changes; the partner-relative parts do not)."""
+    c, s = torch.cos(delta)[:, None, None], torch.sin(delta)[:, None, None]
+    out = objf.clone()
+    out[..., 0], out[..., 1] = c * objf[..., 0] + s * objf[..., 1], -s * objf[..., 0] + c * objf[..., 1]
+    return out
 
 
 def rotate_relative(rel: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -175,18 +194,24 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
     recs = [run_scenes(task, range(cfg.train_seed_base + k * cfg.num_envs, cfg.train_seed_base + (k + 1) * cfg.num_envs),
                        noise=float(cfg.expert_noise), gen=gen) for k in range(int(cfg.batches))]
     log(f"collected {len(recs)} x {cfg.num_envs} scenes in {time.time() - t0:.0f}s")
-    fo, fp, rel, act, beh, utt, face = [], [], [], [], [], [], []
+    fo, fp, rel, act, beh, utt, face, objf, pointed = [], [], [], [], [], [], [], [], []
     enc = shared_encoder()
     for r in recs:
         a, b, c = features(r)
         fo.append(a), fp.append(b), rel.append(c), act.append(r["action"]), beh.append(r["behaviour"])
         face.append(facing_bearings(r))
+        of, pt = object_sequence(r)
+        objf.append(of), pointed.append(pt)
         T, B = r["behaviour"].shape
         utt.append(torch.stack([enc.encode(r["utt"][t]) for t in range(T)]))
-    fo, fp, rel, act, beh, utt, face = (torch.cat(x, 1) for x in (fo, fp, rel, act, beh, utt, face))  # (T, N, ...)
+    fo, fp, rel, act, beh, utt, face, objf = (torch.cat(x, 1) for x in (fo, fp, rel, act, beh, utt, face, objf))  # (T, N, ...)
+    pointed = torch.cat(pointed)
     allf = torch.cat((fo, fp), 1).flatten(0, 1)
     mean, std = allf.mean(0), allf.std(0).clamp(min=1e-3)
-    c = SocialConfig(codebook=int(cfg.codebook), context=int(cfg.context), heading_head=bool(cfg.get("heading_head", False)))
+    c = SocialConfig(codebook=int(cfg.codebook), context=int(cfg.context), heading_head=bool(cfg.get("heading_head", False)),
+                     scene_objects=bool(cfg.get("scene_objects", False)))
+    if c.scene_objects and not c.heading_head:
+        raise ValueError("scene_objects=true needs heading_head=true: the pointer head chooses what the facing direction aims at")
     c.feat_mean, c.feat_std = mean.tolist(), std.tolist()
     pol = SocialAvatarPolicy(c)
     nfo, nfp = pol.norm(fo), pol.norm(fp)
@@ -224,10 +249,16 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
         uu = utt[: n * WINDOW].permute(1, 0, 2).reshape(N, n, WINDOW, -1)[:, :, -1]
         # the facing direction as the last step of window k sees it (cos, sin)
         fb = face[: n * WINDOW].permute(1, 0).reshape(N, n, WINDOW)[:, :, -1]
-        still = (beh[: n * WINDOW].permute(1, 0).reshape(N, n, WINDOW)[:, :, -1] == P.TURN_AWAY)
+        beh_end = beh[: n * WINDOW].permute(1, 0).reshape(N, n, WINDOW)[:, :, -1]
+        still = beh_end == P.TURN_AWAY
+        n_obj = objf.shape[2]
+        ow = objf[: n * WINDOW].permute(1, 0, 2, 3).reshape(N, n, WINDOW, n_obj, -1)[:, :, -1]  # at each window's end
+        # the pointer's label: the pointed-at object while the partner points, "none" (n_obj) otherwise
+        ptr_lab = torch.where(beh_end == P.POINT, pointed[:, None].expand(-1, n), torch.full_like(beh_end, n_obj))
     # inputs at window k: partner k, pose k, utterance k, own k ; target: own k+1 (and where it faces)
     src_p, src_r, src_u, src_o, tgt = tp[:, :-1], rr[:, :-1], uu[:, :-1], to[:, :-1], to[:, 1:]
     face_b, face_still = fb[:, :-1], still[:, :-1]
+    src_obj, tgt_ptr = ow[:, :-1], ptr_lab[:, :-1]
     K = int(cfg.context)
     opt = torch.optim.AdamW(pol.gen.parameters(), lr=5e-4, weight_decay=1e-2)
     for u in range(int(cfg.gen_updates)):
@@ -246,10 +277,14 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
             delta = (torch.rand(len(i), generator=gen) * 2 - 1) * math.pi
             r_aug = rotate_relative(src_r[i, sl], delta)
             want = torch.where(face_still[i, sl], 0.0, face_b[i, sl] - delta[:, None])
-            _, heading = pol.gen.forward_all(src_p[i, sl], r_aug, src_u[i, sl], src_o[i, sl])
+            hid = pol.gen.hidden(src_p[i, sl], r_aug, src_u[i, sl], src_o[i, sl])
+            heading = pol.gen.heading(hid)
             tgt_face = torch.stack((torch.cos(want), torch.sin(want)), -1)
             face_mse = F.mse_loss(heading, tgt_face)
             loss = loss + float(cfg.get("heading_weight", 1.0)) * face_mse
+            if c.scene_objects:
+                ptr = pol.gen.point(hid, rotate_objects(src_obj[i, sl], delta))
+                loss = loss + float(cfg.get("pointer_weight", 1.0)) * F.cross_entropy(ptr.flatten(0, 1), tgt_ptr[i, sl].flatten())
         opt.zero_grad(), loss.backward(), opt.step()
         if (u + 1) % max(1, int(cfg.gen_updates) // 4) == 0:
             acc = (logits.argmax(-1) == tgt[i, sl]).float().mean().item()
@@ -257,6 +292,10 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
             if heading is not None:
                 err = torch.remainder(torch.atan2(heading[..., 1], heading[..., 0]) - want + math.pi, 2 * math.pi) - math.pi
                 msg += f", facing error {err.abs().mean().item():.3f} rad"
+            if c.scene_objects:
+                is_pt = tgt_ptr[i, sl] < n_obj
+                hit = (ptr.argmax(-1) == tgt_ptr[i, sl]).float()
+                msg += f", pointer accuracy {hit.mean().item():.2f} (while pointing {hit[is_pt].mean().item():.2f})"
             log(msg)
     pol.eval()
 
@@ -296,7 +335,7 @@ def evaluate(pol: SocialAvatarPolicy, fe: MotionEncoder, seeds, task=None, rende
     for t in range(3 * WINDOW):
         o = {"motion": gen_rec["motion"][t, :1], "partner_motion": gen_rec["partner_motion"][t, :1]}
         s = time.perf_counter()
-        pol.act(o, utterances=[gen_rec["utt"][t][0]])
+        pol.act(o, utterances=[gen_rec["utt"][t][0]], objects=gen_rec["objects"][t, :1])
         lat.append((time.perf_counter() - s) * 1000)
     metrics = {
         "response_correctness": float(np.mean(flat)) if flat else float("nan"),

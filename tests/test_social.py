@@ -116,6 +116,7 @@ def test_train_social_tiny_end_to_end(tmp_path):
     assert rc == 0
     pol = SocialAvatarPolicy.from_pretrained(out)
     assert pol.config.heading_head and pol.gen.heading is not None
+    assert pol.config.scene_objects and hasattr(pol.gen, "obj_score")
     metrics = json.loads((out / "metrics.json").read_text())
     for k in ("response_correctness", "mpjpe_mm", "pa_mpjpe_mm", "fid", "diversity", "latency_ms"):
         assert np.isfinite(metrics[k]), k
@@ -136,3 +137,47 @@ def test_rotating_the_avatar_rotates_the_relative_pose():
     got = rotate_relative(torch.cat((rel, rel), -1)[:, None], torch.tensor([0.7]))[0, 0]
     want = relative_pose(turned, pm)[0]
     assert torch.allclose(got[:4], want, atol=1e-5) and torch.allclose(got[4:], want, atol=1e-5)
+
+
+def test_object_features_and_their_rotation():
+    from dreamgym.policies.social import object_features
+    from dreamgym.policies.social_train import rotate_objects
+
+    m = torch.zeros(1, 227)
+    m[:, 3:7] = _yaw_quat(0.0)  # the avatar at the origin, facing +x
+    pm = torch.zeros(1, 227)
+    pm[:, 0:2] = torch.tensor([2.0, 0.0])
+    pm[:, 3:7] = _yaw_quat(np.pi / 2)  # the partner 2 m ahead, facing +y
+    objs = torch.tensor([[[2.0, 3.0], [0.0, -1.0]]])
+    f = object_features(m, pm, objs)[0]
+    # first object: 2 m ahead and 3 m left of the avatar, straight along the partner's heading, 3 m from them
+    assert torch.allclose(f[0], torch.tensor([2.0, 3.0, 1.0, 0.0, 3.0]), atol=1e-5)
+    assert f[1, 2] < 0  # the second lies behind-right of the partner's heading
+    turned = m.clone()
+    turned[:, 3:7] = _yaw_quat(0.6)
+    got = rotate_objects(f[None, None], torch.tensor([0.6]))[0, 0]
+    assert torch.allclose(got, object_features(turned, pm, objs)[0], atol=1e-5)
+
+
+def test_the_pointer_head_turns_the_response_to_the_chosen_object():
+    from dreamgym.policies.social import SocialAvatarPolicy, SocialConfig
+
+    torch.manual_seed(0)
+    pol = SocialAvatarPolicy(SocialConfig(codebook=8, hidden=32, d_model=16, layers=1, heads=2, heading_head=True,
+                                          scene_objects=True)).eval()
+    m = torch.zeros(1, 227)
+    m[:, 3:7] = _yaw_quat(0.0)
+    pm = m.clone()
+    pm[:, 0] = 2.0
+    objs = torch.tensor([[[0.0, 3.0], [-3.0, 0.0], [3.0, -3.0]]])
+    pol.gen.point = lambda h, of: torch.tensor([[[0.0, 5.0, 0.0, 0.0]]])  # picks the object behind the avatar
+    for _ in range(8):
+        pol.act({"motion": m, "partner_motion": pm}, objects=objs)
+    assert abs(abs(float(pol._state["goal"][0])) - np.pi) < 1e-4
+    pol.reset()
+    pol.gen.point = lambda h, of: torch.tensor([[[0.0, 0.0, 0.0, 5.0]]])  # "no object": the regressed direction
+    for _ in range(8):
+        pol.act({"motion": m, "partner_motion": pm}, objects=objs)
+    assert abs(abs(float(pol._state["goal"][0])) - np.pi) > 1e-3  # the untrained regression is not the object's bearing
+    with pytest.raises(ValueError, match="objects must be"):
+        pol.act({"motion": m, "partner_motion": pm}, objects=torch.zeros(2, 3, 2))
