@@ -203,14 +203,17 @@ class EgoRoomCore:
         return torch.clamp(self.task.expert(self.state, self.params), -1.0, 1.0)
 
     def infos(self) -> list[dict]:
-        """Per-world information: instruction text, partner behaviour and utterance, room seed."""
+        """Per-world information: instruction text, partner behaviour and utterance, room seed, and the
+        scene's objects (the props' xy positions, (N_PROPS, 2) float32: what a person can point at)."""
         beh = self.state.partner_behaviour.tolist()
+        objects = self.state.prop_pos[..., :2].float().cpu().numpy().copy()
         return [
             {
                 "instruction_text": INSTRUCTIONS[int(self.params.instruction[i])],
                 "partner_behaviour": P.BEHAVIOURS[beh[i]],
                 "utterance": P.UTTERANCES[beh[i]],
                 "room_seed": self.specs[i].seed if self.specs[i] is not None else -1,
+                "objects": objects[i],
             }
             for i in range(self.B)
         ]

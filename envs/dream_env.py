@@ -448,8 +448,9 @@ class DreamVecEnv(VectorEnv):
             new = self._observation(lat, self._state)
             for k in obs:
                 obs[k][worlds] = new[k][worlds]
-            seeds = self._seed.numpy()
-            infos["room_seed"] = seeds.copy()
+            fresh_info = self._infos(success)  # the restarted worlds' new episode (the others are unchanged)
+            for k in ("instruction_text", "partner_behaviour", "utterance", "room_seed", "objects"):
+                infos[k] = fresh_info[k]
         self._last_obs = obs
         return obs, reward.float(), term, trunc, infos
 
@@ -467,6 +468,7 @@ class DreamVecEnv(VectorEnv):
             "partner_behaviour": np.array([P.BEHAVIOURS[b] for b in beh], dtype=object),
             "utterance": np.array([P.UTTERANCES[b] for b in beh], dtype=object),
             "room_seed": self._seed.numpy().copy(),
+            "objects": self._state.prop_pos[..., :2].float().cpu().numpy().copy(),  # the dreamed props' xy
         }
 
     # ------------------------------------------------------------------ gymnasium VectorEnv API

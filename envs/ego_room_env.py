@@ -42,7 +42,8 @@ class EgoRoomEnv(gym.Env):
     **Reward, termination**: from the task (``reach``, ``push``, ``social``, ``avoid``; see
     ``dreamgym.envs.tasks``). Episodes end on success or a task failure (terminated) or after the
     task's ``max_steps`` (truncated). ``info`` holds ``success``, ``instruction_text``,
-    ``partner_behaviour``, ``utterance`` and ``room_seed``.
+    ``partner_behaviour``, ``utterance``, ``room_seed`` and ``objects`` (the props' xy positions,
+    (4, 2): what the partner can point at).
 
     **Seeding**: ``reset(seed=s)`` builds room ``s``; without a seed the next room is drawn from
     the env's generator. ``options={"room_seed": s}`` picks a room without reseeding.

@@ -198,7 +198,7 @@ class EgoRoomVecEnv(VectorEnv):
             for k in obs:
                 obs[k][worlds] = new[k][worlds]
             new_info = self._infos(torch.zeros_like(success))
-            for k in ("instruction_text", "room_seed", "partner_behaviour", "utterance"):
+            for k in ("instruction_text", "room_seed", "partner_behaviour", "utterance", "objects"):
                 infos[k][w_np] = new_info[k][w_np]
         self._obs = obs
         return obs, reward, term, trunc, infos
@@ -300,6 +300,7 @@ class EgoRoomVecEnv(VectorEnv):
             "partner_behaviour": np.array([p["partner_behaviour"] for p in per], dtype=object),
             "utterance": np.array([p["utterance"] for p in per], dtype=object),
             "room_seed": np.array([p["room_seed"] for p in per], dtype=np.int64),
+            "objects": np.stack([p["objects"] for p in per]),
         }
 
     @staticmethod

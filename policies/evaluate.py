@@ -100,6 +100,19 @@ class RowView:
         return getattr(self._env, name)
 
 
+def info_inputs(policy: Any, infos: Mapping[str, Any], rows: torch.Tensor) -> dict[str, Any]:
+    """Keyword inputs a policy takes from the env's infos (``policy.info_inputs``: argument -> info key),
+    for its rows: text as a list of strings, numbers as a tensor (e.g. the social avatar's
+    ``utterances`` and ``objects``)."""
+    kw = {}
+    idx = rows.cpu().numpy()
+    for arg, key in getattr(policy, "info_inputs", {}).items():
+        if key in infos:
+            v = np.asarray(infos[key])[idx]
+            kw[arg] = list(v) if v.dtype == object else torch.as_tensor(v)
+    return kw
+
+
 @torch.no_grad()
 def run_episodes(
     env: Any,
@@ -143,7 +156,8 @@ def run_episodes(
         actions = torch.zeros(B, 6, device=dev)
         for name, (policy, rows) in groups.items():
             sub = {k: v[rows.to(v.device)] for k, v in obs.items()}
-            actions[rows.to(dev)] = check_actions(policy.act(sub, deterministic=deterministic), len(rows), name).to(dev)
+            kw = info_inputs(policy, infos, rows)
+            actions[rows.to(dev)] = check_actions(policy.act(sub, deterministic=deterministic, **kw), len(rows), name).to(dev)
         obs, r, term, trunc, infos = env.step_tensors(actions)
         live = ~finished
         ret += torch.where(live, r.detach().cpu().double(), torch.zeros_like(ret))

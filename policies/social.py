@@ -221,6 +221,8 @@ class SocialAvatarPolicy(nn.Module):
     """The three modules plus per-world runtime state (see the module docstring)."""
 
     obs_keys = ("motion", "partner_motion")
+    # what ``act`` reads from the env's infos when a runner passes them (``policies.evaluate``)
+    info_inputs = {"utterances": "utterance", "objects": "objects"}
 
     def __init__(self, config: SocialConfig | None = None):
         super().__init__()

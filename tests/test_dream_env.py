@@ -145,3 +145,10 @@ def test_the_dreamed_partner_gets_its_scripted_commands(tmp_path, monkeypatch):
         assert got is not None and got.shape == (2, 2, 6)
         assert torch.allclose(got[:, -1], want)
     assert torch.allclose(seen[1][:, 0], seen[0][:, 1]), "the window of commands shifts like the actions'"
+
+
+def test_infos_carry_the_dreamed_scene_objects(dream):
+    _, info = dream.reset_tensors(seed=1)
+    assert info["objects"].shape == (3, 4, 2)
+    _, _, _, _, info = dream.step_tensors(torch.zeros(3, 6))
+    assert np.allclose(info["objects"], dream._state.prop_pos[..., :2].cpu().numpy())

@@ -204,3 +204,31 @@ def test_diamond_loop_respects_the_budget(tmp_path, tiny_wm):
     assert s["real_steps_used"] <= 200 and s["real_steps_used"] == log[-1]["real_steps_used"]
     assert log[1]["data_episodes"] >= log[0]["data_episodes"]
     assert isinstance(load_policy(s["policy"]), SB3Policy)
+
+
+def test_runner_passes_the_infos_a_policy_asks_for(vec_env_factory):
+    """``policy.info_inputs`` (argument -> info key): the runner hands each policy its own rows'
+    utterances (strings) and scene objects (the props' xy, as in ``infos["objects"]``)."""
+    from dreamgym.policies.evaluate import run_episodes
+
+    env = vec_env_factory(num_envs=3, task="social", resolution=16, seed=0, obs_keys=["motion", "partner_motion"],
+                          return_tensors=True)
+    seen = []
+
+    class Listener:
+        info_inputs = {"utterances": "utterance", "objects": "objects"}
+
+        def act(self, obs, deterministic=True, utterances=None, objects=None):
+            seen.append((list(utterances), objects.clone(), env.core.state.prop_pos[1:, :, :2].cpu().clone()))
+            return torch.zeros(obs["motion"].shape[0], 6)
+
+    env.core.task.max_steps, keep = 3, env.core.task.max_steps
+    try:
+        run_episodes(env, {"stand": (RandomPolicy(), torch.tensor([0])), "listen": (Listener(), torch.tensor([1, 2]))},
+                     room_seeds=[5, 6, 7])
+    finally:
+        env.core.task.max_steps = keep
+    assert len(seen) >= 2
+    utts, objects, props = seen[-1]
+    assert len(utts) == 2 and all(isinstance(u, str) for u in utts)
+    assert objects.shape == (2, 4, 2) and torch.allclose(objects.float(), props.float(), atol=1e-5)
