@@ -38,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dreamgym.envs.tasks import INSTRUCTIONS
 
 from .vla import (ATTRIBUTE_GROUPS, OBS_KEYS, TRAIN_TEMPLATES, VLAConfig, VLAPolicy, instruction_attributes, is_held_out,
                   keypoint_cells, parse_instruction, phrase, project_to_frame)
@@ -113,7 +112,7 @@ def auxiliary_targets(env, obs, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def policy_losses(policy: VLAPolicy, rgb, motion, emb, label, attributes, keypoints,
-                  aux_weight: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
+                  aux_weight: float = 0.05) -> tuple[torch.Tensor, dict[str, float]]:
     """Behaviour cloning (MSE of tanh(action) to the label) + the parser's and the keypoints' cross-entropies."""
     out = policy.outputs(rgb, motion, emb)
     bc = F.mse_loss(torch.tanh(out["action"]), label)
@@ -176,7 +175,7 @@ class BufferSampler:
 
 
 def fit_bc(policy: VLAPolicy, buffer: Buffer, updates: int, batch: int, lr: float, gen: torch.Generator, log=print,
-           optimizer=None, aux_weight: float = 0.1) -> float:
+           optimizer=None, aux_weight: float = 0.05) -> float:
     sampler = BufferSampler(policy, buffer)
     opt = optimizer or torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
     policy.train()
