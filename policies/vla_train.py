@@ -38,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 from .vla import (ATTRIBUTE_GROUPS, OBS_KEYS, TRAIN_TEMPLATES, VLAConfig, VLAPolicy, instruction_attributes, is_held_out,
                   keypoint_cells, parse_instruction, phrase, project_to_frame)
 
