@@ -28,7 +28,7 @@ TINY = dict(
 TINY_OVERRIDES = [
     "worldmodel.resolution=16", "worldmodel.context=2", "worldmodel.frame_channels=[8,16]",
     "worldmodel.occupancy_channels=[8,16]", "worldmodel.dim=32", "worldmodel.depth=1", "worldmodel.heads=2",
-    "worldmodel.grid_tokens=2", "worldmodel.reward_hidden=32", "worldmodel.state_prior=32",
+    "worldmodel.grid_tokens=2", "worldmodel.reward_hidden=32", "worldmodel.state_prior=32", "prior_rollout=2",
 ]
 
 
@@ -283,6 +283,35 @@ def test_state_prior_is_learned_and_clean_conditions_pass_through():
     assert torch.allclose(den["motion"], x["motion"], atol=1e-6)
 
 
+def test_prior_rollout_dreams_what_a_one_step_dream_does():
+    """The prior trains on its own dreams exactly as the one-step, zero-noise dream runs it."""
+    m = tiny_model(state_prior=16, init_noise=0.0).eval()
+    eps = synthetic_episodes(T=10)
+    w = D.collate([D.EpisodeWindows(eps, 6)[i] for i in range(3)])  # K = 2, 3 dreamed steps, a target
+    out = m.prior_rollout(w, 3)
+    assert out["motion"].shape == (3, 3, 227) and out["actions"].shape == (3, 3, 6)
+    assert torch.equal(out["motion"][:, 2], w["motion"][:, 5])  # the target is the recorded step
+    assert torch.equal(out["motion_recorded_last"], w["motion"][:, 4])
+    # the dreamed context: three one-step imagine calls (bodies only) with the recorded props
+    mot, par = w["motion"][:, :2], w["partner_motion"][:, :2]
+    with torch.no_grad():
+        for j in range(3):
+            ctx = {"motion": mot, "partner_motion": par, "props": w["props"][:, j : j + 2]}
+            nxt = m.imagine(ctx, w["actions"][:, j : j + 2], num_steps=1, modalities=["motion", "partner_motion", "props"])
+            mot = torch.cat([mot[:, 1:], nxt["motion"][:, None]], 1)
+            par = torch.cat([par[:, 1:], nxt["partner_motion"][:, None]], 1)
+    assert torch.allclose(out["motion"][:, :2], mot, atol=1e-5)
+    assert torch.allclose(out["partner_motion"][:, :2], par, atol=1e-5)
+    # the loss takes the root's unseen change (horizontal move, turn) from the recorded steps
+    B = 3
+    noise = {k: torch.randn(B, *sh) for k, sh in (("motion", (227,)), ("partner_motion", (227,)), ("props", (4, 3)))}
+    sigma = {k: torch.full((B,), 1.0) for k in noise}
+    losses = m.loss(D.collate([D.EpisodeWindows(eps, 3)[i] for i in range(B)]), noise, sigma, (), prior_window=out)
+    assert torch.isfinite(losses["prior_motion"]) and float(losses["prior_motion"]) > 0
+    with pytest.raises(ValueError, match="cannot hold"):
+        m.prior_rollout(w, 4)
+
+
 def test_window_batches_gather_what_collate_stacks():
     eps = synthetic_episodes()
     ds = D.EpisodeWindows([{k: ep[k] for k in ("motion", "actions", "partner_actions", "props")} for ep in eps], 3)
@@ -380,7 +409,8 @@ def test_data_without_a_needed_modality_is_refused(tmp_path):
 def test_two_processes_train_the_same_model_as_one(tmp_path, episodes_file):
     """Two CPU processes (gloo) with half the global batch each == one process with all of it."""
     common = [f"data={episodes_file}", "batch_size=4", "num_threads=1", "progress=false", "stats_windows=16",
-              "eval_every=0", "ckpt_every=3", "steps=3", "warmup_steps=1", *TINY_OVERRIDES]
+              "eval_every=0", "ckpt_every=3", "steps=3", "warmup_steps=1",
+              *TINY_OVERRIDES]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one = tmp_path / "one"
     two = tmp_path / "two"

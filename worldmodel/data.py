@@ -151,6 +151,12 @@ def apply_motion_delta(last: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return nxt
 
 
+def unobservable_root_index() -> list[int]:
+    """Indices of the motion vector (and its change) the model's context cannot see: the root's
+    horizontal position and its orientation (the context is relative to the last root)."""
+    return [ROOT_POS.start, ROOT_POS.start + 1, *range(ROOT_QUAT.start, ROOT_QUAT.stop)]
+
+
 def motion_tokens(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Split motion-shaped vectors (..., 227) into a root token (..., 7) and joint tokens (..., 22, 10)."""
     root = torch.cat([v[..., ROOT_POS], v[..., ROOT_QUAT]], -1)

@@ -31,9 +31,12 @@ also reads the warped base and its validity mask) learns what warping cannot exp
 
 With ``state_prior`` an MLP over the whole flattened context regresses the conditional mean of
 the two bodies' next change, and the diffusion denoises the residual around it (the prior is
-also an input of every body token). With ``partner_actions`` the partner's controller commands
-are a condition like the agent's actions: the partner is scripted, and the script is known
-where the model dreams (``envs.partner.replay_actions`` recovers it from a recording).
+also an input of every body token). With train-wm's ``prior_rollout`` the prior also learns from
+contexts it dreamed itself (``WorldModel.prior_rollout``), so that in a long dream it pulls a
+drifting body back instead of carrying the drift. With ``partner_actions`` the partner's
+controller commands are a condition like the agent's actions: the partner is scripted, and the
+script is known where the model dreams (``envs.partner.replay_actions`` recovers it from a
+recording).
 """
 
 from __future__ import annotations
@@ -493,6 +496,46 @@ class WorldModel(nn.Module):
         nxt = torch.cat([x0["motion"], x0["partner_motion"], x0["props"].flatten(1)], 1)
         return self.reward_head(torch.cat([a, now, nxt], 1))
 
+    # ------------------------------------------------------------------ the prior on its own dreams
+    @torch.no_grad()
+    def prior_rollout(self, window: Mapping[str, torch.Tensor], steps: int) -> dict[str, torch.Tensor]:
+        """Dream the bodies ``steps`` steps with the state prior alone, from a window's first K steps.
+
+        ``window``: state-only (P, K+1+steps or more, ...) windows (motion, partner motion, props or
+        qpos, actions, partner actions, optional ``partner_known`` (P,)). The bodies advance by the
+        prior's regression (what a one-step, zero-noise dream does) under the recorded actions,
+        with the recorded props. Returns a (P, K+1, ...) window starting at step ``steps``: its K
+        context steps hold the dreamed bodies, step K the recorded ones, and
+        ``motion_recorded_last`` / ``partner_motion_recorded_last`` (P, 227) the recorded bodies
+        at the last context step (``loss`` takes the root's unobservable change from them).
+        """
+        c, K, nm = self.config, self.config.context, self.norm
+        if not c.state_prior:
+            raise ValueError("prior_rollout needs a model with a state_prior")
+        w = D.with_props(window)
+        T = w["motion"].shape[1]
+        if T < K + 1 + steps:
+            raise ValueError(f"prior_rollout: windows of {T} steps cannot hold K={K} context steps, {steps} dreamed and a target")
+        dev = self.device
+        m = w["motion"][:, :K].to(dev, torch.float32)
+        p = w["partner_motion"][:, :K].to(dev, torch.float32)
+        for j in range(steps):
+            obs = {"motion": m, "partner_motion": p, "props": w["props"][:, j : j + K]}
+            pa = w["partner_actions"][:, j : j + K] if c.partner_actions else None
+            ctx = self.encode_context(obs, w["actions"][:, j : j + K], (), partner_actions=pa, partner_known=w.get("partner_known"))
+            nxt_m = D.apply_motion_delta(ctx["motion_last"], ctx["prior_motion"] * nm.motion_delta_std + nm.motion_delta_mean)
+            nxt_p = D.apply_motion_delta(ctx["partner_last"], ctx["prior_partner_motion"] * nm.partner_delta_std + nm.partner_delta_mean)
+            m = torch.cat([m[:, 1:], nxt_m[:, None]], 1)
+            p = torch.cat([p[:, 1:], nxt_p[:, None]], 1)
+        out = {k: v[:, steps : steps + K + 1] for k, v in w.items() if v.dim() >= 2 and v.shape[1] == T}
+        out["motion"] = torch.cat([m, w["motion"][:, steps + K : steps + K + 1].to(dev, torch.float32)], 1)
+        out["partner_motion"] = torch.cat([p, w["partner_motion"][:, steps + K : steps + K + 1].to(dev, torch.float32)], 1)
+        out["motion_recorded_last"] = w["motion"][:, steps + K - 1].to(dev, torch.float32)
+        out["partner_motion_recorded_last"] = w["partner_motion"][:, steps + K - 1].to(dev, torch.float32)
+        if "partner_known" in w:
+            out["partner_known"] = w["partner_known"]
+        return out
+
     # ------------------------------------------------------------------ training
     def loss(
         self,
@@ -514,7 +557,7 @@ class WorldModel(nn.Module):
         ``state_prior`` MLP is regressed instead of on ``window``: the MLP is cheap, and it needs
         far more samples than the denoiser's batch gives it.
         """
-        c, K = self.config, self.config.context
+        c, K, nm = self.config, self.config.context, self.norm
         w = D.with_props(window)
         obs = {k: w[k][:, :K] for k in OBS_KEYS if k in w}
         if "instruction" in w:
@@ -574,6 +617,18 @@ class WorldModel(nn.Module):
                 ppa = pw["partner_actions"][:, :K] if c.partner_actions else None
                 pctx = self.encode_context(pobs, pw["actions"][:, :K], (), partner_actions=ppa, partner_known=pw.get("partner_known"))
                 px0 = self.targets({k: pw[k] for k in ("motion", "partner_motion", "props")}, pctx)
+                # a context the prior dreamed itself (``prior_rollout``): the target is the recorded
+                # next state, so visible drift (height, pose, velocities) is undone; the root's
+                # horizontal move and turn stay the recorded step's own, since the context cannot
+                # show how far the dreamed root has wandered
+                for m, mean, std in (("motion", nm.motion_delta_mean, nm.motion_delta_std),
+                                     ("partner_motion", nm.partner_delta_mean, nm.partner_delta_std)):
+                    rec = pw.get(f"{m}_recorded_last")
+                    if rec is not None:
+                        true = (D.motion_delta(rec.to(self.device, torch.float32), pw[m][:, K].to(self.device, torch.float32)) - mean) / std
+                        hidden = D.unobservable_root_index()
+                        px0[m] = px0[m].clone()
+                        px0[m][:, hidden] = true[:, hidden]
             for m in ("motion", "partner_motion"):
                 e2 = (pctx[f"prior_{m}"] - px0[m]).pow(2)
                 if m == "motion" and (c.root_loss_weight != 1.0 or c.camera_loss_weight != 1.0):

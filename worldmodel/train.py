@@ -14,7 +14,9 @@ One step:
      from each room's script (``envs.partner.replay_actions``);
   3. loss = sum over modalities of EDM-weighted denoising losses + reward MSE + termination BCE
      (+ for a ``state_prior`` model, the prior's MSE on its own larger batch of state-only windows,
-     ``prior_batch``, drawn like the main batch from (seed, step));
+     ``prior_batch``, drawn like the main batch from (seed, step); with ``prior_rollout`` the prior first dreams a few steps on
+     some windows and learns the recorded next step from its own dreamed context, so that it
+     learns to undo drift rather than carry it);
      a NaN or infinite loss stops the run naming the step and the loss, before the weights change
      (the last checkpoint on disk is the last good one);
   4. AdamW step (gradients averaged across processes by Accelerate / DDP), EMA update;
@@ -397,7 +399,13 @@ def train(cfg: DictConfig) -> Path:
     if PB % world:
         raise ValueError(f"prior_batch={PB} must be divisible by the number of processes ({world})")
     # the state prior's own batches: state-only windows (cheap to slice and to run)
-    ds_state = D.EpisodeWindows([{k: ep[k] for k in PRIOR_KEYS if k in ep} for ep in train_eps], K + 1) if PB else None
+    # (``prior_rollout`` > 0: long enough for the prior to dream up to that many steps first)
+    NR = int(cfg.get("prior_rollout") or 0) if PB else 0
+    if NR < 0:
+        raise ValueError(f"prior_rollout={NR} must be >= 0")
+    ds_state = D.EpisodeWindows([{k: ep[k] for k in PRIOR_KEYS if k in ep} for ep in train_eps], K + 1 + NR) if PB else None
+    if ds_state is not None and len(ds_state) == 0:
+        raise ValueError(f"{cfg.data}: no episode holds {K + 1 + NR} steps (context {K}, prior_rollout {NR})")
     tcfg = OmegaConf.to_container(cfg.noise, resolve=True)
     assert isinstance(tcfg, dict)
 
@@ -467,6 +475,18 @@ def train(cfg: DictConfig) -> Path:
                 gk = torch.Generator().manual_seed(seed * 7_717 + step * 131 + 5)
                 keep = torch.rand(PB, generator=gk) >= float(tcfg.get("p_drop_partner_actions", 0.2))
                 prior_window["partner_known"] = keep[ppos]
+            if NR:
+                # on some steps the prior first dreams n steps from the window's start and then
+                # learns the recorded next step from its own dreamed context (it learns to undo
+                # its drift); n = 0 on half of the steps, else uniform in 1..cap, where the cap grows
+                # by one step every 100 steps up to prior_rollout (an untrained prior's dreams are noise)
+                gr = torch.Generator().manual_seed(seed * 4_051 + step * 389 + 13)
+                cap = min(NR, 1 + step // 100)
+                n = 0 if float(torch.rand(1, generator=gr)[0]) < 0.5 else int(torch.randint(1, cap + 1, (1,), generator=gr)[0])
+                if n:
+                    prior_window = raw.prior_rollout(prior_window, n)
+                else:
+                    prior_window = {k: (v[:, : K + 1] if v.dim() >= 2 else v) for k, v in prior_window.items()}
         for gparam in opt.param_groups:
             gparam["lr"] = lr_sched(step)
         losses = model(batch, noise, sigma, branches, prior_window)
