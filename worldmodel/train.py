@@ -14,9 +14,9 @@ One step:
      from each room's script (``envs.partner.replay_actions``);
   3. loss = sum over modalities of EDM-weighted denoising losses + reward MSE + termination BCE
      (+ for a ``state_prior`` model, the prior's MSE on its own larger batch of state-only windows,
-     ``prior_batch``, drawn like the main batch from (seed, step); with ``prior_rollout`` the prior first dreams a few steps on
-     some windows and learns the recorded next step from its own dreamed context, so that it
-     learns to undo drift rather than carry it);
+     ``prior_batch``, drawn like the main batch from (seed, step); with ``prior_rollout`` the
+     prior first dreams a few steps on some steps' windows and learns the recorded next step from
+     its own dreamed context, so that it learns to undo drift rather than carry it);
      a NaN or infinite loss stops the run naming the step and the loss, before the weights change
      (the last checkpoint on disk is the last good one);
   4. AdamW step (gradients averaged across processes by Accelerate / DDP), EMA update;
