@@ -23,7 +23,7 @@ import torch
 from . import partner as P
 from . import scene
 from .motion import rotate_to_heading
-from .partner import _wrap, face, steer
+from .partner import _wrap, steer
 
 TASK_OBS_DIM = 8
 HEAD, RIGHT_WRIST = 15, 21
@@ -217,42 +217,44 @@ class PushTask(Task):
         pm, ap = self._dists(state, params)
         return _in_frame(state, self._prop(state, params)), _in_frame(state, state.mat_pos), torch.stack((pm, ap), -1)
 
-    BEHIND = 0.7  # metres behind the prop (away from the mat) where a push starts
+    # The expert decides only from what a camera looking straight ahead (head pitched down) shows:
+    # the bearings of the prop and of the mat, and how far away each is. A policy that sees only
+    # the ego frame can therefore imitate it step by step.
+    VISIBLE = 0.7  # rad: |bearing| under which a thing is in the 90-degree frame (head straight)
+    ORBIT_RADIUS = 1.0  # metres kept from the prop while side-stepping round it
+    ALIGNED = 0.12  # rad: the mat's bearing within this of the prop's starts the push
+    PUSH_SPEED = 0.6  # forward command while pushing
+    LATERAL_GAIN = 4.0  # side-step command per radian of misalignment
+    HEAD_PITCH = 0.6  # look down: the prop and the mat are on the floor
 
     def expert(self, state, params):
-        """Go round to the far side of the prop, line up with the mat, walk it onto the mat."""
-        p = self._prop(state, params)
-        a = state.agent_pos[:, :2]
-        to_mat = state.mat_pos - p
-        u = to_mat / torch.linalg.norm(to_mat, dim=-1, keepdim=True).clamp(min=1e-6)
-        n = torch.stack((-u[:, 1], u[:, 0]), -1)
-        rel = a - p
-        along, lat = (rel * u).sum(-1), (rel * n).sum(-1)
-        heading_u = torch.atan2(u[:, 1], u[:, 0])
-        behind = p - u * self.BEHIND
-        # Navigation to the start point; if the prop is in the way, via a point beside it.
-        side = torch.where(lat >= 0, 1.0, -1.0)[:, None]
-        beside = p + n * side * 1.0 - u * (self.BEHIND + 0.05)  # level with the start point: no dithering
-        blocked = (along > -0.45) & (lat.abs() < 0.85)
-        waypoint = torch.where(blocked[:, None], beside, behind)
-        act = steer(state.agent_pos, state.agent_yaw, waypoint, stop=0.0, speed=0.8)
-        near_start = torch.linalg.norm(behind - a, dim=-1) < 0.3
-        act[:, 0] = torch.where(near_start, 0.0, act[:, 0])
-        act[:, 2] = torch.where(near_start, face(state.agent_yaw, heading_u), act[:, 2])
-        # Pushing: behind the prop on the prop-mat line and facing the mat.
-        lined_up = (along < -0.3) & (along > -self.BEHIND - 0.35) & (lat.abs() < 0.3)
-        facing = _wrap(heading_u - state.agent_yaw).abs() < 0.6
-        to_p = p - a
-        dir_p = torch.atan2(to_p[:, 1], to_p[:, 0])
-        aim = dir_p + torch.clamp(_wrap(dir_p - heading_u), -0.4, 0.4)  # over-correct drift
-        push = torch.zeros_like(act)
-        push[:, 2] = face(state.agent_yaw, aim)
-        push[:, 0] = 0.6
-        act = torch.where((lined_up & facing)[:, None], push, act)
-        relp = _in_frame(state, p)
-        act[:, 3] = torch.clamp(torch.atan2(relp[:, 1], relp[:, 0]), -1.0, 1.0)
-        act[:, 4] = 0.6  # look down at the prop
-        return act
+        """Face the prop and side-step round it until the mat lines up behind it, then walk it there.
+
+        Prop out of view: turn left in place. Prop in view, mat seen behind it: side-step toward
+        the line (the prop's bearing moves toward the mat's by parallax), keeping ``ORBIT_RADIUS``
+        from the prop. Mat not seen behind the prop: side-step left (the orbit sweeps the room
+        round the prop until the mat appears behind it). Lined up: walk forward into the prop,
+        side-stepping to keep the mat behind it.
+        """
+        a, yaw = state.agent_pos[:, :2], state.agent_yaw
+        tp, tm = self._prop(state, params) - a, state.mat_pos - a
+        bp = _wrap(torch.atan2(tp[:, 1], tp[:, 0]) - yaw)
+        bm = _wrap(torch.atan2(tm[:, 1], tm[:, 0]) - yaw)
+        dp, dm = torch.linalg.norm(tp, dim=-1), torch.linalg.norm(tm, dim=-1)
+        prop_seen = bp.abs() < self.VISIBLE
+        off = _wrap(bm - bp)  # > 0: the mat appears left of the prop
+        mat_behind = (bm.abs() < self.VISIBLE) & (dm > 0.5) & (dm > dp + 0.2)
+        toward_line = torch.clamp(-self.LATERAL_GAIN * off, -1.0, 1.0)
+        act = torch.zeros(a.shape[0], 6, device=a.device)
+        act[:, 2] = torch.clamp(2.5 * bp, -1.0, 1.0)
+        act[:, 4] = self.HEAD_PITCH
+        pushing = mat_behind & (off.abs() < self.ALIGNED)
+        act[:, 0] = torch.where(pushing, torch.full_like(dp, self.PUSH_SPEED), torch.clamp(1.5 * (dp - self.ORBIT_RADIUS), -0.5, 0.6))
+        act[:, 1] = torch.where(mat_behind, toward_line, torch.ones_like(off))
+        search = torch.zeros_like(act)
+        search[:, 2] = 1.0
+        search[:, 4] = self.HEAD_PITCH
+        return torch.where(prop_seen[:, None], act, search)
 
 
 class SocialTask(Task):

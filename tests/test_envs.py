@@ -107,6 +107,42 @@ def test_reach_expert_succeeds_in_90_percent_of_20_rooms(vec_env_factory):
     assert rate >= 0.9, f"reach expert success {rate:.2f} < 0.90"
 
 
+def _push_world(mat_xy: list[tuple[float, float]], prop_xy=(1.5, 0.0)):
+    """States of len(mat_xy) worlds: the agent at the origin facing +x, the target prop at
+    ``prop_xy``, the mat at each of ``mat_xy``."""
+    from dreamgym.envs.tasks import EpisodeParams, WorldState
+
+    B = len(mat_xy)
+    z = torch.zeros(B, 3)
+    props = torch.zeros(B, scene.N_PROPS, 3)
+    props[:, 0, :2] = torch.tensor(prop_xy)
+    props[:, 1:, :2] = torch.tensor([[-3.0, -3.0], [-3.0, 3.0], [3.0, -3.0]])
+    state = WorldState(agent_pos=z.clone(), agent_yaw=torch.zeros(B), agent_vel=z.clone(), agent_joints=torch.zeros(B, 22, 3),
+                       partner_pos=z.clone(), partner_yaw=torch.zeros(B), partner_vel=z.clone(), partner_joints=torch.zeros(B, 22, 3),
+                       partner_behaviour=torch.zeros(B, dtype=torch.long), prop_pos=props, mat_pos=torch.tensor(mat_xy),
+                       room_half=torch.full((B, 2), 4.0), step=torch.zeros(B, dtype=torch.long))
+    params = EpisodeParams(target=torch.zeros(B, dtype=torch.long), instruction=torch.zeros(B, dtype=torch.long), goal=torch.zeros(B, 2))
+    return state, params
+
+
+def test_push_expert_decides_only_from_what_a_straight_ahead_camera_sees():
+    """The push expert is the VLA's teacher: its action must not depend on where an unseen mat is."""
+    from dreamgym.envs.tasks import PushTask
+
+    task = PushTask()
+    # the mat out of view (behind, left, right of the agent): the same action, an orbit to the left
+    unseen = task.expert(*_push_world([(-2.0, 0.0), (0.0, 2.5), (0.5, -2.5)]))
+    assert torch.equal(unseen, unseen[:1].expand(3, -1))
+    assert unseen[0, 1] == 1.0 and unseen[0, 4] > 0  # side-step left, head down
+    # the mat seen behind the prop: left of it -> step right; right of it -> step left; in line -> push
+    seen = task.expert(*_push_world([(3.5, 0.8), (3.5, -0.8), (3.5, 0.0)]))
+    assert seen[0, 1] < 0 < seen[1, 1]
+    assert seen[2, 0] == PushTask.PUSH_SPEED and seen[2, 1].abs() < 1e-6
+    # the prop out of view: turn left in place whatever the mat does
+    lost = task.expert(*_push_world([(3.5, 0.0), (-2.0, 0.0)], prop_xy=(-1.5, 0.5)))
+    assert torch.equal(lost[0], lost[1]) and lost[0, 2] == 1.0 and lost[0, 0] == 0.0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task, floor", [("push", 0.3), ("social", 0.5), ("avoid", 0.5)])
 def test_other_experts_beat_random(task, floor, vec_env_factory):
