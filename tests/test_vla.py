@@ -176,7 +176,7 @@ def test_train_vla_runs_bc_and_the_grouped_dream_stage_end_to_end(tmp_path):
     out = tmp_path / "vla"
     assert main(["train-vla", f"out={out}", "rounds=2", "steps_per_round=3", "num_envs=2", "updates_per_round=3", "batch=8",
                  f"world_model={wm}", "dream_envs=4", "dream_group=2", "dream_iterations=1", "dream_horizon=2",
-                 "dream_updates=2"]) == 0
+                 "dream_updates=2", "dream_tasks=[reach,push]"]) == 0
     bc, final = VLAPolicy.from_pretrained(out / "bc"), VLAPolicy.from_pretrained(out / "final")
     assert final.config.info["stage"] == "bc+dream_awr"
     stats = final.config.info["dream"]
@@ -185,3 +185,24 @@ def test_train_vla_runs_bc_and_the_grouped_dream_stage_end_to_end(tmp_path):
     assert len(json.loads((out / "train_rooms.json").read_text())) >= 4
     log = (out / "train_log.txt").read_text()
     assert "parse" in log and "keypoints" in log
+
+
+def test_collector_continues_episodes_across_rounds():
+    """DAgger rounds shorter than a push episode still record whole episodes: a round picks up
+    the episodes where the previous one stopped instead of resetting the worlds."""
+    import numpy as np
+
+    from dreamgym.envs import EgoRoomVecEnv
+    from dreamgym.policies.vla import OBS_KEYS
+    from dreamgym.policies.vla_train import Buffer, Collector
+
+    env = EgoRoomVecEnv(num_envs=2, task="push", resolution=16, seed=0, obs_keys=OBS_KEYS, return_tensors=True)
+    buffer, rooms = Buffer(), set()
+    col = Collector(env, "push", np.random.default_rng(0), rooms, grid=4)
+    for _ in range(2):
+        stats = col.run(None, 3, policy_fraction=0.5, noise=0.2, buffer=buffer)
+        assert stats == {"episodes": 0, "successes": 0, "policy_episodes": 0, "policy_successes": 0}
+    assert env.core.state.step.tolist() == [6, 6]
+    assert len(rooms) == 2 and 0 < len(buffer) <= 12
+    assert not col.use_policy.any()  # no policy given: every episode is the expert's
+    env.close()
