@@ -28,7 +28,7 @@ TINY = dict(
 TINY_OVERRIDES = [
     "worldmodel.resolution=16", "worldmodel.context=2", "worldmodel.frame_channels=[8,16]",
     "worldmodel.occupancy_channels=[8,16]", "worldmodel.dim=32", "worldmodel.depth=1", "worldmodel.heads=2",
-    "worldmodel.grid_tokens=2", "worldmodel.reward_hidden=32", "worldmodel.state_prior=32", "prior_rollout=2",
+    "worldmodel.grid_tokens=2", "worldmodel.reward_hidden=32", "worldmodel.state_prior=32", "worldmodel.props_dynamics=16", "prior_rollout=2",
 ]
 
 
@@ -281,6 +281,57 @@ def test_state_prior_is_learned_and_clean_conditions_pass_through():
         x = {k: torch.randn(B, *s) for k, s in (("motion", (227,)), ("partner_motion", (227,)), ("props", (4, 3)))}
         den = m.denoise(ctx, x, {"motion": torch.zeros(B), "partner_motion": torch.ones(B), "props": torch.ones(B)})
     assert torch.allclose(den["motion"], x["motion"], atol=1e-6)
+
+
+def test_props_dynamics_network_moves_the_props_and_learns_from_its_own_dreams(tmp_path):
+    with pytest.raises(ValueError, match="props_dynamics needs a state_prior"):
+        WorldModelConfig(**(TINY | dict(props_dynamics=16)))
+    m = tiny_model(state_prior=16, props_dynamics=16, init_noise=0.0)
+    eps = synthetic_episodes(T=10)
+    wins = [D.collate([D.EpisodeWindows(eps, 3)[i] for i in range(8)])]
+    m.fit_props_features(wins)
+    f = D.props_features(*(wins[0][k][:, i] for k, i in (("motion", 1), ("motion", 2), ("partner_motion", 2))),
+                         D.with_props(wins[0])["props"][:, 0], D.with_props(wins[0])["props"][:, 1])
+    assert f.shape == (8, D.N_PROPS, D.PROPS_FEATS)
+    assert torch.allclose(m.props_feat_mean, f.flatten(0, 1).mean(0), atol=1e-5) and bool((m.props_feat_std > 0).all())
+    # the loss trains the network (its targets are the recorded displacements in 2 mm units)
+    w = D.collate([D.EpisodeWindows(eps, 3)[i] for i in range(6)])
+    noise = {k: torch.randn(6, *s) for k, s in (("motion", (227,)), ("partner_motion", (227,)), ("props", (4, 3)))}
+    losses = m.loss(w, noise, {k: torch.full((6,), 1.0) for k in noise}, branches=())
+    assert float(losses["props_dynamics"].detach()) > 0
+    losses["total"].backward()
+    assert float(m.props_net[0].weight.grad.abs().sum()) > 0
+    # a dream's props are the network's, fed the dreamed bodies and the last two props
+    m.eval()
+    ctx, ws = context_of(eps)
+    a = ws["actions"][:, :2]
+    with torch.no_grad():
+        out = m.imagine(ctx, a, modalities=["motion", "partner_motion", "props"])
+        want = m.props_step(ctx["motion"][:, 1], out["motion"], out["partner_motion"], ctx["props"][:, 0], ctx["props"][:, 1])
+    assert torch.allclose(out["props"], want, atol=1e-5)
+    # given props pass through untouched
+    given = ctx["props"][:, 1] + 0.5
+    assert torch.allclose(m.imagine(ctx, a, modalities=["props"], given={"props": given})["props"], given, atol=1e-5)
+    # the prior's own dreams also dream the props: the target stays the recorded step
+    w6 = D.collate([D.EpisodeWindows(eps, 6)[i] for i in range(3)])
+    r = m.prior_rollout(w6, 3)
+    assert torch.equal(r["props"][:, 2], w6["props"][:, 5].float()) and torch.equal(r["props_recorded_last"], w6["props"][:, 4].float())
+    assert not torch.equal(r["props"][:, :2], w6["props"][:, 3:5].float())
+    # a resting prop that no joint reaches stays at rest; a moving or a touched one does not
+    m.config.props_rest_threshold, m.config.props_contact_radius = 5e-4, 0.75
+    body = ctx["motion"][:, 1]
+    joint0 = D.joints_world(body)[:, 0]
+    last = torch.stack([joint0 + 0.3, joint0 + 50.0, joint0 + 50.0, joint0 + 50.0], 1)
+    prev = last.clone()
+    prev[:, 2] -= 0.01  # prop 2 slid 1 cm last step
+    nxt = last + 0.02
+    kept = m.props_passive(nxt, body, body, prev, last)
+    assert torch.equal(kept[:, 0], nxt[:, 0]) and torch.equal(kept[:, 2], nxt[:, 2])
+    assert torch.equal(kept[:, 1], last[:, 1]) and torch.equal(kept[:, 3], last[:, 3])
+    # the feature statistics are saved with the weights
+    m.save_pretrained(tmp_path / "ck")
+    back = WorldModel.from_pretrained(tmp_path / "ck")
+    assert torch.equal(back.props_feat_std, m.props_feat_std) and back.config.props_dynamics == 16
 
 
 def test_prior_rollout_dreams_what_a_one_step_dream_does():

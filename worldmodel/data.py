@@ -193,6 +193,38 @@ def props_context(props: torch.Tensor, agent_last: torch.Tensor) -> torch.Tensor
     return to_heading(props - agent_last[:, None, None, ROOT_POS], yaw)
 
 
+def joints_world(motion: torch.Tensor) -> torch.Tensor:
+    """World positions (B, 22, 3) of a body's joints from motion vectors (B, 227) (the joints are
+    stored relative to the root, in its heading frame)."""
+    yaw = yaw_of_quat(motion[:, ROOT_QUAT])
+    return from_heading(motion[:, JOINT_POS].reshape(-1, NUM_JOINTS, 3), yaw) + motion[:, None, ROOT_POS]
+
+
+PROP_STEP_SCALE = 500.0  # prop displacements in the props network's units: 2 mm
+PROPS_FEATS = 3 + 3 + 1 + 2 * NUM_JOINTS * 3 + 3 + N_PROPS
+
+
+def props_features(agent_last: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor,
+                   props_prev: torch.Tensor, props_last: torch.Tensor) -> torch.Tensor:
+    """Per-prop inputs (B, 4, PROPS_FEATS) of the props dynamics network, in the agent's last
+    heading frame: the prop relative to the agent's root, its last displacement (2 mm units), its
+    height (cm from 19 cm), both bodies' next joints relative to it, the agent's root move (2 mm
+    units; the frame's own motion) and which prop it is."""
+    B = props_last.shape[0]
+    yaw = yaw_of_quat(agent_last[:, ROOT_QUAT])
+    a1, q1 = joints_world(agent_next), joints_world(partner_next)  # (B, 22, 3)
+    rel_a = to_heading(a1[:, None] - props_last[:, :, None], yaw).flatten(2)  # (B, 4, 66)
+    rel_q = to_heading(q1[:, None] - props_last[:, :, None], yaw).flatten(2)
+    return torch.cat([
+        to_heading(props_last - agent_last[:, None, ROOT_POS], yaw),
+        to_heading(props_last - props_prev, yaw) * PROP_STEP_SCALE,
+        (props_last[..., 2:] - 0.19) * 100.0,
+        rel_a, rel_q,
+        to_heading(agent_next[:, ROOT_POS] - agent_last[:, ROOT_POS], yaw)[:, None].expand(B, N_PROPS, 3) * PROP_STEP_SCALE,
+        torch.eye(N_PROPS, device=props_last.device, dtype=props_last.dtype).expand(B, N_PROPS, N_PROPS),
+    ], -1)
+
+
 def props_delta(last: torch.Tensor, nxt: torch.Tensor, agent_last: torch.Tensor) -> torch.Tensor:
     """Prop displacements (B, 4, 3) in the agent's last heading frame."""
     return to_heading(nxt - last, yaw_of_quat(agent_last[:, ROOT_QUAT]))

@@ -119,6 +119,21 @@ class WorldModelConfig:
     # transformer alone underfits fine pose detail -- the head's turn under a head command, which
     # places the camera -- where a flat MLP fits it easily. Width of its hidden layers; 0: none.
     state_prior: int = 0
+    # A learned per-prop dynamics network (an MLP shared by the props; hidden width, 0: none): it
+    # predicts each prop's next displacement from the prop's last displacement and height, its
+    # place relative to the agent, and the next joints of both bodies relative to it -- a contact
+    # model. With it the props of a dream are its output rather than the diffusion's. It trains on
+    # the state prior's batches (needs ``state_prior`` and ``context`` >= 2), on the prior's own
+    # dreamed next bodies (what it is fed when dreaming), also from contexts whose props it dreamed
+    # itself (``prior_rollout``; the target is then the recorded step's displacement, so a slide it
+    # imagined is braked), with a Huber loss on displacements in units of 2 mm: the millimetre
+    # settling of a prop is learned as well as a kick.
+    props_dynamics: int = 0
+    # Props are passive: a prop at rest (its last displacement under ``props_rest_threshold``) with
+    # no joint of either body within this many metres of its centre stays at rest (decoding, props
+    # network models; an inference-time option, 0: off). It stops slides the network imagines far
+    # from any body.
+    props_contact_radius: float = 0.0
     # The partner's controller commands (6 floats per step, like the agent's actions) are a
     # condition: the partner is scripted, and its script is known wherever the model dreams (a
     # dream env runs it; a recording replays it, ``envs.partner.replay_actions``). Without them
@@ -152,6 +167,8 @@ class WorldModelConfig:
             raise ValueError(f"context must be at least 1, got {self.context}")
         if self.ego_warp and not (self.ego_depth and "ego" in self.modalities):
             raise ValueError("ego_warp needs ego frames with depth (modalities with 'ego' and ego_depth: true)")
+        if self.props_dynamics and not (self.state_prior and self.context >= 2):
+            raise ValueError(f"props_dynamics needs a state_prior (got {self.state_prior}) and context >= 2 (got {self.context})")
 
     @property
     def edm(self) -> edm.EDMParams:
@@ -183,6 +200,8 @@ class WorldModelConfig:
         d.setdefault("props_rest_threshold", 0.0)
         d.setdefault("state_prior", 0)
         d.setdefault("partner_actions", False)
+        d.setdefault("props_dynamics", 0)
+        d.setdefault("props_contact_radius", 0.0)
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -214,6 +233,12 @@ class WorldModel(nn.Module):
             n_in = K * (2 * MOTION_DIM + 3 * D.N_PROPS) + c.action_dim * (K + 1) + (n_pa if c.partner_actions else 0)
             h = int(c.state_prior)
             self.prior = nn.Sequential(nn.Linear(n_in, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 2 * MOTION_DIM))
+        if c.props_dynamics:
+            h = int(c.props_dynamics)
+            self.props_net = nn.Sequential(nn.Linear(D.PROPS_FEATS, h), nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 3))
+            # the features' statistics (``fit_props_features``; saved with the weights)
+            self.register_buffer("props_feat_mean", torch.zeros(D.PROPS_FEATS))
+            self.register_buffer("props_feat_std", torch.ones(D.PROPS_FEATS))
         # body / props tokens: in = noisy change (F) [+ the prior's change (F)] + K context values (K*F)
         n_body = K + 1 + (1 if c.state_prior else 0)
         self.in_root = nn.ModuleDict({m: nn.Linear(D.ROOT_FEATS * n_body, d) for m in ("motion", "partner_motion")})
@@ -280,6 +305,7 @@ class WorldModel(nn.Module):
             "motion_last": last,
             "partner_last": p[:, K - 1],
             "props_last": props[:, K - 1],
+            "props_prev": props[:, max(K - 2, 0)],
             "motion_ctx": (D.motion_context(m, last) - nm.motion_ctx_mean) / nm.motion_ctx_std,
             "partner_ctx": (D.partner_context(p, last) - nm.partner_ctx_mean) / nm.partner_ctx_std,
             "props_ctx": (D.props_context(props, last) - nm.props_ctx_mean) / nm.props_ctx_std,
@@ -496,6 +522,63 @@ class WorldModel(nn.Module):
         nxt = torch.cat([x0["motion"], x0["partner_motion"], x0["props"].flatten(1)], 1)
         return self.reward_head(torch.cat([a, now, nxt], 1))
 
+    # ------------------------------------------------------------------ props dynamics
+    def props_step(self, agent_last: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor,
+                   props_prev: torch.Tensor, props_last: torch.Tensor) -> torch.Tensor:
+        """The props network's next props (B, 4, 3) (world frame) from the agent's last motion and
+        both bodies' next motion (B, 227) and the props at the last two steps (B, 4, 3)."""
+        f = D.props_features(agent_last, agent_next, partner_next, props_prev, props_last)
+        d = self.props_net((f - self.props_feat_mean) / self.props_feat_std) / D.PROP_STEP_SCALE
+        return props_last + D.from_heading(d, D.yaw_of_quat(agent_last[:, D.ROOT_QUAT]))
+
+    def props_passive(self, nxt: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor,
+                      props_prev: torch.Tensor, props_last: torch.Tensor) -> torch.Tensor:
+        """Keep at rest the props (B, 4, 3) that were at rest and that no joint of either next body
+        comes within ``props_contact_radius`` of."""
+        c = self.config
+        joints = torch.cat([D.joints_world(agent_next), D.joints_world(partner_next)], 1)  # (B, 44, 3)
+        reach = (joints[:, None] - props_last[:, :, None]).norm(dim=-1).amin(-1) < c.props_contact_radius  # (B, 4)
+        resting = (props_last - props_prev).norm(dim=-1) < c.props_rest_threshold
+        return torch.where((resting & ~reach)[..., None], props_last, nxt)
+
+    @torch.no_grad()
+    def fit_props_features(self, windows, floor: float = 1e-3) -> None:
+        """The props network's feature statistics from (B, K+1, ...) training windows."""
+        if not self.config.props_dynamics:
+            raise ValueError("fit_props_features: this model has no props_dynamics network")
+        feats = []
+        for w in windows:
+            w = D.with_props(w)
+            K = w["motion"].shape[1] - 1
+            m, p, pr = w["motion"].float(), w["partner_motion"].float(), w["props"].float()
+            feats.append(D.props_features(m[:, K - 1], m[:, K], p[:, K], pr[:, K - 2], pr[:, K - 1]).flatten(0, 1))
+        if not feats:
+            raise ValueError("fit_props_features got no windows")
+        f = torch.cat(feats)
+        self.props_feat_mean.copy_(f.mean(0))
+        self.props_feat_std.copy_(f.std(0).clamp_min(floor))
+
+    def _next_bodies(self, ctx: Mapping[str, torch.Tensor], motion: torch.Tensor, partner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised body changes -> next motion vectors (agent, partner)."""
+        nm = self.norm
+        return (D.apply_motion_delta(ctx["motion_last"], motion * nm.motion_delta_std + nm.motion_delta_mean),
+                D.apply_motion_delta(ctx["partner_last"], partner * nm.partner_delta_std + nm.partner_delta_mean))
+
+    def props_loss(self, window: Mapping[str, torch.Tensor], ctx: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Huber loss of the props network on a state-only (B, K+1, ...) window whose context was
+        encoded (``ctx``, with the state prior's outputs): it is fed the prior's next bodies (what
+        it gets when dreaming) and learns the recorded step's displacement (``props_recorded_last``
+        marks a context whose props were dreamed)."""
+        K = self.config.context
+        props = window["props"].to(self.device, torch.float32)
+        agent_next, partner_next = self._next_bodies(ctx, ctx["prior_motion"].detach(), ctx["prior_partner_motion"].detach())
+        f = D.props_features(ctx["motion_last"], agent_next, partner_next, props[:, K - 2], props[:, K - 1])
+        pred = self.props_net((f - self.props_feat_mean) / self.props_feat_std)
+        rec_last = window.get("props_recorded_last")
+        rec_last = props[:, K - 1] if rec_last is None else rec_last.to(self.device, torch.float32)
+        target = D.to_heading(props[:, K] - rec_last, D.yaw_of_quat(ctx["motion_last"][:, D.ROOT_QUAT])) * D.PROP_STEP_SCALE
+        return F.smooth_l1_loss(pred, target)
+
     # ------------------------------------------------------------------ the prior on its own dreams
     @torch.no_grad()
     def prior_rollout(self, window: Mapping[str, torch.Tensor], steps: int) -> dict[str, torch.Tensor]:
@@ -519,17 +602,23 @@ class WorldModel(nn.Module):
         dev = self.device
         m = w["motion"][:, :K].to(dev, torch.float32)
         p = w["partner_motion"][:, :K].to(dev, torch.float32)
+        pr = w["props"][:, :K].to(dev, torch.float32)
         for j in range(steps):
-            obs = {"motion": m, "partner_motion": p, "props": w["props"][:, j : j + K]}
+            obs = {"motion": m, "partner_motion": p, "props": pr if c.props_dynamics else w["props"][:, j : j + K]}
             pa = w["partner_actions"][:, j : j + K] if c.partner_actions else None
             ctx = self.encode_context(obs, w["actions"][:, j : j + K], (), partner_actions=pa, partner_known=w.get("partner_known"))
-            nxt_m = D.apply_motion_delta(ctx["motion_last"], ctx["prior_motion"] * nm.motion_delta_std + nm.motion_delta_mean)
-            nxt_p = D.apply_motion_delta(ctx["partner_last"], ctx["prior_partner_motion"] * nm.partner_delta_std + nm.partner_delta_mean)
+            nxt_m, nxt_p = self._next_bodies(ctx, ctx["prior_motion"], ctx["prior_partner_motion"])
+            if c.props_dynamics:  # the props are dreamed too, by the props network given the dreamed bodies
+                nxt_pr = self.props_step(ctx["motion_last"], nxt_m, nxt_p, pr[:, K - 2], pr[:, K - 1])
+                pr = torch.cat([pr[:, 1:], nxt_pr[:, None]], 1)
             m = torch.cat([m[:, 1:], nxt_m[:, None]], 1)
             p = torch.cat([p[:, 1:], nxt_p[:, None]], 1)
         out = {k: v[:, steps : steps + K + 1] for k, v in w.items() if v.dim() >= 2 and v.shape[1] == T}
         out["motion"] = torch.cat([m, w["motion"][:, steps + K : steps + K + 1].to(dev, torch.float32)], 1)
         out["partner_motion"] = torch.cat([p, w["partner_motion"][:, steps + K : steps + K + 1].to(dev, torch.float32)], 1)
+        if c.props_dynamics:
+            out["props"] = torch.cat([pr, w["props"][:, steps + K : steps + K + 1].to(dev, torch.float32)], 1)
+            out["props_recorded_last"] = w["props"][:, steps + K - 1].to(dev, torch.float32)
         out["motion_recorded_last"] = w["motion"][:, steps + K - 1].to(dev, torch.float32)
         out["partner_motion_recorded_last"] = w["partner_motion"][:, steps + K - 1].to(dev, torch.float32)
         if "partner_known" in w:
@@ -638,6 +727,9 @@ class WorldModel(nn.Module):
                     e2 = e2 * (wt / wt.mean())
                 out[f"prior_{m}"] = e2.mean()
                 total = total + out[f"prior_{m}"]
+        if c.props_dynamics:
+            out["props_dynamics"] = self.props_loss(D.with_props(prior_window) if prior_window is not None else w, pctx)
+            total = total + out["props_dynamics"]
         r = self.reward_outputs(ctx, x0)
         rew = (w["rewards"][:, K - 1].to(r) - self.norm.reward_mean) / self.norm.reward_std
         out["reward"] = F.mse_loss(r[:, 0], rew)
@@ -778,6 +870,13 @@ class WorldModel(nn.Module):
                 # long dreams (held-out 64-step agent MPJPE 85 vs 125 mm with the denoiser's)
                 x0 |= {m: ctx[f"prior_{m}"] for m in ("motion", "partner_motion") if m in x0}
         x0 = x0 | clean
+        if c.props_dynamics and "props" not in clean:
+            # the props move by the props network, given the bodies just dreamed (or given)
+            agent_next, partner_next = self._next_bodies(ctx, x0["motion"], x0["partner_motion"])
+            nxt = self.props_step(ctx["motion_last"], agent_next, partner_next, ctx["props_prev"], ctx["props_last"])
+            if c.props_contact_radius > 0:
+                nxt = self.props_passive(nxt, agent_next, partner_next, ctx["props_prev"], ctx["props_last"])
+            x0["props"] = D.props_delta(ctx["props_last"], nxt, ctx["motion_last"]) / self.norm.props_delta_std
         out = self._decode(ctx, x0)
         r = self.reward_outputs(ctx, x0)
         out["reward"] = r[:, 0] * self.norm.reward_std + self.norm.reward_mean

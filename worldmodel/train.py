@@ -421,6 +421,8 @@ def train(cfg: DictConfig) -> Path:
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n_stat].tolist()
         model.norm.fit((D.collate([ds[i] for i in idx[j : j + 64]]) for j in range(0, n_stat, 64)), mcfg.resolution, mcfg.ego_depth,
                        warp=mcfg.ego_warp)
+        if mcfg.props_dynamics:
+            model.fit_props_features(D.collate([ds[i] for i in idx[j : j + 64]]) for j in range(0, n_stat, 64))
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay), betas=(0.9, 0.99))
     ema = EMA(model, float(cfg.ema_decay))
     if ckpt is not None:
