@@ -123,17 +123,32 @@ class OccupancyGrid:
             if bool(sel.any()):
                 occ = (in_z[:, sel, :, None] & in_xy[:, sel, None, :]).any(dim=1)  # (B, Z, XY)
                 grid = torch.where(occ, torch.tensor(cls, dtype=torch.uint8, device=grid.device), grid)
-        for cls, joints in ((PARTNER, partner_joints), (AGENT, agent_joints)):
-            pts = joints[:, self.bone_par] * (1 - self.bone_w)[None, :, None] + joints[:, self.bone_chi] * self.bone_w[None, :, None]
-            rel = pts - agent_pos[:, None, :]
-            hx = c * rel[..., 0] + s * rel[..., 1]
-            hy = -s * rel[..., 0] + c * rel[..., 1]
-            ix = torch.floor((hx + X * v / 2) / v).long()
-            iy = torch.floor((hy + Y * v / 2) / v).long()
-            iz = torch.floor(pts[..., 2] / v).long()
-            ok = (ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (iz >= 0) & (iz < Z)
-            b = torch.arange(B, device=grid.device)[:, None].expand_as(ix)
-            flat = grid.view(-1)
-            lin = (b * Z + iz) * (X * Y) + ix * Y + iy
-            flat[lin[ok]] = cls
-        return grid.view(B, Z, X, Y)
+        grid = grid.view(B, Z, X, Y)
+        mark_skeletons(grid, self.spec, agent_pos, agent_yaw, agent_joints, partner_joints, (self.bone_par, self.bone_chi, self.bone_w))
+        return grid
+
+
+def mark_skeletons(grid: torch.Tensor, spec: GridSpec, agent_pos: torch.Tensor, agent_yaw: torch.Tensor,
+                   agent_joints: torch.Tensor, partner_joints: torch.Tensor, bones=None) -> torch.Tensor:
+    """Mark both skeletons (world joints (B, 22, 3)) in a (B, Z, X, Y) uint8 grid in place, in the
+    heading frame of the agent at ``agent_pos`` (B, 3) / ``agent_yaw`` (B,): the voxels holding
+    a sample of a bone get the partner's class, then the agent's. Returns the grid."""
+    X, Y, Z = spec.size
+    v = spec.voxel
+    B = grid.shape[0]
+    par, chi, w = _bone_samples(grid.device) if bones is None else bones
+    c, s = torch.cos(agent_yaw)[:, None], torch.sin(agent_yaw)[:, None]
+    flat = grid.view(-1)
+    for cls, joints in ((PARTNER, partner_joints), (AGENT, agent_joints)):
+        pts = joints[:, par] * (1 - w)[None, :, None] + joints[:, chi] * w[None, :, None]
+        rel = pts - agent_pos[:, None, :]
+        hx = c * rel[..., 0] + s * rel[..., 1]
+        hy = -s * rel[..., 0] + c * rel[..., 1]
+        ix = torch.floor((hx + X * v / 2) / v).long()
+        iy = torch.floor((hy + Y * v / 2) / v).long()
+        iz = torch.floor(pts[..., 2] / v).long()
+        ok = (ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (iz >= 0) & (iz < Z)
+        b = torch.arange(B, device=grid.device)[:, None].expand_as(ix)
+        lin = (b * Z + iz) * (X * Y) + ix * Y + iy
+        flat[lin[ok]] = cls
+    return grid

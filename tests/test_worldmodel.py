@@ -7,6 +7,7 @@ the two-process (gloo) equivalence test is marked slow.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -28,7 +29,8 @@ TINY = dict(
 TINY_OVERRIDES = [
     "worldmodel.resolution=16", "worldmodel.context=2", "worldmodel.frame_channels=[8,16]",
     "worldmodel.occupancy_channels=[8,16]", "worldmodel.dim=32", "worldmodel.depth=1", "worldmodel.heads=2",
-    "worldmodel.grid_tokens=2", "worldmodel.reward_hidden=32", "worldmodel.state_prior=32", "worldmodel.props_dynamics=16", "prior_rollout=2",
+    "worldmodel.grid_tokens=2", "worldmodel.reward_hidden=32", "worldmodel.state_prior=32", "worldmodel.props_dynamics=16",
+    "worldmodel.occupancy_warp=true", "prior_rollout=2",
 ]
 
 
@@ -575,3 +577,57 @@ def test_props_at_rest_stay_at_rest():
     assert torch.equal(held["props"], ctx["props"][:, -1])
     m.config.props_rest_threshold = 1e-9  # nothing is dropped
     assert torch.equal(m.imagine(ctx, a, modalities=["props"], init_noise=0.0)["props"], free["props"])
+
+
+def test_warp_occupancy_carries_the_scenery_into_the_next_heading_frame():
+    from dreamgym.envs.occupancy import AGENT, STATIC
+
+    def body(x, y, yaw):
+        m = torch.zeros(1, 227)
+        m[0, 0:3] = torch.tensor([x, y, 0.9])
+        m[0, 3] = math.cos(yaw / 2)
+        m[0, 6] = math.sin(yaw / 2)
+        m[0, 73:161] = torch.tensor([1.0, 0, 0, 0]).repeat(22)
+        return m  # every joint at the pelvis
+
+    occ = torch.zeros(1, 8, 32, 32, dtype=torch.uint8)
+    occ[0, :4, 20, 16] = STATIC  # a pillar 1.1 m ahead
+    occ[0, 3, 16, 16] = AGENT  # the old body, which must not be carried along
+    far = body(100.0, 100.0, 0.0)
+    # one voxel forward: the pillar comes one voxel closer, the front row is new ground
+    g, v = D.warp_occupancy(occ, body(0, 0, 0), body(0.25, 0, 0), far)
+    assert g[0, :4, 19, 16].eq(STATIC).all() and int((g == STATIC).sum()) == 4
+    assert g[0, 3, 16, 16] == AGENT and int((g == AGENT).sum()) == 1
+    assert not v[0, 0, 31].any() and v[0, 0, :31].all()
+    # a half turn about the pelvis mirrors the grid through its centre
+    g, v = D.warp_occupancy(occ, body(0, 0, 0), body(0, 0, math.pi), far)
+    assert g[0, :4, 11, 15].eq(STATIC).all() and int((g == STATIC).sum()) == 4 and bool(v.all())
+
+
+def test_an_occupancy_warp_model_measures_the_next_grid_from_the_carried_one():
+    m = tiny_model(occupancy_warp=True).eval()
+    ctx, ws = context_of(synthetic_episodes())
+    a = ws["actions"][:, :2]
+    with torch.no_grad():
+        out = m.imagine(ctx, a, modalities=["occupancy"], init_noise=0.0)
+        assert out["occupancy"].shape == (3, 8, 32, 32) and out["occupancy"].dtype == torch.uint8
+        # given both next bodies, the base is the last grid carried to them (valid where covered)
+        enc = m.encode_context(ctx, a, ("occupancy",))
+        assert float(enc["occupancy_base_valid"].sum()) == 0  # no next bodies yet: the last grid
+        m.occupancy_base(enc, ws["motion"][:, 2], ws["partner_motion"][:, 2])
+        grid, valid = D.warp_occupancy(ctx["occupancy"][:, 1], ctx["motion"][:, 1], ws["motion"][:, 2], ws["partner_motion"][:, 2])
+        assert torch.equal(enc["occupancy_base_model"], D.occupancy_to_model(grid))
+        assert torch.equal(enc["occupancy_base_valid"], valid.float())
+        # a scene memory (the rollout's real grid) is carried instead where it covers
+        mem = m.scene_memory(ctx)
+        assert set(mem) >= {"memory_occupancy", "memory_motion"} and torch.equal(mem["memory_occupancy"], ctx["occupancy"][:, 1])
+        other = {"memory_occupancy": torch.ones_like(ctx["occupancy"][:, 1]), "memory_motion": ctx["motion"][:, 1]}
+        enc2 = m.encode_context(ctx | other, a, ("occupancy",))
+        m.occupancy_base(enc2, ws["motion"][:, 2], ws["partner_motion"][:, 2])
+        mgrid, mvalid = D.warp_occupancy(other["memory_occupancy"], ctx["motion"][:, 1], ws["motion"][:, 2], ws["partner_motion"][:, 2])
+        assert torch.equal(enc2["occupancy_base_model"], D.occupancy_to_model(torch.where(mvalid, mgrid, grid)))
+        # and the dream's grid is decoded from it
+        given = {"motion": ws["motion"][:, 2], "partner_motion": ws["partner_motion"][:, 2]}
+        x0 = {"occupancy": torch.zeros(3, m.config.n_occ_channels, 32, 32)}
+        dec = m._decode(enc, {**m._given_to_model(given, enc), "props": torch.zeros(3, 4, 3), **x0})
+        assert torch.equal(dec["occupancy"], grid)

@@ -275,6 +275,40 @@ def occupancy_from_model(x: torch.Tensor) -> torch.Tensor:
     return x.view(B, C // N_OCC_CLASSES, N_OCC_CLASSES, X, Y).argmax(2).to(torch.uint8)
 
 
+def warp_occupancy(occ_last: torch.Tensor, agent_last: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor,
+                   voxel: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last occupancy grid (B, Z, X, Y) uint8 carried into the agent's next heading frame.
+
+    The grid is egocentric (centred on the pelvis, x ahead): its scenery (walls, furniture,
+    props) is resampled at the next frame's voxel centres (nearest voxel of the last frame), and
+    both bodies are drawn afresh from their next motions (B, 227), as the simulator draws them.
+    Returns the grid and ``valid`` (B, 1, X, Y) bool: the columns the last grid covered (the
+    others are new ground, left free).
+    """
+    from dreamgym.envs.occupancy import PARTNER, GridSpec, mark_skeletons
+
+    B, Z, X, Y = occ_last.shape
+    dev = occ_last.device
+    ax = (torch.arange(X, device=dev) + 0.5) * voxel - X * voxel / 2
+    ay = (torch.arange(Y, device=dev) + 0.5) * voxel - Y * voxel / 2
+    gx, gy = torch.meshgrid(ax, ay, indexing="ij")
+    y1, y0 = yaw_of_quat(agent_next[:, ROOT_QUAT]), yaw_of_quat(agent_last[:, ROOT_QUAT])
+    c1, s1 = torch.cos(y1)[:, None, None], torch.sin(y1)[:, None, None]
+    c0, s0 = torch.cos(y0)[:, None, None], torch.sin(y0)[:, None, None]
+    p1, p0 = agent_next[:, ROOT_POS], agent_last[:, ROOT_POS]
+    rx = p1[:, 0, None, None] + c1 * gx - s1 * gy - p0[:, 0, None, None]
+    ry = p1[:, 1, None, None] + s1 * gx + c1 * gy - p0[:, 1, None, None]
+    hx, hy = c0 * rx + s0 * ry, -s0 * rx + c0 * ry
+    ix = torch.floor((hx + X * voxel / 2) / voxel).long()
+    iy = torch.floor((hy + Y * voxel / 2) / voxel).long()
+    valid = (ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y)  # (B, X, Y)
+    lin = (ix.clamp(0, X - 1) * Y + iy.clamp(0, Y - 1)).view(B, 1, X * Y).expand(B, Z, X * Y)
+    scene = torch.where(occ_last >= PARTNER, torch.zeros_like(occ_last), occ_last).view(B, Z, X * Y)
+    grid = torch.where(valid.view(B, 1, X * Y), scene.gather(2, lin), torch.zeros_like(scene)).view(B, Z, X, Y).contiguous()
+    mark_skeletons(grid, GridSpec((X, Y, Z), voxel), p1, y1, joints_world(agent_next), joints_world(partner_next))
+    return grid, valid[:, None]
+
+
 # ----------------------------------------------------------------------------- statistics
 class Normalizer(nn.Module):
     """Dataset statistics for the model's inputs and targets (buffers: saved with the weights).

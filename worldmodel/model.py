@@ -67,6 +67,8 @@ OBS_KEYS = ("ego_rgb", "ego_depth", "motion", "partner_motion", "props", "occupa
 # Scene memory of an ``ego_warp`` dream (see ``WorldModel.scene_memory``): a real frame, its depth
 # and the motion it was seen from, carried unchanged through a rollout's contexts.
 MEMORY_KEYS = ("memory_rgb", "memory_depth", "memory_motion")
+# ... and of an ``occupancy_warp`` model: the rollout's real occupancy grid and the motion it was seen from
+OCC_MEMORY_KEYS = ("memory_occupancy", "memory_motion")
 
 
 @dataclass
@@ -80,6 +82,7 @@ class WorldModelConfig:
     modalities: list[str] = field(default_factory=lambda: list(D.MODALITIES))
     ego_depth: bool = True  # depth as a 4th frame channel
     occupancy_shape: list[int] = field(default_factory=lambda: [8, 32, 32])  # (Z, X, Y)
+    occupancy_voxel: float = 0.25  # metres per voxel of the data's grid (``occupancy_warp`` moves the grid by it)
     frame_channels: list[int] = field(default_factory=lambda: [32, 64, 96])
     occupancy_channels: list[int] = field(default_factory=lambda: [32, 64, 96])
     layers_per_block: int = 1
@@ -134,6 +137,12 @@ class WorldModelConfig:
     # network models; an inference-time option, 0: off). It stops slides the network imagines far
     # from any body.
     props_contact_radius: float = 0.0
+    # The occupancy grid is egocentric, so its next step is predicted relative to the last grid
+    # *carried into the next heading frame* (``D.warp_occupancy``: the scenery resampled under the
+    # agent's move and turn, both bodies drawn afresh from their next motions) whenever the next
+    # bodies are known -- given, or dreamed first in a state-only pass. The occupancy branch reads
+    # that base and its validity; the network learns what the geometry cannot explain.
+    occupancy_warp: bool = False
     # The partner's controller commands (6 floats per step, like the agent's actions) are a
     # condition: the partner is scripted, and its script is known wherever the model dreams (a
     # dream env runs it; a recording replays it, ``envs.partner.replay_actions``). Without them
@@ -167,6 +176,8 @@ class WorldModelConfig:
             raise ValueError(f"context must be at least 1, got {self.context}")
         if self.ego_warp and not (self.ego_depth and "ego" in self.modalities):
             raise ValueError("ego_warp needs ego frames with depth (modalities with 'ego' and ego_depth: true)")
+        if self.occupancy_warp and "occupancy" not in self.modalities:
+            raise ValueError("occupancy_warp needs the occupancy modality")
         if self.props_dynamics and not (self.state_prior and self.context >= 2):
             raise ValueError(f"props_dynamics needs a state_prior (got {self.state_prior}) and context >= 2 (got {self.context})")
 
@@ -202,6 +213,7 @@ class WorldModelConfig:
         d.setdefault("partner_actions", False)
         d.setdefault("props_dynamics", 0)
         d.setdefault("props_contact_radius", 0.0)
+        d.setdefault("occupancy_warp", False)
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -262,7 +274,8 @@ class WorldModel(nn.Module):
         for m, ch, n_in in (("ego", c.frame_channels, c.n_frame_channels), ("occupancy", c.occupancy_channels, c.n_occ_channels)):
             if m not in c.modalities:
                 continue
-            extra = n_in + 1 if (m == "ego" and c.ego_warp) else 0  # the warped base frame and its validity
+            # the warped base (frame / grid) and its validity
+            extra = n_in + 1 if ((m == "ego" and c.ego_warp) or (m == "occupancy" and c.occupancy_warp)) else 0
             self.branches[m] = UNetBranch(n_in * (K + 1) + extra, n_in, ch, d, c.layers_per_block, c.groups)
             self.grid[m] = GridTokens(ch[-1], d, c.grid_tokens)
             self.absent[m] = nn.Parameter(torch.randn(n_grid, d) * 0.02)
@@ -353,6 +366,11 @@ class WorldModel(nn.Module):
             oc = D.occupancy_to_model(context["occupancy"].to(dev))  # (B, K, Z*5, X, Y)
             out["occupancy_ctx"] = oc.flatten(1, 2)
             out["occupancy_last_model"] = oc[:, K - 1]
+            out["occupancy_last"] = context["occupancy"][:, K - 1].to(dev)
+            if c.occupancy_warp:
+                if all(k in context for k in OCC_MEMORY_KEYS):
+                    out |= {k: context[k].to(dev) for k in OCC_MEMORY_KEYS}
+                self.occupancy_base(out)
         return out
 
     def frame_base(self, ctx: dict[str, torch.Tensor], next_motion: torch.Tensor | None = None, warp: torch.Tensor | None = None) -> None:
@@ -390,6 +408,33 @@ class WorldModel(nn.Module):
         r = self.config.resolution
         ctx["ego_base_valid"] = valid if valid.shape[-1] == r else F.interpolate(valid, size=(r, r), mode="area")
 
+    def occupancy_base(self, ctx: dict[str, torch.Tensor], next_motion: torch.Tensor | None = None,
+                       next_partner: torch.Tensor | None = None, warp: torch.Tensor | None = None) -> None:
+        """Set the grid the next occupancy's change is measured from (``occupancy_warp`` models), in
+        ``ctx``: where ``warp`` (B,) is true (default: all, when the next bodies (B, 227) are given)
+        the last grid carried into the next heading frame with both bodies redrawn
+        (``D.warp_occupancy``), elsewhere the last grid; ``occupancy_base_valid`` (B, 1, X, Y)
+        marks the columns the carried grid covers (0 for an unwarped base).
+
+        With a scene memory in ``ctx`` (``OCC_MEMORY_KEYS``: a real grid of this rollout), the
+        columns that grid carried to the next bodies covers come from it instead: one resampling
+        of a real grid rather than a chain of resamplings of dreamed ones."""
+        last = ctx["occupancy_last"]
+        B = last.shape[0]
+        base_model, valid = ctx["occupancy_last_model"], torch.zeros(B, 1, *last.shape[-2:], device=last.device)
+        if next_motion is not None and next_partner is not None:
+            w = torch.ones(B, dtype=torch.bool, device=last.device) if warp is None else warp.to(last.device).bool()
+            if bool(w.any()):
+                nm, npart = next_motion.to(last.device, torch.float32), next_partner.to(last.device, torch.float32)
+                grid, gv = D.warp_occupancy(last, ctx["motion_last"], nm, npart, self.config.occupancy_voxel)
+                if "memory_occupancy" in ctx:
+                    mg, mv = D.warp_occupancy(ctx["memory_occupancy"], ctx["memory_motion"].float(), nm, npart, self.config.occupancy_voxel)
+                    grid, gv = torch.where(mv, mg, grid), gv | mv
+                sel = w.view(B, 1, 1, 1)
+                base_model = torch.where(sel, D.occupancy_to_model(grid), base_model)
+                valid = (gv & sel).float()
+        ctx["occupancy_base_model"], ctx["occupancy_base_valid"] = base_model, valid
+
     def targets(self, window: Mapping[str, torch.Tensor], ctx: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The normalised next-step changes x0 of each modality from a (B, K+1, ...) window."""
         c, K, nm = self.config, self.config.context, self.norm
@@ -410,7 +455,7 @@ class WorldModel(nn.Module):
             x0["ego"] = (fr - base) / nm.frame_delta_std.view(1, -1, 1, 1)
         if "occupancy_ctx" in ctx and "occupancy" in window:
             oc = D.occupancy_to_model(window["occupancy"][:, K].to(dev))
-            x0["occupancy"] = (oc - ctx["occupancy_last_model"]) / 2.0 / nm.occupancy_delta_std
+            x0["occupancy"] = (oc - ctx.get("occupancy_base_model", ctx["occupancy_last_model"])) / 2.0 / nm.occupancy_delta_std
         return x0
 
     # ------------------------------------------------------------------ the denoiser
@@ -480,6 +525,8 @@ class WorldModel(nn.Module):
                 inp = torch.cat([scaled(m), ctx[f"{m}_ctx"]], 1)
                 if m == "ego" and c.ego_warp:
                     inp = torch.cat([inp, ctx["ego_base_model"], ctx["ego_base_valid"]], 1)
+                if m == "occupancy" and c.occupancy_warp:
+                    inp = torch.cat([inp, ctx["occupancy_base_model"], ctx["occupancy_base_valid"]], 1)
                 h, skips = self.branches[m].encode(inp, mod_cond[m])
                 enc[m] = (h, skips)
                 grid_toks.append(self.grid[m].tokens(h))
@@ -662,6 +709,10 @@ class WorldModel(nn.Module):
             # warp where the next motion is a clean condition (as at inference); elsewhere the
             # base is the last frame, so that the base never leaks a motion being denoised
             self.frame_base(ctx, w["motion"][:, K].to(self.device, torch.float32), sigma["motion"].to(self.device) == 0)
+        if c.occupancy_warp and "occupancy_ctx" in ctx:
+            # carried to the next bodies where both are clean conditions (as at inference)
+            clean = (sigma["motion"].to(self.device) == 0) & (sigma["partner_motion"].to(self.device) == 0)
+            self.occupancy_base(ctx, w["motion"][:, K], w["partner_motion"][:, K], clean)
         x0 = self.targets(w, ctx)
         xin, sig = {}, {}
         for m in x0:
@@ -835,7 +886,7 @@ class WorldModel(nn.Module):
             if not bool(torch.isfinite(partner_actions).all()):
                 raise ValueError("partner_actions contain NaN or infinite values")
         first = None
-        if c.ego_warp and "ego" in gen_mods and "motion" not in given_mods:
+        if ((c.ego_warp and "ego" in gen_mods) or (c.occupancy_warp and "occupancy" in gen_mods)) and "motion" not in given_mods:
             # two passes: the bodies and props first (state only, cheap), then the frames (and
             # occupancy) given them, relative to the last frame warped to the dreamed head pose
             state_given = {k: v for k, v in given.items() if D.modality_of_key(k) in D.STATE_MODALITIES}
@@ -846,6 +897,8 @@ class WorldModel(nn.Module):
         ctx = self.encode_context(context, actions, branches, partner_actions=partner_actions)
         if c.ego_warp and "ego" in branches and "motion" in given:
             self.frame_base(ctx, given["motion"])
+        if c.occupancy_warp and "occupancy" in branches and "motion" in given and "partner_motion" in given:
+            self.occupancy_base(ctx, given["motion"], given["partner_motion"])
         clean = self._given_to_model(given, ctx) if given else {}
         B = ctx["motion_ctx"].shape[0]
         shapes = self._target_shapes(B)
@@ -929,7 +982,7 @@ class WorldModel(nn.Module):
         ctx = {k: context[k] for k in obs_keys}
         if "instruction" in context:
             ctx["instruction"] = context["instruction"]
-        ctx |= {k: context[k] for k in MEMORY_KEYS if k in context} or self.scene_memory(context)
+        ctx |= {k: context[k] for k in MEMORY_KEYS + OCC_MEMORY_KEYS if k in context} or self.scene_memory(context)
         if partner_actions is not None and tuple(partner_actions.shape[:2]) != (B, K - 1 + H):
             raise ValueError(f"partner_actions has shape {tuple(partner_actions.shape)}, expected {(B, K - 1 + H, 6)} (B, K-1+H, 6)")
         frames = []
@@ -946,13 +999,21 @@ class WorldModel(nn.Module):
         return {k: torch.stack([f[k] for f in frames], 1) for k in frames[0]}
 
     def scene_memory(self, context: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The scene memory entries (``MEMORY_KEYS``) for a rollout that starts from ``context``:
-        its last (real) frame, depth and motion. Add them to the context passed to every
-        ``imagine`` call of the rollout (``rollout`` does); empty for models without ``ego_warp``
-        or a context without frames."""
-        if not self.config.ego_warp or not all(k in context for k in ("ego_rgb", "ego_depth", "motion")):
-            return {}
-        return {"memory_rgb": context["ego_rgb"][:, -1], "memory_depth": context["ego_depth"][:, -1], "memory_motion": context["motion"][:, -1]}
+        """The scene memory entries for a rollout that starts from ``context``: its last (real)
+        frame, depth and motion (``MEMORY_KEYS``, ``ego_warp`` models) and its last occupancy grid
+        (``OCC_MEMORY_KEYS``, ``occupancy_warp`` models). Add them to the context passed to every
+        ``imagine`` call of the rollout (``rollout`` does); empty when the model warps nothing
+        the context holds."""
+        c, mem = self.config, {}
+        if "motion" not in context:
+            return mem
+        if c.ego_warp and all(k in context for k in ("ego_rgb", "ego_depth")):
+            mem |= {"memory_rgb": context["ego_rgb"][:, -1], "memory_depth": context["ego_depth"][:, -1]}
+        if c.occupancy_warp and "occupancy" in context:
+            mem["memory_occupancy"] = context["occupancy"][:, -1]
+        if mem:
+            mem["memory_motion"] = context["motion"][:, -1]
+        return mem
 
     def output_keys(self) -> list[str]:
         """The observation keys this model generates."""
@@ -1002,7 +1063,7 @@ class WorldModel(nn.Module):
             if depth is not None:
                 out["ego_depth"] = depth
         if "occupancy" in x0:
-            out["occupancy"] = D.occupancy_from_model(ctx["occupancy_last_model"] + 2.0 * x0["occupancy"] * nm.occupancy_delta_std)
+            out["occupancy"] = D.occupancy_from_model(ctx.get("occupancy_base_model", ctx["occupancy_last_model"]) + 2.0 * x0["occupancy"] * nm.occupancy_delta_std)
         return out
 
     # ------------------------------------------------------------------ persistence

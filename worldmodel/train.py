@@ -197,6 +197,10 @@ def draw_noise(
         if c.ego_warp and "ego" in mods and float(torch.rand(1, generator=gs)[0]) < float(tcfg.get("p_warp", 0.7)):
             # frames predicted given the next motion: relative to the last frame warped to it
             sigma["motion"][-1] = 0.0
+        if c.occupancy_warp and "occupancy" in mods and float(torch.rand(1, generator=gs)[0]) < float(tcfg.get("p_warp", 0.7)):
+            # occupancy predicted given both next bodies: relative to the last grid carried to them
+            sigma["motion"][-1] = 0.0
+            sigma["partner_motion"][-1] = 0.0
         if c.partner_actions:
             # some samples train without the partner's commands, so that the model also dreams
             # when a caller has none
