@@ -574,9 +574,12 @@ class WorldModel(nn.Module):
                    props_prev: torch.Tensor, props_last: torch.Tensor) -> torch.Tensor:
         """The props network's next props (B, 4, 3) (world frame) from the agent's last motion and
         both bodies' next motion (B, 227) and the props at the last two steps (B, 4, 3)."""
-        f = D.props_features(agent_last, agent_next, partner_next, props_prev, props_last)
-        d = self.props_net((f - self.props_feat_mean) / self.props_feat_std) / D.PROP_STEP_SCALE
+        d = self._props_net(D.props_features(agent_last, agent_next, partner_next, props_prev, props_last)) / D.PROP_STEP_SCALE
         return props_last + D.from_heading(d, D.yaw_of_quat(agent_last[:, D.ROOT_QUAT]))
+
+    def _props_net(self, feats: torch.Tensor) -> torch.Tensor:
+        """The props network on (B, 4, PROPS_FEATS) features: displacements in 2 mm units, heading frame."""
+        return self.props_net((feats - self.props_feat_mean) / self.props_feat_std)
 
     def props_passive(self, nxt: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor,
                       props_prev: torch.Tensor, props_last: torch.Tensor) -> torch.Tensor:
@@ -620,7 +623,7 @@ class WorldModel(nn.Module):
         props = window["props"].to(self.device, torch.float32)
         agent_next, partner_next = self._next_bodies(ctx, ctx["prior_motion"].detach(), ctx["prior_partner_motion"].detach())
         f = D.props_features(ctx["motion_last"], agent_next, partner_next, props[:, K - 2], props[:, K - 1])
-        pred = self.props_net((f - self.props_feat_mean) / self.props_feat_std)
+        pred = self._props_net(f)
         rec_last = window.get("props_recorded_last")
         rec_last = props[:, K - 1] if rec_last is None else rec_last.to(self.device, torch.float32)
         target = D.to_heading(props[:, K] - rec_last, D.yaw_of_quat(ctx["motion_last"][:, D.ROOT_QUAT])) * D.PROP_STEP_SCALE
