@@ -16,9 +16,10 @@ Episodes of a dataset are named ``episode_<id>`` with the manifest's episode id,
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,8 +97,9 @@ def episode_name(episode_id: int) -> str:
     return f"episode_{int(episode_id):06d}"
 
 
-def dataset_episode_entries(root: str | Path, split: str = "all", episodes: Sequence[int] | None = None,
-                            max_episodes: int | None = None) -> list[tuple[Path, dict[str, Any]]]:
+def dataset_episode_entries(
+    root: str | Path, split: str = "all", episodes: Sequence[int] | None = None, max_episodes: int | None = None
+) -> list[tuple[Path, dict[str, Any]]]:
     """(shard path, manifest episode entry) of the chosen episodes, in collection order.
 
     ``split``: all, train or heldout (the manifest's split of each room); ``episodes``: ids to
@@ -133,9 +135,14 @@ def dataset_episode_entries(root: str | Path, split: str = "all", episodes: Sequ
     return chosen
 
 
-def iter_dataset_episodes(root: str | Path, keys: Sequence[str] | None = None, split: str = "all",
-                          episodes: Sequence[int] | None = None, max_episodes: int | None = None,
-                          with_props: bool = False) -> Iterator[DatasetEpisode]:
+def iter_dataset_episodes(
+    root: str | Path,
+    keys: Sequence[str] | None = None,
+    split: str = "all",
+    episodes: Sequence[int] | None = None,
+    max_episodes: int | None = None,
+    with_props: bool = False,
+) -> Iterator[DatasetEpisode]:
     """Read the chosen episodes of a dataset one at a time (observation ``keys``: None for all).
 
     ``with_props`` adds ``obs["props"]`` (T+1, 4, 3), prop positions read from ``qpos``.

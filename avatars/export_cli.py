@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,15 @@ SIDES = {"agent": "agent_motion", "partner": "partner_motion"}
 STREAMS = ("real", "dream")
 
 
-def export_motion(motion: np.ndarray, fps: float, folder: Path, stem: str, smplx_model_dir: str | None = None,
-                  gender: str = "neutral", bvh_units_per_metre: float = 100.0) -> dict[str, str]:
+def export_motion(
+    motion: np.ndarray,
+    fps: float,
+    folder: Path,
+    stem: str,
+    smplx_model_dir: str | None = None,
+    gender: str = "neutral",
+    bvh_units_per_metre: float = 100.0,
+) -> dict[str, str]:
     """Write ``{stem}.npz/.bvh/.glb`` (and ``{stem}_mesh.npz`` with a SMPL-X model) of a motion
     sequence (T, 227) into ``folder``; the written paths by format."""
     params = motion_to_smplx(motion)
@@ -89,8 +97,10 @@ def run(cfg) -> int:
 
     source = cfg.get("data") or cfg.get("path")
     if not source or not cfg.get("out"):
-        raise SystemExit("dreamgym export: give data=<dataset, eval-wm run or viewer bundle> and out=<folder>, "
-                         "e.g. `dreamgym export data=data/reach out=exports/reach`")
+        raise SystemExit(
+            "dreamgym export: give data=<dataset, eval-wm run or viewer bundle> and out=<folder>, "
+            "e.g. `dreamgym export data=data/reach out=exports/reach`"
+        )
     torch.set_num_threads(int(cfg.threads))
     out = Path(cfg.out)
     streams = [s for s in cfg.streams if s in STREAMS]
@@ -102,8 +112,10 @@ def run(cfg) -> int:
     try:
         src = detect_source(source)
         if src.kind == "checkpoint":
-            raise ValueError(f"{src.path} is a world-model checkpoint; to export dreams of a dataset made with it, "
-                             f"give data=<dataset dir> checkpoint={src.path}")
+            raise ValueError(
+                f"{src.path} is a world-model checkpoint; to export dreams of a dataset made with it, "
+                f"give data=<dataset dir> checkpoint={src.path}"
+            )
         split = cfg.split if cfg.split != "auto" else ("heldout" if src.kind == "run" else "all")
         dream_wanted = "dream" in streams and (src.kind in ("run", "checkpoint") or cfg.checkpoint not in (None, "auto", "none"))
         if src.kind in ("dataset", "run") and not dream_wanted:  # recorded motion only: straight from the dataset
@@ -117,10 +129,18 @@ def run(cfg) -> int:
                 resolved_path = src.path
             else:
                 resolved = resolve_bundle(
-                    src.path, data=None, checkpoint=cfg.checkpoint if "dream" in streams else "none", split=split,
-                    episodes=episodes, max_episodes=max_episodes, dream_steps=cfg.get("dream_steps"),
-                    num_steps=int(cfg.num_steps), seed=int(cfg.seed), device=cfg.device,
-                    dataset_default_dream=False, progress=bool(cfg.progress),
+                    src.path,
+                    data=None,
+                    checkpoint=cfg.checkpoint if "dream" in streams else "none",
+                    split=split,
+                    episodes=episodes,
+                    max_episodes=max_episodes,
+                    dream_steps=cfg.get("dream_steps"),
+                    num_steps=int(cfg.num_steps),
+                    seed=int(cfg.seed),
+                    device=cfg.device,
+                    dataset_default_dream=False,
+                    progress=bool(cfg.progress),
                 )
                 resolved_path = resolved.path
             fps, total, items = _bundle_items(resolved_path, streams)
@@ -135,8 +155,9 @@ def run(cfg) -> int:
             bar.set_postfix_str(f"{name} {stream} {side}", refresh=False)
             stem = side if stream == "real" else f"dream_{side}"
             try:
-                files = export_motion(motion(), fps, out / name, stem, cfg.get("smplx_model_dir"), cfg.gender,
-                                      float(cfg.bvh_units_per_metre))
+                files = export_motion(
+                    motion(), fps, out / name, stem, cfg.get("smplx_model_dir"), cfg.gender, float(cfg.bvh_units_per_metre)
+                )
             except FileNotFoundError as e:  # no SMPL-X model files where smplx_model_dir points
                 raise SystemExit(f"dreamgym export: {e}") from None
             except ValueError as e:
@@ -150,8 +171,13 @@ def run(cfg) -> int:
             remove_temporary(resolved)
     if not written:
         raise SystemExit(f"dreamgym export: nothing to export from {source} (no {split} episodes or streams {streams})")
-    index = {"source": described_source, "fps": fps, "frame": "SMPL-X (x left, y up, z forward), metres",
-             "bvh_units_per_metre": float(cfg.bvh_units_per_metre), "episodes": written}
+    index = {
+        "source": described_source,
+        "fps": fps,
+        "frame": "SMPL-X (x left, y up, z forward), metres",
+        "bvh_units_per_metre": float(cfg.bvh_units_per_metre),
+        "episodes": written,
+    }
     atomic_write_bytes(out / "export.json", json.dumps(index, indent=1).encode())
     count = sum(len(v) for v in written.values())
     print(f"dreamgym export: {count} sequences of {len(written)} episodes in {out}")

@@ -142,9 +142,7 @@ def bvh_text(params: SmplxParams, fps: float, units_per_metre: float = 100.0) ->
     return "\n".join(lines) + "\n"
 
 
-def write_bvh(
-    path: str | os.PathLike[str], params: SmplxParams, fps: float, units_per_metre: float = 100.0
-) -> Path:
+def write_bvh(path: str | os.PathLike[str], params: SmplxParams, fps: float, units_per_metre: float = 100.0) -> Path:
     """Write ``params`` as BVH (centimetres by default; ``units_per_metre=1`` for metres)."""
     return atomic_write_bytes(path, bvh_text(params, fps, units_per_metre).encode("ascii"))
 
@@ -162,9 +160,7 @@ class _GlbBuilder:
             np.dtype(np.uint16): pygltflib.UNSIGNED_SHORT,
         }[array.dtype]
         data = np.ascontiguousarray(array).tobytes()
-        self.gltf.bufferViews.append(
-            pygltflib.BufferView(buffer=0, byteOffset=len(self.blob), byteLength=len(data), target=target)
-        )
+        self.gltf.bufferViews.append(pygltflib.BufferView(buffer=0, byteOffset=len(self.blob), byteLength=len(data), target=target))
         self.blob += data + b"\0" * (-len(data) % 4)  # keep every view 4-byte aligned
         flat = array.reshape(array.shape[0], -1)
         self.gltf.accessors.append(
@@ -203,9 +199,7 @@ def glb_bytes(params: SmplxParams, fps: float) -> bytes:
     for j in range(NUM_JOINTS):
         rest_global[j] = rest_root if j == 0 else rest_global[PARENTS[j]] + SMPLX_REST_OFFSETS[j]
         translation = rest_root if j == 0 else SMPLX_REST_OFFSETS[j]
-        gltf.nodes.append(
-            pygltflib.Node(name=JOINT_NAMES[j], translation=translation.tolist(), children=children(j))
-        )
+        gltf.nodes.append(pygltflib.Node(name=JOINT_NAMES[j], translation=translation.tolist(), children=children(j)))
 
     positions, joint_ids, weights, indices = _marker_mesh(rest_global)
     attributes = pygltflib.Attributes(
@@ -258,9 +252,7 @@ def write_glb(path: str | os.PathLike[str], params: SmplxParams, fps: float) -> 
     return atomic_write_bytes(path, glb_bytes(params, fps))
 
 
-def export_episode(
-    motion: Any, fps: float, out_dir: str | os.PathLike[str], stem: str, betas: Any = None
-) -> dict[str, Path]:
+def export_episode(motion: Any, fps: float, out_dir: str | os.PathLike[str], stem: str, betas: Any = None) -> dict[str, Path]:
     """Write ``{stem}.npz``, ``{stem}.bvh`` and ``{stem}.glb`` of a motion sequence (T, 227).
 
     ``motion`` is numpy or torch, either side, simulator or dream. Returns the paths by format:

@@ -32,9 +32,7 @@ def check_finite(array: np.ndarray, name: str) -> None:
     bad = ~np.isfinite(array)
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
-            f"{name} contains {int(bad.sum())} non-finite value(s), first {array[first]} at index {first}"
-        )
+        raise ValueError(f"{name} contains {int(bad.sum())} non-finite value(s), first {array[first]} at index {first}")
 
 
 def as_motion_array(motion: Any) -> np.ndarray:
@@ -58,9 +56,7 @@ def as_motion_array(motion: Any) -> np.ndarray:
     return array
 
 
-def forward_kinematics(
-    root_pos: np.ndarray, local_rotmats: np.ndarray, offsets: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def forward_kinematics(root_pos: np.ndarray, local_rotmats: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Joint positions and global rotations of the 22-joint tree.
 
     root_pos (T, 3): the pelvis position. local_rotmats (T, 22, 3, 3): each joint's rotation

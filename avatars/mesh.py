@@ -85,8 +85,7 @@ def smplx_meshes(
     )
     if model.num_betas < params.betas.shape[0] and np.any(params.betas[model.num_betas :]):
         raise ValueError(
-            f"betas has {params.betas.shape[0]} entries but the model at {model_file} has only "
-            f"{model.num_betas} shape components"
+            f"betas has {params.betas.shape[0]} entries but the model at {model_file} has only {model.num_betas} shape components"
         )
     betas = torch.as_tensor(params.betas[: model.num_betas], dtype=torch.float32).expand(batch, -1)
     with torch.no_grad():

@@ -68,9 +68,13 @@ def score(model, rec: dict[str, torch.Tensor], horizon: int, stride: int) -> dic
         else:
             ctx = {k: rec[k][ok, t0 - 1 : t0 + 1] for k in ("motion", "partner_motion", "props")}
             with torch.no_grad():
-                out = model.rollout(ctx, rec["actions"][ok, t0 : t0 + horizon], past_actions=rec["actions"][ok, t0 - 1 : t0],
-                                    partner_actions=rec["partner_actions"][ok, t0 - 1 : t0 + horizon],
-                                    modalities=["motion", "partner_motion", "props"])
+                out = model.rollout(
+                    ctx,
+                    rec["actions"][ok, t0 : t0 + horizon],
+                    past_actions=rec["actions"][ok, t0 - 1 : t0],
+                    partner_actions=rec["partner_actions"][ok, t0 - 1 : t0 + horizon],
+                    modalities=["motion", "partner_motion", "props"],
+                )
             dream = out["props"][:, -1] - start
         r, d = real[..., :2].reshape(-1, 2), dream[..., :2].reshape(-1, 2)
         rows.append(torch.stack([r.norm(dim=-1), d.norm(dim=-1), (r - d).norm(dim=-1)], 1))
@@ -78,10 +82,14 @@ def score(model, rec: dict[str, torch.Tensor], horizon: int, stride: int) -> dic
     moved, rest = R[:, 0] > 0.05, R[:, 0] < 0.005
     corr = float(np.corrcoef(R[moved, 0], R[moved, 1])[0, 1]) if model is not None and R[moved, 1].std() > 0 else None
     return {
-        "props_windows": int(len(R)), "moved_windows": int(moved.sum()),
-        "moved_real_mean_m": float(R[moved, 0].mean()), "moved_dream_mean_m": float(R[moved, 1].mean()),
-        "moved_err_m": float(R[moved, 2].mean()), "moved_corr": corr,
-        "rest_false_moves": int((R[rest, 1] > 0.05).sum()), "rest_windows": int(rest.sum()),
+        "props_windows": int(len(R)),
+        "moved_windows": int(moved.sum()),
+        "moved_real_mean_m": float(R[moved, 0].mean()),
+        "moved_dream_mean_m": float(R[moved, 1].mean()),
+        "moved_err_m": float(R[moved, 2].mean()),
+        "moved_corr": corr,
+        "rest_false_moves": int((R[rest, 1] > 0.05).sum()),
+        "rest_windows": int(rest.sum()),
         "all_err_m": float(R[:, 2].mean()),
     }
 
@@ -102,7 +110,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     rec = record(args.num_envs, args.steps, args.seed)
-    res = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "hold_pose": score(None, rec, args.horizon, args.stride)}
+    res = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "hold_pose": score(None, rec, args.horizon, args.stride),
+    }
     for ck in args.checkpoint or [str(DEFAULT_CHECKPOINT)]:
         res[ck] = score(WorldModel.from_pretrained(ck), rec, args.horizon, args.stride)
     res["seconds"] = round(time.time() - t0, 1)

@@ -27,6 +27,6 @@ def __getattr__(name):  # lazy: importing the package must not start Warp or Ope
 if "dreamgym/EgoRoom-v0" not in registry:
     register(id="dreamgym/EgoRoom-v0", entry_point="dreamgym.envs.ego_room_env:EgoRoomEnv")
 if "dreamgym/Dream-v0" not in registry:
-    register(id="dreamgym/Dream-v0", entry_point="dreamgym.envs.dream_env:DreamEnv")
+    register(id="dreamgym/Dream-v0", entry_point="dreamgym.worldmodel.dream_env:DreamEnv")
 if "dreamgym/EgoRoomVec-v0" not in registry:
     register(id="dreamgym/EgoRoomVec-v0", vector_entry_point="dreamgym.envs.vec_env:EgoRoomVecEnv")

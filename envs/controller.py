@@ -48,7 +48,7 @@ class GaitState:
     wave_phase: torch.Tensor
 
     @classmethod
-    def zeros(cls, n: int, device: torch.device | str = "cpu") -> "GaitState":
+    def zeros(cls, n: int, device: torch.device | str = "cpu") -> GaitState:
         return cls(torch.zeros(n, device=device), torch.zeros(n, device=device))
 
     def reset(self, mask: torch.Tensor) -> None:
@@ -114,9 +114,7 @@ def actuator_targets(action: torch.Tensor, yaw: torch.Tensor, gait: GaitState, d
     waving = level > WAVE_LEVEL
     limb[:, _J["r_sh_flex"]] = (1 - w) * swing + w * torch.clamp(level * math.pi, max=2.7)
     limb[:, _J["r_sh_abd"]] = ARM_DOWN_ABD + w * 0.25
-    limb[:, _J["r_elbow"]] = torch.where(
-        waving, 0.6 + 0.5 * torch.sin(gait.wave_phase), (1 - w) * (0.25 + 0.25 * amp) + w * 0.1
-    )
+    limb[:, _J["r_elbow"]] = torch.where(waving, 0.6 + 0.5 * torch.sin(gait.wave_phase), (1 - w) * (0.25 + 0.25 * amp) + w * 0.1)
     return ctrl
 
 

@@ -8,8 +8,8 @@ drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import mujoco
 import numpy as np
@@ -77,9 +77,7 @@ class EgoRoomCore:
         self.fresh = torch.ones(B, dtype=torch.bool, device=dev)
         self.mat_pos = torch.zeros(B, 2, device=dev)
         self.room_half = torch.zeros(B, 2, device=dev)
-        self.box_geoms = torch.as_tensor(
-            np.concatenate([self.idx.wall_geoms, self.idx.furniture_geoms, self.idx.prop_geoms]), device=dev
-        )
+        self.box_geoms = torch.as_tensor(np.concatenate([self.idx.wall_geoms, self.idx.furniture_geoms, self.idx.prop_geoms]), device=dev)
         n_static = len(self.idx.wall_geoms) + len(self.idx.furniture_geoms)
         self.box_class = torch.tensor([STATIC] * n_static + [MOVABLE] * scene.N_PROPS, device=dev)
         self.box_is_ball = torch.tensor([False] * n_static + [s == "ball" for s in scene.PROP_SHAPES], device=dev)
@@ -165,9 +163,15 @@ class EgoRoomCore:
             step=self.steps.clone(),
         )
         occ = self.occupancy(
-            state.agent_pos, state.agent_yaw,
-            sim.geom_xpos[:, self.box_geoms].float(), sim.geom_xmat[:, self.box_geoms].reshape(self.B, -1, 3, 3).float(),
-            self.box_half, self.box_is_ball, self.box_class, state.agent_joints, state.partner_joints,
+            state.agent_pos,
+            state.agent_yaw,
+            sim.geom_xpos[:, self.box_geoms].float(),
+            sim.geom_xmat[:, self.box_geoms].reshape(self.B, -1, 3, 3).float(),
+            self.box_half,
+            self.box_is_ball,
+            self.box_class,
+            state.agent_joints,
+            state.partner_joints,
         )
         obs = {
             "motion": motion,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering unless the user chose otherwise
 
@@ -206,6 +207,8 @@ class EgoRoomEnv(gym.Env):
         dist = np.zeros(h * w)
         geomid = np.zeros(h * w, np.int32)
         group = np.array([1, 1, 1, 0, 0, 0], np.uint8)
-        mujoco.mj_multiRay(self.model, d, d.cam_xpos[cam].copy(), (dirs / norm).ravel(), group, True, -1, geomid, dist, None, h * w, MAX_DEPTH * 2)
+        mujoco.mj_multiRay(
+            self.model, d, d.cam_xpos[cam].copy(), (dirs / norm).ravel(), group, True, -1, geomid, dist, None, h * w, MAX_DEPTH * 2
+        )
         depth = np.where(dist < 0, MAX_DEPTH, dist / norm[:, 0])
         return np.clip(depth, 0.0, MAX_DEPTH).astype(np.float32).reshape(1, h, w)

@@ -45,7 +45,7 @@ class SceneIndex:
     overhead_camera: int
 
     @classmethod
-    def from_model(cls, m: mujoco.MjModel) -> "SceneIndex":
+    def from_model(cls, m: mujoco.MjModel) -> SceneIndex:
         B, G, J, C = mujoco.mjtObj.mjOBJ_BODY, mujoco.mjtObj.mjOBJ_GEOM, mujoco.mjtObj.mjOBJ_JOINT, mujoco.mjtObj.mjOBJ_CAMERA
         names = skeleton.JOINT_NAMES
         n_act = scene.N_ACT_PER_BODY
@@ -90,9 +90,7 @@ def room_geom_fields(m: mujoco.MjModel, idx: SceneIndex, spec: scene.RoomSpec) -
     T, H = scene.WALL_THICK, scene.WALL_HEIGHT / 2
     wall_pos = [(hx + T, 0, H), (-hx - T, 0, H), (0, hy + T, H), (0, -hy - T, H)]
     wall_size = [(T, hy + 2 * T, H), (T, hy + 2 * T, H), (hx + 2 * T, T, H), (hx + 2 * T, T, H)]
-    boxes = list(zip(idx.wall_geoms, wall_pos, wall_size)) + list(
-        zip(idx.furniture_geoms, spec.furniture_pos, spec.furniture_size)
-    )
+    boxes = list(zip(idx.wall_geoms, wall_pos, wall_size)) + list(zip(idx.furniture_geoms, spec.furniture_pos, spec.furniture_size))
     for g, p, s in boxes:
         pos[g] = p
         size[g] = s

@@ -70,9 +70,7 @@ def rotate_to_heading(v: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
     return torch.stack((c * x + s * y, -s * x + c * y, z), dim=-1)
 
 
-def compute_motion(
-    joint_xpos: torch.Tensor, joint_xquat: torch.Tensor, prev_joint_xpos: torch.Tensor | None, dt: float
-) -> torch.Tensor:
+def compute_motion(joint_xpos: torch.Tensor, joint_xquat: torch.Tensor, prev_joint_xpos: torch.Tensor | None, dt: float) -> torch.Tensor:
     """Motion vectors (B, 227) from world joint positions (B, 22, 3) and orientations (B, 22, 4).
 
     ``joint_xquat`` are the bodies' world orientations; because every body's rest frame is aligned
@@ -92,9 +90,7 @@ def compute_motion(
         vel = torch.zeros_like(rel)
     else:
         vel = rotate_to_heading((joint_xpos - prev_joint_xpos) / dt, yaw)
-    return torch.cat(
-        (root_pos, root_quat, rel.reshape(B, -1), local.reshape(B, -1), vel.reshape(B, -1)), dim=-1
-    ).to(torch.float32)
+    return torch.cat((root_pos, root_quat, rel.reshape(B, -1), local.reshape(B, -1), vel.reshape(B, -1)), dim=-1).to(torch.float32)
 
 
 def split_motion(motion: torch.Tensor) -> dict[str, torch.Tensor]:

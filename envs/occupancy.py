@@ -128,8 +128,15 @@ class OccupancyGrid:
         return grid
 
 
-def mark_skeletons(grid: torch.Tensor, spec: GridSpec, agent_pos: torch.Tensor, agent_yaw: torch.Tensor,
-                   agent_joints: torch.Tensor, partner_joints: torch.Tensor, bones=None) -> torch.Tensor:
+def mark_skeletons(
+    grid: torch.Tensor,
+    spec: GridSpec,
+    agent_pos: torch.Tensor,
+    agent_yaw: torch.Tensor,
+    agent_joints: torch.Tensor,
+    partner_joints: torch.Tensor,
+    bones=None,
+) -> torch.Tensor:
     """Mark both skeletons (world joints (B, 22, 3)) in a (B, Z, X, Y) uint8 grid in place, in the
     heading frame of the agent at ``agent_pos`` (B, 3) / ``agent_yaw`` (B,): the voxels holding
     a sample of a bone get the partner's class, then the agent's. Returns the grid."""

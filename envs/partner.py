@@ -59,10 +59,11 @@ class PartnerScripts:
     timer: torch.Tensor
 
     @classmethod
-    def empty(cls, n: int, device) -> "PartnerScripts":
+    def empty(cls, n: int, device) -> PartnerScripts:
         z = lambda *s, dt=torch.long: torch.zeros(*s, dtype=dt, device=device)  # noqa: E731
-        return cls(z(n, SCRIPT_LEN), torch.ones(n, SCRIPT_LEN, dtype=torch.long, device=device),
-                   z(n, SCRIPT_LEN, 2, dt=torch.float32), z(n), z(n))
+        return cls(
+            z(n, SCRIPT_LEN), torch.ones(n, SCRIPT_LEN, dtype=torch.long, device=device), z(n, SCRIPT_LEN, 2, dt=torch.float32), z(n), z(n)
+        )
 
     def load(self, worlds: torch.Tensor, packed: dict[str, np.ndarray]) -> None:
         dev = self.behaviour.device

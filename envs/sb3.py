@@ -6,7 +6,8 @@ and ``step_tensors`` / ``reset_tensors`` with same-step autoreset, as ``EgoRoomV
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -199,8 +199,23 @@ def _humanoid_xml(prefix: str, rgba: tuple[float, ...], with_camera: bool) -> st
     for j, suffix, axis, kp in LIMB_JOINTS:
         joints_of.setdefault(j, []).append((suffix, axis, kp))
     col = _fmt(rgba)
-    bone_radius = {0: 0.09, 3: 0.1, 6: 0.11, 9: 0.11, 1: 0.07, 2: 0.07, 4: 0.055, 5: 0.055,
-                   16: 0.045, 17: 0.045, 18: 0.038, 19: 0.038, 12: 0.05, 13: 0.05, 14: 0.05}
+    bone_radius = {
+        0: 0.09,
+        3: 0.1,
+        6: 0.11,
+        9: 0.11,
+        1: 0.07,
+        2: 0.07,
+        4: 0.055,
+        5: 0.055,
+        16: 0.045,
+        17: 0.045,
+        18: 0.038,
+        19: 0.038,
+        12: 0.05,
+        13: 0.05,
+        14: 0.05,
+    }
 
     def body(j: int, depth: int) -> str:
         ind = "  " * depth
@@ -210,27 +225,39 @@ def _humanoid_xml(prefix: str, rgba: tuple[float, ...], with_camera: bool) -> st
             for rj, (typ, axis) in zip(ROOT_JOINTS, (("slide", "1 0 0"), ("slide", "0 1 0"), ("slide", "0 0 1"), ("hinge", "0 0 1"))):
                 lines.append(f'{ind}  <joint name="{prefix}{rj}" type="{typ}" axis="{axis}" damping="5" armature="1" limited="false"/>')
             # Torso collider: the only part of the body that meets walls, furniture and the other body.
-            lines.append(f'{ind}  <geom name="{prefix}collider" type="capsule" fromto="0 0 -0.45 0 0 0.6" size="{COLLIDER_RADIUS}" '
-                         f'mass="0" contype="12" conaffinity="9" group="3" rgba="0 0 0 0"/>')
-            lines.append(f'{ind}  <geom type="capsule" fromto="0 0.08 -0.04 0 -0.08 -0.04" size="0.1" contype="0" conaffinity="0" rgba="{col}"/>')
+            lines.append(
+                f'{ind}  <geom name="{prefix}collider" type="capsule" fromto="0 0 -0.45 0 0 0.6" size="{COLLIDER_RADIUS}" '
+                f'mass="0" contype="12" conaffinity="9" group="3" rgba="0 0 0 0"/>'
+            )
+            lines.append(
+                f'{ind}  <geom type="capsule" fromto="0 0.08 -0.04 0 -0.08 -0.04" size="0.1" contype="0" conaffinity="0" rgba="{col}"/>'
+            )
         for suffix, axis, _kp in joints_of.get(j, []):
-            lines.append(f'{ind}  <joint name="{prefix}{suffix}" type="hinge" axis="{_fmt(axis)}" damping="2" armature="0.05" limited="false"/>')
+            lines.append(
+                f'{ind}  <joint name="{prefix}{suffix}" type="hinge" axis="{_fmt(axis)}" damping="2" armature="0.05" limited="false"/>'
+            )
         for c in skeleton.children(j):
             if j in (9,) and c in (13, 14):  # collars: the chest is drawn by the spine capsules
                 continue
             r = bone_radius.get(j, 0.04)
-            lines.append(f'{ind}  <geom type="capsule" fromto="0 0 0 {_fmt(skeleton.REST_OFFSETS[c])}" size="{r}" '
-                         f'contype="0" conaffinity="0" rgba="{col}"/>')
+            lines.append(
+                f'{ind}  <geom type="capsule" fromto="0 0 0 {_fmt(skeleton.REST_OFFSETS[c])}" size="{r}" '
+                f'contype="0" conaffinity="0" rgba="{col}"/>'
+            )
         if j == 15:  # head
             lines.append(f'{ind}  <geom type="sphere" pos="0.01 0 0.09" size="0.105" contype="0" conaffinity="0" rgba="{col}"/>')
-            lines.append(f'{ind}  <geom type="box" pos="0.09 0 0.1" size="0.02 0.06 0.025" contype="0" conaffinity="0" rgba="0.1 0.1 0.1 1"/>')
+            lines.append(
+                f'{ind}  <geom type="box" pos="0.09 0 0.1" size="0.02 0.06 0.025" contype="0" conaffinity="0" rgba="0.1 0.1 0.1 1"/>'
+            )
             if with_camera:
                 # Looks along the head's +x with +z up.
                 lines.append(f'{ind}  <camera name="ego" pos="{_fmt(EGO_CAM_POS)}" xyaxes="0 -1 0 0 0 1" fovy="{EGO_CAM_FOVY:g}"/>')
         if j in (20, 21):  # hands push props
             sign = 1.0 if j == 20 else -1.0
-            lines.append(f'{ind}  <geom name="{prefix}{names[j]}_hand" type="sphere" pos="0 {0.06 * sign:.3f} 0" size="0.05" '
-                         f'contype="4" conaffinity="0" rgba="{col}"/>')
+            lines.append(
+                f'{ind}  <geom name="{prefix}{names[j]}_hand" type="sphere" pos="0 {0.06 * sign:.3f} 0" size="0.05" '
+                f'contype="4" conaffinity="0" rgba="{col}"/>'
+            )
         if j in (10, 11):  # toes
             lines.append(f'{ind}  <geom type="box" pos="0.02 0 0.0" size="0.05 0.045 0.02" contype="0" conaffinity="0" rgba="{col}"/>')
         if j in (7, 8):  # feet push props too
@@ -271,7 +298,9 @@ def build_mjcf() -> str:
             ((0, -H - WALL_THICK, WALL_HEIGHT / 2), (H + 2 * WALL_THICK, WALL_THICK, WALL_HEIGHT / 2)),
         )
     ):
-        walls.append(f'    <geom name="wall{k}" type="box" pos="{_fmt(pos)}" size="{_fmt(size)}" contype="1" conaffinity="0" rgba="0.7 0.7 0.7 1"/>')
+        walls.append(
+            f'    <geom name="wall{k}" type="box" pos="{_fmt(pos)}" size="{_fmt(size)}" contype="1" conaffinity="0" rgba="0.7 0.7 0.7 1"/>'
+        )
     furniture = [
         f'    <geom name="furniture{k}" type="box" pos="0 0 {FURNITURE_MAX[2]}" size="{_fmt(FURNITURE_MAX)}" contype="1" conaffinity="0" rgba="0.4 0.3 0.2 1"/>'
         for k in range(N_FURNITURE)

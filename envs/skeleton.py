@@ -16,10 +16,28 @@ try:  # the names are the smplx package's; the fallback keeps this module import
     JOINT_NAMES: tuple[str, ...] = tuple(_SMPLX_NAMES[:22])
 except ImportError:  # pragma: no cover - smplx is a declared dependency
     JOINT_NAMES = (
-        "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
-        "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck", "left_collar",
-        "right_collar", "head", "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-        "left_wrist", "right_wrist",
+        "pelvis",
+        "left_hip",
+        "right_hip",
+        "spine1",
+        "left_knee",
+        "right_knee",
+        "spine2",
+        "left_ankle",
+        "right_ankle",
+        "spine3",
+        "left_foot",
+        "right_foot",
+        "neck",
+        "left_collar",
+        "right_collar",
+        "head",
+        "left_shoulder",
+        "right_shoulder",
+        "left_elbow",
+        "right_elbow",
+        "left_wrist",
+        "right_wrist",
     )
 
 NUM_JOINTS = 22

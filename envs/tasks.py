@@ -47,7 +47,7 @@ class WorldState:
     room_half: torch.Tensor  # (B, 2)
     step: torch.Tensor  # (B,) long, steps since reset
 
-    def index(self, mask: torch.Tensor) -> "WorldState":
+    def index(self, mask: torch.Tensor) -> WorldState:
         return WorldState(**{f.name: getattr(self, f.name)[mask] for f in fields(self)})
 
 
@@ -141,7 +141,7 @@ class Task(ABC):
 
 
 class ReachTask(Task):
-    """"walk to the <colour> <shape>": succeed within ``RADIUS`` m of the target prop (centre to pelvis).
+    """ "walk to the <colour> <shape>": succeed within ``RADIUS`` m of the target prop (centre to pelvis).
 
     Reward: decrease of the distance to the target per step, +5 on success, -0.005 per step.
     ``task_obs``: g = target, s = 0, (a, b) = (distance, 0).
@@ -181,7 +181,7 @@ class ReachTask(Task):
 
 
 class PushTask(Task):
-    """"push the <colour> <shape> onto the mat": succeed when the prop's centre is over the mat.
+    """ "push the <colour> <shape> onto the mat": succeed when the prop's centre is over the mat.
 
     Reward: 2 x decrease of the prop-to-mat distance + 0.5 x decrease of the agent's distance to
     the prop, +5 on success, -0.005 per step. ``task_obs``: g = prop, s = mat centre,
@@ -258,7 +258,7 @@ class PushTask(Task):
 
 
 class SocialTask(Task):
-    """"greet the person": approach to conversational distance, face them, wave back when they wave.
+    """ "greet the person": approach to conversational distance, face them, wave back when they wave.
 
     Success: while the partner waves, the agent stands 0.8-2.0 m away, faces the partner within
     0.5 rad and holds its right hand above its head. Reward: decrease of |distance - 1.3 m|, +5
@@ -287,7 +287,8 @@ class SocialTask(Task):
         d = self._dist(state)
         return (
             (state.partner_behaviour == P.WAVE)
-            & (d >= self.NEAR) & (d <= self.FAR)
+            & (d >= self.NEAR)
+            & (d <= self.FAR)
             & (self._bearing(state).abs() < 0.5)
             & (_hand_above_head(state) > 0.0)
         )
@@ -315,7 +316,7 @@ class SocialTask(Task):
 
 
 class AvoidTask(Task):
-    """"cross the room without bumping into the person": reach the far side while the partner crosses.
+    """ "cross the room without bumping into the person": reach the far side while the partner crosses.
 
     The agent starts near one wall facing the opposite one; the goal is 0.5 m wide on the far side;
     the partner walks back and forth across the agent's path. Bumping (pelvis distance below

@@ -19,12 +19,13 @@ finished episode is in ``infos["final_obs"]`` (rows valid where ``infos["_final_
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import os
+from collections.abc import Sequence
+from typing import Any
 
 import mujoco
 import numpy as np
 import torch
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
@@ -98,6 +99,10 @@ class EgoRoomVecEnv(VectorEnv):
         self._base_seed = seed
 
         mjm = self.core.mjm
+        # Warp prints a line per kernel module it loads ("Module ... load on device 'cpu' took ...");
+        # DREAMGYM_WARP_VERBOSE=1 keeps them.
+        if os.environ.get("DREAMGYM_WARP_VERBOSE", "0") in ("", "0"):
+            wp.config.log_level = wp.LOG_WARNING
         wp.init()
         self._wdev = _warp_device(self.device)
         with wp.ScopedDevice(self._wdev):
@@ -119,10 +124,16 @@ class EgoRoomVecEnv(VectorEnv):
                 order = np.argsort(cams)  # the context lists active cameras in model order
                 self._cam_slot = {cams[i]: k for k, i in enumerate(order)}
                 self.rc = mjw.create_render_context(
-                    mjm, nworld=B, cam_res=[res[i] for i in order], render_rgb=True,
-                    render_depth=[True for _ in order], cam_active=[cams[i] for i in order],
+                    mjm,
+                    nworld=B,
+                    cam_res=[res[i] for i in order],
+                    render_rgb=True,
+                    render_depth=[True for _ in order],
+                    cam_active=[cams[i] for i in order],
                     # Flat-shaded scene: these terms change nothing visible here and cost ~10 %.
-                    enable_specular=False, enable_emission=False, enable_per_light_ambient=False,
+                    enable_specular=False,
+                    enable_emission=False,
+                    enable_per_light_ambient=False,
                     enable_vertex_normals=False,
                 )
                 h, w = self.resolution
@@ -144,7 +155,9 @@ class EgoRoomVecEnv(VectorEnv):
         self._obs: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ torch API
-    def reset_tensors(self, seed: int | None = None, room_seeds: Sequence[int] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def reset_tensors(
+        self, seed: int | None = None, room_seeds: Sequence[int] | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Reset every world; returns torch observations and infos.
 
         World i gets room ``seed + i`` (or ``room_seeds[i]``); later episodes draw rooms from a

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -168,7 +169,7 @@ class SB3Policy:
         self.gen = torch.Generator().manual_seed(int(seed))
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "SB3Policy":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SB3Policy:
         """Load an SB3 ``.zip`` checkpoint; the algorithm is read from ``algo.txt`` beside it or guessed."""
         model = load_sb3_model(path, device)
         return cls(model)

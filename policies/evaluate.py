@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -181,8 +182,10 @@ def run_episodes(
     for name, (_, rows) in groups.items():
         idx = rows.cpu()
         out[name] = {
-            "returns": ret[idx].tolist(), "successes": success[idx].tolist(),
-            "lengths": length[idx].tolist(), "room_seeds": [int(s) for s in rooms[idx.numpy()]],
+            "returns": ret[idx].tolist(),
+            "successes": success[idx].tolist(),
+            "lengths": length[idx].tolist(),
+            "room_seeds": [int(s) for s in rooms[idx.numpy()]],
         }
     return out
 
@@ -230,7 +233,8 @@ def evaluate_policies(
     out = {}
     for name, a in acc.items():
         out[name] = summarize(a["returns"], a["successes"], a["lengths"]) | {
-            "rooms": f"held-out room seeds {rooms[0]}..{rooms[-1]}", "wall_s": wall,
+            "rooms": f"held-out room seeds {rooms[0]}..{rooms[-1]}",
+            "wall_s": wall,
         }
     return out
 
@@ -256,13 +260,23 @@ def evaluate_in_dream(
 
     The starts are the dream env's own (real contexts drawn by ``DreamVecEnv``).
     """
-    from dreamgym.envs.dream_env import DreamVecEnv
+    from dreamgym.worldmodel.dream_env import DreamVecEnv
 
     pol = load_policy(policy, task=task, device=device, seed=seed)
     keys = required_obs_keys([pol])
     t0 = time.time()
-    env = DreamVecEnv(world_model, num_envs=episodes, task=task, obs_keys=keys, num_denoising_steps=num_denoising_steps,
-                      horizon=horizon, device=device, seed=seed, return_tensors=True, **dream_kwargs)
+    env = DreamVecEnv(
+        world_model,
+        num_envs=episodes,
+        task=task,
+        obs_keys=keys,
+        num_denoising_steps=num_denoising_steps,
+        horizon=horizon,
+        device=device,
+        seed=seed,
+        return_tensors=True,
+        **dream_kwargs,
+    )
     res = run_episodes(env, {"policy": (pol, torch.arange(episodes))}, seed=seed, progress=progress)["policy"]
     env.close()
     return summarize(res["returns"], res["successes"], res["lengths"]) | {"wall_s": time.time() - t0}
@@ -275,12 +289,27 @@ def run(cfg: DictConfig) -> int:
     if spec is None:
         raise SystemExit("dreamgym eval-policy: give policy=<checkpoint .zip | expert | random>")
     if cfg.env == "real":
-        res = evaluate_policy(str(spec), task=cfg.task, episodes=int(cfg.episodes), seed=int(cfg.seed),
-                              max_worlds=int(cfg.max_worlds), deterministic=bool(cfg.deterministic), device=cfg.device,
-                              progress=bool(cfg.progress))
+        res = evaluate_policy(
+            str(spec),
+            task=cfg.task,
+            episodes=int(cfg.episodes),
+            seed=int(cfg.seed),
+            max_worlds=int(cfg.max_worlds),
+            deterministic=bool(cfg.deterministic),
+            device=cfg.device,
+            progress=bool(cfg.progress),
+        )
     elif cfg.env == "dream":
-        res = evaluate_in_dream(str(spec), world_model=cfg.checkpoint, task=cfg.task, episodes=int(cfg.episodes), seed=int(cfg.seed),
-                                num_denoising_steps=int(cfg.num_denoising_steps), device=cfg.device, progress=bool(cfg.progress))
+        res = evaluate_in_dream(
+            str(spec),
+            world_model=cfg.checkpoint,
+            task=cfg.task,
+            episodes=int(cfg.episodes),
+            seed=int(cfg.seed),
+            num_denoising_steps=int(cfg.num_denoising_steps),
+            device=cfg.device,
+            progress=bool(cfg.progress),
+        )
     else:
         raise SystemExit(f"dreamgym eval-policy: env must be 'real' or 'dream', got {cfg.env!r}")
     out = {"policy": str(spec), "task": cfg.task, "env": cfg.env, "seed": int(cfg.seed), **res}

@@ -9,7 +9,8 @@ go through a small CNN; ``instruction`` is one-hot encoded (SB3's preprocessing)
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,9 +28,13 @@ class _SmallCNN(nn.Module):
     def __init__(self, channels: int, height: int, width: int, out: int = 128):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, 16, 5, stride=2, padding=2), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+            nn.Conv2d(channels, 16, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
         )
         with torch.no_grad():
             n = self.net(torch.zeros(1, channels, height, width)).shape[1]

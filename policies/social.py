@@ -42,17 +42,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from dreamgym.envs.controller import MAX_FORWARD, MAX_LATERAL, MAX_YAW_RATE
-from dreamgym.envs.partner import face
 from dreamgym.envs.motion import JOINT_POS, JOINT_ROT, JOINT_VEL, ROOT_POS, ROOT_QUAT, rotate_to_heading, yaw_of_quat
+from dreamgym.envs.partner import face
 from dreamgym.envs.scene import CONTROL_DT
 
 from .text_encoder import EMBED_DIM, shared_encoder
@@ -210,8 +210,9 @@ class InverseController(nn.Module):
 
     def __init__(self, c: SocialConfig):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(2 * FEAT_DIM, c.hidden), nn.GELU(), nn.Linear(c.hidden, c.hidden), nn.GELU(),
-                                 nn.Linear(c.hidden, 6))
+        self.net = nn.Sequential(
+            nn.Linear(2 * FEAT_DIM, c.hidden), nn.GELU(), nn.Linear(c.hidden, c.hidden), nn.GELU(), nn.Linear(c.hidden, 6)
+        )
 
     def forward(self, cur: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(torch.cat((cur, nxt), -1)))
@@ -276,13 +277,19 @@ class SocialAvatarPolicy(nn.Module):
             "plan": torch.zeros(B, WINDOW, FEAT_DIM, device=dev),  # avatar's planned window (normalised)
             "goal": torch.zeros(B, device=dev),  # world yaw the response faces (heading_head)
             "has_goal": torch.zeros(B, dtype=torch.bool, device=dev),
-            "prev_m": None, "prev_p": None,
+            "prev_m": None,
+            "prev_p": None,
             "fresh": torch.zeros(B, dtype=torch.bool, device=dev),  # rows reset since the last step
         }
 
     @torch.no_grad()
-    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = True, utterances: Sequence[str] | None = None,
-            objects: torch.Tensor | None = None) -> torch.Tensor:
+    def act(
+        self,
+        obs: dict[str, torch.Tensor],
+        deterministic: bool = True,
+        utterances: Sequence[str] | None = None,
+        objects: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Actions (B, 6) for batched ``motion`` / ``partner_motion`` observations; ``utterances`` (B,)
         the partner's words, ``objects`` (B, N, 2 or 3) world positions of the scene's objects."""
         for k in ("motion", "partner_motion"):
@@ -336,8 +343,9 @@ class SocialAvatarPolicy(nn.Module):
         s["fresh"][:] = False
         return act.to(obs["motion"].device)
 
-    def _respond(self, w: torch.Tensor, rel_end: torch.Tensor, utt: torch.Tensor, yaw: torch.Tensor,
-                 objf: torch.Tensor | None = None) -> None:
+    def _respond(
+        self, w: torch.Tensor, rel_end: torch.Tensor, utt: torch.Tensor, yaw: torch.Tensor, objf: torch.Tensor | None = None
+    ) -> None:
         s, K = self._state, self.config.context
 
         def push(buf, val):  # shift left, append
@@ -378,7 +386,7 @@ class SocialAvatarPolicy(nn.Module):
         (path / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "SocialAvatarPolicy":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> SocialAvatarPolicy:
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -403,8 +411,9 @@ def _is_social(p: Path) -> bool:
 def _register() -> None:
     from .base import register_policy_loader
 
-    register_policy_loader("social", matches=_is_social,
-                           load=lambda p, task=None, device="cpu": SocialAvatarPolicy.from_pretrained(p, device=device))
+    register_policy_loader(
+        "social", matches=_is_social, load=lambda p, task=None, device="cpu": SocialAvatarPolicy.from_pretrained(p, device=device)
+    )
 
 
 _register()

@@ -41,8 +41,15 @@ def run_scenes(task, seeds, policy=None, noise=0.0, gen=None, render=False, reso
 
     B = len(seeds)
     keys = KEYS + (("ego_rgb",) if render else ())
-    env = EgoRoomVecEnv(num_envs=B, task=task, obs_keys=keys, return_tensors=True, resolution=resolution,
-                        render_mode="rgb_array" if render else None, render_resolution=128)
+    env = EgoRoomVecEnv(
+        num_envs=B,
+        task=task,
+        obs_keys=keys,
+        return_tensors=True,
+        resolution=resolution,
+        render_mode="rgb_array" if render else None,
+        render_resolution=128,
+    )
     obs, info = env.reset_tensors(room_seeds=list(seeds))
     point_at = env.core.params.goal.clone()
     if policy is not None:
@@ -50,7 +57,6 @@ def run_scenes(task, seeds, policy=None, noise=0.0, gen=None, render=False, reso
     rec = {k: [] for k in ("motion", "partner_motion", "objects", "action", "behaviour", "utt")}
     checks = {k: [] for k in ("wave", "approach", "point", "turn_away")}
     frames, latency = [], []
-    prev_m = prev_p = None
     for _ in range(task.max_steps - 1):  # stop before truncation resets the worlds
         if policy is None:
             a = env.expert_actions()
@@ -180,7 +186,7 @@ def mpjpe(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     s[:, -1] *= d
     u[:, :, -1] *= d[:, None]
     rot = np.einsum("nij,njk->nik", u, vt)
-    scale = s.sum(1) / (p ** 2).sum((1, 2))
+    scale = s.sum(1) / (p**2).sum((1, 2))
     aligned = scale[:, None, None] * np.einsum("nji,nik->njk", p, rot)
     pa = np.linalg.norm(aligned - r, axis=-1).mean()
     return float(err * 1000), float(pa * 1000)
@@ -191,8 +197,15 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
     gen = torch.Generator().manual_seed(int(cfg.seed))
     task = SocialSceneTask()
     t0 = time.time()
-    recs = [run_scenes(task, range(cfg.train_seed_base + k * cfg.num_envs, cfg.train_seed_base + (k + 1) * cfg.num_envs),
-                       noise=float(cfg.expert_noise), gen=gen) for k in range(int(cfg.batches))]
+    recs = [
+        run_scenes(
+            task,
+            range(cfg.train_seed_base + k * cfg.num_envs, cfg.train_seed_base + (k + 1) * cfg.num_envs),
+            noise=float(cfg.expert_noise),
+            gen=gen,
+        )
+        for k in range(int(cfg.batches))
+    ]
     log(f"collected {len(recs)} x {cfg.num_envs} scenes in {time.time() - t0:.0f}s")
     fo, fp, rel, act, beh, utt, face, objf, pointed = [], [], [], [], [], [], [], [], []
     enc = shared_encoder()
@@ -208,8 +221,12 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
     pointed = torch.cat(pointed)
     allf = torch.cat((fo, fp), 1).flatten(0, 1)
     mean, std = allf.mean(0), allf.std(0).clamp(min=1e-3)
-    c = SocialConfig(codebook=int(cfg.codebook), context=int(cfg.context), heading_head=bool(cfg.get("heading_head", False)),
-                     scene_objects=bool(cfg.get("scene_objects", False)))
+    c = SocialConfig(
+        codebook=int(cfg.codebook),
+        context=int(cfg.context),
+        heading_head=bool(cfg.get("heading_head", False)),
+        scene_objects=bool(cfg.get("scene_objects", False)),
+    )
     if c.scene_objects and not c.heading_head:
         raise ValueError("scene_objects=true needs heading_head=true: the pointer head chooses what the facing direction aims at")
     c.feat_mean, c.feat_std = mean.tolist(), std.tolist()
@@ -310,8 +327,12 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
         opt.zero_grad(), loss.backward(), opt.step()
     fe_acc = (fe.cls(fe(x)).argmax(-1) == lab).float().mean().item()
     log(f"  feature extractor: train accuracy {fe_acc:.2f}")
-    pol.config.info = {"train_scenes": int(N), "train_steps": int(N * fo.shape[0]), "feature_extractor_accuracy": fe_acc,
-                       "vq_window_mse_norm": float(F.mse_loss(pol.vq(wins[:4096])[0], wins[:4096]).item())}
+    pol.config.info = {
+        "train_scenes": int(N),
+        "train_steps": int(N * fo.shape[0]),
+        "feature_extractor_accuracy": fe_acc,
+        "vq_window_mse_norm": float(F.mse_loss(pol.vq(wins[:4096])[0], wins[:4096]).item()),
+    }
     return pol, fe.eval()
 
 
@@ -341,10 +362,16 @@ def evaluate(pol: SocialAvatarPolicy, fe: MotionEncoder, seeds, task=None, rende
         "response_correctness": float(np.mean(flat)) if flat else float("nan"),
         "response_correctness_by_behaviour": {k: (float(np.mean(v)) if v else None, len(v)) for k, v in corr.items()},
         "reference_correctness": float(np.mean(flat_ref)) if flat_ref else float("nan"),
-        "mpjpe_mm": err, "pa_mpjpe_mm": pa,
-        "fid": fid(e_gen, e_ref), "diversity": diversity(e_gen), "reference_diversity": diversity(e_ref),
-        "latency_ms": float(np.mean(lat)), "latency_ms_per_window_step": float(np.max(lat)),
-        "scenes": B, "steps_per_scene": T, "response_segments": len(flat),
+        "mpjpe_mm": err,
+        "pa_mpjpe_mm": pa,
+        "fid": fid(e_gen, e_ref),
+        "diversity": diversity(e_gen),
+        "reference_diversity": diversity(e_ref),
+        "latency_ms": float(np.mean(lat)),
+        "latency_ms_per_window_step": float(np.max(lat)),
+        "scenes": B,
+        "steps_per_scene": T,
+        "response_segments": len(flat),
     }
     return metrics, ref, gen_rec
 
@@ -372,36 +399,3 @@ def load_motion_encoder(path: Path) -> MotionEncoder:
     fe = MotionEncoder()
     fe.load_state_dict(load_file(str(path / "motion_encoder.safetensors")))
     return fe.eval()
-
-
-def run_demo(cfg) -> int:
-    """``dreamgym avatar-demo out=DIR``: a scripted conversation, the avatar responding, video + motions + metrics."""
-    import imageio.v2 as imageio
-
-    from dreamgym.avatars.exports import export_episode
-
-    torch.set_num_threads(int(cfg.num_threads))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(cfg.checkpoint)
-    pol = SocialAvatarPolicy.from_pretrained(ckpt)
-    fe = load_motion_encoder(ckpt)
-    seq = [getattr(P, b.upper()) for b in cfg.conversation]
-    task = SocialSceneTask(behaviours=seq, segment=int(cfg.segment))
-    task.max_steps = int(cfg.steps)
-    seeds = [int(cfg.room_seed) + k for k in range(int(cfg.scenes))]
-    metrics, ref, gen_rec = evaluate(pol, fe, seeds, task=task, render=True)
-    with imageio.get_writer(str(out / "conversation.mp4"), fps=20) as w:
-        for ego, over in gen_rec["frames"]:
-            ego = np.kron(ego, np.ones((2, 2, 1), np.uint8)) if ego.shape[0] == 64 else ego
-            w.append_data(np.concatenate((ego, over), 1))
-    motions = {}
-    for who, key in (("avatar", "motion"), ("partner", "partner_motion"), ("avatar_reference", "motion")):
-        rec = ref if who == "avatar_reference" else gen_rec
-        motions[who] = {k: str(v) for k, v in export_episode(rec[key][:, 0].numpy(), 20.0, out, who).items()}
-    metrics["motions"] = motions
-    metrics["conversation"] = list(cfg.conversation)
-    metrics["video"] = "conversation.mp4"
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
-    print(json.dumps(metrics, indent=1, default=str))
-    return 0

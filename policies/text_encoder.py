@@ -11,8 +11,8 @@ sees the same few instructions every step pays for each sentence once.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

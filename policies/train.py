@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,11 +62,21 @@ def make_env(
 
         return EgoRoomVecEnv(num_envs=num_envs, task=task, obs_keys=keys, seed=seed, device=device, return_tensors=True)
     if env == "dream":
-        from dreamgym.envs.dream_env import DreamVecEnv
+        from dreamgym.worldmodel.dream_env import DreamVecEnv
 
-        return DreamVecEnv(checkpoint, num_envs=num_envs, task=task, modalities=dream_modalities(keys), obs_keys=keys,
-                           horizon=horizon, num_denoising_steps=num_denoising_steps, reward_source=reward_source,
-                           device=device, seed=seed, return_tensors=True)
+        return DreamVecEnv(
+            checkpoint,
+            num_envs=num_envs,
+            task=task,
+            modalities=dream_modalities(keys),
+            obs_keys=keys,
+            horizon=horizon,
+            num_denoising_steps=num_denoising_steps,
+            reward_source=reward_source,
+            device=device,
+            seed=seed,
+            return_tensors=True,
+        )
     raise ValueError(f"env must be 'real' or 'dream', got {env!r}")
 
 
@@ -107,8 +118,18 @@ def train_policy(cfg: DictConfig | dict) -> Path:
     cls = sb3_algo_class(algo)
     obs_keys = tuple(cfg.obs_keys)
     t0 = time.time()
-    env = make_env(cfg.env, cfg.task, int(cfg.num_envs), obs_keys, int(cfg.seed), cfg.checkpoint, int(cfg.num_denoising_steps),
-                   cfg.horizon, str(cfg.reward_source), cfg.device)
+    env = make_env(
+        cfg.env,
+        cfg.task,
+        int(cfg.num_envs),
+        obs_keys,
+        int(cfg.seed),
+        cfg.checkpoint,
+        int(cfg.num_denoising_steps),
+        cfg.horizon,
+        str(cfg.reward_source),
+        cfg.device,
+    )
     venv = VecMonitor(SB3VecEnv(env))
     hp = OmegaConf.to_container(cfg[algo], resolve=True)
     assert isinstance(hp, dict)
@@ -120,18 +141,35 @@ def train_policy(cfg: DictConfig | dict) -> Path:
             raise ValueError(f"init policy {cfg.init} reads {list(model.observation_space.spaces)}, but obs_keys={list(obs_keys)}")
     else:
         stats = measure_obs_stats(env, int(cfg.stats_steps), int(cfg.seed))
-        policy_kwargs = dict(net_arch=list(net_arch), features_extractor_class=ObsExtractor,
-                             features_extractor_kwargs={"stats": stats}, normalize_images=False)
+        policy_kwargs = dict(
+            net_arch=list(net_arch),
+            features_extractor_class=ObsExtractor,
+            features_extractor_kwargs={"stats": stats},
+            normalize_images=False,
+        )
         if "log_std_init" in hp:
             policy_kwargs["log_std_init"] = float(hp.pop("log_std_init"))
-        model = cls("MultiInputPolicy", venv, seed=int(cfg.seed), device=cfg.device, tensorboard_log=str(out / "tb"),
-                    policy_kwargs=policy_kwargs, verbose=0, **hp)
+        model = cls(
+            "MultiInputPolicy",
+            venv,
+            seed=int(cfg.seed),
+            device=cfg.device,
+            tensorboard_log=str(out / "tb"),
+            policy_kwargs=policy_kwargs,
+            verbose=0,
+            **hp,
+        )
     start_steps = int(model.num_timesteps)
     counter = _Progress()
     every = max(1, int(cfg.checkpoint_every) // int(cfg.num_envs))
     callbacks = CallbackList([counter.callback, CheckpointCallback(every, str(out / "checkpoints"), name_prefix=algo)])
-    model.learn(total_timesteps=int(cfg.steps), callback=callbacks, progress_bar=bool(cfg.progress),
-                tb_log_name=str(cfg.get("tb_name") or algo), reset_num_timesteps=not cfg.init)
+    model.learn(
+        total_timesteps=int(cfg.steps),
+        callback=callbacks,
+        progress_bar=bool(cfg.progress),
+        tb_log_name=str(cfg.get("tb_name") or algo),
+        reset_num_timesteps=not cfg.init,
+    )
     path = out / "policy.zip"
     model.save(str(path))
     total_steps = int(model.num_timesteps)  # includes the steps of ``init``
@@ -140,12 +178,20 @@ def train_policy(cfg: DictConfig | dict) -> Path:
     real_steps = steps if cfg.env == "real" else (int(cfg.num_envs) + counter.episodes) * max(0, K - 1)
     ep_returns = [float(e["r"]) for e in model.ep_info_buffer] if model.ep_info_buffer else []
     meta = {
-        "family": "sb3", "algo": algo, "task": cfg.task, "env": cfg.env, "obs_keys": list(obs_keys),
+        "family": "sb3",
+        "algo": algo,
+        "task": cfg.task,
+        "env": cfg.env,
+        "obs_keys": list(obs_keys),
         "world_model": None if cfg.env == "real" else str(cfg.checkpoint or "default"),
-        "steps": steps, "total_steps": total_steps, "real_env_steps": real_steps, "episodes": counter.episodes,
+        "steps": steps,
+        "total_steps": total_steps,
+        "real_env_steps": real_steps,
+        "episodes": counter.episodes,
         "train_return_recent": float(np.mean(ep_returns)) if ep_returns else None,
         "train_success_recent": float(np.mean(model.ep_success_buffer)) if model.ep_success_buffer else None,
-        "wall_s": time.time() - t0, "init": str(cfg.init) if cfg.init else None,
+        "wall_s": time.time() - t0,
+        "init": str(cfg.init) if cfg.init else None,
     }
     (out / POLICY_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     (out / "train_config.yaml").write_text(OmegaConf.to_yaml(cfg))

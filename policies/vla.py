@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -46,19 +46,29 @@ MOTION_FEATURES = 13
 # -- phrasings (written before training; see the module docstring) --
 TRAIN_TEMPLATES: dict[str, tuple[str, ...]] = {
     "reach": ("walk to the {colour} {shape}", "move to the {colour} {shape}", "approach the {colour} {shape}"),
-    "push": ("push the {colour} {shape} onto the mat", "move the {colour} {shape} onto the mat",
-             "push the {colour} {shape} to the mat"),
+    "push": ("push the {colour} {shape} onto the mat", "move the {colour} {shape} onto the mat", "push the {colour} {shape} to the mat"),
 }
 PARAPHRASE_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "reach": ("go to the {colour} {shape}", "head over to the {colour} {noun}", "make your way to the {colour} {shape}",
-              "walk up to the {colour} {noun}"),
-    "push": ("shove the {colour} {shape} onto the mat", "get the {colour} {noun} onto the mat",
-             "slide the {colour} {noun} onto the black mat", "nudge the {colour} {shape} over to the mat"),
+    "reach": (
+        "go to the {colour} {shape}",
+        "head over to the {colour} {noun}",
+        "make your way to the {colour} {shape}",
+        "walk up to the {colour} {noun}",
+    ),
+    "push": (
+        "shove the {colour} {shape} onto the mat",
+        "get the {colour} {noun} onto the mat",
+        "slide the {colour} {noun} onto the black mat",
+        "nudge the {colour} {shape} over to the mat",
+    ),
 }
 SYNONYM = {"box": "cube", "ball": "sphere"}
 # (task, colour, shape) never seen in training, under any phrasing.
 HELD_OUT_COMBOS: tuple[tuple[str, str, str], ...] = (
-    ("push", "green", "box"), ("push", "orange", "ball"), ("reach", "purple", "ball"), ("reach", "yellow", "box"),
+    ("push", "green", "box"),
+    ("push", "orange", "ball"),
+    ("reach", "purple", "ball"),
+    ("reach", "yellow", "box"),
 )
 
 
@@ -67,7 +77,7 @@ def parse_instruction(index: int) -> tuple[str, str, str] | None:
     text = INSTRUCTIONS[int(index)]
     for task, prefix in (("reach", "walk to the "), ("push", "push the ")):
         if text.startswith(prefix):
-            colour, shape = text[len(prefix):].split(" ")[:2]
+            colour, shape = text[len(prefix) :].split(" ")[:2]
             return task, colour, shape
     return None
 
@@ -185,19 +195,24 @@ class VLAPolicy(nn.Module):
         self.parser = nn.Linear(EMBED_DIM, NUM_ATTRIBUTES)
         self.text = nn.Sequential(nn.Linear(NUM_ATTRIBUTES, c.text_hidden), nn.ReLU(), nn.Linear(c.text_hidden, c.text_hidden))
         c1, c2, c3 = c.channels
-        self.convs = nn.ModuleList([
-            FiLMConv(3 + 2, c1, 5, 2, c.text_hidden),  # + 2 coordinate channels: where in the frame
-            FiLMConv(c1, c2, 3, 2, c.text_hidden),
-            FiLMConv(c2, c3, 3, 1, c.text_hidden),
-        ])
+        self.convs = nn.ModuleList(
+            [
+                FiLMConv(3 + 2, c1, 5, 2, c.text_hidden),  # + 2 coordinate channels: where in the frame
+                FiLMConv(c1, c2, 3, 2, c.text_hidden),
+                FiLMConv(c2, c3, 3, 1, c.text_hidden),
+            ]
+        )
         K = len(KEYPOINTS)
         self.kp_maps = nn.Conv2d(c3, K, 1)
         self.kp_absent = nn.Linear(c3, K)
         g = c.grid
         flat = c3 * g * g
         self.head = nn.Sequential(
-            nn.Linear(flat + 3 * K + MOTION_FEATURES + c.text_hidden, c.hidden), nn.ReLU(),
-            nn.Linear(c.hidden, c.hidden), nn.ReLU(), nn.Linear(c.hidden, 6),
+            nn.Linear(flat + 3 * K + MOTION_FEATURES + c.text_hidden, c.hidden),
+            nn.ReLU(),
+            nn.Linear(c.hidden, c.hidden),
+            nn.ReLU(),
+            nn.Linear(c.hidden, 6),
         )
         r = c.resolution
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, r), torch.linspace(-1, 1, r), indexing="ij")
@@ -220,13 +235,13 @@ class VLAPolicy(nn.Module):
         """Attribute logits (B, NUM_ATTRIBUTES) of sentence embeddings (B, 384)."""
         # MiniLM's embeddings have unit norm: scale them to unit variance per dimension so that the
         # linear parser learns at the same pace as the rest of the network
-        return self.parser(text_emb.float() * EMBED_DIM ** 0.5)
+        return self.parser(text_emb.float() * EMBED_DIM**0.5)
 
     def meaning(self, attr_logits: torch.Tensor) -> torch.Tensor:
         """Per-group softmax of the parser's logits: what the rest of the network is conditioned on."""
         parts, i = [], 0
         for _, values in ATTRIBUTE_GROUPS:
-            parts.append(torch.softmax(attr_logits[:, i:i + len(values)], -1))
+            parts.append(torch.softmax(attr_logits[:, i : i + len(values)], -1))
             i += len(values)
         return torch.cat(parts, -1)
 
@@ -266,7 +281,7 @@ class VLAPolicy(nn.Module):
             logits = self.parse(self.embed_texts(texts))
         out, i = [{} for _ in texts], 0
         for name, values in ATTRIBUTE_GROUPS:
-            idx = logits[:, i:i + len(values)].argmax(-1).tolist()
+            idx = logits[:, i : i + len(values)].argmax(-1).tolist()
             for row, k in zip(out, idx):
                 row[name] = values[k]
             i += len(values)
@@ -297,7 +312,7 @@ class VLAPolicy(nn.Module):
         (path / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "VLAPolicy":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -307,8 +322,10 @@ class VLAPolicy(nn.Module):
         if raw.get("kind") != "vla":
             raise ValueError(f"{path}/config.json describes a {raw.get('kind')!r} policy, not 'vla'")
         if raw.get("version", 1) != ARCH_VERSION:
-            raise ValueError(f"{path}/config.json is a version-{raw.get('version', 1)} VLA policy; this dreamgym reads version "
-                             f"{ARCH_VERSION} (instruction parser + keypoints): retrain it with `dreamgym train-vla`")
+            raise ValueError(
+                f"{path}/config.json is a version-{raw.get('version', 1)} VLA policy; this dreamgym reads version "
+                f"{ARCH_VERSION} (instruction parser + keypoints): retrain it with `dreamgym train-vla`"
+            )
         raw["channels"] = tuple(raw["channels"])
         model = cls(VLAConfig(**raw))
         model.load_state_dict(load_file(str(path / "model.safetensors")))
@@ -333,7 +350,8 @@ def _register() -> None:
     from .base import register_policy_loader
 
     register_policy_loader(
-        "vla", matches=lambda p: find_checkpoint(p) is not None,
+        "vla",
+        matches=lambda p: find_checkpoint(p) is not None,
         load=lambda p, task=None, device="cpu": VLAPolicy.from_pretrained(find_checkpoint(p), device=device),
     )
 

@@ -40,8 +40,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .vla import (ATTRIBUTE_GROUPS, OBS_KEYS, TRAIN_TEMPLATES, VLAConfig, VLAPolicy, instruction_attributes, is_held_out,
-                  keypoint_cells, parse_instruction, phrase, project_to_frame)
+from .vla import (
+    ATTRIBUTE_GROUPS,
+    OBS_KEYS,
+    TRAIN_TEMPLATES,
+    VLAConfig,
+    VLAPolicy,
+    instruction_attributes,
+    is_held_out,
+    keypoint_cells,
+    parse_instruction,
+    phrase,
+    project_to_frame,
+)
 
 
 @dataclass
@@ -65,8 +76,14 @@ class Buffer:
         self.keypoints.append(keypoints.cpu())
 
     def tensors(self):
-        return (torch.cat(self.ego_rgb), torch.cat(self.motion), list(self.text), torch.cat(self.label),
-                torch.cat(self.attributes), torch.cat(self.keypoints))
+        return (
+            torch.cat(self.ego_rgb),
+            torch.cat(self.motion),
+            list(self.text),
+            torch.cat(self.label),
+            torch.cat(self.attributes),
+            torch.cat(self.keypoints),
+        )
 
     def __len__(self):
         return len(self.text)
@@ -115,14 +132,15 @@ def auxiliary_targets(env, obs, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
     return attrs, keypoint_cells(uv, visible, grid).cpu()
 
 
-def policy_losses(policy: VLAPolicy, rgb, motion, emb, label, attributes, keypoints,
-                  aux_weight: float = 0.05) -> tuple[torch.Tensor, dict[str, float]]:
+def policy_losses(
+    policy: VLAPolicy, rgb, motion, emb, label, attributes, keypoints, aux_weight: float = 0.05
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Behaviour cloning (MSE of tanh(action) to the label) + the parser's and the keypoints' cross-entropies."""
     out = policy.outputs(rgb, motion, emb)
     bc = F.mse_loss(torch.tanh(out["action"]), label)
     parse, i = 0.0, 0
     for g, (_, values) in enumerate(ATTRIBUTE_GROUPS):
-        parse = parse + F.cross_entropy(out["attributes"][:, i:i + len(values)], attributes[:, g])
+        parse = parse + F.cross_entropy(out["attributes"][:, i : i + len(values)], attributes[:, g])
         i += len(values)
     kp = F.cross_entropy(out["keypoints"].flatten(0, 1), keypoints.flatten())
     return bc + parse + aux_weight * kp, {"bc": bc.item(), "parse": float(parse.detach()), "keypoints": kp.item()}
@@ -188,12 +206,22 @@ class BufferSampler:
 
     def losses(self, policy: VLAPolicy, batch: int, gen: torch.Generator, aux_weight: float):
         i = torch.randint(len(self), (batch,), generator=gen)
-        return policy_losses(policy, self.rgb[i], self.motion[i], self.emb[self.tid[i]], self.label[i], self.attributes[i],
-                             self.keypoints[i], aux_weight)
+        return policy_losses(
+            policy, self.rgb[i], self.motion[i], self.emb[self.tid[i]], self.label[i], self.attributes[i], self.keypoints[i], aux_weight
+        )
 
 
-def fit_bc(policy: VLAPolicy, buffer: Buffer, updates: int, batch: int, lr: float, gen: torch.Generator, log=print,
-           optimizer=None, aux_weight: float = 0.05) -> float:
+def fit_bc(
+    policy: VLAPolicy,
+    buffer: Buffer,
+    updates: int,
+    batch: int,
+    lr: float,
+    gen: torch.Generator,
+    log=print,
+    optimizer=None,
+    aux_weight: float = 0.05,
+) -> float:
     sampler = BufferSampler(policy, buffer)
     opt = optimizer or torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=1e-4)
     policy.train()
@@ -211,8 +239,7 @@ def fit_bc(policy: VLAPolicy, buffer: Buffer, updates: int, batch: int, lr: floa
     return float(run)
 
 
-def finetune_dream(policy: VLAPolicy, world_model, buffer: Buffer, cfg, rng: np.random.Generator, gen: torch.Generator,
-                   log=print) -> dict:
+def finetune_dream(policy: VLAPolicy, world_model, buffer: Buffer, cfg, rng: np.random.Generator, gen: torch.Generator, log=print) -> dict:
     """Group-relative advantage-weighted regression on dreamed rollouts of ``cfg.dream_tasks``.
 
     Each iteration hands every real start to ``dream_group`` dreamed worlds (``start_group``), which
@@ -223,16 +250,25 @@ def finetune_dream(policy: VLAPolicy, world_model, buffer: Buffer, cfg, rng: np.
     noisy actions weighted by exp(advantage / temperature), beside the BC (+ parser, keypoint)
     loss on the simulator data that keeps it near the expert.
     """
-    from dreamgym.envs.dream_env import DreamVecEnv
+    from dreamgym.worldmodel.dream_env import DreamVecEnv
 
     stats = {}
     sampler = BufferSampler(policy, buffer)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.dream_lr, weight_decay=1e-4)
     G = int(cfg.dream_group)
     for task in cfg.dream_tasks:
-        kw = dict(world_model=world_model, num_envs=cfg.dream_envs, task=task, obs_keys=OBS_KEYS, resolution=cfg.resolution,
-                  num_denoising_steps=cfg.dream_denoising_steps, horizon=cfg.dream_horizon, seed=int(rng.integers(10**9)),
-                  return_tensors=True, start_group=G)
+        kw = dict(
+            world_model=world_model,
+            num_envs=cfg.dream_envs,
+            task=task,
+            obs_keys=OBS_KEYS,
+            resolution=cfg.resolution,
+            num_denoising_steps=cfg.dream_denoising_steps,
+            horizon=cfg.dream_horizon,
+            seed=int(rng.integers(10**9)),
+            return_tensors=True,
+            start_group=G,
+        )
         try:  # a model trained on RGB-D frames needs depth in its context, so it generates both
             env = DreamVecEnv(modalities=("motion", "partner_motion", "ego_rgb", "ego_depth"), **kw)
         except ValueError:
@@ -279,11 +315,16 @@ def finetune_dream(policy: VLAPolicy, world_model, buffer: Buffer, cfg, rng: np.
                 loss.backward()
                 opt.step()
             policy.eval()
-            log(f"  dream {task} iteration {it + 1}/{cfg.dream_iterations}: mean dreamed return {ret.mean():.3f}, "
-                f"spread within groups {spread_log[-1]:.3f}")
-        stats[task] = {"dreamed_transitions": transitions, "mean_dream_return_per_iteration": [round(x, 4) for x in returns_log],
-                       "return_spread_within_groups": round(float(np.mean(spread_log)), 4),
-                       "dream_seconds": round(time.time() - t0, 1)}
+            log(
+                f"  dream {task} iteration {it + 1}/{cfg.dream_iterations}: mean dreamed return {ret.mean():.3f}, "
+                f"spread within groups {spread_log[-1]:.3f}"
+            )
+        stats[task] = {
+            "dreamed_transitions": transitions,
+            "mean_dream_return_per_iteration": [round(x, 4) for x in returns_log],
+            "return_spread_within_groups": round(float(np.mean(spread_log)), 4),
+            "dream_seconds": round(time.time() - t0, 1),
+        }
         log(f"  dream {task}: {stats[task]}")
         env.close()
     return stats
@@ -310,8 +351,12 @@ def run(cfg) -> int:
         policy = VLAPolicy.from_pretrained(cfg.init)
     else:
         policy = VLAPolicy(VLAConfig(resolution=int(cfg.resolution)))
-    envs = {t: EgoRoomVecEnv(num_envs=int(cfg.num_envs), task=t, resolution=int(cfg.resolution), seed=int(cfg.seed),
-                             obs_keys=OBS_KEYS, return_tensors=True) for t in cfg.tasks}
+    envs = {
+        t: EgoRoomVecEnv(
+            num_envs=int(cfg.num_envs), task=t, resolution=int(cfg.resolution), seed=int(cfg.seed), obs_keys=OBS_KEYS, return_tensors=True
+        )
+        for t in cfg.tasks
+    }
     buffer, rooms, history = Buffer(), set(), []
     collectors = {t: Collector(env, t, rng, rooms, policy.config.grid) for t, env in envs.items()}
     t0 = time.time()
@@ -321,14 +366,23 @@ def run(cfg) -> int:
             st = col.run(policy if rnd > 0 else None, int(cfg.steps_per_round), frac, float(cfg.expert_noise), buffer)
             log(f"round {rnd} {task}: {st}, buffer {len(buffer)}, {time.time() - t0:.0f}s")
             history.append({"round": rnd, "task": task, **st})
-        loss = fit_bc(policy, buffer, int(cfg.updates_per_round), int(cfg.batch), float(cfg.lr), gen, log,
-                      aux_weight=float(cfg.aux_weight)) if int(cfg.updates_per_round) else float("nan")
+        loss = (
+            fit_bc(policy, buffer, int(cfg.updates_per_round), int(cfg.batch), float(cfg.lr), gen, log, aux_weight=float(cfg.aux_weight))
+            if int(cfg.updates_per_round)
+            else float("nan")
+        )
         log(f"round {rnd}: bc loss {loss:.4f}, {time.time() - t0:.0f}s")
     for env in envs.values():
         env.close()
     info = {"init": str(cfg.init), "init_info": dict(policy.config.info)} if cfg.get("init") else {}
-    policy.config.info = {**info, "bc_samples": len(buffer), "rounds": int(cfg.rounds), "seed": int(cfg.seed), "history": history,
-                          "stage": "bc"}
+    policy.config.info = {
+        **info,
+        "bc_samples": len(buffer),
+        "rounds": int(cfg.rounds),
+        "seed": int(cfg.seed),
+        "history": history,
+        "stage": "bc",
+    }
     policy.save_pretrained(out / "bc")
     if cfg.get("init") and (Path(cfg.init).parent / "train_rooms.json").exists():  # rooms the init was trained on
         rooms |= set(json.loads((Path(cfg.init).parent / "train_rooms.json").read_text()))

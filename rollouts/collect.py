@@ -37,9 +37,10 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -161,8 +162,13 @@ def env_spec(env, task_name: str) -> dict[str, Any]:
         "nv": int(q["qvel"].shape[1]),
         "occupancy": {"size_xyz": list(env.grid.size), "voxel": float(env.grid.voxel), "classes": list(CLASS_NAMES)},
         "instructions": list(INSTRUCTIONS),
-        "env_kwargs": {"task": task_name, "resolution": list(env.resolution), "obs_keys": list(env.obs_keys),
-                       "occupancy_size": list(env.grid.size), "occupancy_voxel": float(env.grid.voxel)},
+        "env_kwargs": {
+            "task": task_name,
+            "resolution": list(env.resolution),
+            "obs_keys": list(env.obs_keys),
+            "occupancy_size": list(env.grid.size),
+            "occupancy_voxel": float(env.grid.voxel),
+        },
     }
 
 
@@ -409,8 +415,16 @@ def collect(
     keys = list(check_obs_keys(obs_keys))
     res = list(check_resolution(resolution))
     make_task(task)  # fails early, with the list of tasks, on a wrong name
-    settings = {"task": task, "num_envs": B, "seed": int(seed), "policy": mix, "noise": float(noise),
-                "resolution": res, "round_steps": int(round_steps), "obs_keys": keys}
+    settings = {
+        "task": task,
+        "num_envs": B,
+        "seed": int(seed),
+        "policy": mix,
+        "noise": float(noise),
+        "resolution": res,
+        "round_steps": int(round_steps),
+        "obs_keys": keys,
+    }
 
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
@@ -424,12 +438,23 @@ def collect(
                 diff["heldout_fraction"] = (manifest.heldout_fraction, float(heldout_fraction))
             if diff:
                 lines = ", ".join(f"{k}: dataset {a!r}, now {b!r}" for k, (a, b) in diff.items())
-                raise SystemExit(f"dreamgym collect: {root} was collected with other settings ({lines}); "
-                                 "re-run with the dataset's settings to continue it, or choose another out=")
+                raise SystemExit(
+                    f"dreamgym collect: {root} was collected with other settings ({lines}); "
+                    "re-run with the dataset's settings to continue it, or choose another out="
+                )
         if manifest is not None and _finished(manifest, int(steps), B, int(round_steps)):
             n, k = manifest.num_episodes, manifest.num_steps
-            return CollectResult(out=root, episodes=n, steps=k, new_episodes=0, new_steps=0, simulated_steps=0,
-                                 seconds=0.0, complete=True, writer_busy_seconds=0.0)
+            return CollectResult(
+                out=root,
+                episodes=n,
+                steps=k,
+                new_episodes=0,
+                new_steps=0,
+                simulated_steps=0,
+                seconds=0.0,
+                complete=True,
+                writer_busy_seconds=0.0,
+            )
         if env is None:
             from dreamgym.envs.vec_env import EgoRoomVecEnv
 
@@ -441,13 +466,27 @@ def collect(
             manifest.save()
         removed = _clean_strays(root, manifest)
         if removed:
-            print(f"removed {len(removed)} file(s) an interrupted run left behind: {', '.join(removed[:4])}{' ...' if len(removed) > 4 else ''}")
+            print(
+                f"removed {len(removed)} file(s) an interrupted run left behind: {', '.join(removed[:4])}{' ...' if len(removed) > 4 else ''}"
+            )
         manifest.data["collection"]["steps"] = max(int(steps), int(manifest.data["collection"].get("steps", 0)))
-        return _collect(env, manifest, settings, int(steps), stop_after_steps, progress, tqdm,
-                        shard_episodes=shard_episodes, queue_episodes=queue_episodes,
-                        shard_kwargs={"compression": compression or None, "compression_level": compression_level,
-                                      "image_chunk_steps": int(image_chunk_steps)},
-                        heldout_fraction=float(heldout_fraction))
+        return _collect(
+            env,
+            manifest,
+            settings,
+            int(steps),
+            stop_after_steps,
+            progress,
+            tqdm,
+            shard_episodes=shard_episodes,
+            queue_episodes=queue_episodes,
+            shard_kwargs={
+                "compression": compression or None,
+                "compression_level": compression_level,
+                "image_chunk_steps": int(image_chunk_steps),
+            },
+            heldout_fraction=float(heldout_fraction),
+        )
     finally:
         lock.close()
 
@@ -464,8 +503,15 @@ class Collector:
     """Runs rounds on an env, recording every world's episodes and handing finished ones to a
     ``ShardWriter``; episodes already ``stored`` (key -> room seed) are replayed but not written."""
 
-    def __init__(self, env, settings: Mapping[str, Any], writer: ShardWriter, stored: Mapping[str, int] | None = None,
-                 heldout_fraction: float = 0.1, capacity: int | None = None):
+    def __init__(
+        self,
+        env,
+        settings: Mapping[str, Any],
+        writer: ShardWriter,
+        stored: Mapping[str, int] | None = None,
+        heldout_fraction: float = 0.1,
+        capacity: int | None = None,
+    ):
         self.env, self.settings, self.writer = env, settings, writer
         self.stored = dict(stored or {})  # key -> room seed of the episodes already in the dataset
         self.heldout_fraction = float(heldout_fraction)
@@ -495,14 +541,22 @@ class Collector:
                 key = f"r{r}-w{w}-e{ep_count[w]}"
                 seed_w = int(infos["room_seed"][w])
                 if key in self.stored and self.stored[key] != seed_w:
-                    raise RuntimeError(f"replaying round {r} diverged: episode {key} has room {seed_w}, the dataset room "
-                                       f"{self.stored[key]}; the simulator is not deterministic here, continue into a new out=")
+                    raise RuntimeError(
+                        f"replaying round {r} diverged: episode {key} has room {seed_w}, the dataset room "
+                        f"{self.stored[key]}; the simulator is not deterministic here, continue into a new out="
+                    )
                 meta[w] = {
-                    "key": key, "round": r, "world": int(w), "task": task_name,
+                    "key": key,
+                    "round": r,
+                    "world": int(w),
+                    "task": task_name,
                     "instruction": int(obs["instruction"][w]) if "instruction" in obs else -1,
-                    "instruction_text": str(infos["instruction_text"][w]), "room_seed": seed_w,
-                    "behaviour": BEHAVIOURS[int(policy.behaviour[w])], "partner_behaviour": str(infos["partner_behaviour"][w]),
-                    "utterance": str(infos["utterance"][w]), "split": room_split(seed_w, self.heldout_fraction),
+                    "instruction_text": str(infos["instruction_text"][w]),
+                    "room_seed": seed_w,
+                    "behaviour": BEHAVIOURS[int(policy.behaviour[w])],
+                    "partner_behaviour": str(infos["partner_behaviour"][w]),
+                    "utterance": str(infos["utterance"][w]),
+                    "split": room_split(seed_w, self.heldout_fraction),
                     "stored": key in self.stored,
                 }
 
@@ -558,8 +612,19 @@ def _finished(manifest: Manifest, steps: int, num_envs: int, round_steps: int) -
     return all(r in done for r in range(len(plan)))
 
 
-def _collect(env, manifest: Manifest, settings: dict, steps: int, stop_after: int | None, progress: bool, tqdm,
-             shard_episodes: int, queue_episodes: int, shard_kwargs: dict, heldout_fraction: float) -> CollectResult:
+def _collect(
+    env,
+    manifest: Manifest,
+    settings: dict,
+    steps: int,
+    stop_after: int | None,
+    progress: bool,
+    tqdm,
+    shard_episodes: int,
+    queue_episodes: int,
+    shard_kwargs: dict,
+    heldout_fraction: float,
+) -> CollectResult:
     B = settings["num_envs"]
     plan = _plan(manifest, math.ceil(steps / B), settings["round_steps"])
     complete = {r["index"] for r in manifest.data["rounds"] if r.get("complete")}
@@ -567,8 +632,9 @@ def _collect(env, manifest: Manifest, settings: dict, steps: int, stop_after: in
     writer = ShardWriter(manifest.root, manifest, shard_episodes, queue_episodes, shard_kwargs)
     collector = Collector(env, settings, writer, {e["key"]: e["room_seed"] for _, e in manifest.episodes()}, heldout_fraction, max(plan))
     total = sum(plan) * B
-    bar = tqdm(total=total, initial=min(start_steps, total), unit="step", disable=not progress, smoothing=0.1,
-               desc=f"collect {settings['task']}")
+    bar = tqdm(
+        total=total, initial=min(start_steps, total), unit="step", disable=not progress, smoothing=0.1, desc=f"collect {settings['task']}"
+    )
     stopped: str | None = None
     t0 = time.perf_counter()
 
@@ -603,9 +669,15 @@ def _collect(env, manifest: Manifest, settings: dict, steps: int, stop_after: in
     rounds = manifest.data["rounds"]
     done_all = stopped is None and len(rounds) >= len(plan) and all(r.get("complete") for r in rounds)
     return CollectResult(
-        out=manifest.root, episodes=manifest.num_episodes, steps=manifest.num_steps,
-        new_episodes=manifest.num_episodes - start_eps, new_steps=manifest.num_steps - start_steps,
-        simulated_steps=collector.simulated, seconds=seconds, complete=done_all, writer_busy_seconds=writer.busy_seconds,
+        out=manifest.root,
+        episodes=manifest.num_episodes,
+        steps=manifest.num_steps,
+        new_episodes=manifest.num_episodes - start_eps,
+        new_steps=manifest.num_steps - start_steps,
+        simulated_steps=collector.simulated,
+        seconds=seconds,
+        complete=done_all,
+        writer_busy_seconds=writer.busy_seconds,
         stopped=stopped,
     )
 
@@ -613,9 +685,25 @@ def _collect(env, manifest: Manifest, settings: dict, steps: int, stop_after: in
 def collect_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """``collect`` keyword arguments from a ``configs/collect.yaml``-shaped config."""
     c = OmegaConf.to_container(cfg, resolve=True)
-    names = ("task", "steps", "num_envs", "policy", "noise", "seed", "resolution", "obs_keys", "round_steps",
-             "shard_episodes", "heldout_fraction", "compression", "compression_level", "image_chunk_steps",
-             "queue_episodes", "stop_after_steps", "progress")
+    names = (
+        "task",
+        "steps",
+        "num_envs",
+        "policy",
+        "noise",
+        "seed",
+        "resolution",
+        "obs_keys",
+        "round_steps",
+        "shard_episodes",
+        "heldout_fraction",
+        "compression",
+        "compression_level",
+        "image_chunk_steps",
+        "queue_episodes",
+        "stop_after_steps",
+        "progress",
+    )
     return {k: c[k] for k in names if k in c}
 
 
@@ -629,6 +717,8 @@ def run(cfg: DictConfig) -> int:
     except ValueError as e:
         raise SystemExit(f"dreamgym collect: {e}") from None
     state = "complete" if result.complete else "incomplete (re-run the same command to continue)"
-    print(f"{result.out}: {result.episodes} episodes, {result.steps} steps, {state}; "
-          f"this run added {result.new_episodes} episodes, {result.new_steps} steps in {result.seconds:.1f} s")
+    print(
+        f"{result.out}: {result.episodes} episodes, {result.steps} steps, {state}; "
+        f"this run added {result.new_episodes} episodes, {result.new_steps} steps in {result.seconds:.1f} s"
+    )
     return 130 if result.stopped == "interrupted" else 0

@@ -34,9 +34,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -147,23 +148,28 @@ class Manifest:
         self.data = data
 
     @classmethod
-    def new(cls, root: str | Path, env: dict[str, Any], collection: dict[str, Any], heldout_fraction: float) -> "Manifest":
-        return cls(root, {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "env": env,
-            "collection": collection,
-            "split": {"heldout_fraction": float(heldout_fraction), "rule": SPLIT_RULE},
-            "rounds": [],
-            "shards": [],
-        })
+    def new(cls, root: str | Path, env: dict[str, Any], collection: dict[str, Any], heldout_fraction: float) -> Manifest:
+        return cls(
+            root,
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "env": env,
+                "collection": collection,
+                "split": {"heldout_fraction": float(heldout_fraction), "rule": SPLIT_RULE},
+                "rounds": [],
+                "shards": [],
+            },
+        )
 
     @classmethod
-    def load(cls, root: str | Path) -> "Manifest":
+    def load(cls, root: str | Path) -> Manifest:
         root = Path(root)
         path = root / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{root} is not a dreamgym dataset: {MANIFEST} not found (collect one with `dreamgym collect out={root}`)")
+            raise FileNotFoundError(
+                f"{root} is not a dreamgym dataset: {MANIFEST} not found (collect one with `dreamgym collect out={root}`)"
+            )
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -249,9 +255,13 @@ def write_shard(
             attrs = {"id": int(ep_id), "steps": ep.steps, **ep.attrs}
             for k, v in attrs.items():
                 g.attrs[k] = v
-            entries.append({
-                "id": int(ep_id), "group": g.name.lstrip("/"), **{k: _json_value(attrs[k]) for k in MANIFEST_EPISODE_ATTRS if k in attrs},
-            })
+            entries.append(
+                {
+                    "id": int(ep_id),
+                    "group": g.name.lstrip("/"),
+                    **{k: _json_value(attrs[k]) for k in MANIFEST_EPISODE_ATTRS if k in attrs},
+                }
+            )
     digest, size = sha256_of(tmp, fsync=True)
     os.replace(tmp, path)
     fsync_dir(root)
@@ -361,9 +371,16 @@ def run_info(cfg) -> int:
     if not cfg.get("path"):
         raise SystemExit("dreamgym dataset info: give the dataset directory, e.g. `dreamgym dataset info data/reach`")
     m = Manifest.load(cfg.path)
-    stats: dict[str, Any] = {"episodes": m.num_episodes, "steps": m.num_steps, "shards": len(m.shards),
-                             "task": m.data["env"].get("task"), "resolution": m.data["env"].get("resolution"),
-                             "heldout_fraction": m.heldout_fraction, "by_split": {}, "by_behaviour": {}}
+    stats: dict[str, Any] = {
+        "episodes": m.num_episodes,
+        "steps": m.num_steps,
+        "shards": len(m.shards),
+        "task": m.data["env"].get("task"),
+        "resolution": m.data["env"].get("resolution"),
+        "heldout_fraction": m.heldout_fraction,
+        "by_split": {},
+        "by_behaviour": {},
+    }
     for _, e in m.episodes():
         for group, name in (("by_split", e["split"]), ("by_behaviour", e["behaviour"])):
             s = stats[group].setdefault(name, {"episodes": 0, "steps": 0, "successes": 0})

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,7 +100,9 @@ class WindowDataset(Dataset):
         self.heldout_fraction = max(m.heldout_fraction for m in manifests) if heldout_fraction is None else float(heldout_fraction)
 
         available = set.intersection(*(set(m.data["env"]["obs_keys"]) for m in manifests))
-        self.keys = tuple(sorted(available, key=lambda k: list(manifests[0].data["env"]["obs_keys"]).index(k))) if keys is None else tuple(keys)
+        self.keys = (
+            tuple(sorted(available, key=lambda k: list(manifests[0].data["env"]["obs_keys"]).index(k))) if keys is None else tuple(keys)
+        )
         unknown = [k for k in self.keys if k not in available and k not in STATE_KEYS and k not in DERIVED_KEYS]
         if unknown:
             raise ValueError(f"keys {unknown} are not in every dataset; available: {sorted(available) + list(STATE_KEYS + DERIVED_KEYS)}")
@@ -107,7 +110,9 @@ class WindowDataset(Dataset):
         if self.derived:
             lacking = [k for k in ("motion", "partner_motion") if k not in available]
             if lacking:
-                raise ValueError(f"{list(self.derived)} are computed from 'motion' and 'partner_motion', which the datasets lack ({lacking})")
+                raise ValueError(
+                    f"{list(self.derived)} are computed from 'motion' and 'partner_motion', which the datasets lack ({lacking})"
+                )
             self.keys = tuple(k for k in self.keys if k not in DERIVED_KEYS)
             self.keys += tuple(k for k in ("motion", "partner_motion") if k not in self.keys)
         self._tasks = [str(m.data["env"].get("task", "")) for m in manifests]
@@ -213,8 +218,10 @@ class WindowDataset(Dataset):
                     if m.data["env"][n] != ref[n]:
                         raise ValueError(f"{k} has {m.data['env'][n]} entries in {d} but {ref[n]} in {self.dirs[0]}")
                 elif m.data["env"]["observation_space"][k] != ref["observation_space"][k]:
-                    raise ValueError(f"observation {k!r} is {m.data['env']['observation_space'][k]} in {d} but "
-                                     f"{ref['observation_space'][k]} in {self.dirs[0]}; load datasets of one resolution together")
+                    raise ValueError(
+                        f"observation {k!r} is {m.data['env']['observation_space'][k]} in {d} but "
+                        f"{ref['observation_space'][k]} in {self.dirs[0]}; load datasets of one resolution together"
+                    )
 
     def _file(self, path: str):
         import h5py
@@ -285,6 +292,12 @@ def make_loader(
         num_workers = 0 if getattr(dataset, "_memory", None) is not None else 2
     gen = torch.Generator().manual_seed(int(seed))
     return DataLoader(
-        dataset, batch_size=int(batch_size), shuffle=shuffle, num_workers=int(num_workers), drop_last=drop_last,
-        generator=gen, persistent_workers=int(num_workers) > 0, **kwargs,
+        dataset,
+        batch_size=int(batch_size),
+        shuffle=shuffle,
+        num_workers=int(num_workers),
+        drop_last=drop_last,
+        generator=gen,
+        persistent_workers=int(num_workers) > 0,
+        **kwargs,
     )

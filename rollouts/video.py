@@ -55,8 +55,9 @@ def episode_frames(root: str | Path, episode: int, size: int = 256):
     path, group, env = find_episode(Path(root), episode)
     keys = [k for k in ("ego_rgb", "occupancy") if k in env["obs_keys"]]
     ep = read_episode(path, group, keys)
-    sim = EgoRoomEnv(task=ep.attrs["task"], resolution=env["resolution"], render_mode="rgb_array",
-                     render_resolution=size, obs_keys=["task_obs"])
+    sim = EgoRoomEnv(
+        task=ep.attrs["task"], resolution=env["resolution"], render_mode="rgb_array", render_resolution=size, obs_keys=["task_obs"]
+    )
     try:
         sim.reset(seed=int(ep.attrs["room_seed"]))
         blank = np.zeros((size, size, 3), np.uint8)

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 
-from dreamgym.rollouts.cli import main
+from dreamgym.app.cli import main
 
 TINY = [
-    "tasks=[reach]", "collect_steps=192", "num_envs=4", "wm_steps=2", "eval_wm_starts=2", "policy_steps=128",
-    "policy_envs=4", "eval_episodes=2",
+    "tasks=[reach]",
+    "collect_steps=192",
+    "num_envs=4",
+    "wm_steps=2",
+    "eval_wm_starts=2",
+    "policy_steps=128",
+    "policy_envs=4",
+    "eval_episodes=2",
     "overrides.collect=['heldout_fraction=0.5','progress=false']",
     "overrides.train_wm=['batch_size=4','num_threads=1','stats_windows=32','progress=false']",
     "overrides.eval_wm=['horizons=[1,2]','counterfactual.enabled=false','threads=1']",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dreamgym.envs.dream_env import DreamEnv, DreamVecEnv
+from dreamgym.worldmodel.dream_env import DreamEnv, DreamVecEnv
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,9 @@ def test_same_spaces_and_dtypes_as_the_real_env(dream, vec_env_factory):
 
 
 def test_frames_and_occupancy_are_generated_when_asked(tiny_checkpoint):
-    env = DreamVecEnv(tiny_checkpoint, num_envs=2, task="push", seed=0,
-                      modalities=["motion", "partner_motion", "ego_rgb", "ego_depth", "occupancy"])
+    env = DreamVecEnv(
+        tiny_checkpoint, num_envs=2, task="push", seed=0, modalities=["motion", "partner_motion", "ego_rgb", "ego_depth", "occupancy"]
+    )
     obs, _ = env.reset()
     assert env.observation_space.contains(obs)
     obs, *_ = env.step(np.zeros((2, 6), np.float32))
@@ -124,8 +125,18 @@ def test_the_dreamed_partner_gets_its_scripted_commands(tmp_path, monkeypatch):
     from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
 
     torch.manual_seed(0)
-    cfg = WorldModelConfig(resolution=16, data_resolution=32, frame_channels=[8, 16], occupancy_channels=[8, 16], dim=32, depth=1,
-                           heads=2, context=2, state_prior=16, partner_actions=True)
+    cfg = WorldModelConfig(
+        resolution=16,
+        data_resolution=32,
+        frame_channels=[8, 16],
+        occupancy_channels=[8, 16],
+        dim=32,
+        depth=1,
+        heads=2,
+        context=2,
+        state_prior=16,
+        partner_actions=True,
+    )
     WorldModel(cfg).save_pretrained(tmp_path / "wm")
     env = DreamVecEnv(tmp_path / "wm", num_envs=2, task="reach", seed=0, return_tensors=True)
     env.reset_tensors(seed=1)
@@ -197,8 +208,13 @@ def test_the_default_dreams_props_settling_after_a_reset(vec_env_factory):
     rec = {k: torch.stack(v, 1).float() for k, v in rec.items()}
     model = load_default()
     ctx = {k: v[:, :2] for k, v in rec.items()}
-    out = model.rollout(ctx, torch.zeros(4, 4, 6), past_actions=torch.zeros(4, 1, 6),
-                        partner_actions=torch.stack(pacts, 1)[:, :5], modalities=["motion", "partner_motion", "props"])
+    out = model.rollout(
+        ctx,
+        torch.zeros(4, 4, 6),
+        past_actions=torch.zeros(4, 1, 6),
+        partner_actions=torch.stack(pacts, 1)[:, :5],
+        modalities=["motion", "partner_motion", "props"],
+    )
     real = rec["props"][:, 2:6]
     dream_err = (out["props"] - real).norm(dim=-1).mean()
     hold_err = (rec["props"][:, 1:2] - real).norm(dim=-1).mean()

@@ -117,10 +117,21 @@ def _push_world(mat_xy: list[tuple[float, float]], prop_xy=(1.5, 0.0)):
     props = torch.zeros(B, scene.N_PROPS, 3)
     props[:, 0, :2] = torch.tensor(prop_xy)
     props[:, 1:, :2] = torch.tensor([[-3.0, -3.0], [-3.0, 3.0], [3.0, -3.0]])
-    state = WorldState(agent_pos=z.clone(), agent_yaw=torch.zeros(B), agent_vel=z.clone(), agent_joints=torch.zeros(B, 22, 3),
-                       partner_pos=z.clone(), partner_yaw=torch.zeros(B), partner_vel=z.clone(), partner_joints=torch.zeros(B, 22, 3),
-                       partner_behaviour=torch.zeros(B, dtype=torch.long), prop_pos=props, mat_pos=torch.tensor(mat_xy),
-                       room_half=torch.full((B, 2), 4.0), step=torch.zeros(B, dtype=torch.long))
+    state = WorldState(
+        agent_pos=z.clone(),
+        agent_yaw=torch.zeros(B),
+        agent_vel=z.clone(),
+        agent_joints=torch.zeros(B, 22, 3),
+        partner_pos=z.clone(),
+        partner_yaw=torch.zeros(B),
+        partner_vel=z.clone(),
+        partner_joints=torch.zeros(B, 22, 3),
+        partner_behaviour=torch.zeros(B, dtype=torch.long),
+        prop_pos=props,
+        mat_pos=torch.tensor(mat_xy),
+        room_half=torch.full((B, 2), 4.0),
+        step=torch.zeros(B, dtype=torch.long),
+    )
     params = EpisodeParams(target=torch.zeros(B, dtype=torch.long), instruction=torch.zeros(B, dtype=torch.long), goal=torch.zeros(B, 2))
     return state, params
 
@@ -194,9 +205,15 @@ def test_occupancy_of_a_box_at_a_known_position(yaw):
     rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])  # the box turns with the agent: aligned in its frame
     far = torch.full((1, 22, 3), -100.0)
     occ = grid(
-        torch.tensor([agent], dtype=torch.float32), torch.tensor([yaw], dtype=torch.float32),
-        torch.tensor([[world]], dtype=torch.float32), torch.tensor([[rot]], dtype=torch.float32),
-        torch.tensor([[half]], dtype=torch.float32), torch.tensor([False]), torch.tensor([MOVABLE]), far, far,
+        torch.tensor([agent], dtype=torch.float32),
+        torch.tensor([yaw], dtype=torch.float32),
+        torch.tensor([[world]], dtype=torch.float32),
+        torch.tensor([[rot]], dtype=torch.float32),
+        torch.tensor([[half]], dtype=torch.float32),
+        torch.tensor([False]),
+        torch.tensor([MOVABLE]),
+        far,
+        far,
     )[0].numpy()
     want = _expected_box_voxels(spec, centre_agent, half)
     assert want.sum() == 3 * 3 * 3  # x 1.0-1.75, y -1.0 to -0.25, z 0-0.75

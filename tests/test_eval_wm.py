@@ -181,8 +181,11 @@ def synthetic_episodes(lengths=(40, 12, 70), res: int = 16) -> list[Episode]:
             "occupancy": occ.astype(np.uint8),
         }
         actions = g.uniform(-1, 1, (T, 6)).astype(np.float32)
-        eps.append(Episode(obs, actions, room_seed=1000 + n, task="reach", name=f"synthetic{n}", instruction=n,
-                           rewards=(0.1 * t).astype(np.float32)))
+        eps.append(
+            Episode(
+                obs, actions, room_seed=1000 + n, task="reach", name=f"synthetic{n}", instruction=n, rewards=(0.1 * t).astype(np.float32)
+            )
+        )
     return eps
 
 
@@ -192,8 +195,18 @@ def test_plan_starts_counts_per_horizon():
     assert [s.length for s in starts] == sorted([s.length for s in starts], reverse=True)
     # rows 2, 12, 22, ... of each episode that have a future step; lengths capped at 64
     assert sorted((s.episode, s.t0, s.length) for s in starts) == [
-        (0, 2, 37), (0, 12, 27), (0, 22, 17), (0, 32, 7), (1, 2, 9),
-        (2, 2, 64), (2, 12, 57), (2, 22, 47), (2, 32, 37), (2, 42, 27), (2, 52, 17), (2, 62, 7),
+        (0, 2, 37),
+        (0, 12, 27),
+        (0, 22, 17),
+        (0, 32, 7),
+        (1, 2, 9),
+        (2, 2, 64),
+        (2, 12, 57),
+        (2, 22, 47),
+        (2, 32, 37),
+        (2, 42, 27),
+        (2, 52, 17),
+        (2, 62, 7),
     ]
     # A budget takes the starts that reach the largest horizon first, and caps each episode.
     few = plan_starts(eps, context=3, max_horizon=16, stride=10, per_episode=2, max_starts=5)
@@ -205,8 +218,18 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
     eps = synthetic_episodes()
     model = CopyLast(context=3, resolution=16)
     horizons = [1, 4, 16, 64]
-    res = evaluate(model, eps, tmp_path, horizons=horizons, stride=10, starts_per_episode=10, max_starts=None,
-                   num_videos=2, counterfactual=None, batch_size=4)
+    res = evaluate(
+        model,
+        eps,
+        tmp_path,
+        horizons=horizons,
+        stride=10,
+        starts_per_episode=10,
+        max_starts=None,
+        num_videos=2,
+        counterfactual=None,
+        batch_size=4,
+    )
     assert set(res) == {"horizons", "model", "baselines", "counterfactual"}
     assert res["horizons"] == horizons
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
@@ -249,8 +272,9 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
 def test_eval_reports_an_mse_model_and_state_only_modalities(tmp_path):
     eps = synthetic_episodes(lengths=(30, 30))
     state = ["motion", "partner_motion", "props", "occupancy"]
-    res = evaluate(CopyLast(3), eps, tmp_path, horizons=[1, 8], mse_model=Kinematic(3), modalities=state,
-                   stride=8, num_videos=1, counterfactual=None)
+    res = evaluate(
+        CopyLast(3), eps, tmp_path, horizons=[1, 8], mse_model=Kinematic(3), modalities=state, stride=8, num_videos=1, counterfactual=None
+    )
     assert "psnr_db" not in res["model"] and "mpjpe_mm" in res["model"]
     assert set(res["baselines"]) == {"hold_pose", "static_occupancy", "deterministic_mse"}
     assert res["baselines"]["deterministic_mse"]["root_trans_err_m"] != res["model"]["root_trans_err_m"]
@@ -273,8 +297,9 @@ def test_counterfactual_scores_without_the_simulator():
     holds still has no spread (null), one that moves at random does not correlate."""
     from dreamgym.worldmodel.evaluate import SimBranches
 
-    names, seqs = action_sequences({"fwd": [1, 0, 0, 0, 0, 0], "back": [-1, 0, 0, 0, 0, 0], "left": [0, 0, 1, 0, 0, 0],
-                                    "stand": [0] * 6, "rnd": "random"}, horizon=10)
+    names, seqs = action_sequences(
+        {"fwd": [1, 0, 0, 0, 0, 0], "back": [-1, 0, 0, 0, 0, 0], "left": [0, 0, 1, 0, 0, 0], "stand": [0] * 6, "rnd": "random"}, horizon=10
+    )
     N, S, K = 4, len(names), 3
     g = torch.Generator().manual_seed(0)
     motion = torch.randn(N, K, 227, generator=g)
@@ -291,7 +316,9 @@ def test_counterfactual_scores_without_the_simulator():
         p = kin.imagine(c, allacts[:, h : h + K])
         c["motion"] = torch.cat((c["motion"][:, 1:], p["motion"][:, None]), 1)
         roots.append(p["motion"][:, :7])
-    sim = SimBranches(ctx, torch.zeros(N * S, K - 1, 6), acts, torch.stack(roots, 1), torch.ones(N * S, dtype=torch.bool), 0.0, list(range(N)))
+    sim = SimBranches(
+        ctx, torch.zeros(N * S, K - 1, 6), acts, torch.stack(roots, 1), torch.ones(N * S, dtype=torch.bool), 0.0, list(range(N))
+    )
     good = counterfactual_scores(sim, kin, names, ["motion"], 1, 0, "cpu")
     assert good["disp_corr_within_context"] == pytest.approx(1.0, abs=1e-6)
     assert good["dyaw_corr"] == pytest.approx(1.0, abs=1e-6)
@@ -314,8 +341,9 @@ def sim_episodes():
 def test_simulated_branches_replay_exactly_and_diverge_with_actions(sim_episodes):
     eps = sim_episodes
     assert all(e.length == 15 and e.first_step == 0 for e in eps)
-    names, seqs = action_sequences({"forward": [1, 0, 0, 0, 0, 0], "backward": [-1, 0, 0, 0, 0, 0],
-                                    "turn_left": [0, 0, 1, 0, 0, 0], "stand": [0] * 6}, horizon=8)
+    names, seqs = action_sequences(
+        {"forward": [1, 0, 0, 0, 0, 0], "backward": [-1, 0, 0, 0, 0, 0], "turn_left": [0, 0, 1, 0, 0, 0], "stand": [0] * 6}, horizon=8
+    )
     K, t0 = 3, 5
     mods = ["motion", "partner_motion", "props", "occupancy"]
     sim = simulate_branches(eps, [0, 1], t0, K, seqs, (16, 16), mods)
@@ -340,8 +368,12 @@ def test_simulated_branches_replay_exactly_and_diverge_with_actions(sim_episodes
 @pytest.mark.slow
 def test_eval_end_to_end_on_simulated_episodes_with_counterfactuals(tmp_path):
     eps = simulate_episodes("reach", [6001, 6002, 6003], steps=40, resolution=16, policy="noisy", seed=1)
-    cf = {"num_contexts": 2, "start": None, "horizon": 8,
-          "sequences": {"forward": [1, 0, 0, 0, 0, 0], "turn_left": [0, 0, 1, 0, 0, 0], "stand": [0] * 6, "random": "random"}}
+    cf = {
+        "num_contexts": 2,
+        "start": None,
+        "horizon": 8,
+        "sequences": {"forward": [1, 0, 0, 0, 0, 0], "turn_left": [0, 0, 1, 0, 0, 0], "stand": [0] * 6, "random": "random"},
+    }
     res = evaluate(Kinematic(3, 16), eps, tmp_path, horizons=[1, 4, 16], counterfactual=cf, stride=8, num_videos=1)
     c = res["counterfactual"]
     assert c["num_contexts"] == 2 and c["sequences"] == ["forward", "turn_left", "stand", "random"]
@@ -363,7 +395,7 @@ def _windows(B: int = 2, T: int = 4, res: int = 16) -> dict[str, torch.Tensor]:
 
 
 def test_bench_reports_training_and_sampling_rates_per_configuration():
-    from dreamgym.worldmodel.bench_wm import bench, format_summary
+    from dreamgym.benchmarks.wm import bench, format_summary
 
     model = CopyLast(context=3, resolution=16)
     layer = torch.nn.Linear(227, 227)
@@ -376,8 +408,17 @@ def test_bench_reports_training_and_sampling_rates_per_configuration():
         layer(batch["motion"][:, :3]).pow(2).mean().backward()
         opt.step()
 
-    r = bench(model, batch_sizes=[1, 4], num_steps=[1, 3], train_batch_size=8, seconds=0.05, sim_baseline=False,
-              train_step=train_step, windows=_windows(), progress=lambda s: None)
+    r = bench(
+        model,
+        batch_sizes=[1, 4],
+        num_steps=[1, 3],
+        train_batch_size=8,
+        seconds=0.05,
+        sim_baseline=False,
+        train_step=train_step,
+        windows=_windows(),
+        progress=lambda s: None,
+    )
     assert calls and calls[0] == (8, 4, 227), "the training batch is the windows tiled to train_batch_size"
     assert r["train"]["batch_size"] == 8 and r["train"]["samples_per_s"] > 0
     rows = {(x["batch_size"], x["num_steps"], x["modalities"]) for x in r["sampling"]}
@@ -389,10 +430,11 @@ def test_bench_reports_training_and_sampling_rates_per_configuration():
 
 @pytest.mark.slow
 def test_bench_measures_the_simulator_at_the_same_batch_sizes():
-    from dreamgym.worldmodel.bench_wm import bench
+    from dreamgym.benchmarks.wm import bench
 
-    r = bench(CopyLast(context=3, resolution=16), batch_sizes=[1, 2], num_steps=[1], seconds=0.2, sim_baseline=True,
-              progress=lambda s: None)
+    r = bench(
+        CopyLast(context=3, resolution=16), batch_sizes=[1, 2], num_steps=[1], seconds=0.2, sim_baseline=True, progress=lambda s: None
+    )
     assert set(r["sim_steps_per_s"]) == {"1", "2"}
     for row in r["sampling"]:
         sim = r["sim_steps_per_s"][str(row["batch_size"])]["frames" if row["modalities"] == "frames" else "state_only"]
@@ -404,8 +446,19 @@ def _tiny_world_model(directory, data_resolution: int):
     from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
 
     torch.manual_seed(0)
-    cfg = WorldModelConfig(resolution=16, data_resolution=data_resolution, context=2, frame_channels=[8, 16], occupancy_channels=[8, 16],
-                           groups=4, dim=32, depth=1, heads=2, grid_tokens=2, reward_hidden=32)
+    cfg = WorldModelConfig(
+        resolution=16,
+        data_resolution=data_resolution,
+        context=2,
+        frame_channels=[8, 16],
+        occupancy_channels=[8, 16],
+        groups=4,
+        dim=32,
+        depth=1,
+        heads=2,
+        grid_tokens=2,
+        reward_hidden=32,
+    )
     WorldModel(cfg).save_pretrained(directory)
     return directory
 
@@ -413,28 +466,61 @@ def _tiny_world_model(directory, data_resolution: int):
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     """A few short reach episodes at 16x16, nearly every room held out."""
-    from dreamgym.rollouts.cli import main
+    from dreamgym.app.cli import main
 
     out = tmp_path_factory.mktemp("dataset")
-    main(["collect", "task=reach", "steps=96", "num_envs=4", "round_steps=24", "resolution=16", "heldout_fraction=0.99",
-          f"out={out}", "progress=false"])
+    main(
+        [
+            "collect",
+            "task=reach",
+            "steps=96",
+            "num_envs=4",
+            "round_steps=24",
+            "resolution=16",
+            "heldout_fraction=0.99",
+            f"out={out}",
+            "progress=false",
+        ]
+    )
     return out
 
 
 @pytest.mark.slow
 def test_eval_wm_command_on_a_collected_dataset(tiny_dataset, tmp_path):
-    from dreamgym.rollouts.cli import main
+    from dreamgym.app.cli import main
     from dreamgym.worldmodel.evaluate import load_episodes
 
     eps = load_episodes(tiny_dataset, split="heldout")
     assert eps and all(e.first_step == 0 and e.obs["ego_rgb"].shape[-1] == 16 for e in eps)
     ck = _tiny_world_model(tmp_path / "ck", 16)
     out = tmp_path / "eval"
-    main(["eval-wm", f"checkpoint={ck}", f"data={tiny_dataset}", f"out={out}", "horizons=[1,4,8]", "num_steps=1",
-          "counterfactual.enabled=false", "max_starts=6", "stride=6", "num_videos=1"])
+    main(
+        [
+            "eval-wm",
+            f"checkpoint={ck}",
+            f"data={tiny_dataset}",
+            f"out={out}",
+            "horizons=[1,4,8]",
+            "num_steps=1",
+            "counterfactual.enabled=false",
+            "max_starts=6",
+            "stride=6",
+            "num_videos=1",
+        ]
+    )
     res = json.loads((out / "metrics.json").read_text())
     assert list(res) == ["horizons", "model", "baselines", "counterfactual"] and res["horizons"] == [1, 4, 8]
-    for metric in ("psnr_db", "ssim", "depth_abs_err_m", "mpjpe_mm", "root_trans_err_m", "root_rot_err_rad", "occ_iou", "occ_miou", "reward_abs_err"):
+    for metric in (
+        "psnr_db",
+        "ssim",
+        "depth_abs_err_m",
+        "mpjpe_mm",
+        "root_trans_err_m",
+        "root_rot_err_rad",
+        "occ_iou",
+        "occ_miou",
+        "reward_abs_err",
+    ):
         assert len(res["model"][metric]) == 3, metric
     assert set(res["baselines"]) == {"copy_last_frame", "hold_pose", "static_occupancy"}
     assert res["model"]["num_samples"][0] >= 1

@@ -12,13 +12,13 @@ import pytest
 import torch
 from bvh import Bvh
 
-from dreamgym.avatars.smplx_params import motion_to_smplx
-from dreamgym.envs.skeleton import NUM_JOINTS
-from dreamgym.rollouts.cli import main
-
 # helpers shared with the viewer's tests (pytest puts tests/ on sys.path)
 from test_avatars import NUM_VERTS, write_synthetic_smplx
 from test_viewer import CONTEXT, FPS, ROOM_SEEDS, STEPS, save_tiny_world_model, synthetic_episode, write_run, write_tiny_dataset
+
+from dreamgym.app.cli import main
+from dreamgym.avatars.smplx_params import motion_to_smplx
+from dreamgym.envs.skeleton import NUM_JOINTS
 
 DREAM_STEPS = 3
 TOL = 1e-5  # metres: float32 motion through the exporters (see test_avatars)
@@ -85,14 +85,17 @@ def test_export_run_adds_the_dream(run_folder: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     assert main(["export", str(run_folder / "viewer"), f"out={again}", "progress=false", "streams=[dream]"]) == 0
     assert sorted(p.name for p in (again / "episode_000001").iterdir()) == sorted(
-        f"dream_{s}.{e}" for s in ("agent", "partner") for e in ("npz", "bvh", "glb"))
+        f"dream_{s}.{e}" for s in ("agent", "partner") for e in ("npz", "bvh", "glb")
+    )
     np.testing.assert_array_equal(np.load(again / "episode_000001" / "dream_agent.npz")["poses"], dream["poses"])
 
 
 def test_export_with_smplx_model_writes_meshes(dataset: Path, tmp_path: Path) -> None:
     write_synthetic_smplx(tmp_path / "models" / "smplx")
     out = tmp_path / "out"
-    assert main(["export", f"data={dataset}", f"out={out}", f"smplx_model_dir={tmp_path / 'models'}", "episodes=[1]", "progress=false"]) == 0
+    assert (
+        main(["export", f"data={dataset}", f"out={out}", f"smplx_model_dir={tmp_path / 'models'}", "episodes=[1]", "progress=false"]) == 0
+    )
     mesh = np.load(out / "episode_000001" / "partner_mesh.npz")
     assert mesh["vertices"].shape == (STEPS + 1, NUM_VERTS, 3) and float(mesh["fps"]) == FPS
     source = synthetic_episode(ROOM_SEEDS[1], 1).observations["partner_motion"]

@@ -8,7 +8,6 @@ every env has 8 worlds so that Warp compiles its kernels for one batch size only
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -28,22 +27,47 @@ def tiny_wm(tmp_path_factory):
     from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
 
     torch.manual_seed(0)
-    cfg = WorldModelConfig(resolution=16, data_resolution=32, context=2, modalities=["motion", "partner_motion", "props"],
-                           dim=32, depth=1, heads=2, reward_hidden=32)
+    cfg = WorldModelConfig(
+        resolution=16,
+        data_resolution=32,
+        context=2,
+        modalities=["motion", "partner_motion", "props"],
+        dim=32,
+        depth=1,
+        heads=2,
+        reward_hidden=32,
+    )
     path = tmp_path_factory.mktemp("wm") / "tiny"
     WorldModel(cfg).save_pretrained(path)
     return path
 
 
 def _train_cfg(env: str, out, algo: str = "ppo", checkpoint=None, steps: int = 64, init=None):
-    from dreamgym.rollouts.cli import compose
+    from dreamgym.configs import compose
 
-    return compose("train_policy", [
-        f"env={env}", f"algo={algo}", f"out={out}", f"steps={steps}", f"num_envs={B}", "progress=false", "stats_steps=2",
-        "ppo.n_steps=8", "ppo.batch_size=32", "ppo.n_epochs=2", "sac.learning_starts=16", "sac.gradient_steps=1",
-        "sac.batch_size=32", "num_threads=1", "checkpoint_every=1000000", "obs_keys=[task_obs,motion]",
-        *([f"checkpoint={checkpoint}"] if checkpoint else []), *([f"init={init}"] if init else []),
-    ])
+    return compose(
+        "train_policy",
+        [
+            f"env={env}",
+            f"algo={algo}",
+            f"out={out}",
+            f"steps={steps}",
+            f"num_envs={B}",
+            "progress=false",
+            "stats_steps=2",
+            "ppo.n_steps=8",
+            "ppo.batch_size=32",
+            "ppo.n_epochs=2",
+            "sac.learning_starts=16",
+            "sac.gradient_steps=1",
+            "sac.batch_size=32",
+            "num_threads=1",
+            "checkpoint_every=1000000",
+            "obs_keys=[task_obs,motion]",
+            *([f"checkpoint={checkpoint}"] if checkpoint else []),
+            *([f"init={init}"] if init else []),
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- statistics and loaders
@@ -106,7 +130,7 @@ def test_eval_policy_expert_beats_random_with_intervals():
 
 
 def test_eval_policy_command_writes_json(tmp_path):
-    from dreamgym.rollouts.cli import main
+    from dreamgym.app.cli import main
 
     out = tmp_path / "eval.json"
     # positional form (policy= works too)
@@ -172,8 +196,9 @@ def test_train_policy_gives_a_loadable_checkpoint(tmp_path, tiny_wm, env, algo):
 
 # ----------------------------------------------------------------------------- DIAMOND
 def test_finetune_world_model_changes_weights_and_loads(tmp_path, tiny_wm):
-    from dreamgym.envs.dream_env import DreamVecEnv
-    from dreamgym.policies.diamond import collect_with_policy, finetune_world_model
+    from dreamgym.policies.collect import collect_with_policy
+    from dreamgym.worldmodel.dream_env import DreamVecEnv
+    from dreamgym.worldmodel.finetune import finetune_world_model
     from dreamgym.worldmodel.model import WorldModel
 
     eps, stats = collect_with_policy(RandomPolicy(), "reach", steps=4 * B, num_envs=B, seed=5, exploration_noise=0.0)
@@ -190,14 +215,30 @@ def test_finetune_world_model_changes_weights_and_loads(tmp_path, tiny_wm):
 
 @pytest.mark.slow
 def test_diamond_loop_respects_the_budget(tmp_path, tiny_wm):
-    from dreamgym.policies.diamond import diamond
-    from dreamgym.rollouts.cli import compose
+    from dreamgym.app.diamond import diamond
+    from dreamgym.configs import compose
 
-    cfg = compose("diamond", [
-        f"out={tmp_path / 'run'}", f"checkpoint={tiny_wm}", "budget=200", "collect_steps=64", f"collect_envs={B}",
-        "wm.steps=2", "wm.batch_size=4", "policy_steps=64", f"num_envs={B}", "ppo.n_steps=8", "ppo.batch_size=32",
-        "ppo.n_epochs=1", "eval_episodes=0", "progress=false", "num_threads=1", "stats_steps=2",
-    ])
+    cfg = compose(
+        "diamond",
+        [
+            f"out={tmp_path / 'run'}",
+            f"checkpoint={tiny_wm}",
+            "budget=200",
+            "collect_steps=64",
+            f"collect_envs={B}",
+            "wm.steps=2",
+            "wm.batch_size=4",
+            "policy_steps=64",
+            f"num_envs={B}",
+            "ppo.n_steps=8",
+            "ppo.batch_size=32",
+            "ppo.n_epochs=1",
+            "eval_episodes=0",
+            "progress=false",
+            "num_threads=1",
+            "stats_steps=2",
+        ],
+    )
     s = diamond(cfg)
     log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert s["iterations"] == len(log) >= 2
@@ -211,8 +252,7 @@ def test_runner_passes_the_infos_a_policy_asks_for(vec_env_factory):
     utterances (strings) and scene objects (the props' xy, as in ``infos["objects"]``)."""
     from dreamgym.policies.evaluate import run_episodes
 
-    env = vec_env_factory(num_envs=3, task="social", resolution=16, seed=0, obs_keys=["motion", "partner_motion"],
-                          return_tensors=True)
+    env = vec_env_factory(num_envs=3, task="social", resolution=16, seed=0, obs_keys=["motion", "partner_motion"], return_tensors=True)
     seen = []
 
     class Listener:
@@ -224,8 +264,9 @@ def test_runner_passes_the_infos_a_policy_asks_for(vec_env_factory):
 
     env.core.task.max_steps, keep = 3, env.core.task.max_steps
     try:
-        run_episodes(env, {"stand": (RandomPolicy(), torch.tensor([0])), "listen": (Listener(), torch.tensor([1, 2]))},
-                     room_seeds=[5, 6, 7])
+        run_episodes(
+            env, {"stand": (RandomPolicy(), torch.tensor([0])), "listen": (Listener(), torch.tensor([1, 2]))}, room_seeds=[5, 6, 7]
+        )
     finally:
         env.core.task.max_steps = keep
     assert len(seen) >= 2

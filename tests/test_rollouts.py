@@ -26,8 +26,19 @@ from dreamgym.rollouts.dataset import CorruptShardError, Manifest, read_episode,
 from dreamgym.rollouts.loader import WindowDataset, make_loader
 
 EPISODE_STEPS = 12  # the env's max_steps in these tests
-SMALL = dict(task="reach", steps=4 * 40, num_envs=4, resolution=32, policy="expert:0.5,noisy:0.25,random:0.25",
-             noise=0.3, seed=7, round_steps=20, shard_episodes=2, heldout_fraction=0.3, progress=False)
+SMALL = dict(
+    task="reach",
+    steps=4 * 40,
+    num_envs=4,
+    resolution=32,
+    policy="expert:0.5,noisy:0.25,random:0.25",
+    noise=0.3,
+    seed=7,
+    round_steps=20,
+    shard_episodes=2,
+    heldout_fraction=0.3,
+    progress=False,
+)
 
 
 def _make_env():
@@ -113,8 +124,7 @@ H5PY_ONLY_READER = textwrap.dedent("""
 
 
 def test_loads_with_h5py_alone(dataset):
-    proc = subprocess.run([sys.executable, "-c", H5PY_ONLY_READER, str(dataset)], capture_output=True, text=True, timeout=120,
-                          cwd=dataset)
+    proc = subprocess.run([sys.executable, "-c", H5PY_ONLY_READER, str(dataset)], capture_output=True, text=True, timeout=120, cwd=dataset)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert not out["imported_dreamgym"]
@@ -230,7 +240,7 @@ def _damage(dataset, tmp_path) -> tuple[Path, str, str]:
 
 
 def test_corrupt_shards_are_named_and_can_be_skipped(dataset, tmp_path):
-    from dreamgym.rollouts.cli import main
+    from dreamgym.app.cli import main
 
     bad, flipped, truncated = _damage(dataset, tmp_path)
     report = verify(bad)
@@ -295,8 +305,8 @@ def test_windows_stay_inside_episodes_and_splits_are_disjoint(dataset):
     ep = train.episodes[int(w["episode"])]
     ref = read_episode(ep["shard"], ep["group"], ["motion"])
     t0 = int(w["t0"])
-    assert np.array_equal(w["motion"].numpy(), ref.observations["motion"][t0:t0 + K + H])
-    assert np.array_equal(w["actions"].numpy(), ref.actions[t0:t0 + K + H])
+    assert np.array_equal(w["motion"].numpy(), ref.observations["motion"][t0 : t0 + K + H])
+    assert np.array_equal(w["actions"].numpy(), ref.actions[t0 : t0 + K + H])
     assert int(w["room_seed"]) == ep["room_seed"]
 
 

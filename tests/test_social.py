@@ -107,12 +107,23 @@ def test_train_social_tiny_end_to_end(tmp_path):
     """``dreamgym train-social`` on a tiny budget: saves a loadable avatar with its facing head and metrics."""
     import json
 
+    from dreamgym.app.cli import main
     from dreamgym.policies.social import SocialAvatarPolicy
-    from dreamgym.rollouts.cli import main
 
     out = tmp_path / "social"
-    rc = main(["train-social", f"out={out}", "batches=1", "num_envs=2", "vq_updates=30", "inv_updates=30", "gen_updates=30",
-               "fe_updates=10", "eval_scenes=1"])
+    rc = main(
+        [
+            "train-social",
+            f"out={out}",
+            "batches=1",
+            "num_envs=2",
+            "vq_updates=30",
+            "inv_updates=30",
+            "gen_updates=30",
+            "fe_updates=10",
+            "eval_scenes=1",
+        ]
+    )
     assert rc == 0
     pol = SocialAvatarPolicy.from_pretrained(out)
     assert pol.config.heading_head and pol.gen.heading is not None
@@ -163,8 +174,9 @@ def test_the_pointer_head_turns_the_response_to_the_chosen_object():
     from dreamgym.policies.social import SocialAvatarPolicy, SocialConfig
 
     torch.manual_seed(0)
-    pol = SocialAvatarPolicy(SocialConfig(codebook=8, hidden=32, d_model=16, layers=1, heads=2, heading_head=True,
-                                          scene_objects=True)).eval()
+    pol = SocialAvatarPolicy(
+        SocialConfig(codebook=8, hidden=32, d_model=16, layers=1, heads=2, heading_head=True, scene_objects=True)
+    ).eval()
     m = torch.zeros(1, 227)
     m[:, 3:7] = _yaw_quat(0.0)
     pm = m.clone()

@@ -87,9 +87,21 @@ def synthetic_episode(room_seed: int, index: int) -> Episode:
     }
     actions = np.tile(np.array([0.8, 0, 0, 0, 0, 0], np.float32), (T, 1))
     actions[:, 2] = rng.uniform(-0.2, 0.2, T)
-    attrs = {"key": f"r0-w{index}-e0", "task": "social", "instruction": 24, "instruction_text": "greet the person",
-             "room_seed": room_seed, "behaviour": "expert", "partner_behaviour": "walk", "utterance": "",
-             "success": False, "terminated": False, "truncated": True, "cut": False, "split": "heldout" if room_seed == 3 else "train"}
+    attrs = {
+        "key": f"r0-w{index}-e0",
+        "task": "social",
+        "instruction": 24,
+        "instruction_text": "greet the person",
+        "room_seed": room_seed,
+        "behaviour": "expert",
+        "partner_behaviour": "walk",
+        "utterance": "",
+        "success": False,
+        "terminated": False,
+        "truncated": True,
+        "cut": False,
+        "split": "heldout" if room_seed == 3 else "train",
+    }
     zeros = np.zeros(T, bool)
     return Episode(obs, actions, rng.normal(size=T).astype(np.float32), zeros, zeros.copy(), qpos, np.zeros((T + 1, NV), np.float32), attrs)
 
@@ -106,10 +118,21 @@ def write_tiny_dataset(root: Path) -> Path:
         "instruction": {"shape": [], "dtype": "int64"},
         "task_obs": {"shape": [8], "dtype": "float32"},
     }
-    env = {"env_id": "dreamgym/EgoRoomVec-v0", "task": "social", "resolution": [RESOLUTION, RESOLUTION],
-           "obs_keys": list(space), "observation_space": space, "control_dt": 1.0 / FPS, "nq": NQ, "nv": NV,
-           "occupancy": {"size_xyz": [OCC_SHAPE[1], OCC_SHAPE[2], OCC_SHAPE[0]], "voxel": 0.25,
-                         "classes": ["free", "static", "movable", "partner", "agent"]}}
+    env = {
+        "env_id": "dreamgym/EgoRoomVec-v0",
+        "task": "social",
+        "resolution": [RESOLUTION, RESOLUTION],
+        "obs_keys": list(space),
+        "observation_space": space,
+        "control_dt": 1.0 / FPS,
+        "nq": NQ,
+        "nv": NV,
+        "occupancy": {
+            "size_xyz": [OCC_SHAPE[1], OCC_SHAPE[2], OCC_SHAPE[0]],
+            "voxel": 0.25,
+            "classes": ["free", "static", "movable", "partner", "agent"],
+        },
+    }
     manifest = Manifest.new(root, env, {"task": "social"}, heldout_fraction=0.5)
     episodes = [(i, synthetic_episode(seed, i)) for i, seed in enumerate(ROOM_SEEDS)]
     manifest.shards.append(write_shard(root, manifest.next_shard_name(), episodes, env))
@@ -124,10 +147,23 @@ def save_tiny_world_model(directory: Path, data: Path) -> Path:
     from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
 
     torch.manual_seed(0)
-    cfg = WorldModelConfig(resolution=RESOLUTION, data_resolution=RESOLUTION, context=CONTEXT, frame_channels=[8, 16],
-                           occupancy_channels=[8, 16], dim=32, depth=1, heads=2, grid_tokens=2, reward_hidden=32, groups=4)
+    cfg = WorldModelConfig(
+        resolution=RESOLUTION,
+        data_resolution=RESOLUTION,
+        context=CONTEXT,
+        frame_channels=[8, 16],
+        occupancy_channels=[8, 16],
+        dim=32,
+        depth=1,
+        heads=2,
+        grid_tokens=2,
+        reward_hidden=32,
+        groups=4,
+    )
     model = WorldModel(cfg)
-    windows = WindowDataset(data, context=CONTEXT, horizon=1, split="all", keys=["ego_rgb", "ego_depth", "motion", "partner_motion", "occupancy", "qpos"])
+    windows = WindowDataset(
+        data, context=CONTEXT, horizon=1, split="all", keys=["ego_rgb", "ego_depth", "motion", "partner_motion", "occupancy", "qpos"]
+    )
     model.norm.fit([collate([windows[i] for i in range(len(windows))])], RESOLUTION, True)
     windows.close()
     return model.save_pretrained(directory)
@@ -193,8 +229,13 @@ def test_bundle_holds_real_and_dream_in_the_viewer_frame(run_bundle: Path, tiny_
     dreamed = bundle.array(entry, "dream", "agent_motion")
     np.testing.assert_array_equal(dreamed[:CONTEXT], source.observations["motion"][:CONTEXT])
     assert np.isfinite(dreamed).all() and not np.allclose(dreamed[CONTEXT:], source.observations["motion"][CONTEXT : CONTEXT + DREAM_STEPS])
-    for key, shape in (("agent_joints", (NUM_JOINTS, 3)), ("partner_joints", (NUM_JOINTS, 3)), ("occupancy", OCC_SHAPE),
-                       ("ego_rgb", (RESOLUTION, RESOLUTION, 3)), ("props", (4, 3))):
+    for key, shape in (
+        ("agent_joints", (NUM_JOINTS, 3)),
+        ("partner_joints", (NUM_JOINTS, 3)),
+        ("occupancy", OCC_SHAPE),
+        ("ego_rgb", (RESOLUTION, RESOLUTION, 3)),
+        ("props", (4, 3)),
+    ):
         assert bundle.array(entry, "dream", key).shape == (CONTEXT + DREAM_STEPS, *shape)
 
 
@@ -217,8 +258,21 @@ def test_dataset_without_a_model_is_real_only(tiny_dataset: Path, tmp_path: Path
 def test_mismatched_checkpoint_names_both(tiny_dataset: Path, tmp_path: Path) -> None:
     from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
 
-    WorldModel(WorldModelConfig(resolution=16, data_resolution=32, context=2, frame_channels=[8, 16], occupancy_channels=[8, 16],
-                                dim=32, depth=1, heads=2, grid_tokens=2, reward_hidden=32, groups=4)).save_pretrained(tmp_path / "wm32")
+    WorldModel(
+        WorldModelConfig(
+            resolution=16,
+            data_resolution=32,
+            context=2,
+            frame_channels=[8, 16],
+            occupancy_channels=[8, 16],
+            dim=32,
+            depth=1,
+            heads=2,
+            grid_tokens=2,
+            reward_hidden=32,
+            groups=4,
+        )
+    ).save_pretrained(tmp_path / "wm32")
     with pytest.raises(ValueError, match=r"wm32.*32x32.*data.*16x16"):
         resolve_bundle(tiny_dataset, checkpoint=str(tmp_path / "wm32"), out=str(tmp_path / "b"), progress=False, log=lambda s: None)
     assert not (tmp_path / "b").exists()
@@ -263,13 +317,29 @@ def test_server_serves_the_page_the_bundle_and_three(server: ViewerServer) -> No
     assert get(server.port, "/elsewhere")[0] == 404
 
 
-@pytest.mark.parametrize("path", [
-    "/../secret.txt", "/bundle/../secret.txt", "/bundle/../../../etc/passwd", "/web/../../viewer/bundle.py",
-    "/bundle/%2e%2e/secret.txt", "/bundle/%2E%2E%2Fsecret.txt", "/bundle/..%2fsecret.txt", "/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-    "/bundle/%252e%252e/secret.txt", "/bundle/..%5csecret.txt", "/bundle/..\\secret.txt", "/bundle//etc/passwd",
-    "/bundle/%2fetc%2fpasswd", "/bundle/escape", "/bundle/./../secret.txt", "/bundle/episodes/../../secret.txt",
-    "/web/%2e%2e/%2e%2e/%2e%2e/pyproject.toml", "/bundle/%00/secret.txt",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../secret.txt",
+        "/bundle/../secret.txt",
+        "/bundle/../../../etc/passwd",
+        "/web/../../viewer/bundle.py",
+        "/bundle/%2e%2e/secret.txt",
+        "/bundle/%2E%2E%2Fsecret.txt",
+        "/bundle/..%2fsecret.txt",
+        "/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/bundle/%252e%252e/secret.txt",
+        "/bundle/..%5csecret.txt",
+        "/bundle/..\\secret.txt",
+        "/bundle//etc/passwd",
+        "/bundle/%2fetc%2fpasswd",
+        "/bundle/escape",
+        "/bundle/./../secret.txt",
+        "/bundle/episodes/../../secret.txt",
+        "/web/%2e%2e/%2e%2e/%2e%2e/pyproject.toml",
+        "/bundle/%00/secret.txt",
+    ],
+)
 def test_server_refuses_paths_outside_its_folders(server: ViewerServer, path: str) -> None:
     status, body, _ = get(server.port, path)
     assert status in (403, 404), (path, status)
@@ -282,7 +352,7 @@ def test_server_refuses_foreign_host_names(server: ViewerServer) -> None:
 
 
 def test_taken_port_is_reported(run_bundle: Path) -> None:
-    from dreamgym.rollouts.cli import main
+    from dreamgym.app.cli import main
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -338,7 +408,9 @@ def test_page_draws_the_bodies_and_scrubbing_changes_the_frame(browser: Headless
     assert browser.evaluate("window.__dreamgym.layout") == "split"
     assert browser.evaluate("window.__dreamgym.frameCount") == STEPS + 1
     vr = browser.evaluate("document.getElementById('VRButton') && document.getElementById('VRButton').textContent")
-    assert vr in ("ENTER VR", "VR NOT SUPPORTED", "VR NOT ALLOWED", "WEBXR NOT AVAILABLE"), vr  # WebXR's button, whatever this machine offers
+    assert vr in ("ENTER VR", "VR NOT SUPPORTED", "VR NOT ALLOWED", "WEBXR NOT AVAILABLE"), (
+        vr
+    )  # WebXR's button, whatever this machine offers
 
     first = browser.screenshot(tmp_path / "frame0.png")
     img0 = decode(first)
@@ -351,7 +423,9 @@ def test_page_draws_the_bodies_and_scrubbing_changes_the_frame(browser: Headless
 
     # scrub with the timeline slider, as a person would
     late = STEPS
-    browser.evaluate(f"(() => {{ const s = document.getElementById('scrub'); s.value = '{late}'; s.dispatchEvent(new Event('input')); }})()")
+    browser.evaluate(
+        f"(() => {{ const s = document.getElementById('scrub'); s.value = '{late}'; s.dispatchEvent(new Event('input')); }})()"
+    )
     browser.wait_for(f"window.__dreamgym.renderedFrame === {late}", timeout=60)
     img1 = decode(browser.screenshot(tmp_path / f"frame{late}.png"))
     points1 = browser.evaluate("window.__dreamgym.screenPoints()")
@@ -379,11 +453,25 @@ def test_collected_dataset_exports_and_views(tmp_path: Path) -> None:
     and of an eval-wm-style run dreaming it with a small world model."""
     from PIL import Image
 
-    from dreamgym.rollouts.cli import main
+    from dreamgym.app.cli import main
 
     data = tmp_path / "data"
-    assert main(["collect", f"out={data}", "task=social", "steps=32", "num_envs=2", "resolution=16",
-                 "round_steps=16", "heldout_fraction=0.5", "progress=false"]) == 0
+    assert (
+        main(
+            [
+                "collect",
+                f"out={data}",
+                "task=social",
+                "steps=32",
+                "num_envs=2",
+                "resolution=16",
+                "round_steps=16",
+                "heldout_fraction=0.5",
+                "progress=false",
+            ]
+        )
+        == 0
+    )
     assert main(["export", f"data={data}", f"out={tmp_path / 'export'}", "progress=false"]) == 0
     index = json.loads((tmp_path / "export" / "export.json").read_text())
     assert len(index["episodes"]) == 2 and all(set(e) == {"agent", "partner"} for e in index["episodes"].values())
@@ -395,8 +483,10 @@ def test_collected_dataset_exports_and_views(tmp_path: Path) -> None:
     if find_chromium() is None:
         pytest.skip("Chromium is not installed (apt-get install chromium); the screenshot needs it")
     shot = tmp_path / "view.png"
-    assert main(["view", str(run), "port=0", "split=all", "dream_steps=6", "num_steps=1", "progress=false",
-                 f"screenshot={shot}", "frame=5"]) == 0
+    assert (
+        main(["view", str(run), "port=0", "split=all", "dream_steps=6", "num_steps=1", "progress=false", f"screenshot={shot}", "frame=5"])
+        == 0
+    )
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape == (720, 1280, 3) and img.std() > 10
     bundle = Bundle.load(run / "viewer")

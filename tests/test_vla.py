@@ -54,8 +54,11 @@ def test_vla_checkpoint_round_trip(tmp_path):
     p = VLAPolicy(VLAConfig(resolution=32))
     p.save_pretrained(tmp_path)
     q = VLAPolicy.from_pretrained(tmp_path)
-    obs = {"ego_rgb": torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8), "motion": torch.randn(2, 227),
-           "instruction": torch.tensor([0, 13])}
+    obs = {
+        "ego_rgb": torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8),
+        "motion": torch.randn(2, 227),
+        "instruction": torch.tensor([0, 13]),
+    }
     a = p.eval().act(obs)
     assert a.shape == (2, 6) and a.abs().max() <= 1
     assert torch.allclose(a, q.act(obs))
@@ -103,7 +106,7 @@ def test_projected_props_land_on_their_colour_in_the_rendered_frame():
         for b, k in (vis & (uv.abs().amax(-1) < 0.9)).nonzero().tolist():
             col, row = ((uv[b, k] + 1) / 2 * R).long().tolist()
             ref = torch.tensor(COLOURS[COLOUR_NAMES[int(env.core.specs[b].prop_colour[k])]][:3])
-            patch = obs["ego_rgb"][b, :, max(0, row - 1):row + 2, max(0, col - 1):col + 2].float().reshape(3, -1) / 255
+            patch = obs["ego_rgb"][b, :, max(0, row - 1) : row + 2, max(0, col - 1) : col + 2].float().reshape(3, -1) / 255
             dists.append(float((patch - ref[:, None]).norm(dim=0).min()))
         obs, *_ = env.step_tensors(env.expert_actions())
     env.close()
@@ -119,9 +122,9 @@ SHIPPED = __import__("pathlib").Path(__file__).resolve().parent.parent / "polici
 @pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped VLA checkpoint")
 def test_shipped_vla_beats_random_on_held_out_rooms():
+    from dreamgym.benchmarks.vla import held_out_rooms
     from dreamgym.envs import EgoRoomVecEnv
     from dreamgym.policies.vla import OBS_KEYS, VLAPolicy
-    from dreamgym.policies.vla_bench import held_out_rooms
 
     policy = VLAPolicy.from_pretrained(SHIPPED / "final")
     n = 6
@@ -147,13 +150,17 @@ def test_shipped_vla_beats_random_on_held_out_rooms():
 def test_shipped_parser_reads_unseen_combinations_and_paraphrases():
     """Trained on three phrasings per task without the held-out colour x object combinations, the
     instruction parser reads new wordings and the held-out combinations correctly."""
-    from dreamgym.policies.vla import (HELD_OUT_COMBOS, PARAPHRASE_TEMPLATES, SYNONYM, TRAIN_TEMPLATES, VLAPolicy,
-                                       phrase)
+    from dreamgym.policies.vla import HELD_OUT_COMBOS, PARAPHRASE_TEMPLATES, SYNONYM, TRAIN_TEMPLATES, VLAPolicy, phrase
 
     policy = VLAPolicy.from_pretrained(SHIPPED / "final")
     rows = [(phrase(t, c, s, tpl), t, c, s) for t, c, s in HELD_OUT_COMBOS for tpl in TRAIN_TEMPLATES[t] + PARAPHRASE_TEMPLATES[t]]
-    rows += [(phrase(t, c, s, tpl), t, c, s) for t in ("reach", "push") for c in ("red", "blue") for s in SYNONYM
-             for tpl in PARAPHRASE_TEMPLATES[t]]
+    rows += [
+        (phrase(t, c, s, tpl), t, c, s)
+        for t in ("reach", "push")
+        for c in ("red", "blue")
+        for s in SYNONYM
+        for tpl in PARAPHRASE_TEMPLATES[t]
+    ]
     parsed = policy.parsed([r[0] for r in rows])
     right = [p == {"colour": c, "shape": s, "task": t} for p, (_, t, c, s) in zip(parsed, rows)]
     assert sum(right) / len(right) >= 0.9, [r[0] for r, ok in zip(rows, right) if not ok]
@@ -165,18 +172,37 @@ def test_train_vla_runs_bc_and_the_grouped_dream_stage_end_to_end(tmp_path):
     AWR in a dream (an untrained world model), checkpoints for both stages and the training rooms."""
     import json
 
+    from dreamgym.app.cli import main
     from dreamgym.policies.vla import VLAPolicy
-    from dreamgym.rollouts.cli import main
     from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
 
     torch.manual_seed(0)
     wm = tmp_path / "wm"
-    WorldModel(WorldModelConfig(resolution=16, data_resolution=32, frame_channels=[8, 16], occupancy_channels=[8, 16], dim=32,
-                                depth=1, heads=2)).save_pretrained(wm)
+    WorldModel(
+        WorldModelConfig(resolution=16, data_resolution=32, frame_channels=[8, 16], occupancy_channels=[8, 16], dim=32, depth=1, heads=2)
+    ).save_pretrained(wm)
     out = tmp_path / "vla"
-    assert main(["train-vla", f"out={out}", "rounds=2", "steps_per_round=3", "num_envs=2", "updates_per_round=3", "batch=8",
-                 f"world_model={wm}", "dream_envs=4", "dream_group=2", "dream_iterations=1", "dream_horizon=2",
-                 "dream_updates=2", "dream_tasks=[reach,push]"]) == 0
+    assert (
+        main(
+            [
+                "train-vla",
+                f"out={out}",
+                "rounds=2",
+                "steps_per_round=3",
+                "num_envs=2",
+                "updates_per_round=3",
+                "batch=8",
+                f"world_model={wm}",
+                "dream_envs=4",
+                "dream_group=2",
+                "dream_iterations=1",
+                "dream_horizon=2",
+                "dream_updates=2",
+                "dream_tasks=[reach,push]",
+            ]
+        )
+        == 0
+    )
     bc, final = VLAPolicy.from_pretrained(out / "bc"), VLAPolicy.from_pretrained(out / "final")
     assert final.config.info["stage"] == "bc+dream_awr"
     stats = final.config.info["dream"]

@@ -23,14 +23,31 @@ from dreamgym.worldmodel.train import NonFiniteLossError, latest_checkpoint, loa
 torch.set_num_threads(1)  # the machine is shared: one thread avoids oversubscription stalls
 
 TINY = dict(
-    resolution=16, data_resolution=32, context=2, frame_channels=[8, 16], occupancy_channels=[8, 16],
-    dim=32, depth=1, heads=2, grid_tokens=2, reward_hidden=32,
+    resolution=16,
+    data_resolution=32,
+    context=2,
+    frame_channels=[8, 16],
+    occupancy_channels=[8, 16],
+    dim=32,
+    depth=1,
+    heads=2,
+    grid_tokens=2,
+    reward_hidden=32,
 )
 TINY_OVERRIDES = [
-    "worldmodel.resolution=16", "worldmodel.context=2", "worldmodel.frame_channels=[8,16]",
-    "worldmodel.occupancy_channels=[8,16]", "worldmodel.dim=32", "worldmodel.depth=1", "worldmodel.heads=2",
-    "worldmodel.grid_tokens=2", "worldmodel.reward_hidden=32", "worldmodel.state_prior=32", "worldmodel.props_dynamics=16",
-    "worldmodel.occupancy_warp=true", "prior_rollout=2",
+    "worldmodel.resolution=16",
+    "worldmodel.context=2",
+    "worldmodel.frame_channels=[8,16]",
+    "worldmodel.occupancy_channels=[8,16]",
+    "worldmodel.dim=32",
+    "worldmodel.depth=1",
+    "worldmodel.heads=2",
+    "worldmodel.grid_tokens=2",
+    "worldmodel.reward_hidden=32",
+    "worldmodel.state_prior=32",
+    "worldmodel.props_dynamics=16",
+    "worldmodel.occupancy_warp=true",
+    "prior_rollout=2",
 ]
 
 
@@ -59,13 +76,21 @@ def synthetic_episodes(n: int = 3, T: int = 10, res: int = 32, seed: int = 0) ->
         occ = torch.zeros(T, 8, 32, 32, dtype=torch.uint8)
         occ[:, 0, :4] = 1
         occ[:, :2, 15:17, 15:17] = 4
-        eps.append({
-            "ego_rgb": rgb, "ego_depth": torch.rand(T, 1, res, res, generator=g) * 5, "motion": m, "partner_motion": p,
-            "occupancy": occ, "props": torch.randn(T, 4, 3, generator=g), "actions": a,
-            "partner_actions": torch.rand(T, 6, generator=g) * 2 - 1,
-            "rewards": torch.randn(T, generator=g) * 0.1, "terminations": torch.zeros(T, dtype=torch.bool),
-            "instruction": torch.full((T,), 3, dtype=torch.long),
-        })
+        eps.append(
+            {
+                "ego_rgb": rgb,
+                "ego_depth": torch.rand(T, 1, res, res, generator=g) * 5,
+                "motion": m,
+                "partner_motion": p,
+                "occupancy": occ,
+                "props": torch.randn(T, 4, 3, generator=g),
+                "actions": a,
+                "partner_actions": torch.rand(T, 6, generator=g) * 2 - 1,
+                "rewards": torch.randn(T, generator=g) * 0.1,
+                "terminations": torch.zeros(T, dtype=torch.bool),
+                "instruction": torch.full((T,), 3, dtype=torch.long),
+            }
+        )
     return eps
 
 
@@ -141,7 +166,10 @@ def test_bad_checkpoints_name_file_and_problem(tmp_path):
     cfg["dim"] = 48
     (bad / "config.json").write_text(json.dumps(cfg))
     (bad / "model.safetensors").write_bytes(w.read_bytes())
-    with pytest.raises(ValueError, match=r"model\.safetensors does not match the config .*config\.json: tensor '.*' has shape \(.*32.*\) in the file but \(.*48.*\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.safetensors does not match the config .*config\.json: tensor '.*' has shape \(.*32.*\) in the file but \(.*48.*\)",
+    ):
         WorldModel.from_pretrained(bad)
     cfg = json.loads((d / "config.json").read_text())
     cfg["colour"] = 1
@@ -156,9 +184,13 @@ def test_a_few_steps_lower_the_loss():
     ws = D.collate([D.EpisodeWindows(synthetic_episodes(), 3)[i] for i in range(6)])
     g = torch.Generator().manual_seed(0)
     c = m.config
-    noise = {"ego": torch.randn(6, 4, 16, 16, generator=g), "motion": torch.randn(6, 227, generator=g),
-             "partner_motion": torch.randn(6, 227, generator=g), "props": torch.randn(6, 4, 3, generator=g),
-             "occupancy": torch.randn(6, 40, 32, 32, generator=g)}
+    noise = {
+        "ego": torch.randn(6, 4, 16, 16, generator=g),
+        "motion": torch.randn(6, 227, generator=g),
+        "partner_motion": torch.randn(6, 227, generator=g),
+        "props": torch.randn(6, 4, 3, generator=g),
+        "occupancy": torch.randn(6, 40, 32, 32, generator=g),
+    }
     sigma = {k: torch.full((6,), 0.5) for k in noise}
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
     losses = []
@@ -177,9 +209,16 @@ def test_imagine_shapes_dtypes_and_skipping_frames(monkeypatch):
     ctx, ws = context_of(synthetic_episodes())
     a = ws["actions"][:, :2]
     out = m.imagine(ctx, a, num_steps=2)
-    want = {"ego_rgb": ((3, 3, 32, 32), torch.uint8), "ego_depth": ((3, 1, 32, 32), torch.float32),
-            "motion": ((3, 227), torch.float32), "partner_motion": ((3, 227), torch.float32), "props": ((3, 4, 3), torch.float32),
-            "occupancy": ((3, 8, 32, 32), torch.uint8), "reward": ((3,), torch.float32), "terminated": ((3,), torch.bool)}
+    want = {
+        "ego_rgb": ((3, 3, 32, 32), torch.uint8),
+        "ego_depth": ((3, 1, 32, 32), torch.float32),
+        "motion": ((3, 227), torch.float32),
+        "partner_motion": ((3, 227), torch.float32),
+        "props": ((3, 4, 3), torch.float32),
+        "occupancy": ((3, 8, 32, 32), torch.uint8),
+        "reward": ((3,), torch.float32),
+        "terminated": ((3,), torch.bool),
+    }
     assert set(out) == set(want)
     for k, (shape, dt) in want.items():
         assert tuple(out[k].shape) == shape and out[k].dtype == dt, k
@@ -219,8 +258,20 @@ def test_clean_motion_condition_changes_the_frames():
     assert not torch.equal(o1["ego_depth"], o2["ego_depth"])  # the clean motion reaches the frames
     assert torch.allclose(o1["motion"], nxt, atol=1e-4)  # a given modality comes back as given
     # and the other way: given frames change the motion prediction
-    f1 = m.imagine(ctx, a, modalities=["motion"], given={"ego_rgb": ws["ego_rgb"][:, 2], "ego_depth": ws["ego_depth"][:, 2]}, generator=torch.Generator().manual_seed(0))
-    f2 = m.imagine(ctx, a, modalities=["motion"], given={"ego_rgb": 255 - ws["ego_rgb"][:, 2], "ego_depth": ws["ego_depth"][:, 2] * 0.5}, generator=torch.Generator().manual_seed(0))
+    f1 = m.imagine(
+        ctx,
+        a,
+        modalities=["motion"],
+        given={"ego_rgb": ws["ego_rgb"][:, 2], "ego_depth": ws["ego_depth"][:, 2]},
+        generator=torch.Generator().manual_seed(0),
+    )
+    f2 = m.imagine(
+        ctx,
+        a,
+        modalities=["motion"],
+        given={"ego_rgb": 255 - ws["ego_rgb"][:, 2], "ego_depth": ws["ego_depth"][:, 2] * 0.5},
+        generator=torch.Generator().manual_seed(0),
+    )
     assert not torch.allclose(f1["motion"], f2["motion"])
 
 
@@ -260,7 +311,13 @@ def test_partner_commands_condition_the_partner_and_are_optional():
         m.imagine(ctx, a, partner_actions=pa[:, :1], **kw)
     with pytest.raises(ValueError, match="not trained with the partner's commands"):
         tiny_model().eval().imagine(ctx, a, partner_actions=pa, **kw)
-    out = m.rollout(ctx, ws["actions"][:, 1:3], past_actions=ws["actions"][:, :1], partner_actions=ws["partner_actions"][:, :3], modalities=["partner_motion"])
+    out = m.rollout(
+        ctx,
+        ws["actions"][:, 1:3],
+        past_actions=ws["actions"][:, :1],
+        partner_actions=ws["partner_actions"][:, :3],
+        modalities=["partner_motion"],
+    )
     assert out["partner_motion"].shape == (3, 2, 227)
 
 
@@ -292,8 +349,11 @@ def test_props_dynamics_network_moves_the_props_and_learns_from_its_own_dreams(t
     eps = synthetic_episodes(T=10)
     wins = [D.collate([D.EpisodeWindows(eps, 3)[i] for i in range(8)])]
     m.fit_props_features(wins)
-    f = D.props_features(*(wins[0][k][:, i] for k, i in (("motion", 1), ("motion", 2), ("partner_motion", 2))),
-                         D.with_props(wins[0])["props"][:, 0], D.with_props(wins[0])["props"][:, 1])
+    f = D.props_features(
+        *(wins[0][k][:, i] for k, i in (("motion", 1), ("motion", 2), ("partner_motion", 2))),
+        D.with_props(wins[0])["props"][:, 0],
+        D.with_props(wins[0])["props"][:, 1],
+    )
     assert f.shape == (8, D.N_PROPS, D.PROPS_FEATS)
     assert torch.allclose(m.props_feat_mean, f.flatten(0, 1).mean(0), atol=1e-5) and bool((m.props_feat_std > 0).all())
     # the loss trains the network (its targets are the recorded displacements in 2 mm units)
@@ -394,11 +454,25 @@ def test_the_regression_baseline_never_sees_its_target(monkeypatch):
 
 # ----------------------------------------------------------------------------- train-wm
 def _cfg(data: Path, out: Path, *extra: str):
-    from dreamgym.rollouts.cli import compose
+    from dreamgym.configs import compose
 
-    return compose("train_wm", [f"data={data}", f"out={out}", "batch_size=4", "num_threads=1", "progress=false",
-                                "stats_windows=16", "log_every=1", "eval_every=0", "ckpt_every=2", "warmup_steps=1",
-                                *TINY_OVERRIDES, *extra])
+    return compose(
+        "train_wm",
+        [
+            f"data={data}",
+            f"out={out}",
+            "batch_size=4",
+            "num_threads=1",
+            "progress=false",
+            "stats_windows=16",
+            "log_every=1",
+            "eval_every=0",
+            "ckpt_every=2",
+            "warmup_steps=1",
+            *TINY_OVERRIDES,
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -461,17 +535,40 @@ def test_data_without_a_needed_modality_is_refused(tmp_path):
 @pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one(tmp_path, episodes_file):
     """Two CPU processes (gloo) with half the global batch each == one process with all of it."""
-    common = [f"data={episodes_file}", "batch_size=4", "num_threads=1", "progress=false", "stats_windows=16",
-              "eval_every=0", "ckpt_every=3", "steps=3", "warmup_steps=1",
-              *TINY_OVERRIDES]
+    common = [
+        f"data={episodes_file}",
+        "batch_size=4",
+        "num_threads=1",
+        "progress=false",
+        "stats_windows=16",
+        "eval_every=0",
+        "ckpt_every=3",
+        "steps=3",
+        "warmup_steps=1",
+        *TINY_OVERRIDES,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     one = tmp_path / "one"
     two = tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "dreamgym.rollouts.cli", "train-wm", f"out={one}", *common], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "dreamgym.app.cli", "train-wm", f"out={one}", *common], check=True, env=env, timeout=300)
     subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-         "-m", "dreamgym.rollouts.cli", "train-wm", f"out={two}", *common],
-        check=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            "-m",
+            "dreamgym.app.cli",
+            "train-wm",
+            f"out={two}",
+            *common,
+        ],
+        check=True,
+        env=env,
+        timeout=300,
     )
     # the logged losses are those of the global batch: equal step by step (steps 2 and 3 also
     # depend on the updated weights)
@@ -519,8 +616,12 @@ def test_warping_model_predicts_frames_from_the_warped_base(monkeypatch):
     eps = synthetic_episodes()
     ws = D.collate([D.EpisodeWindows(eps, 3)[i] for i in range(4)])
     g = torch.Generator().manual_seed(0)
-    noise = {"ego": torch.randn(4, 4, 16, 16, generator=g), "motion": torch.randn(4, 227, generator=g),
-             "partner_motion": torch.randn(4, 227, generator=g), "props": torch.randn(4, 4, 3, generator=g)}
+    noise = {
+        "ego": torch.randn(4, 4, 16, 16, generator=g),
+        "motion": torch.randn(4, 227, generator=g),
+        "partner_motion": torch.randn(4, 227, generator=g),
+        "props": torch.randn(4, 4, 3, generator=g),
+    }
     sigma = {k: torch.full((4,), 0.5) for k in noise}
     sigma["motion"] = torch.tensor([0.0, 0.0, 0.5, 0.5])  # the first two: warped bases
     seen = {}

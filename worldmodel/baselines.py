@@ -15,7 +15,7 @@ the metrics of its modality (``BASELINE_MODALITIES``). Reward is predicted as 0 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -42,14 +42,26 @@ class UNetBranch(nn.Module):
             in_ch, out_ch = out_ch, ch
             self.down.append(
                 get_down_block(
-                    "DownBlock2D", num_layers=layers_per_block, in_channels=in_ch, out_channels=out_ch,
-                    temb_channels=emb_dim, add_downsample=i < len(channels) - 1, resnet_eps=1e-5,
-                    resnet_act_fn="silu", resnet_groups=groups, attention_head_dim=out_ch, downsample_padding=1,
+                    "DownBlock2D",
+                    num_layers=layers_per_block,
+                    in_channels=in_ch,
+                    out_channels=out_ch,
+                    temb_channels=emb_dim,
+                    add_downsample=i < len(channels) - 1,
+                    resnet_eps=1e-5,
+                    resnet_act_fn="silu",
+                    resnet_groups=groups,
+                    attention_head_dim=out_ch,
+                    downsample_padding=1,
                 )
             )
         self.mid = UNetMidBlock2D(
-            in_channels=channels[-1], temb_channels=emb_dim, resnet_eps=1e-5, resnet_act_fn="silu",
-            resnet_groups=groups, add_attention=False,
+            in_channels=channels[-1],
+            temb_channels=emb_dim,
+            resnet_eps=1e-5,
+            resnet_act_fn="silu",
+            resnet_groups=groups,
+            add_attention=False,
         )
         self.up = nn.ModuleList()
         rev = list(reversed(channels))
@@ -59,9 +71,17 @@ class UNetBranch(nn.Module):
             in_ch = rev[min(i + 1, len(rev) - 1)]
             self.up.append(
                 get_up_block(
-                    "UpBlock2D", num_layers=layers_per_block + 1, in_channels=in_ch, out_channels=out_ch,
-                    prev_output_channel=prev, temb_channels=emb_dim, add_upsample=i < len(rev) - 1,
-                    resnet_eps=1e-5, resnet_act_fn="silu", resnet_groups=groups, attention_head_dim=out_ch,
+                    "UpBlock2D",
+                    num_layers=layers_per_block + 1,
+                    in_channels=in_ch,
+                    out_channels=out_ch,
+                    prev_output_channel=prev,
+                    temb_channels=emb_dim,
+                    add_upsample=i < len(rev) - 1,
+                    resnet_eps=1e-5,
+                    resnet_act_fn="silu",
+                    resnet_groups=groups,
+                    attention_head_dim=out_ch,
                 )
             )
         self.norm_out = nn.GroupNorm(groups, channels[0])

@@ -26,8 +26,8 @@ The statistics live in ``Normalizer``, a module whose buffers are saved with the
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -204,8 +204,9 @@ PROP_STEP_SCALE = 500.0  # prop displacements in the props network's units: 2 mm
 PROPS_FEATS = 3 + 3 + 1 + 2 * NUM_JOINTS * 3 + 3 + N_PROPS
 
 
-def props_features(agent_last: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor,
-                   props_prev: torch.Tensor, props_last: torch.Tensor) -> torch.Tensor:
+def props_features(
+    agent_last: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor, props_prev: torch.Tensor, props_last: torch.Tensor
+) -> torch.Tensor:
     """Per-prop inputs (B, 4, PROPS_FEATS) of the props dynamics network, in the agent's last
     heading frame: the prop relative to the agent's root, its last displacement (2 mm units), its
     height (cm from 19 cm), both bodies' next joints relative to it, the agent's root move (2 mm
@@ -215,14 +216,18 @@ def props_features(agent_last: torch.Tensor, agent_next: torch.Tensor, partner_n
     a1, q1 = joints_world(agent_next), joints_world(partner_next)  # (B, 22, 3)
     rel_a = to_heading(a1[:, None] - props_last[:, :, None], yaw).flatten(2)  # (B, 4, 66)
     rel_q = to_heading(q1[:, None] - props_last[:, :, None], yaw).flatten(2)
-    return torch.cat([
-        to_heading(props_last - agent_last[:, None, ROOT_POS], yaw),
-        to_heading(props_last - props_prev, yaw) * PROP_STEP_SCALE,
-        (props_last[..., 2:] - 0.19) * 100.0,
-        rel_a, rel_q,
-        to_heading(agent_next[:, ROOT_POS] - agent_last[:, ROOT_POS], yaw)[:, None].expand(B, N_PROPS, 3) * PROP_STEP_SCALE,
-        torch.eye(N_PROPS, device=props_last.device, dtype=props_last.dtype).expand(B, N_PROPS, N_PROPS),
-    ], -1)
+    return torch.cat(
+        [
+            to_heading(props_last - agent_last[:, None, ROOT_POS], yaw),
+            to_heading(props_last - props_prev, yaw) * PROP_STEP_SCALE,
+            (props_last[..., 2:] - 0.19) * 100.0,
+            rel_a,
+            rel_q,
+            to_heading(agent_next[:, ROOT_POS] - agent_last[:, ROOT_POS], yaw)[:, None].expand(B, N_PROPS, 3) * PROP_STEP_SCALE,
+            torch.eye(N_PROPS, device=props_last.device, dtype=props_last.dtype).expand(B, N_PROPS, N_PROPS),
+        ],
+        -1,
+    )
 
 
 def props_delta(last: torch.Tensor, nxt: torch.Tensor, agent_last: torch.Tensor) -> torch.Tensor:
@@ -275,8 +280,9 @@ def occupancy_from_model(x: torch.Tensor) -> torch.Tensor:
     return x.view(B, C // N_OCC_CLASSES, N_OCC_CLASSES, X, Y).argmax(2).to(torch.uint8)
 
 
-def warp_occupancy(occ_last: torch.Tensor, agent_last: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor,
-                   voxel: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+def warp_occupancy(
+    occ_last: torch.Tensor, agent_last: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor, voxel: float = 0.25
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The last occupancy grid (B, Z, X, Y) uint8 carried into the agent's next heading frame.
 
     The grid is egocentric (centred on the pelvis, x ahead): its scenery (walls, furniture,
@@ -337,8 +343,9 @@ class Normalizer(nn.Module):
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
-    def fit(self, windows: Iterable[Mapping[str, torch.Tensor]], resolution: int, with_depth: bool, floor: float = 1e-3,
-            warp: bool = False) -> None:
+    def fit(
+        self, windows: Iterable[Mapping[str, torch.Tensor]], resolution: int, with_depth: bool, floor: float = 1e-3, warp: bool = False
+    ) -> None:
         """Statistics from (B, K+1, ...) windows (an iterable of batches).
 
         ``warp``: the frame changes are also measured from the last frame warped to the next head
@@ -485,15 +492,31 @@ def collect_episodes(
         nobs, rew, term, trunc, info = env.step_tensors(a)
         pact = env.core.partner_action.cpu()
         for i in range(num_envs):
-            current[i].append({**{k: obs[k][i].cpu() for k in keys}, "props": props[i], "actions": a[i], "partner_actions": pact[i], "rewards": rew[i].cpu().float(),
-                               "terminations": term[i].cpu(), "instruction": obs["instruction"][i].cpu()})
+            current[i].append(
+                {
+                    **{k: obs[k][i].cpu() for k in keys},
+                    "props": props[i],
+                    "actions": a[i],
+                    "partner_actions": pact[i],
+                    "rewards": rew[i].cpu().float(),
+                    "terminations": term[i].cpu(),
+                    "instruction": obs["instruction"][i].cpu(),
+                }
+            )
         new_props = props_from_qpos(env.sim_state()["qpos"])
         done = (term | trunc).cpu()
         if bool(done.any()):
             fin_props = props_from_qpos(info["final_state"]["qpos"])
             for i in done.nonzero()[:, 0].tolist():
-                last = {**{k: info["final_obs"][k][i].cpu() for k in keys}, "props": fin_props[i], "actions": torch.zeros(6), "partner_actions": torch.zeros(6),
-                        "rewards": torch.zeros(()), "terminations": torch.zeros((), dtype=torch.bool), "instruction": obs["instruction"][i].cpu()}
+                last = {
+                    **{k: info["final_obs"][k][i].cpu() for k in keys},
+                    "props": fin_props[i],
+                    "actions": torch.zeros(6),
+                    "partner_actions": torch.zeros(6),
+                    "rewards": torch.zeros(()),
+                    "terminations": torch.zeros((), dtype=torch.bool),
+                    "instruction": obs["instruction"][i].cpu(),
+                }
                 done_eps.append(_stack(current[i] + [last]))
                 current[i] = []
         obs, props = nobs, new_props

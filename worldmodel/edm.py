@@ -14,8 +14,8 @@ the same formulas as EDM's Algorithm 1/2 and diffusers' ``EDMEulerScheduler``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

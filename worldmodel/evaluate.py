@@ -37,16 +37,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from dreamgym.envs.motion import ROOT_POS, ROOT_QUAT, yaw_of_quat
+from dreamgym.envs.motion import ROOT_POS, yaw_of_quat
 
 from . import metrics as M
 from .baselines import BASELINE_MODALITIES, MODALITIES, HoldLastBaseline
@@ -88,7 +88,7 @@ class Episode:
     partner_actions: np.ndarray | None = None  # (T, 6): the partner's command after observation t
 
     @classmethod
-    def from_tensors(cls, d: dict[str, Any], room_seed: int = -1, task: str = "", first_step: int = 0, name: str = "") -> "Episode":
+    def from_tensors(cls, d: dict[str, Any], room_seed: int = -1, task: str = "", first_step: int = 0, name: str = "") -> Episode:
         """From a dict of (T, ...) tensors or arrays with the observation keys, ``props`` (or
         ``qpos``), ``actions`` and optionally ``instruction`` (T,) -- the in-memory episode format
         of ``worldmodel.data``."""
@@ -192,8 +192,9 @@ def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1))).to(like.device)
 
 
-def load_episodes(path: str | Path | Sequence[str | Path], split: str = "heldout", keys: Sequence[str] | None = None,
-                  max_episodes: int | None = None) -> list[Episode]:
+def load_episodes(
+    path: str | Path | Sequence[str | Path], split: str = "heldout", keys: Sequence[str] | None = None, max_episodes: int | None = None
+) -> list[Episode]:
     """Whole episodes of a dataset written by ``dreamgym collect`` (``rollouts``), from the rooms
     of ``split`` (``heldout``: seeds never seen in training), with ``props`` read from ``qpos``.
 
@@ -203,7 +204,7 @@ def load_episodes(path: str | Path | Sequence[str | Path], split: str = "heldout
     from dreamgym.rollouts.loader import WindowDataset
 
     index = WindowDataset(path, context=0, horizon=1, split=split, keys=keys)
-    chosen = index.episodes[: max_episodes] if max_episodes is not None else index.episodes
+    chosen = index.episodes[:max_episodes] if max_episodes is not None else index.episodes
     obs_keys = [k for k in index.obs_keys if k in MODALITIES]
     out = []
     for e in chosen:
@@ -225,8 +226,20 @@ def load_episodes(path: str | Path | Sequence[str | Path], split: str = "heldout
             pacts = P.replay_episode(task, int(e["room_seed"]), obs["motion"], obs["partner_motion"]).numpy()
             pacts[T] = 0.0
         name = f"{a.get('task', 'episode')}_room{e['room_seed']}_{Path(e['shard']).stem}_{e['group']}"
-        out.append(Episode(obs, actions, int(e["room_seed"]), task, ep.qpos, 0, name,
-                           int(e["instruction"]) if e.get("instruction", -1) >= 0 else None, rewards, pacts))
+        out.append(
+            Episode(
+                obs,
+                actions,
+                int(e["room_seed"]),
+                task,
+                ep.qpos,
+                0,
+                name,
+                int(e["instruction"]) if e.get("instruction", -1) >= 0 else None,
+                rewards,
+                pacts,
+            )
+        )
     index.close()
     if not out:
         where = path if isinstance(path, (str, Path)) else ", ".join(map(str, path))
@@ -364,7 +377,9 @@ def _batch(episodes: Sequence[Episode], starts: Sequence[Start], K: int, H: int,
     future = {k: stack(v) for k, v in fut.items()}
     if all(episodes[s.episode].rewards is not None for s in starts):
         # the reward of the transition into row t0 + h is that of action t0 + h - 1
-        future["reward"] = stack([episodes[s.episode].rewards[np.clip(np.arange(s.t0, s.t0 + H), 0, episodes[s.episode].length - 1)] for s in starts])
+        future["reward"] = stack(
+            [episodes[s.episode].rewards[np.clip(np.arange(s.t0, s.t0 + H), 0, episodes[s.episode].length - 1)] for s in starts]
+        )
     return context, stack(acts), future, stack(valid)
 
 
@@ -393,7 +408,9 @@ def imagine_rollout(
         ctx |= memory(ctx)
     for h in range(1, horizon + 1):
         extra = {} if pacts is None else {"partner_actions": pacts[:, h - 1 : h - 1 + K]}
-        pred = model.imagine(ctx, actions[:, h - 1 : h - 1 + K], num_steps=num_steps, modalities=list(modalities), generator=generator, **extra)
+        pred = model.imagine(
+            ctx, actions[:, h - 1 : h - 1 + K], num_steps=num_steps, modalities=list(modalities), generator=generator, **extra
+        )
         missing = [m for m in modalities if m not in pred]
         if missing:
             raise RuntimeError(f"{type(model).__name__}.imagine returned no {missing} (asked for {list(modalities)})")
@@ -665,7 +682,9 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return _finite(float((a * b).sum() / (na * nb)))
 
 
-def counterfactual_scores(sim: SimBranches, model: Any, names: Sequence[str], modalities: Sequence[str], num_steps: int, seed: int, device) -> dict[str, Any]:
+def counterfactual_scores(
+    sim: SimBranches, model: Any, names: Sequence[str], modalities: Sequence[str], num_steps: int, seed: int, device
+) -> dict[str, Any]:
     """Dream the same branches with ``model`` and compare displacements with the simulator's."""
     S = len(names)
     N = len(sim.episodes)
@@ -718,7 +737,13 @@ def counterfactual_scores(sim: SimBranches, model: Any, names: Sequence[str], mo
         "dyaw_corr_within_context": _corr(centred(ys), centred(yd)) if bool(full.any()) else None,
         "sim_spread_m": float(centred(ds).norm(dim=-1).mean()) if bool(full.any()) else None,
         "dream_spread_m": float(centred(dd).norm(dim=-1).mean()) if bool(full.any()) else None,
-        "_points": {"sim_disp": ds.tolist(), "dream_disp": dd.tolist(), "sim_dyaw": ys.tolist(), "dream_dyaw": yd.tolist(), "alive": alive.tolist()},
+        "_points": {
+            "sim_disp": ds.tolist(),
+            "dream_disp": dd.tolist(),
+            "sim_dyaw": ys.tolist(),
+            "dream_dyaw": yd.tolist(),
+            "alive": alive.tolist(),
+        },
     }
 
 
@@ -920,14 +945,20 @@ def evaluate(
     check_compatible(spec, episodes, checkpoint, data)
     mods = [m for m in (modalities if modalities is not None else spec.modalities) if m in spec.modalities and m in episodes[0].obs]
     if modalities is not None and set(modalities) - set(mods):
-        raise ValueError(f"modalities {sorted(set(modalities) - set(mods))} are not both predicted by checkpoint {checkpoint} and held by dataset {data}")
+        raise ValueError(
+            f"modalities {sorted(set(modalities) - set(mods))} are not both predicted by checkpoint {checkpoint} and held by dataset {data}"
+        )
     notes = []
     if mse_model is not None:
         if getattr(getattr(mse_model, "config", None), "deterministic", True) is False:
-            notes.append("the mse_checkpoint's config has deterministic=false: it is not the MSE-trained baseline (train it with worldmodel=deterministic)")
+            notes.append(
+                "the mse_checkpoint's config has deterministic=false: it is not the MSE-trained baseline (train it with worldmodel=deterministic)"
+            )
         mse_spec = model_spec(mse_model)
         if mse_spec.context != spec.context or set(mods) - set(mse_spec.modalities):
-            raise ValueError(f"the MSE model (context {mse_spec.context}, {list(mse_spec.modalities)}) does not match checkpoint {checkpoint} (context {spec.context}, {mods})")
+            raise ValueError(
+                f"the MSE model (context {mse_spec.context}, {list(mse_spec.modalities)}) does not match checkpoint {checkpoint} (context {spec.context}, {mods})"
+            )
     K = spec.context
     horizons = sorted(int(h) for h in horizons)
     starts = plan_starts(episodes, K, max(horizons), stride, starts_per_episode, max_starts, seed)
@@ -959,8 +990,16 @@ def evaluate(
         if chosen:
             names, seqs = action_sequences(dict(cf["sequences"]), Hc, seed)
             print(f"counterfactual: {len(chosen)} contexts x {len(names)} action sequences, {Hc} steps from t0={t0}", flush=True)
-            sim = simulate_branches(episodes, chosen, t0, K, seqs, spec.resolution or episodes[0].obs.get("ego_rgb", np.zeros((1, 3, 64, 64))).shape[-2:], mods)
-            cf_out = {"horizon": Hc, "start": t0, "num_contexts": len(chosen), "sequences": names, "replay_max_root_dev_m": sim.replay_dev_m}
+            sim = simulate_branches(
+                episodes, chosen, t0, K, seqs, spec.resolution or episodes[0].obs.get("ego_rgb", np.zeros((1, 3, 64, 64))).shape[-2:], mods
+            )
+            cf_out = {
+                "horizon": Hc,
+                "start": t0,
+                "num_contexts": len(chosen),
+                "sequences": names,
+                "replay_max_root_dev_m": sim.replay_dev_m,
+            }
             cf_out["model"] = counterfactual_scores(sim, model, names, mods, num_steps, seed, device)
             cf_out["baselines"] = {"hold_pose": counterfactual_scores(sim, HoldLastBaseline(), names, mods, num_steps, seed, device)}
             if mse_model is not None:
@@ -973,7 +1012,9 @@ def evaluate(
     result = {"horizons": horizons, "model": res.metrics, "baselines": baselines, "counterfactual": _strip_points(cf_out)}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     if cf_out:
-        (out / "counterfactual_points.json").write_text(json.dumps({k: v.get("_points") for k, v in [("model", cf_out["model"])] + list(cf_out["baselines"].items())}))
+        (out / "counterfactual_points.json").write_text(
+            json.dumps({k: v.get("_points") for k, v in [("model", cf_out["model"])] + list(cf_out["baselines"].items())})
+        )
     plots = write_plots(out, horizons, res.metrics, baselines, cf_out or None)
     videos = write_videos(out / "videos", episodes, starts, res.kept, K)
     info = {
@@ -1028,10 +1069,22 @@ def run(cfg) -> int:
 
         cf = OmegaConf.to_container(cfg.counterfactual, resolve=True)
     evaluate(
-        model, episodes, cfg.out, horizons=list(cfg.horizons), mse_model=mse,
-        modalities=list(cfg.modalities) if cfg.modalities is not None else None, num_steps=int(cfg.num_steps),
-        batch_size=int(cfg.batch_size), stride=int(cfg.stride), starts_per_episode=int(cfg.starts_per_episode),
-        max_starts=cfg.max_starts, num_videos=int(cfg.num_videos), counterfactual=cf, seed=int(cfg.seed),
-        device=cfg.device, checkpoint=str(cfg.checkpoint), data=str(cfg.data),
+        model,
+        episodes,
+        cfg.out,
+        horizons=list(cfg.horizons),
+        mse_model=mse,
+        modalities=list(cfg.modalities) if cfg.modalities is not None else None,
+        num_steps=int(cfg.num_steps),
+        batch_size=int(cfg.batch_size),
+        stride=int(cfg.stride),
+        starts_per_episode=int(cfg.starts_per_episode),
+        max_starts=cfg.max_starts,
+        num_videos=int(cfg.num_videos),
+        counterfactual=cf,
+        seed=int(cfg.seed),
+        device=cfg.device,
+        checkpoint=str(cfg.checkpoint),
+        data=str(cfg.data),
     )
     return 0

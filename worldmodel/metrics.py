@@ -64,9 +64,7 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
     return g[:, None] * g[None, :]
 
 
-def ssim(
-    pred: torch.Tensor, target: torch.Tensor, data_range: float = 255.0, window: int = 11, sigma: float = 1.5
-) -> torch.Tensor:
+def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 255.0, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Structural similarity (Wang et al. 2004), one per image, in [-1, 1] (1 = identical).
 
     ``pred``, ``target``: (B, C, H, W). Gaussian window ``window`` x ``window`` with ``sigma``

@@ -43,9 +43,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -197,7 +198,7 @@ class WorldModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> "WorldModelConfig":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "config") -> WorldModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names - {"format_version"})
         if unknown:
@@ -283,8 +284,10 @@ class WorldModel(nn.Module):
         # reward / termination (/ success) head: context + action + (predicted) next state
         n_state = 2 * MOTION_DIM + 3 * D.N_PROPS
         self.reward_head = nn.Sequential(
-            nn.Linear(2 * n_state + d, c.reward_hidden), nn.SiLU(),
-            nn.Linear(c.reward_hidden, c.reward_hidden), nn.SiLU(),
+            nn.Linear(2 * n_state + d, c.reward_hidden),
+            nn.SiLU(),
+            nn.Linear(c.reward_hidden, c.reward_hidden),
+            nn.SiLU(),
             nn.Linear(c.reward_hidden, 3 if c.learn_success else 2),
         )
 
@@ -343,8 +346,13 @@ class WorldModel(nn.Module):
                 pa = pa * known[:, None, None]
             out["partner_feats"] = torch.cat([pa[:, -1], pa.flatten(1), known[:, None].float()], 1)
         if c.state_prior:
-            feats = [out["motion_ctx"].flatten(1), out["partner_ctx"].flatten(1), out["props_ctx"].flatten(1),
-                     out["actions"][:, -1], out["actions"].flatten(1)]
+            feats = [
+                out["motion_ctx"].flatten(1),
+                out["partner_ctx"].flatten(1),
+                out["props_ctx"].flatten(1),
+                out["actions"][:, -1],
+                out["actions"].flatten(1),
+            ]
             if c.partner_actions:
                 feats.append(out["partner_feats"])
             pr = self.prior(torch.cat(feats, 1))
@@ -408,8 +416,13 @@ class WorldModel(nn.Module):
         r = self.config.resolution
         ctx["ego_base_valid"] = valid if valid.shape[-1] == r else F.interpolate(valid, size=(r, r), mode="area")
 
-    def occupancy_base(self, ctx: dict[str, torch.Tensor], next_motion: torch.Tensor | None = None,
-                       next_partner: torch.Tensor | None = None, warp: torch.Tensor | None = None) -> None:
+    def occupancy_base(
+        self,
+        ctx: dict[str, torch.Tensor],
+        next_motion: torch.Tensor | None = None,
+        next_partner: torch.Tensor | None = None,
+        warp: torch.Tensor | None = None,
+    ) -> None:
         """Set the grid the next occupancy's change is measured from (``occupancy_warp`` models), in
         ``ctx``: where ``warp`` (B,) is true (default: all, when the next bodies (B, 227) are given)
         the last grid carried into the next heading frame with both bodies redrawn
@@ -450,7 +463,9 @@ class WorldModel(nn.Module):
             nxt_props = window["props"][:, K].to(dev, torch.float32)
             x0["props"] = D.props_delta(ctx["props_last"], nxt_props, ctx["motion_last"]) / nm.props_delta_std
         if "ego_ctx" in ctx and "ego_rgb" in window:
-            fr = D.frames_to_model(window["ego_rgb"][:, K].to(dev), window["ego_depth"][:, K].to(dev) if c.ego_depth else None, c.resolution)
+            fr = D.frames_to_model(
+                window["ego_rgb"][:, K].to(dev), window["ego_depth"][:, K].to(dev) if c.ego_depth else None, c.resolution
+            )
             base = ctx.get("ego_base_model", ctx["ego_last_model"])
             x0["ego"] = (fr - base) / nm.frame_delta_std.view(1, -1, 1, 1)
         if "occupancy_ctx" in ctx and "occupancy" in window:
@@ -468,12 +483,14 @@ class WorldModel(nn.Module):
             emb = emb + self.partner_action_mlp(ctx["partner_feats"])
         return emb
 
-    def denoise(self, ctx: Mapping[str, torch.Tensor], x: Mapping[str, torch.Tensor], sigma: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def denoise(
+        self, ctx: Mapping[str, torch.Tensor], x: Mapping[str, torch.Tensor], sigma: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """D(x; sigma) for every modality in ``x`` (normalised changes); sigma (B,) per modality, 0 = clean.
 
         The U-Net branches whose modality is not in ``x`` are absent (not run).
         """
-        c, K = self.config, self.config.context
+        c = self.config
         p = c.edm
         B = ctx["motion_ctx"].shape[0]
         pre = {m: edm.precondition(sigma[m], p.sigma_data) for m in x}
@@ -570,8 +587,14 @@ class WorldModel(nn.Module):
         return self.reward_head(torch.cat([a, now, nxt], 1))
 
     # ------------------------------------------------------------------ props dynamics
-    def props_step(self, agent_last: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor,
-                   props_prev: torch.Tensor, props_last: torch.Tensor) -> torch.Tensor:
+    def props_step(
+        self,
+        agent_last: torch.Tensor,
+        agent_next: torch.Tensor,
+        partner_next: torch.Tensor,
+        props_prev: torch.Tensor,
+        props_last: torch.Tensor,
+    ) -> torch.Tensor:
         """The props network's next props (B, 4, 3) (world frame) from the agent's last motion and
         both bodies' next motion (B, 227) and the props at the last two steps (B, 4, 3)."""
         d = self._props_net(D.props_features(agent_last, agent_next, partner_next, props_prev, props_last)) / D.PROP_STEP_SCALE
@@ -581,8 +604,9 @@ class WorldModel(nn.Module):
         """The props network on (B, 4, PROPS_FEATS) features: displacements in 2 mm units, heading frame."""
         return self.props_net((feats - self.props_feat_mean) / self.props_feat_std)
 
-    def props_passive(self, nxt: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor,
-                      props_prev: torch.Tensor, props_last: torch.Tensor) -> torch.Tensor:
+    def props_passive(
+        self, nxt: torch.Tensor, agent_next: torch.Tensor, partner_next: torch.Tensor, props_prev: torch.Tensor, props_last: torch.Tensor
+    ) -> torch.Tensor:
         """Keep at rest the props (B, 4, 3) that were at rest and that no joint of either next body
         comes within ``props_contact_radius`` of."""
         c = self.config
@@ -608,11 +632,15 @@ class WorldModel(nn.Module):
         self.props_feat_mean.copy_(f.mean(0))
         self.props_feat_std.copy_(f.std(0).clamp_min(floor))
 
-    def _next_bodies(self, ctx: Mapping[str, torch.Tensor], motion: torch.Tensor, partner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _next_bodies(
+        self, ctx: Mapping[str, torch.Tensor], motion: torch.Tensor, partner: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised body changes -> next motion vectors (agent, partner)."""
         nm = self.norm
-        return (D.apply_motion_delta(ctx["motion_last"], motion * nm.motion_delta_std + nm.motion_delta_mean),
-                D.apply_motion_delta(ctx["partner_last"], partner * nm.partner_delta_std + nm.partner_delta_mean))
+        return (
+            D.apply_motion_delta(ctx["motion_last"], motion * nm.motion_delta_std + nm.motion_delta_mean),
+            D.apply_motion_delta(ctx["partner_last"], partner * nm.partner_delta_std + nm.partner_delta_mean),
+        )
 
     def props_loss(self, window: Mapping[str, torch.Tensor], ctx: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Huber loss of the props network on a state-only (B, K+1, ...) window whose context was
@@ -642,7 +670,7 @@ class WorldModel(nn.Module):
         ``motion_recorded_last`` / ``partner_motion_recorded_last`` (P, 227) the recorded bodies
         at the last context step (``loss`` takes the root's unobservable change from them).
         """
-        c, K, nm = self.config, self.config.context, self.norm
+        c, K = self.config, self.config.context
         if not c.state_prior:
             raise ValueError("prior_rollout needs a model with a state_prior")
         w = D.with_props(window)
@@ -764,8 +792,10 @@ class WorldModel(nn.Module):
                 # next state, so visible drift (height, pose, velocities) is undone; the root's
                 # horizontal move and turn stay the recorded step's own, since the context cannot
                 # show how far the dreamed root has wandered
-                for m, mean, std in (("motion", nm.motion_delta_mean, nm.motion_delta_std),
-                                     ("partner_motion", nm.partner_delta_mean, nm.partner_delta_std)):
+                for m, mean, std in (
+                    ("motion", nm.motion_delta_mean, nm.motion_delta_std),
+                    ("partner_motion", nm.partner_delta_mean, nm.partner_delta_std),
+                ):
                     rec = pw.get(f"{m}_recorded_last")
                     if rec is not None:
                         true = (D.motion_delta(rec.to(self.device, torch.float32), pw[m][:, K].to(self.device, torch.float32)) - mean) / std
@@ -811,15 +841,20 @@ class WorldModel(nn.Module):
             raise KeyError(f"context is missing {missing} (needed for the requested modalities); it has {sorted(context)}")
         B = context["motion"].shape[0]
         want = {
-            "motion": (B, K, MOTION_DIM), "partner_motion": (B, K, MOTION_DIM), "props": (B, K, D.N_PROPS, 3),
-            "ego_rgb": (B, K, 3, c.data_resolution, c.data_resolution), "ego_depth": (B, K, 1, c.data_resolution, c.data_resolution),
+            "motion": (B, K, MOTION_DIM),
+            "partner_motion": (B, K, MOTION_DIM),
+            "props": (B, K, D.N_PROPS, 3),
+            "ego_rgb": (B, K, 3, c.data_resolution, c.data_resolution),
+            "ego_depth": (B, K, 1, c.data_resolution, c.data_resolution),
             "occupancy": (B, K, *c.occupancy_shape),
         }
         for k in need:
             if tuple(context[k].shape) != want[k]:
                 raise ValueError(f"context[{k!r}] has shape {tuple(context[k].shape)}, expected {want[k]} (B, K={K}, ...)")
         if tuple(actions.shape) != (B, K, c.action_dim):
-            raise ValueError(f"actions has shape {tuple(actions.shape)}, expected {(B, K, c.action_dim)} (the action after each context step)")
+            raise ValueError(
+                f"actions has shape {tuple(actions.shape)}, expected {(B, K, c.action_dim)} (the action after each context step)"
+            )
         if not bool(torch.isfinite(actions).all()):
             raise ValueError("actions contain NaN or infinite values")
 
@@ -870,7 +905,7 @@ class WorldModel(nn.Module):
             uint8 (those generated or given), ``reward`` (B,), ``terminated`` (B,) bool, and
             ``success`` (B,) bool when the head learned it.
         """
-        c, K = self.config, self.config.context
+        c = self.config
         given = dict(given or {})
         keys = self.output_keys() if modalities is None else list(modalities)
         gen_mods = {D.modality_of_key(k) for k in keys} | set(D.STATE_MODALITIES)
@@ -883,7 +918,9 @@ class WorldModel(nn.Module):
         self._check_context(context, actions, branches)
         if partner_actions is not None:
             if not c.partner_actions:
-                raise ValueError("partner_actions given, but this model was not trained with the partner's commands (config.partner_actions is false)")
+                raise ValueError(
+                    "partner_actions given, but this model was not trained with the partner's commands (config.partner_actions is false)"
+                )
             if tuple(partner_actions.shape) != tuple(actions.shape):
                 raise ValueError(f"partner_actions has shape {tuple(partner_actions.shape)}, expected {tuple(actions.shape)} like actions")
             if not bool(torch.isfinite(partner_actions).all()):
@@ -893,8 +930,9 @@ class WorldModel(nn.Module):
             # two passes: the bodies and props first (state only, cheap), then the frames (and
             # occupancy) given them, relative to the last frame warped to the dreamed head pose
             state_given = {k: v for k, v in given.items() if D.modality_of_key(k) in D.STATE_MODALITIES}
-            first = self.imagine(context, actions, num_steps, list(D.STATE_MODALITIES), generator, state_given, heun, init_noise,
-                                 partner_actions)
+            first = self.imagine(
+                context, actions, num_steps, list(D.STATE_MODALITIES), generator, state_given, heun, init_noise, partner_actions
+            )
             given |= {k: first[k] for k in D.STATE_MODALITIES}
             gen_mods -= set(D.STATE_MODALITIES)
         ctx = self.encode_context(context, actions, branches, partner_actions=partner_actions)
@@ -915,7 +953,10 @@ class WorldModel(nn.Module):
 
         gen_order = [m for m in D.MODALITIES if m in gen_mods]
         if c.deterministic:
-            x0 = denoise({m: torch.zeros(shapes[m], device=self.device) for m in gen_order}, {m: torch.full_like(zeros, p.sigma_max) for m in gen_order})
+            x0 = denoise(
+                {m: torch.zeros(shapes[m], device=self.device) for m in gen_order},
+                {m: torch.full_like(zeros, p.sigma_max) for m in gen_order},
+            )
         else:
             scale = c.init_noise if init_noise is None else float(init_noise)
             noise = {m: torch.randn(shapes[m], generator=generator, device=self.device) * scale for m in gen_order}
@@ -993,8 +1034,9 @@ class WorldModel(nn.Module):
         for h in range(H):
             acts = torch.cat([acts, actions_future[:, h : h + 1]], 1)[:, -K:]
             pa = None if partner_actions is None else partner_actions[:, h : h + K].to(acts)
-            step = self.imagine(ctx, acts, num_steps=num_steps, modalities=keys, generator=generator, heun=heun, init_noise=init_noise,
-                                partner_actions=pa)
+            step = self.imagine(
+                ctx, acts, num_steps=num_steps, modalities=keys, generator=generator, heun=heun, init_noise=init_noise, partner_actions=pa
+            )
             frames.append(step)
             for k in obs_keys:
                 if k in step:
@@ -1053,7 +1095,9 @@ class WorldModel(nn.Module):
         nm = self.norm
         out = {
             "motion": D.apply_motion_delta(ctx["motion_last"], x0["motion"] * nm.motion_delta_std + nm.motion_delta_mean),
-            "partner_motion": D.apply_motion_delta(ctx["partner_last"], x0["partner_motion"] * nm.partner_delta_std + nm.partner_delta_mean),
+            "partner_motion": D.apply_motion_delta(
+                ctx["partner_last"], x0["partner_motion"] * nm.partner_delta_std + nm.partner_delta_mean
+            ),
             "props": D.apply_props_delta(ctx["props_last"], x0["props"] * nm.props_delta_std, ctx["motion_last"]),
         }
         if self.config.props_rest_threshold > 0:
@@ -1061,12 +1105,16 @@ class WorldModel(nn.Module):
             out["props"] = torch.where(moved, out["props"], ctx["props_last"])
         if "ego" in x0:
             change = x0["ego"] * nm.frame_delta_std.view(1, -1, 1, 1)
-            rgb, depth = D.frames_from_model(ctx.get("ego_base_rgb", ctx["ego_rgb_last"]), ctx.get("ego_base_depth", ctx.get("ego_depth_last")), change)
+            rgb, depth = D.frames_from_model(
+                ctx.get("ego_base_rgb", ctx["ego_rgb_last"]), ctx.get("ego_base_depth", ctx.get("ego_depth_last")), change
+            )
             out["ego_rgb"] = rgb
             if depth is not None:
                 out["ego_depth"] = depth
         if "occupancy" in x0:
-            out["occupancy"] = D.occupancy_from_model(ctx.get("occupancy_base_model", ctx["occupancy_last_model"]) + 2.0 * x0["occupancy"] * nm.occupancy_delta_std)
+            out["occupancy"] = D.occupancy_from_model(
+                ctx.get("occupancy_base_model", ctx["occupancy_last_model"]) + 2.0 * x0["occupancy"] * nm.occupancy_delta_std
+            )
         return out
 
     # ------------------------------------------------------------------ persistence
@@ -1077,12 +1125,16 @@ class WorldModel(nn.Module):
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         sd = state_dict if state_dict is not None else self.state_dict()
-        save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(d / WEIGHTS_NAME), metadata={"format": "pt", "dreamgym": "worldmodel"})
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in sd.items()},
+            str(d / WEIGHTS_NAME),
+            metadata={"format": "pt", "dreamgym": "worldmodel"},
+        )
         (d / CONFIG_NAME).write_text(json.dumps({"format_version": FORMAT_VERSION, **self.config.to_dict()}, indent=2) + "\n")
         return d
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "WorldModel":
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> WorldModel:
         """Load a model saved by ``save_pretrained``: a directory, or its ``model.safetensors``
         (``config.json`` beside it). Raises with the file and the problem when a file is missing,
         not safetensors, truncated, or does not match the config."""
@@ -1147,7 +1199,10 @@ def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], weights: 
         parts = []
         if shape:
             k, got, want = shape[0]
-            parts.append(f"tensor {k!r} has shape {got} in the file but {want} for the config" + (f" (and {len(shape) - 1} more)" if len(shape) > 1 else ""))
+            parts.append(
+                f"tensor {k!r} has shape {got} in the file but {want} for the config"
+                + (f" (and {len(shape) - 1} more)" if len(shape) > 1 else "")
+            )
         if missing:
             parts.append(f"missing tensors {missing[:3]}" + (f" (+{len(missing) - 3})" if len(missing) > 3 else ""))
         if unexpected:

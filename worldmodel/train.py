@@ -33,13 +33,13 @@ At the end ``<out>/final/`` holds the EMA weights (``WorldModel.from_pretrained(
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,9 +135,13 @@ def check_episodes(episodes: list[dict[str, torch.Tensor]], cfg: WorldModelConfi
     ep = episodes[0]
     missing = [k for k in need if k not in ep]
     if missing:
-        raise ValueError(f"{source}: the data lack {missing}, which the world-model config needs (modalities {cfg.modalities}); it has {sorted(ep)}")
+        raise ValueError(
+            f"{source}: the data lack {missing}, which the world-model config needs (modalities {cfg.modalities}); it has {sorted(ep)}"
+        )
     if "ego_rgb" in need and tuple(ep["ego_rgb"].shape[1:]) != (3, cfg.data_resolution, cfg.data_resolution):
-        raise ValueError(f"{source}: ego_rgb frames are {tuple(ep['ego_rgb'].shape[1:])}, expected (3, {cfg.data_resolution}, {cfg.data_resolution})")
+        raise ValueError(
+            f"{source}: ego_rgb frames are {tuple(ep['ego_rgb'].shape[1:])}, expected (3, {cfg.data_resolution}, {cfg.data_resolution})"
+        )
     if "occupancy" in need and list(ep["occupancy"].shape[1:]) != cfg.occupancy_shape:
         raise ValueError(f"{source}: occupancy is {tuple(ep['occupancy'].shape[1:])}, expected {tuple(cfg.occupancy_shape)}")
 
@@ -279,7 +283,9 @@ def _set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any])
     np.random.set_state((n[0], tensors["rng.numpy_keys"].numpy().astype(np.uint32), n[1], n[2], n[3]))
 
 
-def save_checkpoint(out: Path, step: int, model: WorldModel, ema: EMA, opt: torch.optim.Optimizer, extra: Mapping[str, Any], keep: int) -> Path:
+def save_checkpoint(
+    out: Path, step: int, model: WorldModel, ema: EMA, opt: torch.optim.Optimizer, extra: Mapping[str, Any], keep: int
+) -> Path:
     """Write a checkpoint atomically (temporary folder, then rename); keep the newest ``keep``."""
     from safetensors.torch import save_file
 
@@ -313,7 +319,9 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------- held-out metrics
 @torch.no_grad()
-def heldout_metrics(model: WorldModel, batch: Mapping[str, torch.Tensor], num_steps: int, seed: int) -> tuple[dict[str, float], torch.Tensor | None]:
+def heldout_metrics(
+    model: WorldModel, batch: Mapping[str, torch.Tensor], num_steps: int, seed: int
+) -> tuple[dict[str, float], torch.Tensor | None]:
     """One-step metrics of ``model`` and of the trivial baselines on a held-out batch, and a frame grid."""
     from . import metrics as M
 
@@ -423,8 +431,9 @@ def train(cfg: DictConfig) -> Path:
         # statistics from a fixed sample of training windows (the same on every process)
         n_stat = min(len(ds), int(cfg.stats_windows))
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n_stat].tolist()
-        model.norm.fit((D.collate([ds[i] for i in idx[j : j + 64]]) for j in range(0, n_stat, 64)), mcfg.resolution, mcfg.ego_depth,
-                       warp=mcfg.ego_warp)
+        model.norm.fit(
+            (D.collate([ds[i] for i in idx[j : j + 64]]) for j in range(0, n_stat, 64)), mcfg.resolution, mcfg.ego_depth, warp=mcfg.ego_warp
+        )
         if mcfg.props_dynamics:
             model.fit_props_features(D.collate([ds[i] for i in idx[j : j + 64]]) for j in range(0, n_stat, 64))
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg.lr), weight_decay=float(cfg.weight_decay), betas=(0.9, 0.99))
@@ -528,7 +537,12 @@ def train(cfg: DictConfig) -> Path:
                 writer.add_scalar("train/samples_per_s", samples / max(1e-9, time.time() - t0), done)
             bar.set_postfix(loss=f"{logged['total']:.3f}")
             bar.update(1)
-        if held_batch is not None and int(cfg.eval_every) > 0 and (done % int(cfg.eval_every) == 0 or done == steps) and acc.is_main_process:
+        if (
+            held_batch is not None
+            and int(cfg.eval_every) > 0
+            and (done % int(cfg.eval_every) == 0 or done == steps)
+            and acc.is_main_process
+        ):
             ema_model = WorldModel(mcfg)
             ema_model.load_state_dict(ema.shadow)
             mets, grid = heldout_metrics(ema_model, held_batch, int(cfg.eval_num_steps), seed)

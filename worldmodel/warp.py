@@ -22,8 +22,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dreamgym.envs.scene import EGO_CAM_FOVY, EGO_CAM_POS
 from dreamgym.envs.motion import JOINT_POS, JOINT_ROT, MOTION_DIM, ROOT_POS, ROOT_QUAT, quat_mul, yaw_of_quat
+from dreamgym.envs.scene import EGO_CAM_FOVY, EGO_CAM_POS
 from dreamgym.envs.skeleton import NUM_JOINTS, PARENTS
 from dreamgym.envs.spaces import MAX_DEPTH
 
@@ -58,9 +58,15 @@ def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
     w, x, y, z = q.unbind(-1)
     return torch.stack(
         (
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
         ),
         dim=-1,
     ).reshape(*q.shape[:-1], 3, 3)
@@ -80,7 +86,9 @@ def ego_camera_pose(motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     yaw = yaw_of_quat(motion[:, ROOT_QUAT])
     head_rel = motion[:, JOINT_POS].reshape(-1, NUM_JOINTS, 3)[:, HEAD]
     c, s = torch.cos(yaw), torch.sin(yaw)
-    head = motion[:, ROOT_POS] + torch.stack((c * head_rel[:, 0] - s * head_rel[:, 1], s * head_rel[:, 0] + c * head_rel[:, 1], head_rel[:, 2]), -1)
+    head = motion[:, ROOT_POS] + torch.stack(
+        (c * head_rel[:, 0] - s * head_rel[:, 1], s * head_rel[:, 0] + c * head_rel[:, 1], head_rel[:, 2]), -1
+    )
     offset = torch.tensor(EGO_CAM_POS, device=motion.device)
     pos = head + r_head @ offset
     return pos, r_head @ _CAM_IN_HEAD.to(motion.device)

@@ -47,9 +47,10 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -132,11 +133,18 @@ def room_description(room_seed: int) -> dict[str, Any]:
     t, h = scene.WALL_THICK, scene.WALL_HEIGHT / 2
 
     def box(centre, half, rgb) -> dict[str, Any]:
-        return {"centre": to_viewer(centre).round(4).tolist(), "half": to_viewer(half).round(4).tolist(),
-                "rgb": [round(float(c), 3) for c in rgb[:3]]}
+        return {
+            "centre": to_viewer(centre).round(4).tolist(),
+            "half": to_viewer(half).round(4).tolist(),
+            "rgb": [round(float(c), 3) for c in rgb[:3]],
+        }
 
-    walls = [((hx + t, 0, h), (t, hy + 2 * t, h)), ((-hx - t, 0, h), (t, hy + 2 * t, h)),
-             ((0, hy + t, h), (hx + 2 * t, t, h)), ((0, -hy - t, h), (hx + 2 * t, t, h))]
+    walls = [
+        ((hx + t, 0, h), (t, hy + 2 * t, h)),
+        ((-hx - t, 0, h), (t, hy + 2 * t, h)),
+        ((0, hy + t, h), (hx + 2 * t, t, h)),
+        ((0, -hy - t, h), (hx + 2 * t, t, h)),
+    ]
     props = []
     for i, shape in enumerate(scene.PROP_SHAPES):
         colour = scene.COLOUR_NAMES[int(spec.prop_colour[i])]
@@ -164,8 +172,14 @@ class Dream:
     notes: list[str]
 
 
-def dream_episodes(model: Any, episodes: Sequence[DatasetEpisode], steps: int | None = None, num_steps: int = 3,
-                   seed: int = 0, modalities: Sequence[str] | None = None) -> list[Dream]:
+def dream_episodes(
+    model: Any,
+    episodes: Sequence[DatasetEpisode],
+    steps: int | None = None,
+    num_steps: int = 3,
+    seed: int = 0,
+    modalities: Sequence[str] | None = None,
+) -> list[Dream]:
     """Dream each episode from its first K observations with its recorded actions.
 
     ``steps``: dreamed steps per episode (None: to its end). Episodes that dream the same number
@@ -180,7 +194,9 @@ def dream_episodes(model: Any, episodes: Sequence[DatasetEpisode], steps: int | 
     groups: dict[tuple, list[int]] = {}
     for i, ep in enumerate(episodes):
         if ep.steps < K:
-            results[i] = Dream(None, K, [f"{ep.name} has {ep.steps} steps; the world model needs {K} context observations and one action to dream"])
+            results[i] = Dream(
+                None, K, [f"{ep.name} has {ep.steps} steps; the world model needs {K} context observations and one action to dream"]
+            )
             continue
         H = ep.steps - t0 if steps is None else max(1, min(int(steps), ep.steps - t0))
         has_instruction = int(ep.attrs.get("instruction", -1)) >= 0
@@ -205,11 +221,23 @@ def dream_episodes(model: Any, episodes: Sequence[DatasetEpisode], steps: int | 
             # the recorded partner's commands, replayed from its room's script
             from dreamgym.envs import partner as P
 
-            extra["partner_actions"] = torch.stack([
-                P.replay_episode(str(e.attrs["task"]), int(e.attrs["room_seed"]), e.obs["motion"][: t0 + H], e.obs["partner_motion"][: t0 + H])
-                for e in eps]).to(device)
-        out = model.rollout(context, actions[:, t0 : t0 + H], past_actions=actions[:, :t0], num_steps=int(num_steps),
-                            modalities=gen_mods, generator=generator, **extra)
+            extra["partner_actions"] = torch.stack(
+                [
+                    P.replay_episode(
+                        str(e.attrs["task"]), int(e.attrs["room_seed"]), e.obs["motion"][: t0 + H], e.obs["partner_motion"][: t0 + H]
+                    )
+                    for e in eps
+                ]
+            ).to(device)
+        out = model.rollout(
+            context,
+            actions[:, t0 : t0 + H],
+            past_actions=actions[:, :t0],
+            num_steps=int(num_steps),
+            modalities=gen_mods,
+            generator=generator,
+            **extra,
+        )
         for b, (i, ep) in enumerate(zip(members, eps)):
             dreamed = {k: out[k][b].cpu().numpy() for k in need if k in out}
             notes = []
@@ -240,16 +268,29 @@ def _write_stream(root: Path, episode: str, stream: str, arrays: dict[str, np.nd
 def _episode_entry(ep: DatasetEpisode) -> dict[str, Any]:
     a = ep.attrs
     return {
-        "name": ep.name, "id": ep.id, "steps": ep.steps, "task": a.get("task", ""),
-        "instruction": a.get("instruction_text", ""), "behaviour": a.get("behaviour", ""),
-        "partner_behaviour": a.get("partner_behaviour", ""), "utterance": a.get("utterance", ""),
-        "success": bool(a.get("success", False)), "room_seed": int(a.get("room_seed", -1)),
+        "name": ep.name,
+        "id": ep.id,
+        "steps": ep.steps,
+        "task": a.get("task", ""),
+        "instruction": a.get("instruction_text", ""),
+        "behaviour": a.get("behaviour", ""),
+        "partner_behaviour": a.get("partner_behaviour", ""),
+        "utterance": a.get("utterance", ""),
+        "success": bool(a.get("success", False)),
+        "room_seed": int(a.get("room_seed", -1)),
         "split": a.get("split", ""),
     }
 
 
-def build_bundle(out: str | Path, settings: BundleSettings, model: Any | None = None, progress: bool = True,
-                 log: Callable[[str], None] = print, notes: Sequence[str] = (), batch_size: int = 8) -> Path:
+def build_bundle(
+    out: str | Path,
+    settings: BundleSettings,
+    model: Any | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    notes: Sequence[str] = (),
+    batch_size: int = 8,
+) -> Path:
     """Build a viewer bundle of the dataset ``settings.data`` into ``out`` (replaced atomically).
 
     ``model``: a ``WorldModel`` to dream each episode with (None: real episodes only); episodes
@@ -275,8 +316,12 @@ def build_bundle(out: str | Path, settings: BundleSettings, model: Any | None = 
         if model is None:
             keys = [k for k in keys if k != "ego_depth"]
         chosen = iter_dataset_episodes(data, keys, settings.split, settings.episodes, settings.max_episodes, with_props=True)
-        bar = tqdm(desc="viewer bundle", unit="episode", disable=not progress,
-                   total=settings.max_episodes if settings.episodes is None else len(settings.episodes))
+        bar = tqdm(
+            desc="viewer bundle",
+            unit="episode",
+            disable=not progress,
+            total=settings.max_episodes if settings.episodes is None else len(settings.episodes),
+        )
         while batch := list(itertools.islice(chosen, max(1, int(batch_size)))):
             dreams = [None] * len(batch)
             if model is not None:
@@ -297,8 +342,10 @@ def build_bundle(out: str | Path, settings: BundleSettings, model: Any | None = 
                 bar.update(1)
         bar.close()
         if not episodes:
-            raise ValueError(f"dataset {data} has no {settings.split} episodes to show"
-                             + (f" among ids {settings.episodes}" if settings.episodes else ""))
+            raise ValueError(
+                f"dataset {data} has no {settings.split} episodes to show"
+                + (f" among ids {settings.episodes}" if settings.episodes else "")
+            )
         occ = env.get("occupancy") or {}
         X, Y, Z = (int(s) for s in occ.get("size_xyz", [32, 32, 8]))
         index = {
@@ -326,7 +373,7 @@ def build_bundle(out: str | Path, settings: BundleSettings, model: Any | None = 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for n in notes[len(initial_notes):]:
+    for n in notes[len(initial_notes) :]:
         log(f"note: {n}")
     return out
 
@@ -334,8 +381,7 @@ def build_bundle(out: str | Path, settings: BundleSettings, model: Any | None = 
 def _colours() -> dict[str, Any]:
     from ...envs import scene
 
-    return {"agent": list(scene.AGENT_RGBA[:3]), "partner": list(scene.PARTNER_RGBA[:3]),
-            "occupancy": [list(c) for c in OCCUPANCY_RGB]}
+    return {"agent": list(scene.AGENT_RGBA[:3]), "partner": list(scene.PARTNER_RGBA[:3]), "occupancy": [list(c) for c in OCCUPANCY_RGB]}
 
 
 def _check_model_fits(model: Any, env: dict[str, Any], settings: BundleSettings) -> None:
@@ -345,19 +391,23 @@ def _check_model_fits(model: Any, env: dict[str, Any], settings: BundleSettings)
     mods = model.output_keys()
     lacking = [k for k in mods if k != "props" and k not in env["obs_keys"]]
     if lacking:
-        raise ValueError(f"checkpoint {ckpt} models {mods} but dataset {data} lacks {lacking}; "
-                         "collect the data with those observation keys")
+        raise ValueError(
+            f"checkpoint {ckpt} models {mods} but dataset {data} lacks {lacking}; collect the data with those observation keys"
+        )
     if "ego_rgb" in mods:
         res = tuple(int(r) for r in env["resolution"])
         want = (int(cfg.data_resolution),) * 2
         if res != want:
-            raise ValueError(f"checkpoint {ckpt} expects ego frames at {want[0]}x{want[1]} but dataset {data} "
-                             f"holds {res[0]}x{res[1]}; view data collected at resolution={want[0]}")
+            raise ValueError(
+                f"checkpoint {ckpt} expects ego frames at {want[0]}x{want[1]} but dataset {data} "
+                f"holds {res[0]}x{res[1]}; view data collected at resolution={want[0]}"
+            )
     if "occupancy" in mods:
         X, Y, Z = env["occupancy"]["size_xyz"]
         if [Z, X, Y] != list(cfg.occupancy_shape):
-            raise ValueError(f"checkpoint {ckpt} expects occupancy {list(cfg.occupancy_shape)} (Z, X, Y) but dataset "
-                             f"{data} holds {[Z, X, Y]}")
+            raise ValueError(
+                f"checkpoint {ckpt} expects occupancy {list(cfg.occupancy_shape)} (Z, X, Y) but dataset {data} holds {[Z, X, Y]}"
+            )
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -369,7 +419,7 @@ class Bundle:
     index: dict[str, Any] = field(repr=False)
 
     @classmethod
-    def load(cls, root: str | Path) -> "Bundle":
+    def load(cls, root: str | Path) -> Bundle:
         root = Path(root)
         path = root / BUNDLE_INDEX
         try:
@@ -398,7 +448,9 @@ class Bundle:
         arr = np.fromfile(self.root / d["file"], dtype=np.dtype(d["dtype"]).newbyteorder("<"))
         expected = math.prod(d["shape"])
         if arr.size != expected:
-            raise ValueError(f"{self.root / d['file']} holds {arr.size} values, the index says {d['shape']}: the bundle is damaged; rebuild it")
+            raise ValueError(
+                f"{self.root / d['file']} holds {arr.size} values, the index says {d['shape']}: the bundle is damaged; rebuild it"
+            )
         return arr.reshape(d["shape"])
 
 
@@ -412,11 +464,23 @@ class Resolved:
     notes: list[str]
 
 
-def resolve_bundle(path: str | Path, data: str | None = None, checkpoint: str | None = "auto", out: str | None = None,
-                   split: str = "all", episodes: Sequence[int] | None = None, max_episodes: int | None = 8,
-                   dream_steps: int | None = None, num_steps: int = 3, seed: int = 0, device: str = "cpu",
-                   rebuild: bool = False, dataset_default_dream: bool = True, progress: bool = True,
-                   log: Callable[[str], None] = print) -> Resolved:
+def resolve_bundle(
+    path: str | Path,
+    data: str | None = None,
+    checkpoint: str | None = "auto",
+    out: str | None = None,
+    split: str = "all",
+    episodes: Sequence[int] | None = None,
+    max_episodes: int | None = 8,
+    dream_steps: int | None = None,
+    num_steps: int = 3,
+    seed: int = 0,
+    device: str = "cpu",
+    rebuild: bool = False,
+    dataset_default_dream: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Resolved:
     """The viewer bundle for ``path`` (a dataset, an eval-wm run, a checkpoint or a bundle).
 
     ``checkpoint``: ``auto`` (a run's own checkpoint; for a dataset the embedded default
@@ -437,8 +501,10 @@ def resolve_bundle(path: str | Path, data: str | None = None, checkpoint: str | 
             raise ValueError(f"run {src.path} does not name the dataset it evaluated (run_info.json); give data=<dataset dir>")
         raise ValueError(f"{src.path} is a world-model checkpoint: give the episodes to dream with data=<dataset dir>")
     if src.kind == "run" and src.checkpoint is None and checkpoint == "auto":
-        raise ValueError(f"run {src.path} does not name its checkpoint (run_info.json); give checkpoint=<dir>, "
-                         "or checkpoint=none for the real episodes only")
+        raise ValueError(
+            f"run {src.path} does not name its checkpoint (run_info.json); give checkpoint=<dir>, "
+            "or checkpoint=none for the real episodes only"
+        )
     if src.kind == "run" and not (data_path / "manifest.json").is_file():
         raise FileNotFoundError(f"run {src.path} was evaluated on {data_path}, which is not a dataset here; give data=<dataset dir>")
     ckpt: str | None
@@ -462,8 +528,9 @@ def resolve_bundle(path: str | Path, data: str | None = None, checkpoint: str | 
         ckpt = None
     if split == "auto":
         split = "heldout" if src.kind == "run" else "all"
-    settings = BundleSettings(str(data_path), ckpt, split, list(episodes) if episodes is not None else None,
-                              max_episodes, dream_steps, num_steps, seed)
+    settings = BundleSettings(
+        str(data_path), ckpt, split, list(episodes) if episodes is not None else None, max_episodes, dream_steps, num_steps, seed
+    )
     temporary = False
     if out:
         target = Path(out).expanduser()
@@ -493,7 +560,10 @@ def resolve_bundle(path: str | Path, data: str | None = None, checkpoint: str | 
                 settings.checkpoint = None
     for n in notes:
         log(f"note: {n}")
-    log(f"building the viewer bundle {target} from {data_path}" + (f" dreamed with {ckpt}" if model is not None else " (real episodes only)"))
+    log(
+        f"building the viewer bundle {target} from {data_path}"
+        + (f" dreamed with {ckpt}" if model is not None else " (real episodes only)")
+    )
     try:
         build_bundle(target, settings, model, progress=progress, log=log, notes=notes)
     except BaseException:

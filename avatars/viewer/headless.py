@@ -27,9 +27,20 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 # Quiet, self-contained and CPU-only: no GPU, no sandbox (containers run as root), no background
 # traffic, a throw-away profile; WebGL through SwiftShader.
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
-    "--hide-scrollbars", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-extensions",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--ignore-gpu-blocklist",
     "--remote-debugging-pipe",
 )
 
@@ -72,7 +83,8 @@ class HeadlessChromium:
         exe = executable or find_chromium()
         if exe is None:
             raise ChromiumNotFound(
-                "no Chromium found (looked for $CHROMIUM and " + ", ".join(CHROMIUM_NAMES)
+                "no Chromium found (looked for $CHROMIUM and "
+                + ", ".join(CHROMIUM_NAMES)
                 + " on PATH); install it, e.g. `apt-get install chromium` on Debian"
             )
         self.width, self.height, self.timeout = int(width), int(height), float(timeout)
@@ -84,8 +96,11 @@ class HeadlessChromium:
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
             actions = [
-                (os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1), (os.POSIX_SPAWN_DUP2, devnull, 2),
-                (os.POSIX_SPAWN_DUP2, to_child_r, 3), (os.POSIX_SPAWN_DUP2, from_child_w, 4),
+                (os.POSIX_SPAWN_DUP2, devnull, 0),
+                (os.POSIX_SPAWN_DUP2, devnull, 1),
+                (os.POSIX_SPAWN_DUP2, devnull, 2),
+                (os.POSIX_SPAWN_DUP2, to_child_r, 3),
+                (os.POSIX_SPAWN_DUP2, from_child_w, 4),
             ]
             self.pid = os.posix_spawn(exe, args, dict(os.environ), file_actions=actions, setpgroup=0)
         finally:
@@ -106,8 +121,11 @@ class HeadlessChromium:
             self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             self.send("Runtime.enable", session=True)
             self.send("Page.enable", session=True)
-            self.send("Emulation.setDeviceMetricsOverride",
-                      {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False}, session=True)
+            self.send(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+                session=True,
+            )
         except BaseException:
             self.close()
             raise
@@ -149,7 +167,9 @@ class HeadlessChromium:
             d = params.get("exceptionDetails", {})
             self.console.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}")
 
-    def send(self, method: str, params: dict[str, Any] | None = None, session: bool = False, timeout: float | None = None) -> dict[str, Any]:
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, session: bool = False, timeout: float | None = None
+    ) -> dict[str, Any]:
         """Send one DevTools command (to the page with ``session``) and return its result."""
         if self._closed:
             raise BrowserError("the browser is closed")
@@ -245,7 +265,7 @@ class HeadlessChromium:
                 pass
         shutil.rmtree(self._profile, ignore_errors=True)
 
-    def __enter__(self) -> "HeadlessChromium":
+    def __enter__(self) -> HeadlessChromium:
         return self
 
     def __exit__(self, *exc: Any) -> None:

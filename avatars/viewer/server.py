@@ -67,7 +67,7 @@ def safe_path(root: Path, url_path: str) -> Path | None:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     server_version = "dreamgym-view"
     sys_version = ""
 
@@ -89,9 +89,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path in ("/", "/index.html"):
             root, rest = WEB_ROOT, "index.html"
         elif path.startswith("/web/"):
-            root, rest = WEB_ROOT, path[len("/web/"):]
+            root, rest = WEB_ROOT, path[len("/web/") :]
         elif path.startswith("/bundle/"):
-            root, rest = self.server.bundle_root, path[len("/bundle/"):]
+            root, rest = self.server.bundle_root, path[len("/bundle/") :]
         elif path == "/favicon.ico":
             self.send_response(204)
             self.end_headers()
@@ -173,7 +173,7 @@ class ViewerServer:
     def url(self) -> str:
         return f"http://{HOST}:{self.port}/"
 
-    def start(self) -> "ViewerServer":
+    def start(self) -> ViewerServer:
         """Serve in a background thread (for tests and screenshots); ``close`` stops it."""
         self._thread = threading.Thread(target=self._server.serve_forever, name="dreamgym-view", daemon=True)
         self._thread.start()
@@ -189,7 +189,7 @@ class ViewerServer:
             self._thread = None
         self._server.server_close()
 
-    def __enter__(self) -> "ViewerServer":
+    def __enter__(self) -> ViewerServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -207,10 +207,19 @@ def run(cfg) -> int:
     torch.set_num_threads(int(cfg.threads))
     try:
         resolved = resolve_bundle(
-            cfg.path, data=cfg.get("data"), checkpoint=cfg.get("checkpoint"), out=cfg.get("out"), split=cfg.split,
+            cfg.path,
+            data=cfg.get("data"),
+            checkpoint=cfg.get("checkpoint"),
+            out=cfg.get("out"),
+            split=cfg.split,
             episodes=list(cfg.episodes) if cfg.get("episodes") is not None else None,
-            max_episodes=cfg.get("max_episodes"), dream_steps=cfg.get("dream_steps"), num_steps=int(cfg.num_steps),
-            seed=int(cfg.seed), device=cfg.device, rebuild=bool(cfg.rebuild), progress=bool(cfg.progress),
+            max_episodes=cfg.get("max_episodes"),
+            dream_steps=cfg.get("dream_steps"),
+            num_steps=int(cfg.num_steps),
+            seed=int(cfg.seed),
+            device=cfg.device,
+            rebuild=bool(cfg.rebuild),
+            progress=bool(cfg.progress),
         )
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise SystemExit(f"dreamgym view: {e}") from None

@@ -25,8 +25,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -37,7 +38,7 @@ FRAME_OBS = ("ego_rgb", "ego_depth")
 
 def bench_model(checkpoint: Any, resolution: int) -> tuple[Any, str]:
     """The world model to time and where it came from."""
-    from dreamgym.envs.dream_env import DEFAULT_CHECKPOINT, load_world_model
+    from dreamgym.worldmodel.dream_env import DEFAULT_CHECKPOINT, load_world_model
     from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
 
     if checkpoint is not None or DEFAULT_CHECKPOINT.exists():
@@ -47,24 +48,35 @@ def bench_model(checkpoint: Any, resolution: int) -> tuple[Any, str]:
     d = OmegaConf.to_container(OmegaConf.load(Path(configs_init).parent / "worldmodel" / "default.yaml"), resolve=True)
     assert isinstance(d, dict)
     torch.manual_seed(0)
-    return WorldModel(WorldModelConfig.from_dict({**d, "data_resolution": int(resolution)})).eval(), "configs/worldmodel/default.yaml (random weights)"
+    return WorldModel(
+        WorldModelConfig.from_dict({**d, "data_resolution": int(resolution)})
+    ).eval(), "configs/worldmodel/default.yaml (random weights)"
 
 
 def _rate(step: Callable[[], Any], B: int, seconds: float, min_calls: int, warmup: int) -> float:
-    from dreamgym.worldmodel.bench_wm import _timed
+    from dreamgym.benchmarks.wm import _timed
 
     n, dt = _timed(step, seconds, min_calls, warmup)
     return n * B / dt
 
 
-def dream_rate(model: Any, B: int, task: str, obs_keys: Sequence[str], num_steps: int, seconds: float, min_calls: int, warmup: int, seed: int) -> float:
+def dream_rate(
+    model: Any, B: int, task: str, obs_keys: Sequence[str], num_steps: int, seconds: float, min_calls: int, warmup: int, seed: int
+) -> float:
     """``DreamVecEnv`` transitions/s at B worlds generating what ``obs_keys`` need."""
-    from dreamgym.envs.dream_env import DreamVecEnv
+    from dreamgym.policies.train import dream_modalities
+    from dreamgym.worldmodel.dream_env import DreamVecEnv
 
-    from .train import dream_modalities
-
-    env = DreamVecEnv(model, num_envs=B, task=task, modalities=dream_modalities(obs_keys), obs_keys=obs_keys,
-                      num_denoising_steps=num_steps, seed=seed, return_tensors=True)
+    env = DreamVecEnv(
+        model,
+        num_envs=B,
+        task=task,
+        modalities=dream_modalities(obs_keys),
+        obs_keys=obs_keys,
+        num_denoising_steps=num_steps,
+        seed=seed,
+        return_tensors=True,
+    )
     env.reset_tensors(seed=seed)
     gen = torch.Generator().manual_seed(seed)
     rate = _rate(lambda: env.step_tensors(torch.rand(B, 6, generator=gen) * 2 - 1), B, seconds, min_calls, warmup)
@@ -124,11 +136,21 @@ def bench(
         "task": task,
         "num_denoising_steps": int(num_denoising_steps),
         "observations": {k: list(v) for k, v in sets.items()},
-        "world_model": {"source": source, "parameters": sum(p.numel() for p in model.parameters()),
-                        "modalities": list(model.config.modalities), "resolution": res, "context": int(model.config.context)},
+        "world_model": {
+            "source": source,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "modalities": list(model.config.modalities),
+            "resolution": res,
+            "context": int(model.config.context),
+        },
         "timed": "DreamVecEnv.step_tensors vs EgoRoomVecEnv.step_tensors, random actions, episode starts excluded",
         "threads": torch.get_num_threads(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
     }
 
 
@@ -136,12 +158,25 @@ def run(cfg: DictConfig) -> int:
     """Entry point of ``dreamgym bench dream``."""
     torch.set_num_threads(int(cfg.threads))
     t0 = time.time()
-    r = bench(cfg.checkpoint, list(cfg.batch_sizes), cfg.task, int(cfg.num_denoising_steps), bool(cfg.frames),
-              float(cfg.measure_seconds), int(cfg.min_calls), int(cfg.warmup_calls), int(cfg.seed), int(cfg.resolution))
+    r = bench(
+        cfg.checkpoint,
+        list(cfg.batch_sizes),
+        cfg.task,
+        int(cfg.num_denoising_steps),
+        bool(cfg.frames),
+        float(cfg.measure_seconds),
+        int(cfg.min_calls),
+        int(cfg.warmup_calls),
+        int(cfg.seed),
+        int(cfg.resolution),
+    )
     r["wall_s"] = time.time() - t0
     text = json.dumps(r, indent=2)
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.out).write_text(text + "\n")
-    print(f"bench dream: dream/simulator at B={r['ratio_batch_size']}: {r['dream_over_sim']:.2f}x state-only"
-          + (f", {r['dream_over_sim_frames']:.2f}x with frames" if r["dream_over_sim_frames"] is not None else "") + f"; {cfg.out}")
+    print(
+        f"bench dream: dream/simulator at B={r['ratio_batch_size']}: {r['dream_over_sim']:.2f}x state-only"
+        + (f", {r['dream_over_sim_frames']:.2f}x with frames" if r["dream_over_sim_frames"] is not None else "")
+        + f"; {cfg.out}"
+    )
     return 0

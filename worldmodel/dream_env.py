@@ -22,9 +22,10 @@ others go on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -32,13 +33,13 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from . import partner as P
-from . import scene
-from .core import validate_action
-from .motion import JOINT_POS, JOINT_VEL, ROOT_POS, ROOT_QUAT, yaw_of_quat
-from .occupancy import GridSpec
-from .spaces import IMAGE_KEYS, action_space, observation_space
-from .tasks import EpisodeParams, WorldState, make_task
+from dreamgym.envs import partner as P
+from dreamgym.envs import scene
+from dreamgym.envs.core import validate_action
+from dreamgym.envs.motion import JOINT_POS, JOINT_VEL, ROOT_POS, ROOT_QUAT, yaw_of_quat
+from dreamgym.envs.occupancy import GridSpec
+from dreamgym.envs.spaces import IMAGE_KEYS, action_space, observation_space
+from dreamgym.envs.tasks import EpisodeParams, WorldState, make_task
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "worldmodel" / "default"
 STATE_KEYS = ("motion", "partner_motion", "props")
@@ -97,27 +98,46 @@ class Starts:
     def __len__(self) -> int:
         return int(self.target.shape[0])
 
-    def take(self, idx: torch.Tensor) -> "Starts":
+    def take(self, idx: torch.Tensor) -> Starts:
         pick = lambda t: t[idx]  # noqa: E731
         return Starts(
-            {k: pick(v) for k, v in self.context.items()}, pick(self.actions), pick(self.target), pick(self.instruction),
-            pick(self.goal), pick(self.mat_pos), pick(self.room_half), pick(self.room_seed),
-            {k: pick(v) for k, v in self.script.items()}, pick(self.step), pick(self.partner_actions),
+            {k: pick(v) for k, v in self.context.items()},
+            pick(self.actions),
+            pick(self.target),
+            pick(self.instruction),
+            pick(self.goal),
+            pick(self.mat_pos),
+            pick(self.room_half),
+            pick(self.room_seed),
+            {k: pick(v) for k, v in self.script.items()},
+            pick(self.step),
+            pick(self.partner_actions),
         )
 
 
 class SimStarts:
     """Draws real starts from a batched simulator: fresh rooms, K-1 steps of a context policy."""
 
-    def __init__(self, task: str, num_envs: int, context: int, keys: Sequence[str], resolution: int, device, seed: int | None,
-                 policy: str = "noisy_expert", noise: float = 0.3):
-        from .vec_env import EgoRoomVecEnv
+    def __init__(
+        self,
+        task: str,
+        num_envs: int,
+        context: int,
+        keys: Sequence[str],
+        resolution: int,
+        device,
+        seed: int | None,
+        policy: str = "noisy_expert",
+        noise: float = 0.3,
+    ):
+        from dreamgym.envs.vec_env import EgoRoomVecEnv
 
         if policy not in CONTEXT_POLICIES:
             raise ValueError(f"unknown context policy {policy!r}; valid: {list(CONTEXT_POLICIES)}")
         obs_keys = [k for k in keys if k != "props"] + ["instruction"]
-        self.env = EgoRoomVecEnv(num_envs=num_envs, task=task, resolution=resolution, device=device, seed=seed,
-                                 obs_keys=obs_keys, return_tensors=True)
+        self.env = EgoRoomVecEnv(
+            num_envs=num_envs, task=task, resolution=resolution, device=device, seed=seed, obs_keys=obs_keys, return_tensors=True
+        )
         self.K, self.keys, self.policy, self.noise = context, list(keys), policy, noise
         self.gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else int(seed))
         self.rng = np.random.default_rng(seed)
@@ -161,11 +181,19 @@ class SimStarts:
         return Starts(
             context=ctx,
             actions=(torch.stack(acts, 1) if acts else torch.zeros(env.num_envs, 0, 6))[keep],
-            target=core.params.target.cpu()[keep], instruction=core.params.instruction.cpu()[keep],
-            goal=core.params.goal.cpu()[keep], mat_pos=core.mat_pos.cpu()[keep], room_half=core.room_half.cpu()[keep],
+            target=core.params.target.cpu()[keep],
+            instruction=core.params.instruction.cpu()[keep],
+            goal=core.params.goal.cpu()[keep],
+            mat_pos=core.mat_pos.cpu()[keep],
+            room_half=core.room_half.cpu()[keep],
             room_seed=torch.tensor(seeds)[keep],
-            script={"behaviour": s.behaviour.cpu()[keep], "duration": s.duration.cpu()[keep], "target": s.target.cpu()[keep],
-                    "cursor": s.cursor.cpu()[keep], "timer": s.timer.cpu()[keep]},
+            script={
+                "behaviour": s.behaviour.cpu()[keep],
+                "duration": s.duration.cpu()[keep],
+                "target": s.target.cpu()[keep],
+                "cursor": s.cursor.cpu()[keep],
+                "timer": s.timer.cpu()[keep],
+            },
             step=core.steps.cpu()[keep],
             partner_actions=(torch.stack(pacts, 1) if pacts else torch.zeros(env.num_envs, 0, 6))[keep],
         )
@@ -249,7 +277,7 @@ class DreamVecEnv(VectorEnv):
         bad = [k for k in obs_keys if k not in computable]
         if bad:
             raise ValueError(f"observation keys {bad} are neither generated (modalities={list(modalities)}) nor computed by the task")
-        from .spaces import OBS_KEYS
+        from dreamgym.envs.spaces import OBS_KEYS
 
         self.obs_keys = tuple(k for k in OBS_KEYS if k in obs_keys)
         self.resolution = (int(cfg.data_resolution), int(cfg.data_resolution))
@@ -263,7 +291,9 @@ class DreamVecEnv(VectorEnv):
         self.K = int(cfg.context)
         ctx_keys = list(dict.fromkeys([*STATE_KEYS, *[k for k in gen if k in self._model_inputs()]]))
         self.ctx_keys = ctx_keys
-        self._source = SimStarts(self.task.name, max(B, int(starts_pool or B)), self.K, ctx_keys, self.resolution[0], "cpu", seed, context_policy)
+        self._source = SimStarts(
+            self.task.name, max(B, int(starts_pool or B)), self.K, ctx_keys, self.resolution[0], "cpu", seed, context_policy
+        )
         self._pool: Starts | None = None
         self._pool_next = 0
         self._gen = torch.Generator(device=self.device).manual_seed(0 if seed is None else int(seed) + 1)
@@ -304,10 +334,16 @@ class DreamVecEnv(VectorEnv):
             return parts[0]
         cat = lambda xs: torch.cat(xs, 0)  # noqa: E731
         return Starts(
-            {k: cat([p.context[k] for p in parts]) for k in parts[0].context}, cat([p.actions for p in parts]),
-            cat([p.target for p in parts]), cat([p.instruction for p in parts]), cat([p.goal for p in parts]),
-            cat([p.mat_pos for p in parts]), cat([p.room_half for p in parts]), cat([p.room_seed for p in parts]),
-            {k: cat([p.script[k] for p in parts]) for k in parts[0].script}, cat([p.step for p in parts]),
+            {k: cat([p.context[k] for p in parts]) for k in parts[0].context},
+            cat([p.actions for p in parts]),
+            cat([p.target for p in parts]),
+            cat([p.instruction for p in parts]),
+            cat([p.goal for p in parts]),
+            cat([p.mat_pos for p in parts]),
+            cat([p.room_half for p in parts]),
+            cat([p.room_seed for p in parts]),
+            {k: cat([p.script[k] for p in parts]) for k in parts[0].script},
+            cat([p.step for p in parts]),
             cat([p.partner_actions for p in parts]),
         )
 
@@ -344,10 +380,19 @@ class DreamVecEnv(VectorEnv):
         apos, ayaw, avel, aj = body_from_motion(motion)
         ppos, pyaw, pvel, pj = body_from_motion(partner)
         return WorldState(
-            agent_pos=apos, agent_yaw=ayaw, agent_vel=avel, agent_joints=aj,
-            partner_pos=ppos, partner_yaw=pyaw, partner_vel=pvel, partner_joints=pj,
-            partner_behaviour=self._scripts.current()[0].clone(), prop_pos=props.float(),
-            mat_pos=self._mat.clone(), room_half=self._half.clone(), step=self._steps.clone(),
+            agent_pos=apos,
+            agent_yaw=ayaw,
+            agent_vel=avel,
+            agent_joints=aj,
+            partner_pos=ppos,
+            partner_yaw=pyaw,
+            partner_vel=pvel,
+            partner_joints=pj,
+            partner_behaviour=self._scripts.current()[0].clone(),
+            prop_pos=props.float(),
+            mat_pos=self._mat.clone(),
+            room_half=self._half.clone(),
+            step=self._steps.clone(),
         )
 
     def _params_on(self, dev) -> EpisodeParams:
@@ -430,9 +475,7 @@ class DreamVecEnv(VectorEnv):
         obs = self._observation(lat, state)
         infos = self._infos(success)
         if bool(bad.any()):
-            infos["dream_error"] = np.array(
-                [("non-finite world-model prediction" if b else "") for b in bad.tolist()], dtype=object
-            )
+            infos["dream_error"] = np.array([("non-finite world-model prediction" if b else "") for b in bad.tolist()], dtype=object)
             infos["_dream_error"] = bad.cpu().numpy()
         done = term | trunc
         if bool(done.any()):
@@ -459,7 +502,7 @@ class DreamVecEnv(VectorEnv):
         return torch.clamp(self.task.expert(self._state, self._params_on(self.device)), -1.0, 1.0)
 
     def _infos(self, success: torch.Tensor) -> dict[str, Any]:
-        from .tasks import INSTRUCTIONS
+        from dreamgym.envs.tasks import INSTRUCTIONS
 
         beh = self._scripts.current()[0].tolist()
         return {
@@ -537,8 +580,11 @@ class DreamEnv(gym.Env):
             if k.startswith("_") or k in ("final_obs", "final_success"):
                 continue
             x = v[i]
-            out[k] = bool(x) if isinstance(x, (np.bool_, bool)) or (isinstance(x, torch.Tensor) and x.dtype == torch.bool) else (
-                x.item() if isinstance(x, (np.generic, torch.Tensor)) else x)
+            out[k] = (
+                bool(x)
+                if isinstance(x, (np.bool_, bool)) or (isinstance(x, torch.Tensor) and x.dtype == torch.bool)
+                else (x.item() if isinstance(x, (np.generic, torch.Tensor)) else x)
+            )
         return out
 
     def close(self):

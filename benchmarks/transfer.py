@@ -32,14 +32,23 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def _train_cfg(cfg: DictConfig, env: str, out: Path, steps: int, checkpoint: Any) -> DictConfig:
-    from dreamgym.rollouts.cli import compose
+    from dreamgym.configs import compose
 
     base = compose("train_policy", [])
     over = {
-        "env": env, "task": cfg.task, "checkpoint": str(checkpoint) if checkpoint is not None else None, "algo": "ppo",
-        "out": str(out), "steps": int(steps), "num_envs": int(cfg.num_envs[env]), "obs_keys": list(cfg.obs_keys),
-        "seed": int(cfg.seed), "num_denoising_steps": int(cfg.num_denoising_steps), "progress": bool(cfg.progress),
-        "num_threads": int(cfg.threads), "checkpoint_every": int(cfg.checkpoint_every),
+        "env": env,
+        "task": cfg.task,
+        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "algo": "ppo",
+        "out": str(out),
+        "steps": int(steps),
+        "num_envs": int(cfg.num_envs[env]),
+        "obs_keys": list(cfg.obs_keys),
+        "seed": int(cfg.seed),
+        "num_denoising_steps": int(cfg.num_denoising_steps),
+        "progress": bool(cfg.progress),
+        "num_threads": int(cfg.threads),
+        "checkpoint_every": int(cfg.checkpoint_every),
     }
     merged = OmegaConf.merge(base, over, {"ppo": cfg.ppo})
     assert isinstance(merged, DictConfig)
@@ -55,10 +64,11 @@ def _stage(path: Path, reuse: bool, make: Any) -> tuple[Path, dict[str, Any]]:
 
 def bench(cfg: DictConfig) -> dict[str, Any]:
     """Run the four arms as configured (``configs/bench/transfer.yaml``); returns the JSON-ready result."""
-    from .diamond import collect_with_policy, finetune_world_model
-    from .evaluate import evaluate_in_dream, evaluate_policies
-    from .train import train_policy
-    from .base import load_policy
+    from dreamgym.policies.base import load_policy
+    from dreamgym.policies.collect import collect_with_policy
+    from dreamgym.policies.evaluate import evaluate_in_dream, evaluate_policies
+    from dreamgym.policies.train import train_policy
+    from dreamgym.worldmodel.finetune import finetune_world_model
 
     t0 = time.time()
     run_dir = Path(cfg.run_dir)
@@ -70,37 +80,75 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         tic = time.time()
         wm_dir = run_dir / "world_model"
         if not (cfg.reuse and (wm_dir / "model.safetensors").exists()):
-            eps, stats = collect_with_policy(load_policy(str(cfg.collect_policy), task=cfg.task, seed=int(cfg.seed)), cfg.task,
-                                             int(cfg.collect_steps), int(cfg.collect_envs), int(cfg.seed) + 11, float(cfg.collect_noise))
-            finetune_world_model(world_model, eps, wm_dir, steps=int(cfg.wm_steps), batch_size=int(cfg.wm_batch_size), seed=int(cfg.seed),
-                                 progress=bool(cfg.progress))
+            eps, stats = collect_with_policy(
+                load_policy(str(cfg.collect_policy), task=cfg.task, seed=int(cfg.seed)),
+                cfg.task,
+                int(cfg.collect_steps),
+                int(cfg.collect_envs),
+                int(cfg.seed) + 11,
+                float(cfg.collect_noise),
+            )
+            finetune_world_model(
+                world_model,
+                eps,
+                wm_dir,
+                steps=int(cfg.wm_steps),
+                batch_size=int(cfg.wm_batch_size),
+                seed=int(cfg.seed),
+                progress=bool(cfg.progress),
+            )
         world_model = wm_dir
         n_real += int(cfg.collect_steps) // int(cfg.collect_envs) * int(cfg.collect_envs)
         walls["world_model"] = time.time() - tic
 
     tic = time.time()
-    dream_zip, dream_meta = _stage(run_dir / "dream" / "policy.zip", bool(cfg.reuse),
-                                   lambda: train_policy(_train_cfg(cfg, "dream", run_dir / "dream", int(cfg.dream_steps), world_model)))
+    dream_zip, dream_meta = _stage(
+        run_dir / "dream" / "policy.zip",
+        bool(cfg.reuse),
+        lambda: train_policy(_train_cfg(cfg, "dream", run_dir / "dream", int(cfg.dream_steps), world_model)),
+    )
     walls["train_dream"] = time.time() - tic
     real_steps = int(cfg.real_multiplier) * n_real
     tic = time.time()
-    real_zip, real_meta = _stage(run_dir / "real10x" / "policy.zip", bool(cfg.reuse),
-                                 lambda: train_policy(_train_cfg(cfg, "real", run_dir / "real10x", real_steps, None)))
+    real_zip, real_meta = _stage(
+        run_dir / "real10x" / "policy.zip",
+        bool(cfg.reuse),
+        lambda: train_policy(_train_cfg(cfg, "real", run_dir / "real10x", real_steps, None)),
+    )
     walls["train_real10x"] = time.time() - tic
 
     tic = time.time()
-    scores = evaluate_policies({"dream": dream_zip, "real10x": real_zip, "random": "random", "expert": "expert"}, task=cfg.task,
-                               episodes=int(cfg.eval_episodes), seed=int(cfg.eval_seed), max_worlds=int(cfg.eval_max_worlds),
-                               progress=bool(cfg.progress))
+    scores = evaluate_policies(
+        {"dream": dream_zip, "real10x": real_zip, "random": "random", "expert": "expert"},
+        task=cfg.task,
+        episodes=int(cfg.eval_episodes),
+        seed=int(cfg.eval_seed),
+        max_worlds=int(cfg.eval_max_worlds),
+        progress=bool(cfg.progress),
+    )
     walls["eval_real"] = time.time() - tic
     tic = time.time()
-    in_dream = evaluate_in_dream(dream_zip, world_model=world_model, task=cfg.task, episodes=int(cfg.value_gap_episodes),
-                                 seed=int(cfg.eval_seed), num_denoising_steps=int(cfg.num_denoising_steps), progress=bool(cfg.progress))
+    in_dream = evaluate_in_dream(
+        dream_zip,
+        world_model=world_model,
+        task=cfg.task,
+        episodes=int(cfg.value_gap_episodes),
+        seed=int(cfg.eval_seed),
+        num_denoising_steps=int(cfg.num_denoising_steps),
+        progress=bool(cfg.progress),
+    )
     walls["eval_dream"] = time.time() - tic
     tic = time.time()
     # diagnostic: the scripted expert in the same dream (does the world model follow the controls?)
-    expert_dream = evaluate_in_dream("expert", world_model=world_model, task=cfg.task, episodes=int(cfg.value_gap_episodes),
-                                     seed=int(cfg.eval_seed), num_denoising_steps=int(cfg.num_denoising_steps), progress=bool(cfg.progress))
+    expert_dream = evaluate_in_dream(
+        "expert",
+        world_model=world_model,
+        task=cfg.task,
+        episodes=int(cfg.value_gap_episodes),
+        seed=int(cfg.eval_seed),
+        num_denoising_steps=int(cfg.num_denoising_steps),
+        progress=bool(cfg.progress),
+    )
     walls["eval_expert_dream"] = time.time() - tic
     walls["total"] = time.time() - t0
 
@@ -123,7 +171,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     out["budgets"] = {
         "world_model_real_steps": n_real,
         "world_model_data": f"{cfg.wm_data_steps} steps behind {cfg.checkpoint or 'the shipped default'}"
-                            + (f" + {n_real - int(cfg.wm_data_steps)} collected by {cfg.collect_policy} for fine-tuning" if int(cfg.collect_steps) > 0 else ""),
+        + (f" + {n_real - int(cfg.wm_data_steps)} collected by {cfg.collect_policy} for fine-tuning" if int(cfg.collect_steps) > 0 else ""),
         "dream_env_steps": int(dream_meta["steps"]),
         "dream_start_steps": int(dream_meta["real_env_steps"]),
         "real10x_real_steps": int(real_meta["steps"]),
@@ -132,9 +180,20 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
         "value_gap_episodes": in_dream["episodes"],
     }
     out["wall_s"] = walls
-    out["details"] = {"real": scores, "dream_predicted": in_dream, "expert_in_dream": expert_dream, "dream_training": dream_meta, "real10x_training": real_meta}
+    out["details"] = {
+        "real": scores,
+        "dream_predicted": in_dream,
+        "expert_in_dream": expert_dream,
+        "dream_training": dream_meta,
+        "real10x_training": real_meta,
+    }
     out["config"] = OmegaConf.to_container(cfg, resolve=True)
-    out["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__}
+    out["machine"] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
     return out
 
 
@@ -145,6 +204,8 @@ def run(cfg: DictConfig) -> int:
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     Path(cfg.out).write_text(json.dumps(r, indent=2) + "\n")
     gap = r["value_gap"]
-    print(f"bench transfer ({cfg.task}): success dream {r['dream_success']:.2f}, real10x {r['real10x_success']:.2f}, "
-          f"random {r['random_success']:.2f}, expert {r['expert_success']:.2f}; value gap {gap:+.2f}; goal met: {r['goal_met']}; {cfg.out}")
+    print(
+        f"bench transfer ({cfg.task}): success dream {r['dream_success']:.2f}, real10x {r['real10x_success']:.2f}, "
+        f"random {r['random_success']:.2f}, expert {r['expert_success']:.2f}; value gap {gap:+.2f}; goal met: {r['goal_met']}; {cfg.out}"
+    )
     return 0

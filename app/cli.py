@@ -15,52 +15,76 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from dreamgym.configs import compose
+
 # name -> (config name under configs/, "module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "demo": ("demo", "dreamgym.rollouts.demo:run", "the end-to-end demo on the embedded default"),
+    "demo": ("demo", "dreamgym.app.demo:run", "the end-to-end demo on the embedded default"),
     "train-wm": ("train_wm", "dreamgym.worldmodel.train:run", "train the world model on a dataset (data=DIR out=RUN); re-run to resume"),
     "eval-wm": ("eval_wm", "dreamgym.worldmodel.evaluate:run", "a world model vs the simulator on held-out rooms, beside baselines"),
     "collect": ("collect", "dreamgym.rollouts.collect:run", "collect episodes into a resumable dataset (out=DIR)"),
     "video": ("video", "dreamgym.rollouts.video:run", "mp4 of a dataset episode: ego, overhead, occupancy"),
     "dataset verify": ("dataset", "dreamgym.rollouts.dataset:run_verify", "check every shard checksum of a dataset"),
     "dataset info": ("dataset", "dreamgym.rollouts.dataset:run_info", "episodes, steps, splits, behaviours of a dataset"),
-    "train-vla": ("train_vla", "dreamgym.policies.vla_train:run", "VLA policy: BC (DAgger) in the simulator, then AWR in the dream (out=DIR)"),
-    "train-social": ("train_social", "dreamgym.policies.social_train:run_train", "social avatar: motion VQ-VAE, response transformer, inverse controller (out=DIR)"),
-    "avatar-demo": ("avatar_demo", "dreamgym.policies.social_train:run_demo", "a scripted conversation with the social avatar: video, motions, metrics.json (out=DIR)"),
-    "export": ("export", "dreamgym.avatars.export_cli:run", "SMPL-X .npz, BVH and .glb of every episode, agent and partner (data=DIR out=DIR)"),
+    "train-vla": (
+        "train_vla",
+        "dreamgym.policies.vla_train:run",
+        "VLA policy: BC (DAgger) in the simulator, then AWR in the dream (out=DIR)",
+    ),
+    "train-social": (
+        "train_social",
+        "dreamgym.policies.social_train:run_train",
+        "social avatar: motion VQ-VAE, response transformer, inverse controller (out=DIR)",
+    ),
+    "avatar-demo": (
+        "avatar_demo",
+        "dreamgym.app.avatar_demo:run",
+        "a scripted conversation with the social avatar: video, motions, metrics.json (out=DIR)",
+    ),
+    "export": (
+        "export",
+        "dreamgym.avatars.export_cli:run",
+        "SMPL-X .npz, BVH and .glb of every episode, agent and partner (data=DIR out=DIR)",
+    ),
     "view": ("view", "dreamgym.avatars.viewer.server:run", "three.js/WebXR viewer of a dataset or run, real beside dream, on 127.0.0.1"),
-    "train-policy": ("train_policy", "dreamgym.policies.train:run", "SB3 PPO/SAC policy in the dream (env=dream) or the simulator (env=real) (out=DIR)"),
-    "eval-policy": ("eval_policy", "dreamgym.policies.evaluate:run", "a policy's return and success (95 % CIs) on held-out rooms of the simulator (JSON)"),
-    "diamond": ("diamond", "dreamgym.policies.diamond:run", "DIAMOND-style loop: real collection, world-model update, policy in imagination (budget=real steps)"),
+    "train-policy": (
+        "train_policy",
+        "dreamgym.policies.train:run",
+        "SB3 PPO/SAC policy in the dream (env=dream) or the simulator (env=real) (out=DIR)",
+    ),
+    "eval-policy": (
+        "eval_policy",
+        "dreamgym.policies.evaluate:run",
+        "a policy's return and success (95 % CIs) on held-out rooms of the simulator (JSON)",
+    ),
+    "diamond": (
+        "diamond",
+        "dreamgym.app.diamond:run",
+        "DIAMOND-style loop: real collection, world-model update, policy in imagination (budget=real steps)",
+    ),
 }
 # what -> (config name, "module:function", help) for `dreamgym bench <what>`
 BENCHES: dict[str, tuple[str, str, str]] = {
-    "env": ("bench/env", "dreamgym.rollouts.bench_env:run", "env steps/s: EgoRoomVecEnv vs Humanoid-v5"),
-    "collect": ("bench/collect", "dreamgym.rollouts.bench_rollouts:run_collect", "collection steps/s vs bare EgoRoomVecEnv"),
-    "loader": ("bench/loader", "dreamgym.rollouts.bench_rollouts:run_loader", "training windows/s of the dataset loader"),
-    "wm": ("bench/wm", "dreamgym.worldmodel.bench_wm:run", "world model: training samples/s, dreaming transitions/s vs the simulator"),
-    "vla": ("bench/vla", "dreamgym.policies.vla_bench:run", "VLA success on held-out rooms: training phrasings, paraphrases, unseen combos, BC only, random"),
-    "transfer": ("bench/transfer", "dreamgym.policies.bench_transfer:run", "policy trained in imagination vs PPO with 10x real steps, random, expert (real-env success)"),
-    "dream": ("bench/dream", "dreamgym.policies.bench_dream:run", "DreamVecEnv transitions/s vs EgoRoomVecEnv at B = 1, 16, 64"),
+    "env": ("bench/env", "dreamgym.benchmarks.env:run", "env steps/s: EgoRoomVecEnv vs Humanoid-v5"),
+    "collect": ("bench/collect", "dreamgym.benchmarks.rollouts:run_collect", "collection steps/s vs bare EgoRoomVecEnv"),
+    "loader": ("bench/loader", "dreamgym.benchmarks.rollouts:run_loader", "training windows/s of the dataset loader"),
+    "wm": ("bench/wm", "dreamgym.benchmarks.wm:run", "world model: training samples/s, dreaming transitions/s vs the simulator"),
+    "vla": (
+        "bench/vla",
+        "dreamgym.benchmarks.vla:run",
+        "VLA success on held-out rooms: training phrasings, paraphrases, unseen combos, BC only, random",
+    ),
+    "transfer": (
+        "bench/transfer",
+        "dreamgym.benchmarks.transfer:run",
+        "policy trained in imagination vs PPO with 10x real steps, random, expert (real-env success)",
+    ),
+    "dream": ("bench/dream", "dreamgym.benchmarks.dream:run", "DreamVecEnv transitions/s vs EgoRoomVecEnv at B = 1, 16, 64"),
 }
-
-
-def compose(config_name: str, overrides: list[str]) -> DictConfig:
-    """Compose ``configs/<config_name>.yaml`` with Hydra overrides (``key=value``)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    bad = [o for o in overrides if "=" not in o]
-    if bad:
-        raise SystemExit(f"dreamgym: overrides must look like key=value, got {bad}")
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="dreamgym.configs", version_base=None):
-        return hydra_compose(config_name=config_name, overrides=overrides)
 
 
 def _load(target: str) -> Callable[[DictConfig], object]:

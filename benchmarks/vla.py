@@ -35,8 +35,16 @@ import torch
 from dreamgym.envs import scene
 from dreamgym.envs.core import _rng_for
 from dreamgym.envs.tasks import make_task
-
-from .vla import HELD_OUT_COMBOS, OBS_KEYS, PARAPHRASE_TEMPLATES, TRAIN_TEMPLATES, VLAPolicy, is_held_out, parse_instruction, phrase
+from dreamgym.policies.vla import (
+    HELD_OUT_COMBOS,
+    OBS_KEYS,
+    PARAPHRASE_TEMPLATES,
+    TRAIN_TEMPLATES,
+    VLAPolicy,
+    is_held_out,
+    parse_instruction,
+    phrase,
+)
 
 CONDITIONS = ("train_phrasing", "paraphrase", "unseen_combo", "bc_only", "random", "expert")
 
@@ -69,7 +77,7 @@ def sign_test(a: int, b: int) -> float:
     if n == 0:
         return 1.0
     k = min(a, b)
-    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 def parser_accuracy(policy: VLAPolicy) -> dict[str, float]:
@@ -104,8 +112,13 @@ def run(cfg) -> int:
     train_rooms = set(json.loads((ckpt / "train_rooms.json").read_text())) if (ckpt / "train_rooms.json").exists() else set()
     rng = np.random.default_rng(int(cfg.seed))
     n = int(cfg.episodes_per_condition)
-    result = {"policy": str(final_dir), "fine_tuned": final_dir.name == "final", "episodes_per_condition_per_task": n,
-              "train_rooms_checked": len(train_rooms), "tasks": {}}
+    result = {
+        "policy": str(final_dir),
+        "fine_tuned": final_dir.name == "final",
+        "episodes_per_condition_per_task": n,
+        "train_rooms_checked": len(train_rooms),
+        "tasks": {},
+    }
     t0 = time.time()
     for task_name in cfg.tasks:
         max_steps = int(cfg.max_steps[task_name])
@@ -115,20 +128,19 @@ def run(cfg) -> int:
         seeds = seen[: len(cond)]
         # bc_only runs on the train_phrasing rooms with the same sentences: the dream gain is paired
         tp, bo = cond.index("train_phrasing"), cond.index("bc_only")
-        seeds[bo:bo + n] = seeds[tp:tp + n]
+        seeds[bo : bo + n] = seeds[tp : tp + n]
         cond += ["unseen_combo"] * n
         seeds += unseen
         assert not set(seeds) & train_rooms
         B = len(seeds)
-        env = EgoRoomVecEnv(num_envs=B, task=task_name, resolution=policy.config.resolution, obs_keys=OBS_KEYS,
-                            return_tensors=True)
+        env = EgoRoomVecEnv(num_envs=B, task=task_name, resolution=policy.config.resolution, obs_keys=OBS_KEYS, return_tensors=True)
         obs, _ = env.reset_tensors(room_seeds=seeds)
         texts = []
         for c, i in zip(cond, obs["instruction"].tolist()):
             t, colour, shape = parse_instruction(i)
             pool = PARAPHRASE_TEMPLATES[t] if c == "paraphrase" else TRAIN_TEMPLATES[t]
             texts.append(phrase(t, colour, shape, pool[int(rng.integers(len(pool)))]))
-        texts[bo:bo + n] = texts[tp:tp + n]
+        texts[bo : bo + n] = texts[tp : tp + n]
         cond_t = np.array(cond)
         use_bc = torch.as_tensor(cond_t == "bc_only")
         use_rand = torch.as_tensor(cond_t == "random")
@@ -153,12 +165,15 @@ def run(cfg) -> int:
         per = {}
         for c in CONDITIONS:
             m = torch.as_tensor(cond_t == c)
-            per[c] = {"success": float(success[m].float().mean()), "episodes": int(m.sum()),
-                      "mean_steps": float(steps[m].float().mean())}
+            per[c] = {"success": float(success[m].float().mean()), "episodes": int(m.sum()), "mean_steps": float(steps[m].float().mean())}
         per["max_steps"] = max_steps
-        fin, base = success[tp:tp + n], success[bo:bo + n]  # the same rooms and sentences
-        per["paired"] = {"final_only": int((fin & ~base).sum()), "bc_only": int((base & ~fin).sum()),
-                         "both": int((fin & base).sum()), "neither": int((~fin & ~base).sum())}
+        fin, base = success[tp : tp + n], success[bo : bo + n]  # the same rooms and sentences
+        per["paired"] = {
+            "final_only": int((fin & ~base).sum()),
+            "bc_only": int((base & ~fin).sum()),
+            "both": int((fin & base).sum()),
+            "neither": int((~fin & ~base).sum()),
+        }
         per["instructions"] = {c: sorted(set(np.array(texts)[cond_t == c].tolist())) for c in ("paraphrase", "unseen_combo")}
         result["tasks"][task_name] = per
         print(f"{task_name}: " + ", ".join(f"{c} {per[c]['success']:.2f}" for c in CONDITIONS), flush=True)

@@ -27,8 +27,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ def _timed(fn: Callable[[], Any], min_seconds: float, min_calls: int, warmup: in
 def record_windows(env, steps: int, seed: int) -> dict[str, torch.Tensor]:
     """(B, steps, ...) observations, props, actions, rewards and terminations from ``env`` (random
     actions), plus instruction (B,): the training-window / context format."""
-    from .evaluate import props_from_qpos
+    from dreamgym.worldmodel.evaluate import props_from_qpos
 
     gen = torch.Generator().manual_seed(seed)
     obs, _ = env.reset_tensors(seed=seed)
@@ -85,14 +86,14 @@ def default_train_step(model: torch.nn.Module, train_cfg: Mapping[str, Any] | No
     (some steps skip the frame branch, as in training), ``WorldModel.loss``, backward, gradient
     clipping, AdamW. Without ``worldmodel.train``, EDM training sigmas for every modality.
     Returns the step function and a description of what it does."""
-    from . import edm
+    from dreamgym.worldmodel import edm
 
     tc = dict(train_cfg or {})
     noise_cfg = dict(tc.get("noise") or {"p_clean": 0.1, "p_sigma_max": 0.15, "p_skip_frames": 0.5, "p_skip_occupancy": 0.1})
     opt = torch.optim.AdamW(model.parameters(), lr=float(tc.get("lr", 1e-3)), weight_decay=float(tc.get("weight_decay", 0.01)))
     gen = torch.Generator().manual_seed(0)
     try:
-        from .train import draw_noise
+        from dreamgym.worldmodel.train import draw_noise
     except ImportError:
         draw_noise = None
     counter = [0]
@@ -113,20 +114,34 @@ def default_train_step(model: torch.nn.Module, train_cfg: Mapping[str, Any] | No
         noise, sigma, branches = draws(batch["motion"].shape[0])
         counter[0] += 1
         # the state prior's own batch of state-only windows, as train-wm draws it
-        prior = tile({k: batch[k] for k in ("motion", "partner_motion", "props", "actions", "partner_actions") if k in batch}, PB) if PB else None
+        prior = (
+            tile({k: batch[k] for k in ("motion", "partner_motion", "props", "actions", "partner_actions") if k in batch}, PB)
+            if PB
+            else None
+        )
         loss = model.loss(batch, noise, sigma, branches, prior)["total"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), float(tc.get("grad_clip", 1.0)))
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    how = ("worldmodel.train.draw_noise (noise " + json.dumps(noise_cfg) + ")") if draw_noise is not None else "EDM sigmas for every modality"
+    how = (
+        ("worldmodel.train.draw_noise (noise " + json.dumps(noise_cfg) + ")") if draw_noise is not None else "EDM sigmas for every modality"
+    )
     how += f", state-prior batch {PB}" if PB else ""
     return step, f"WorldModel.loss with {how} + backward + grad clip + AdamW step"
 
 
-def sampling_rate(model, ctx: dict[str, torch.Tensor], actions: torch.Tensor, num_steps: int, modalities: Sequence[str] | None,
-                  min_seconds: float, min_calls: int, warmup: int) -> float:
+def sampling_rate(
+    model,
+    ctx: dict[str, torch.Tensor],
+    actions: torch.Tensor,
+    num_steps: int,
+    modalities: Sequence[str] | None,
+    min_seconds: float,
+    min_calls: int,
+    warmup: int,
+) -> float:
     """Transitions/s of ``model.imagine`` on a (B, K, ...) context."""
     gen = torch.Generator().manual_seed(0)
     B = actions.shape[0]
@@ -139,8 +154,9 @@ def sampling_rate(model, ctx: dict[str, torch.Tensor], actions: torch.Tensor, nu
     return n * B / dt
 
 
-def sim_rate(B: int, task: str, resolution: int, obs_keys: Sequence[str] | None, min_seconds: float, warmup: int, seed: int,
-             record: int = 0) -> tuple[float, dict | None]:
+def sim_rate(
+    B: int, task: str, resolution: int, obs_keys: Sequence[str] | None, min_seconds: float, warmup: int, seed: int, record: int = 0
+) -> tuple[float, dict | None]:
     """EgoRoomVecEnv steps/s at B worlds (random actions); optionally also records ``record`` steps."""
     from dreamgym.envs.vec_env import EgoRoomVecEnv
 
@@ -172,7 +188,7 @@ def bench(
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every measurement; returns the JSON-ready result (see the module docstring)."""
-    from .evaluate import model_spec
+    from dreamgym.worldmodel.evaluate import model_spec
 
     spec = model_spec(model)
     K = spec.context
@@ -183,7 +199,9 @@ def bench(
     if sim_baseline:
         for B in batch_sizes:
             progress(f"simulator B={B} ...")
-            r_full, w = sim_rate(B, task, res, None, seconds, warmup, seed, record=K + 1 if windows is None and B == max(batch_sizes) else 0)
+            r_full, w = sim_rate(
+                B, task, res, None, seconds, warmup, seed, record=K + 1 if windows is None and B == max(batch_sizes) else 0
+            )
             r_state, _ = sim_rate(B, task, res, SIM_STATE_OBS, seconds, warmup, seed)
             sim[str(B)] = {"frames": r_full, "state_only": r_state}
             windows = windows if windows is not None else w
@@ -203,8 +221,12 @@ def bench(
         batch = tile(windows, train_batch_size)
         progress(f"training step, batch {train_batch_size} ...")
         n, dt = _timed(lambda: train_step(batch), seconds, min_calls, warmup)
-        train = {"batch_size": train_batch_size, "samples_per_s": n * train_batch_size / dt, "seconds_per_step": dt / n,
-                 "loss": train_loss_name or "given train_step"}
+        train = {
+            "batch_size": train_batch_size,
+            "samples_per_s": n * train_batch_size / dt,
+            "seconds_per_step": dt / n,
+            "loss": train_loss_name or "given train_step",
+        }
         progress(f"  {train['samples_per_s']:.1f} samples/s")
     if hasattr(model, "eval"):
         model.eval()
@@ -245,7 +267,12 @@ def bench(
         "sim_steps_per_s": sim,
         "task": task,
         "threads": torch.get_num_threads(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
     }
 
 
@@ -256,9 +283,8 @@ def run(cfg) -> int:
     torch.manual_seed(int(cfg.seed))
     from omegaconf import OmegaConf
 
-    from dreamgym.rollouts.cli import compose
-
-    from .model import WorldModel, WorldModelConfig
+    from dreamgym.configs import compose
+    from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
 
     # The training run's settings (noise mix, optimiser) and the embedded default model config.
     try:
@@ -278,10 +304,18 @@ def run(cfg) -> int:
         source = "WorldModelConfig() defaults, random weights"
     print(f"bench wm: {source}", flush=True)
     result = bench(
-        model, batch_sizes=[int(b) for b in cfg.batch_sizes], num_steps=[int(s) for s in cfg.num_steps],
-        train_batch_size=int(cfg.train_batch_size), task=cfg.task, seconds=float(cfg.measure_seconds),
-        min_calls=int(cfg.min_calls), warmup=int(cfg.warmup_calls), sim_baseline=bool(cfg.sim_baseline), seed=int(cfg.seed),
-        train_cfg=train_cfg, progress=lambda s: print(s, flush=True),
+        model,
+        batch_sizes=[int(b) for b in cfg.batch_sizes],
+        num_steps=[int(s) for s in cfg.num_steps],
+        train_batch_size=int(cfg.train_batch_size),
+        task=cfg.task,
+        seconds=float(cfg.measure_seconds),
+        min_calls=int(cfg.min_calls),
+        warmup=int(cfg.warmup_calls),
+        sim_baseline=bool(cfg.sim_baseline),
+        seed=int(cfg.seed),
+        train_cfg=train_cfg,
+        progress=lambda s: print(s, flush=True),
     )
     result["model"]["source"] = source
     out = Path(cfg.out)
@@ -303,5 +337,7 @@ def format_summary(r: dict) -> str:
     for row in r["sampling"]:
         sim = f"{row['sim_steps_per_s']:>10.1f}" if "sim_steps_per_s" in row else f"{'-':>10}"
         ratio = f"{row['ratio_vs_sim']:>7.2f}" if "ratio_vs_sim" in row else f"{'-':>7}"
-        lines.append(f"{row['batch_size']:>4} {row['num_steps']:>5} {row['modalities']:>11} {row['transitions_per_s']:>10.1f} {sim} {ratio}")
+        lines.append(
+            f"{row['batch_size']:>4} {row['num_steps']:>5} {row['modalities']:>11} {row['transitions_per_s']:>10.1f} {sim} {ratio}"
+        )
     return "\n".join(lines)

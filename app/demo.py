@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -68,7 +69,7 @@ class Stages:
 
 
 def _cli(*argv: str) -> None:
-    from dreamgym.rollouts.cli import main
+    from dreamgym.app.cli import main
 
     code = main(list(argv))
     if code:
@@ -85,8 +86,7 @@ def expert_videos(cfg: DictConfig, out: Path) -> dict[str, Any]:
     results = {}
     for k, task in enumerate(cfg.tasks):
         scale = int(cfg.video_scale)
-        env = EgoRoomEnv(task=task, resolution=int(cfg.resolution), render_mode="rgb_array",
-                         render_resolution=int(cfg.resolution) * scale)
+        env = EgoRoomEnv(task=task, resolution=int(cfg.resolution), render_mode="rgb_array", render_resolution=int(cfg.resolution) * scale)
         obs, info = env.reset(seed=int(cfg.seed) + k)
         path, tmp = out / f"{task}.mp4", out / f".{task}.tmp.mp4"
         writer = imageio.get_writer(tmp, fps=env.metadata["render_fps"], macro_block_size=1)
@@ -103,8 +103,13 @@ def expert_videos(cfg: DictConfig, out: Path) -> dict[str, Any]:
         writer.close()
         os.replace(tmp, path)
         env.close()
-        results[task] = {"instruction": info["instruction_text"], "success": bool(info["success"]),
-                         "return": round(float(ret), 3), "steps": steps, "video": str(path.relative_to(out.parent))}
+        results[task] = {
+            "instruction": info["instruction_text"],
+            "success": bool(info["success"]),
+            "return": round(float(ret), 3),
+            "steps": steps,
+            "video": str(path.relative_to(out.parent)),
+        }
         print(f"{task:>7}: {'success' if info['success'] else 'failure'} in {steps} steps, return {ret:.2f} -> {path}")
     return results
 
@@ -123,12 +128,21 @@ def write_report(cfg: DictConfig, out: Path, stages: Stages) -> str:
     parts.append("Stage times (s): " + ", ".join(f"{k} {v['seconds']}" for k, v in s.items() if "seconds" in v))
     parts += ["", "## Rooms and scripted experts (simulator)", ""]
     rooms = s.get("rooms", {}).get("result", {})
-    parts.append(_table([[t, r["instruction"], r["success"], r["return"], r["steps"], f"[mp4]({r['video']})"] for t, r in rooms.items()],
-                        ["task", "instruction", "success", "return", "steps", "video (ego | overhead)"]))
+    parts.append(
+        _table(
+            [[t, r["instruction"], r["success"], r["return"], r["steps"], f"[mp4]({r['video']})"] for t, r in rooms.items()],
+            ["task", "instruction", "success", "return", "steps", "video (ego | overhead)"],
+        )
+    )
     wmr = s.get("world_model", {}).get("result", {})
     if wmr:
-        how = (f"fine-tuned from `{wmr['init']}` for {wmr['trained_steps']} steps on the collected data" if wmr.get("init")
-               else f"trained from scratch for {wmr['trained_steps']} steps" if wmr.get("trained_steps") else "used as shipped")
+        how = (
+            f"fine-tuned from `{wmr['init']}` for {wmr['trained_steps']} steps on the collected data"
+            if wmr.get("init")
+            else f"trained from scratch for {wmr['trained_steps']} steps"
+            if wmr.get("trained_steps")
+            else "used as shipped"
+        )
         parts += ["", f"World model: `{wmr.get('checkpoint')}`, {how}."]
     wm = out / "eval_wm" / "metrics.json"
     if wm.exists():
@@ -155,8 +169,10 @@ def write_report(cfg: DictConfig, out: Path, stages: Stages) -> str:
         e = json.loads(ev.read_text())
         parts += ["", "## Policies in the real simulator (held-out rooms)", ""]
         ci = lambda v: "-".join(f"{x:.2f}" for x in v) if isinstance(v, (list, tuple)) else str(v)  # noqa: E731
-        rows = [[name, r.get("success_rate"), ci(r.get("success_ci95")), r.get("mean_return"), ci(r.get("return_ci95")), r.get("episodes")]
-                for name, r in e.items()]
+        rows = [
+            [name, r.get("success_rate"), ci(r.get("success_ci95")), r.get("mean_return"), ci(r.get("return_ci95")), r.get("episodes")]
+            for name, r in e.items()
+        ]
         parts.append(_table(rows, ["policy", "success rate", "95% CI", "mean return", "95% CI", "episodes"]))
     text = "\n".join(parts) + "\n"
     tmp = out / "report.md.tmp"
@@ -181,38 +197,70 @@ def run(cfg: DictConfig) -> int:
         return [str(x) for x in (extra.get(cmd) or [])]
 
     def collect():
-        _cli("collect", f"task={task}", f"steps={int(cfg.collect_steps)}", f"num_envs={int(cfg.num_envs)}",
-             f"resolution={int(cfg.wm_resolution)}", f"out={data}", f"seed={int(cfg.seed)}", f'policy="{cfg.behaviour}"',
-             *more("collect"))
+        _cli(
+            "collect",
+            f"task={task}",
+            f"steps={int(cfg.collect_steps)}",
+            f"num_envs={int(cfg.num_envs)}",
+            f"resolution={int(cfg.wm_resolution)}",
+            f"out={data}",
+            f"seed={int(cfg.seed)}",
+            f'policy="{cfg.behaviour}"',
+            *more("collect"),
+        )
         return {"dataset": str(data)}
 
     stages.run("collect", collect)
 
     def world_model():
         if int(cfg.wm_steps) <= 0:  # wm_init as it is (default: the embedded default, as shipped)
-            from dreamgym.envs.dream_env import DEFAULT_CHECKPOINT
+            from dreamgym.worldmodel.dream_env import DEFAULT_CHECKPOINT
 
             init = cfg.get("wm_init")
             return {"checkpoint": str(DEFAULT_CHECKPOINT if init in (None, "default") else init), "trained_steps": 0}
         init = cfg.get("wm_init")
-        _cli("train-wm", f"data={data}", f"out={wm}", f"steps={int(cfg.wm_steps)}", f"seed={int(cfg.seed)}",
-             f"eval_every={int(cfg.wm_steps)}", f"ckpt_every={max(50, int(cfg.wm_steps) // 4)}",
-             f"warmup_steps={min(200, max(1, int(cfg.wm_steps) // 4))}", *([f"init={init}"] if init else []), *more("train_wm"))
+        _cli(
+            "train-wm",
+            f"data={data}",
+            f"out={wm}",
+            f"steps={int(cfg.wm_steps)}",
+            f"seed={int(cfg.seed)}",
+            f"eval_every={int(cfg.wm_steps)}",
+            f"ckpt_every={max(50, int(cfg.wm_steps) // 4)}",
+            f"warmup_steps={min(200, max(1, int(cfg.wm_steps) // 4))}",
+            *([f"init={init}"] if init else []),
+            *more("train_wm"),
+        )
         return {"checkpoint": str(wm / "final"), "trained_steps": int(cfg.wm_steps), "init": str(init) if init else None}
 
     ckpt = stages.run("world_model", world_model)["checkpoint"]
 
     def eval_wm():
-        _cli("eval-wm", f"checkpoint={ckpt}", f"data={data}", f"out={out / 'eval_wm'}",
-             f"max_starts={int(cfg.eval_wm_starts)}", "num_videos=2", *more("eval_wm"))
+        _cli(
+            "eval-wm",
+            f"checkpoint={ckpt}",
+            f"data={data}",
+            f"out={out / 'eval_wm'}",
+            f"max_starts={int(cfg.eval_wm_starts)}",
+            "num_videos=2",
+            *more("eval_wm"),
+        )
         return json.loads((out / "eval_wm" / "metrics.json").read_text())
 
     stages.run("eval_wm", eval_wm)
 
     def train_policy():
-        _cli("train-policy", "env=dream", f"task={task}", f"checkpoint={ckpt}", f"out={policy}",
-             f"steps={int(cfg.policy_steps)}", f"num_envs={int(cfg.get('policy_envs', 32))}", f"seed={int(cfg.seed)}",
-             *more("train_policy"))
+        _cli(
+            "train-policy",
+            "env=dream",
+            f"task={task}",
+            f"checkpoint={ckpt}",
+            f"out={policy}",
+            f"steps={int(cfg.policy_steps)}",
+            f"num_envs={int(cfg.get('policy_envs', 32))}",
+            f"seed={int(cfg.seed)}",
+            *more("train_policy"),
+        )
         zips = sorted(policy.rglob("*.zip"))
         return {"policy": str(zips[-1]) if zips else str(policy)}
 

@@ -38,14 +38,19 @@ def _write_json(path: str | Path, result: dict[str, Any]) -> None:
 
 
 def _machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "load_average": list(os.getloadavg())}
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()),
+    }
 
 
 def bare_round(env, policy: dict, noise: float, seed: int, r: int, L: int) -> None:
     """Round ``r`` of ``L`` steps driven exactly as ``collect`` drives it (same rooms, behaviours
     and actions for the same seed), recording and writing nothing."""
-    from .collect import BehaviourMix, round_seed
+    from dreamgym.rollouts.collect import BehaviourMix, round_seed
 
     mix = BehaviourMix(policy, noise, seed, r, env.num_envs)
     env.reset_tensors(seed=round_seed(seed, r, env.num_envs))
@@ -59,9 +64,8 @@ def bare_round(env, policy: dict, noise: float, seed: int, r: int, L: int) -> No
 
 def run_collect(cfg: DictConfig) -> int:
     from dreamgym.envs.vec_env import EgoRoomVecEnv
-
-    from .collect import Collector, ShardWriter, env_spec, parse_policy
-    from .dataset import Manifest
+    from dreamgym.rollouts.collect import Collector, ShardWriter, env_spec, parse_policy
+    from dreamgym.rollouts.dataset import Manifest
 
     policy = parse_policy(OmegaConf.to_container(cfg.policy) if OmegaConf.is_config(cfg.policy) else cfg.policy)
     B, res, seed, L = int(cfg.num_envs), int(cfg.resolution), int(cfg.seed), int(cfg.round_steps)
@@ -70,20 +74,32 @@ def run_collect(cfg: DictConfig) -> int:
     for _ in range(int(cfg.warmup_steps)):
         env.step_tensors(torch.zeros(B, 6))
     work = Path(tempfile.mkdtemp(prefix="bench_collect_", dir=cfg.get("work_dir")))
-    settings = {"task": cfg.task, "num_envs": B, "seed": seed, "policy": policy, "noise": float(cfg.noise),
-                "resolution": list(env.resolution), "round_steps": L, "obs_keys": list(env.obs_keys)}
+    settings = {
+        "task": cfg.task,
+        "num_envs": B,
+        "seed": seed,
+        "policy": policy,
+        "noise": float(cfg.noise),
+        "resolution": list(env.resolution),
+        "round_steps": L,
+        "obs_keys": list(env.obs_keys),
+    }
     times = {"bare": 0.0, "collect": 0.0}
     rounds = []
     try:
         manifest = Manifest.new(work, env_spec(env, cfg.task), {**settings, "steps": int(cfg.rounds) * L * B}, 0.1)
         manifest.save()
-        writer = ShardWriter(work, manifest, int(cfg.shard_episodes), int(cfg.queue_episodes),
-                             {"compression": cfg.compression, "compression_level": cfg.compression_level,
-                              "image_chunk_steps": int(cfg.image_chunk_steps)})
+        writer = ShardWriter(
+            work,
+            manifest,
+            int(cfg.shard_episodes),
+            int(cfg.queue_episodes),
+            {"compression": cfg.compression, "compression_level": cfg.compression_level, "image_chunk_steps": int(cfg.image_chunk_steps)},
+        )
         collector = Collector(env, settings, writer, capacity=L)
         for r in range(int(cfg.rounds)):
             row = {"round": r}
-            for what in (("bare", "collect") if r % 2 == 0 else ("collect", "bare")):
+            for what in ("bare", "collect") if r % 2 == 0 else ("collect", "bare"):
                 t0 = time.perf_counter()
                 if what == "bare":
                     bare_round(env, policy, float(cfg.noise), seed, r, L)
@@ -95,8 +111,11 @@ def run_collect(cfg: DictConfig) -> int:
                 row[f"{what}_steps_per_s"] = round(L * B / dt, 2)
             row["ratio"] = round(row["collect_steps_per_s"] / row["bare_steps_per_s"], 4)
             rounds.append(row)
-            print(f"round {r}: bare {row['bare_steps_per_s']:.1f} steps/s, collect {row['collect_steps_per_s']:.1f} steps/s "
-                  f"(ratio {row['ratio']:.3f})", flush=True)
+            print(
+                f"round {r}: bare {row['bare_steps_per_s']:.1f} steps/s, collect {row['collect_steps_per_s']:.1f} steps/s "
+                f"(ratio {row['ratio']:.3f})",
+                flush=True,
+            )
         t0 = time.perf_counter()
         writer.close()
         times["collect"] += time.perf_counter() - t0
@@ -108,7 +127,11 @@ def run_collect(cfg: DictConfig) -> int:
     steps = int(cfg.rounds) * L * B
     env_rate, col_rate = steps / times["bare"], steps / times["collect"]
     result = {
-        "task": cfg.task, "num_envs": B, "resolution": res, "policy": policy, "compression": cfg.compression,
+        "task": cfg.task,
+        "num_envs": B,
+        "resolution": res,
+        "policy": policy,
+        "compression": cfg.compression,
         "steps_measured": steps,
         "env_steps_per_s": round(env_rate, 2),
         "collect_steps_per_s": round(col_rate, 2),
@@ -127,21 +150,29 @@ def run_collect(cfg: DictConfig) -> int:
 
 def _loader_dataset(cfg: DictConfig) -> Path:
     """The dataset to read: ``path=`` if given, else one collected (once) into ``data_dir``."""
-    from .collect import collect
+    from dreamgym.rollouts.collect import collect
 
     if cfg.get("path"):
         return Path(cfg.path)
     d = cfg.dataset
     root = Path(d.out)
     print(f"collecting the benchmark dataset into {root} (kept for the next run) ...", flush=True)
-    collect(root, task=d.task, steps=int(d.steps), num_envs=int(d.num_envs), resolution=int(d.resolution),
-            round_steps=int(d.round_steps), seed=int(d.seed), progress=True)
+    collect(
+        root,
+        task=d.task,
+        steps=int(d.steps),
+        num_envs=int(d.num_envs),
+        resolution=int(d.resolution),
+        round_steps=int(d.round_steps),
+        seed=int(d.seed),
+        progress=True,
+    )
     return root
 
 
 def _loader_rate(ds, batch_size: int, num_workers: int, warmup: int, seconds: float) -> float:
     """Windows/s a training loop receives from ``make_loader(ds)`` (shuffled, batched, workers)."""
-    from .loader import make_loader
+    from dreamgym.rollouts.loader import make_loader
 
     loader = make_loader(ds, batch_size=batch_size, num_workers=num_workers, seed=0)
     it = iter(loader)
@@ -169,7 +200,7 @@ def _single_process_rate(ds, windows: int) -> float:
 
 
 def run_loader(cfg: DictConfig) -> int:
-    from .loader import WindowDataset
+    from dreamgym.rollouts.loader import WindowDataset
 
     root = _loader_dataset(cfg)
     K, H = int(cfg.context), int(cfg.horizon)
@@ -185,8 +216,14 @@ def run_loader(cfg: DictConfig) -> int:
     rate = _loader_rate(ds, bs, nw, warm, secs)
     print(f"  {rate:.1f} windows/s with {nw} workers, {single:.1f} windows/s in one process", flush=True)
     result = {
-        "dataset": str(root), "context": K, "horizon": H, "keys": list(ds.keys), "windows": len(ds),
-        "episodes": len(ds.episodes), "batch_size": bs, "num_workers": nw,
+        "dataset": str(root),
+        "context": K,
+        "horizon": H,
+        "keys": list(ds.keys),
+        "windows": len(ds),
+        "episodes": len(ds.episodes),
+        "batch_size": bs,
+        "num_workers": nw,
         "windows_per_s": round(rate, 1),
         "megabytes_per_s": round(rate * window_bytes / 1e6, 1),
         "single_process_windows_per_s": round(single, 1),
@@ -202,8 +239,13 @@ def run_loader(cfg: DictConfig) -> int:
         single_mem = _single_process_rate(mem, int(cfg.single_process_windows))
         rate_mem = _loader_rate(mem, bs, nw, warm, secs)
         print(f"  {rate_mem:.1f} windows/s with {nw} workers, {single_mem:.1f} windows/s in one process", flush=True)
-        result.update({"in_memory_windows_per_s": round(rate_mem, 1), "in_memory_single_process_windows_per_s": round(single_mem, 1),
-                       "in_memory_load_seconds": round(load, 2)})
+        result.update(
+            {
+                "in_memory_windows_per_s": round(rate_mem, 1),
+                "in_memory_single_process_windows_per_s": round(single_mem, 1),
+                "in_memory_load_seconds": round(load, 2),
+            }
+        )
     result["machine"] = _machine()
     _write_json(cfg.out, result)
     return 0
