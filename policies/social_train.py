@@ -193,8 +193,25 @@ def mpjpe(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
+    """The social avatar's four stages, in order: tokenizer, inverse controller, response transformer, feature extractor."""
     torch.manual_seed(int(cfg.seed))
     gen = torch.Generator().manual_seed(int(cfg.seed))
+    pol, f = _collect_features(cfg, gen, log)
+    wins = _train_tokenizer(pol, f, cfg, gen, log)
+    _train_inverse(pol, f, cfg, gen, log)
+    wo, N, n = _train_response(pol, f, cfg, gen, log)
+    fe, fe_acc = _train_feature_extractor(f, wo, N, n, cfg, gen, log)
+    pol.config.info = {
+        "train_scenes": int(N),
+        "train_steps": int(N * f["fo"].shape[0]),
+        "feature_extractor_accuracy": fe_acc,
+        "vq_window_mse_norm": float(F.mse_loss(pol.vq(wins[:4096])[0], wins[:4096]).item()),
+    }
+    return pol, fe.eval()
+
+
+def _collect_features(cfg, gen: torch.Generator, log) -> tuple[SocialAvatarPolicy, dict]:
+    """Expert scenes -> per-step features of both bodies, utterances, facing and objects; a fresh policy normalised on them."""
     task = SocialSceneTask()
     t0 = time.time()
     recs = [
@@ -232,7 +249,12 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
     c.feat_mean, c.feat_std = mean.tolist(), std.tolist()
     pol = SocialAvatarPolicy(c)
     nfo, nfp = pol.norm(fo), pol.norm(fp)
+    f = dict(fo=fo, fp=fp, rel=rel, act=act, beh=beh, utt=utt, face=face, objf=objf, pointed=pointed, nfo=nfo, nfp=nfp, c=c)
+    return pol, f
 
+
+def _train_tokenizer(pol: SocialAvatarPolicy, f: dict, cfg, gen: torch.Generator, log) -> torch.Tensor:
+    nfo, nfp = f["nfo"], f["nfp"]
     # 1. tokenizer on windows of both bodies (all 8 phase offsets for more data)
     wins = torch.cat([windows(x[o:]).flatten(0, 1) for x in (nfo, nfp) for o in range(0, WINDOW, 2)])
     opt = torch.optim.AdamW(pol.vq.parameters(), lr=1e-3)
@@ -245,7 +267,11 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
         if (u + 1) % max(1, int(cfg.vq_updates) // 4) == 0:
             log(f"  vq {u + 1}: recon {F.mse_loss(rec, wins[i]).item():.4f} (normalised units)")
     pol.vq.eval()
+    return wins
 
+
+def _train_inverse(pol: SocialAvatarPolicy, f: dict, cfg, gen: torch.Generator, log) -> None:
+    nfo, act = f["nfo"], f["act"]
     # 2. inverse controller: (f_t, f_t+1) -> a_t
     cur, nxt, a_t = nfo[:-1].flatten(0, 1), nfo[1:].flatten(0, 1), act[:-1].flatten(0, 1)
     opt = torch.optim.AdamW(pol.inv.parameters(), lr=1e-3)
@@ -255,6 +281,11 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
         opt.zero_grad(), loss.backward(), opt.step()
     log(f"  inverse controller: action mse {loss.item():.4f}")
 
+
+def _train_response(pol: SocialAvatarPolicy, f: dict, cfg, gen: torch.Generator, log) -> tuple[torch.Tensor, int, int]:
+    fo, rel, act, beh, utt, face, objf, pointed, nfo, nfp, c = (
+        f[k] for k in ("fo", "rel", "act", "beh", "utt", "face", "objf", "pointed", "nfo", "nfp", "c")
+    )
     # 3. response transformer: window k of the partner (and the pose at its start/end) -> own window k+1
     with torch.no_grad():
         wo, wp = windows(nfo), windows(nfp)  # (N, n, 8, 77)
@@ -315,7 +346,11 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
                 msg += f", pointer accuracy {hit.mean().item():.2f} (while pointing {hit[is_pt].mean().item():.2f})"
             log(msg)
     pol.eval()
+    return wo, N, n
 
+
+def _train_feature_extractor(f: dict, wo: torch.Tensor, N: int, n: int, cfg, gen: torch.Generator, log) -> tuple[MotionEncoder, float]:
+    beh = f["beh"]
     # 4. motion feature extractor (FID / diversity): classify the partner behaviour of own windows
     lab = beh[: n * WINDOW].permute(1, 0).reshape(N, n, WINDOW)[:, :, -1].flatten()
     x = wo.flatten(0, 1)
@@ -327,13 +362,7 @@ def train(cfg, log=print) -> tuple[SocialAvatarPolicy, MotionEncoder]:
         opt.zero_grad(), loss.backward(), opt.step()
     fe_acc = (fe.cls(fe(x)).argmax(-1) == lab).float().mean().item()
     log(f"  feature extractor: train accuracy {fe_acc:.2f}")
-    pol.config.info = {
-        "train_scenes": int(N),
-        "train_steps": int(N * fo.shape[0]),
-        "feature_extractor_accuracy": fe_acc,
-        "vq_window_mse_norm": float(F.mse_loss(pol.vq(wins[:4096])[0], wins[:4096]).item()),
-    }
-    return pol, fe.eval()
+    return fe, fe_acc
 
 
 def evaluate(pol: SocialAvatarPolicy, fe: MotionEncoder, seeds, task=None, render=False) -> tuple[dict, dict, dict]:
