@@ -315,6 +315,7 @@ class DatasetStarts:
             )
         self.windows, self.spec = w, spec
         self._core = EgoRoomCore(spec.task, 1, "cpu", spec.grid)  # the rooms' task parameters, as the simulator sets them
+        self._rooms: dict[int, dict[str, Any]] = {}
 
     def reseed(self, seed: int | None) -> None:
         self.rng = np.random.default_rng(seed)
@@ -340,16 +341,21 @@ class DatasetStarts:
 
     def _episode(self, room_seed: int, step: int) -> dict[str, Any]:
         """The bookkeeping of room ``room_seed``'s episode at ``step``, as the simulator had it."""
-        core = self._core
-        core.start_episodes([0], [room_seed])
-        s = core.scripts
-        at = P.scripts_at({"behaviour": s.behaviour[0], "duration": s.duration[0], "target": s.target[0]}, [step])
-        return {
-            "target": core.params.target[0].clone(),
-            "instruction": core.params.instruction[0].clone(),
-            "goal": core.params.goal[0].clone(),
-            "mat_pos": core.mat_pos[0].clone(),
-            "room_half": core.room_half[0].clone(),
+        room = self._rooms.get(room_seed)
+        if room is None:  # a room's task parameters and script are a function of its seed: set it up once
+            core = self._core
+            core.start_episodes([0], [room_seed])
+            s = core.scripts
+            room = self._rooms[room_seed] = {
+                "target": core.params.target[0].clone(),
+                "instruction": core.params.instruction[0].clone(),
+                "goal": core.params.goal[0].clone(),
+                "mat_pos": core.mat_pos[0].clone(),
+                "room_half": core.room_half[0].clone(),
+                "packed": {"behaviour": s.behaviour[0].clone(), "duration": s.duration[0].clone(), "target": s.target[0].clone()},
+            }
+        at = P.scripts_at(room["packed"], [step])
+        return {k: v for k, v in room.items() if k != "packed"} | {
             "step": torch.tensor(step),
             "script": {k: getattr(at, k)[0] for k in SCRIPT_FIELDS},
         }
