@@ -2,7 +2,9 @@
 
 Importing this package registers the Gymnasium ids ``dreamgym/EgoRoom-v0`` (C MuJoCo, one world)
 ``dreamgym/EgoRoomVec-v0`` (MuJoCo Warp, B worlds, via ``gymnasium.make_vec``) and
-``dreamgym/Dream-v0`` (the world model as a single-world env).
+``dreamgym/Dream-v0`` (the world model as a single-world env, ``dreamgym.worldmodel.dream_env``,
+registered by name so that this package never imports the model; with default arguments it has
+``EgoRoom-v0``'s spaces).
 """
 
 from gymnasium.envs.registration import register, registry

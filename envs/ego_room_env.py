@@ -16,7 +16,7 @@ import torch
 from . import scene
 from .core import EgoRoomCore, SimFrame, validate_action
 from .occupancy import GridSpec
-from .spaces import MAX_DEPTH, action_space, check_obs_keys, check_resolution, observation_space
+from .spaces import DEFAULT_RESOLUTION, MAX_DEPTH, action_space, check_obs_keys, check_resolution, observation_space
 
 
 class EgoRoomEnv(gym.Env):
@@ -38,7 +38,9 @@ class EgoRoomEnv(gym.Env):
       - ``partner_motion`` (227,) float32 -- the partner's body motion;
       - ``instruction`` Discrete -- index into ``dreamgym.envs.tasks.INSTRUCTIONS`` (text in ``info``);
       - ``task_obs`` (8,) float32 -- task vector from state (``dreamgym.envs.tasks``).
-      ``obs_keys`` selects a subset (state-only observations skip rendering).
+      ``obs_keys`` selects a subset (state-only observations skip rendering). H = W = 32 by
+      default (``resolution``): the frames the shipped world model dreams, so that with default
+      arguments ``dreamgym/Dream-v0`` has exactly this space.
 
     **Reward, termination**: from the task (``reach``, ``push``, ``social``, ``avoid``; see
     ``dreamgym.envs.tasks``). Episodes end on success or a task failure (terminated) or after the
@@ -51,7 +53,8 @@ class EgoRoomEnv(gym.Env):
 
     **Rendering**: ``render_mode="rgb_array"`` returns an overhead view of the whole room.
 
-    **Version history**: v0 -- first release.
+    **Version history**: v0 -- first release. Since: the default ``resolution`` is 32 (it was
+    64), the shipped world model's, so the default spaces equal ``dreamgym/Dream-v0``'s.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": int(round(1 / scene.CONTROL_DT))}
@@ -60,7 +63,7 @@ class EgoRoomEnv(gym.Env):
         self,
         task: str = "reach",
         seed: int | None = None,
-        resolution: int | Sequence[int] = 64,
+        resolution: int | Sequence[int] = DEFAULT_RESOLUTION,
         render_mode: str | None = None,
         render_resolution: int = 256,
         obs_keys: Sequence[str] | None = None,

@@ -15,6 +15,10 @@ from .tasks import INSTRUCTIONS, TASK_OBS_DIM
 OBS_KEYS: tuple[str, ...] = ("ego_rgb", "ego_depth", "motion", "occupancy", "partner_motion", "instruction", "task_obs")
 IMAGE_KEYS: tuple[str, ...] = ("ego_rgb", "ego_depth")
 MAX_DEPTH = 10.0  # metres; farther (or nothing hit) reads as MAX_DEPTH
+# The envs' default ego resolution: the frames the shipped world model was trained on and dreams,
+# so that the real and the dream env have the same spaces by default (a dream upsampled to a
+# larger default would hand a policy blurred frames that the simulator never renders).
+DEFAULT_RESOLUTION = 32
 
 
 def check_obs_keys(keys: Sequence[str] | None) -> tuple[str, ...]:

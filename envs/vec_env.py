@@ -33,7 +33,7 @@ from . import scene
 from .core import EgoRoomCore, SimFrame, validate_action
 from .layout import initial_qpos
 from .occupancy import GridSpec
-from .spaces import IMAGE_KEYS, MAX_DEPTH, action_space, check_obs_keys, check_resolution, observation_space
+from .spaces import DEFAULT_RESOLUTION, IMAGE_KEYS, MAX_DEPTH, action_space, check_obs_keys, check_resolution, observation_space
 
 _BATCHED_FIELDS = ("geom_pos", "geom_size", "geom_rgba", "geom_aabb", "geom_rbound")
 
@@ -51,7 +51,7 @@ class EgoRoomVecEnv(VectorEnv):
     Args:
         num_envs: number of worlds B.
         task: ``reach``, ``push``, ``social`` or ``avoid``.
-        resolution: ego camera resolution (int or (H, W)).
+        resolution: ego camera resolution (int or (H, W); default 32, as ``EgoRoomEnv``).
         device: torch device of the tensors and of Warp (``"cpu"`` or ``"cuda"``).
         seed: seed of the first rooms (world i gets room ``seed + i``) and of later ones.
         obs_keys: subset of observation keys (state-only subsets skip rendering).
@@ -65,7 +65,7 @@ class EgoRoomVecEnv(VectorEnv):
         self,
         num_envs: int = 16,
         task: str = "reach",
-        resolution: int | Sequence[int] = 64,
+        resolution: int | Sequence[int] = DEFAULT_RESOLUTION,
         device: str | torch.device = "cpu",
         seed: int | None = None,
         obs_keys: Sequence[str] | None = None,

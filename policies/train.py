@@ -16,7 +16,8 @@ Read top to bottom, one run:
      world model, steps, real simulator steps used, wall time), which ``load_policy(<out>)`` reads.
 
 Real simulator steps are counted: ``env=real`` uses ``steps``; ``env=dream`` uses the real steps
-of its episode starts (K-1 simulator steps per dreamed episode, see ``DreamVecEnv``).
+of its episode starts (``DreamVecEnv.real_steps``: the simulator steps its start source ran, K-1
+per start; none for starts from a dataset).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def make_env(
 
 
 class _Progress:
-    """Counts finished episodes (for the real steps of dream starts) and logs dream errors."""
+    """Counts finished episodes."""
 
     def __init__(self):
         from stable_baselines3.common.callbacks import BaseCallback
@@ -174,8 +175,7 @@ def train_policy(cfg: DictConfig | dict) -> Path:
     model.save(str(path))
     total_steps = int(model.num_timesteps)  # includes the steps of ``init``
     steps = total_steps - start_steps
-    K = int(getattr(env, "K", 1))
-    real_steps = steps if cfg.env == "real" else (int(cfg.num_envs) + counter.episodes) * max(0, K - 1)
+    real_steps = steps if cfg.env == "real" else int(env.real_steps)  # the dream's: simulator steps spent on its starts
     ep_returns = [float(e["r"]) for e in model.ep_info_buffer] if model.ep_info_buffer else []
     meta = {
         "family": "sb3",
@@ -187,6 +187,7 @@ def train_policy(cfg: DictConfig | dict) -> Path:
         "steps": steps,
         "total_steps": total_steps,
         "real_env_steps": real_steps,
+        "starts": None if cfg.env == "real" else env.starts_info,
         "episodes": counter.episodes,
         "train_return_recent": float(np.mean(ep_returns)) if ep_returns else None,
         "train_success_recent": float(np.mean(model.ep_success_buffer)) if model.ep_success_buffer else None,

@@ -8,6 +8,8 @@ import torch
 
 from dreamgym.worldmodel.dream_env import DreamEnv, DreamVecEnv
 
+torch.set_num_threads(1)  # the machine is shared: one thread avoids oversubscription stalls
+
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
@@ -220,3 +222,197 @@ def test_the_default_dreams_props_settling_after_a_reset(vec_env_factory):
     hold_err = (rec["props"][:, 1:2] - real).norm(dim=-1).mean()
     assert float(hold_err) > 1e-3  # the props do settle
     assert float(dream_err) < 0.5 * float(hold_err), (float(dream_err), float(hold_err))
+
+
+# ----------------------------------------------------------------------------- the same spaces by default
+def test_default_spaces_are_the_real_envs_and_both_pass_check_env():
+    """With default arguments a policy sees the same spaces in the simulator and in the dream."""
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    from dreamgym.envs.spaces import OBS_KEYS
+    from dreamgym.envs.vec_env import EgoRoomVecEnv
+
+    real, dream = gym.make("dreamgym/EgoRoom-v0"), gym.make("dreamgym/Dream-v0")
+    assert dream.observation_space == real.observation_space
+    assert dream.action_space == real.action_space
+    assert tuple(real.observation_space.spaces) == tuple(sorted(OBS_KEYS))
+    assert real.observation_space["ego_rgb"].shape == (3, 32, 32)
+    check_env(dream.unwrapped)
+    vreal, vdream = EgoRoomVecEnv(), DreamVecEnv()
+    assert vdream.num_envs == vreal.num_envs
+    assert vdream.single_observation_space == vreal.single_observation_space == real.observation_space
+    assert vdream.observation_space == vreal.observation_space and vdream.action_space == vreal.action_space
+    for env in (real, dream, vreal, vdream):
+        env.close()
+
+
+def test_a_policy_trained_in_one_env_runs_unchanged_in_the_other():
+    """SB3 PPO on ``task_obs`` for a few hundred steps in one env, then SB3's own evaluate_policy in
+    the other, both ways: the same policy object, no wrapper or conversion between the envs."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+
+    envs = {
+        env_id: Monitor(gym.make(env_id, task="reach", obs_keys=["task_obs"], max_episode_steps=25))
+        for env_id in ("dreamgym/EgoRoom-v0", "dreamgym/Dream-v0")
+    }
+    for train_in, evaluate_in in (("dreamgym/EgoRoom-v0", "dreamgym/Dream-v0"), ("dreamgym/Dream-v0", "dreamgym/EgoRoom-v0")):
+        model = PPO("MultiInputPolicy", envs[train_in], n_steps=128, batch_size=64, n_epochs=2, seed=0, device="cpu")
+        model.learn(256)
+        assert model.num_timesteps == 256
+        target = envs[evaluate_in]
+        assert model.observation_space == target.observation_space and model.action_space == target.action_space
+        returns, lengths = evaluate_policy(model, target, n_eval_episodes=2, return_episode_rewards=True)
+        assert len(returns) == len(lengths) == 2, (train_in, evaluate_in)
+        assert all(1 <= n <= 25 for n in lengths) and all(np.isfinite(returns))
+    for env in envs.values():
+        env.close()
+
+
+# ----------------------------------------------------------------------------- the world-model keyword
+def test_gym_make_takes_the_world_model_keyword(tiny_checkpoint):
+    import gymnasium as gym
+
+    env = gym.make("dreamgym/Dream-v0", world_model=tiny_checkpoint, obs_keys=["motion", "task_obs"])
+    assert env.unwrapped.vec.model.config.dim == 32  # the tiny model, not the shipped default
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    old = gym.make("dreamgym/Dream-v0", checkpoint=tiny_checkpoint, obs_keys=["motion", "task_obs"])
+    assert old.unwrapped.vec.model.config.dim == 32
+    with pytest.raises(ValueError, match=r"given twice; pass only world_model="):
+        DreamEnv(tiny_checkpoint, checkpoint=tiny_checkpoint)
+    with pytest.raises(TypeError, match=r"DreamEnv takes no num_envs: .*DreamVecEnv\(num_envs=\.\.\.\)"):
+        gym.make("dreamgym/Dream-v0", world_model=tiny_checkpoint, num_envs=4)
+    with pytest.raises(TypeError, match=r"unknown arguments \['wm'\]; it takes world_model, task and"):
+        gym.make("dreamgym/Dream-v0", wm=tiny_checkpoint)
+    with pytest.raises(TypeError, match="world_model must be a checkpoint directory, a world model or None, got int"):
+        DreamVecEnv(42, num_envs=1)
+
+
+# ----------------------------------------------------------------------------- the world-model protocol
+def test_any_model_meeting_the_protocol_is_stepped(tiny_checkpoint):
+    """The dream env types its model against ``DreamModel``: a model that is no ``WorldModel`` is
+    stepped the same way."""
+    from dreamgym.worldmodel.model import WorldModel
+    from dreamgym.worldmodel.protocol import DreamModel
+
+    inner = WorldModel.from_pretrained(tiny_checkpoint)
+
+    class Delegate:  # meets DreamModel by delegation; not a torch module, not a WorldModel
+        config = inner.config
+
+        def to(self, device):
+            inner.to(device)
+            return self
+
+        def eval(self):
+            inner.eval()
+            return self
+
+        def output_keys(self):
+            return inner.output_keys()
+
+        def scene_memory(self, context):
+            return inner.scene_memory(context)
+
+        def imagine(self, context, actions, **kw):
+            self.calls = getattr(self, "calls", 0) + 1
+            return inner.imagine(context, actions, **kw)
+
+    model = Delegate()
+    assert isinstance(model, DreamModel) and isinstance(inner, DreamModel)
+    env = DreamVecEnv(model, num_envs=2, task="reach", obs_keys=["motion", "task_obs"], seed=0, return_tensors=True)
+    assert env.model is model
+    env.reset_tensors(seed=0)
+    _, r, *_ = env.step_tensors(torch.zeros(2, 6))
+    assert model.calls == 1 and torch.isfinite(r).all()
+
+
+# ----------------------------------------------------------------------------- starts
+def test_simulator_starts_count_their_real_steps(tiny_checkpoint):
+    env = DreamVecEnv(tiny_checkpoint, num_envs=3, task="reach", obs_keys=["motion", "task_obs"], horizon=2, seed=0, return_tensors=True)
+    K = env.K
+    assert env.real_steps == 0 and env.starts_info["kind"] == "simulator"
+    first, _ = env.reset_tensors(seed=5)
+    assert env.real_steps == 3 * (K - 1)
+    again, _ = env.reset_tensors(seed=5)  # the same seed's starts again: no new simulator run
+    assert env.real_steps == 3 * (K - 1)
+    assert torch.equal(first["motion"], again["motion"])
+    env.reset_tensors(seed=6)
+    assert env.real_steps == 6 * (K - 1)
+    for _ in range(2):  # every world ends at the horizon and restarts from a new batch
+        env.step_tensors(torch.zeros(3, 6))
+    assert env.real_steps == 9 * (K - 1)
+    assert env.starts_info["real_steps"] == env.real_steps
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """A small reach dataset at the tiny model's resolution, with rooms on both sides of the split."""
+    from dreamgym.rollouts.collect import collect
+    from dreamgym.rollouts.dataset import Manifest
+
+    out = tmp_path_factory.mktemp("starts") / "reach"
+    collect(out, task="reach", steps=8 * 20, num_envs=8, resolution=32, seed=3, round_steps=20, heldout_fraction=0.5, progress=False)
+    splits = {e["split"] for _, e in Manifest.load(out).episodes()}
+    assert splits == {"train", "heldout"}
+    return out
+
+
+def _recorded_steps(root, room_seed: int) -> dict[str, np.ndarray]:
+    from dreamgym.rollouts.dataset import Manifest, read_episode
+
+    for shard, e in Manifest.load(root).episodes():
+        if e["room_seed"] == room_seed:
+            return read_episode(root / shard["file"], e["group"], ["motion", "task_obs"]).observations
+    raise AssertionError(f"room {room_seed} is not in {root}")
+
+
+def test_dataset_starts_are_recorded_windows_and_cost_no_real_steps(tiny_checkpoint, recorded):
+    from dreamgym.rollouts.dataset import Manifest
+
+    heldout = {e["room_seed"] for _, e in Manifest.load(recorded).episodes() if e["split"] == "heldout"}
+    env = DreamVecEnv(
+        tiny_checkpoint, num_envs=4, task="reach", horizon=2, seed=0, starts=f"dataset:{recorded}:heldout", return_tensors=True
+    )
+    info = env.starts_info
+    assert info["kind"] == "dataset" and info["path"] == str(recorded) and info["split"] == "heldout" and info["windows"] > 0
+    obs, infos = env.reset_tensors(seed=1)
+    assert set(infos["room_seed"].tolist()) <= heldout
+    for w, seed in enumerate(infos["room_seed"].tolist()):
+        rec = _recorded_steps(recorded, seed)
+        t = int(env._steps[w])  # the start's last real step in its episode
+        np.testing.assert_array_equal(obs["motion"][w].numpy(), rec["motion"][t])
+        # task_obs is computed from the start's bookkeeping (target, goal, step): it must be the recorded one
+        np.testing.assert_allclose(obs["task_obs"][w].numpy(), rec["task_obs"][t], atol=1e-4)
+    for _ in range(4):  # episodes end at the horizon and restart from further recorded windows
+        obs, r, *_ = env.step_tensors(torch.zeros(4, 6))
+        assert torch.isfinite(r).all()
+    assert env.real_steps == 0 and set(env._seed.tolist()) <= heldout
+    env.close()
+
+
+def test_a_start_source_can_be_passed_and_bad_starts_are_named(tiny_checkpoint, recorded):
+    from dreamgym.rollouts.dataset import Manifest
+    from dreamgym.worldmodel.starts import DatasetStarts
+
+    train = {e["room_seed"] for _, e in Manifest.load(recorded).episodes() if e["split"] == "train"}
+    env = DreamVecEnv(tiny_checkpoint, num_envs=2, task="reach", obs_keys=["motion"], starts=DatasetStarts(recorded), return_tensors=True)
+    _, infos = env.reset_tensors(seed=0)
+    assert set(infos["room_seed"].tolist()) <= train and env.starts_info["split"] == "train"
+    kw = dict(num_envs=1, obs_keys=["motion"])
+    with pytest.raises(ValueError, match=r"records task \['reach'\], but the dream env runs 'push'"):
+        DreamVecEnv(tiny_checkpoint, task="push", starts=f"dataset:{recorded}", **kw)
+    with pytest.raises(ValueError, match="starts must be 'simulator', 'dataset:<dir>' or 'dataset:<dir>:<split>'"):
+        DreamVecEnv(tiny_checkpoint, starts="replay", **kw)
+    with pytest.raises(ValueError, match="context_policy and starts_pool configure simulator starts"):
+        DreamVecEnv(tiny_checkpoint, starts=f"dataset:{recorded}", context_policy="expert", **kw)
+    with pytest.raises(ValueError, match="split must be one of"):
+        DatasetStarts(recorded, split="test")
+    with pytest.raises(FileNotFoundError, match="is not a dreamgym dataset"):
+        DreamVecEnv(tiny_checkpoint, starts="dataset:/nonexistent/data", **kw)
+    with pytest.raises(ValueError, match="unknown context policy 'oracle'"):
+        DreamVecEnv(tiny_checkpoint, context_policy="oracle", **kw)

@@ -184,7 +184,11 @@ def test_train_policy_gives_a_loadable_checkpoint(tmp_path, tiny_wm, env, algo):
     path = train_policy(_train_cfg(env, tmp_path / "run", algo, checkpoint=tiny_wm if env == "dream" else None))
     meta = json.loads((path.parent / "policy.json").read_text())
     assert meta["family"] == "sb3" and meta["algo"] == algo and meta["steps"] >= 64 and meta["obs_keys"] == OBS_KEYS
-    assert meta["real_env_steps"] == (meta["steps"] if env == "real" else (B + meta["episodes"]) * 1)
+    if env == "real":
+        assert meta["real_env_steps"] == meta["steps"]
+    else:  # every simulator step run for the dream's starts (K = 2: one per start), whole batches of B
+        assert meta["real_env_steps"] == meta["starts"]["real_steps"] >= B + meta["episodes"]
+        assert meta["real_env_steps"] % B == 0 and meta["starts"]["kind"] == "simulator"
     assert list((tmp_path / "run" / "tb").iterdir())  # tensorboard logs
     for spec in (path, path.parent):  # the zip, or the run directory
         pol = load_policy(spec)

@@ -1,13 +1,17 @@
 """``DreamVecEnv`` / ``DreamEnv``: the world model as an environment.
 
-The dream env steps a ``WorldModel`` instead of the simulator, behind the same API as
-``EgoRoomVecEnv`` -- ``reset_tensors``/``step_tensors`` (torch, any device), the
-``gymnasium.vector.VectorEnv`` API and ``envs.sb3.SB3VecEnv`` -- and ``DreamEnv`` is its single-world
-``gymnasium.Env``, registered as ``dreamgym/Dream-v0``. A policy loop cannot tell them apart.
+The dream env steps a world model (anything that meets ``worldmodel.protocol.DreamModel``; the
+shipped ``WorldModel`` does) instead of the simulator, behind the same API as ``EgoRoomVecEnv`` --
+``reset_tensors``/``step_tensors`` (torch, any device), the ``gymnasium.vector.VectorEnv`` API and
+``envs.sb3.SB3VecEnv`` -- and ``DreamEnv`` is its single-world ``gymnasium.Env``, registered as
+``dreamgym/Dream-v0``. With default arguments both have the real env's observation and action
+spaces, so a policy loop cannot tell them apart.
 
-Each world starts from a *real* context: the first K observations of a fresh simulator episode
-(run by a batched ``EgoRoomVecEnv`` with a configurable context policy) or of an episode recorded in
-a dataset. From then on every step is dreamed: the model predicts the next motion of agent and
+Each world starts from a *real* context: K observations from a start source
+(``worldmodel.starts``): by default a fresh simulator episode run K-1 steps by a context policy in a
+batched ``EgoRoomVecEnv`` (``starts="simulator"``; ``real_steps`` counts the simulator steps), or a
+window of an episode recorded in a dataset (``starts="dataset:<dir>[:<split>]"``; no new real
+steps). From then on every step is dreamed: the model predicts the next motion of agent and
 partner, the props and, if asked for, the ego frames and occupancy. Reward, termination, success
 and ``task_obs`` come from the *same task objects* the real env uses, applied to the predicted
 state (``reward_source="task"``), or from the model's learned reward/termination head
@@ -22,8 +26,8 @@ others go on.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +42,27 @@ from dreamgym.envs import scene
 from dreamgym.envs.core import validate_action
 from dreamgym.envs.motion import JOINT_POS, JOINT_VEL, ROOT_POS, ROOT_QUAT, yaw_of_quat
 from dreamgym.envs.occupancy import GridSpec
-from dreamgym.envs.spaces import IMAGE_KEYS, action_space, observation_space
-from dreamgym.envs.tasks import EpisodeParams, WorldState, make_task
+from dreamgym.envs.spaces import IMAGE_KEYS, OBS_KEYS, action_space, check_obs_keys, observation_space
+from dreamgym.envs.tasks import INSTRUCTIONS, EpisodeParams, Task, WorldState, make_task
+
+from .protocol import DreamModel
+from .starts import CONTEXT_POLICIES, Starts, StartSource, StartSpec, make_start_source
+
+__all__ = ["CONTEXT_POLICIES", "DEFAULT_CHECKPOINT", "DreamEnv", "DreamVecEnv", "body_from_motion", "load_world_model"]
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "worldmodel" / "default"
 STATE_KEYS = ("motion", "partner_motion", "props")
-CONTEXT_POLICIES = ("noisy_expert", "expert", "random", "still")
 
 
-def load_world_model(world_model=None, device: str | torch.device = "cpu"):
-    """A ``WorldModel`` from an instance, a checkpoint path, or None for the shipped default."""
-    from dreamgym.worldmodel.model import WorldModel
+def load_world_model(world_model=None, device: str | torch.device = "cpu") -> DreamModel:
+    """A world model on ``device`` in inference mode, from a ``DreamModel`` (e.g. a ``WorldModel``),
+    a checkpoint directory, or None for the shipped default."""
+    from .model import WorldModel
 
-    if isinstance(world_model, WorldModel):
+    if isinstance(world_model, DreamModel):
         return world_model.to(device).eval()
+    if world_model is not None and not isinstance(world_model, (str, Path)):
+        raise TypeError(f"world_model must be a checkpoint directory, a world model or None, got {type(world_model).__name__}")
     path = DEFAULT_CHECKPOINT if world_model is None else Path(world_model)
     if not path.exists():
         raise FileNotFoundError(
@@ -79,150 +90,43 @@ def body_from_motion(motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return root, yaw, vel, joints
 
 
-@dataclass
-class Starts:
-    """A pool of real episode starts: K-step contexts and the episode bookkeeping, (N, ...) each."""
-
-    context: dict[str, torch.Tensor]  # key -> (N, K, ...)
-    actions: torch.Tensor  # (N, K-1, 6) actions taken after context steps 0..K-2
-    target: torch.Tensor
-    instruction: torch.Tensor
-    goal: torch.Tensor
-    mat_pos: torch.Tensor
-    room_half: torch.Tensor
-    room_seed: torch.Tensor
-    script: dict[str, torch.Tensor]  # behaviour, duration, target, cursor, timer
-    step: torch.Tensor
-    partner_actions: torch.Tensor  # (N, K-1, 6) the partner's commands after context steps 0..K-2
-
-    def __len__(self) -> int:
-        return int(self.target.shape[0])
-
-    def take(self, idx: torch.Tensor) -> Starts:
-        pick = lambda t: t[idx]  # noqa: E731
-        return Starts(
-            {k: pick(v) for k, v in self.context.items()},
-            pick(self.actions),
-            pick(self.target),
-            pick(self.instruction),
-            pick(self.goal),
-            pick(self.mat_pos),
-            pick(self.room_half),
-            pick(self.room_seed),
-            {k: pick(v) for k, v in self.script.items()},
-            pick(self.step),
-            pick(self.partner_actions),
-        )
-
-
-class SimStarts:
-    """Draws real starts from a batched simulator: fresh rooms, K-1 steps of a context policy."""
-
-    def __init__(
-        self,
-        task: str,
-        num_envs: int,
-        context: int,
-        keys: Sequence[str],
-        resolution: int,
-        device,
-        seed: int | None,
-        policy: str = "noisy_expert",
-        noise: float = 0.3,
-    ):
-        from dreamgym.envs.vec_env import EgoRoomVecEnv
-
-        if policy not in CONTEXT_POLICIES:
-            raise ValueError(f"unknown context policy {policy!r}; valid: {list(CONTEXT_POLICIES)}")
-        obs_keys = [k for k in keys if k != "props"] + ["instruction"]
-        self.env = EgoRoomVecEnv(
-            num_envs=num_envs, task=task, resolution=resolution, device=device, seed=seed, obs_keys=obs_keys, return_tensors=True
-        )
-        self.K, self.keys, self.policy, self.noise = context, list(keys), policy, noise
-        self.gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else int(seed))
-        self.rng = np.random.default_rng(seed)
-
-    def _props(self) -> torch.Tensor:
-        q = self.env.sim_state()["qpos"]
-        idx = self.env.core.idx.prop_qpos
-        return torch.stack([q[:, a : a + 3] for a in idx], 1).float()
-
-    def _action(self) -> torch.Tensor:
-        B = self.env.num_envs
-        rand = torch.rand(B, 6, generator=self.gen) * 2 - 1
-        if self.policy == "random":
-            return rand
-        if self.policy == "still":
-            return torch.zeros(B, 6)
-        a = self.env.expert_actions().cpu()
-        if self.policy == "noisy_expert":
-            a = a + self.noise * torch.randn(B, 6, generator=self.gen)
-        return a.clamp(-1, 1)
-
-    def draw(self) -> Starts:
-        """One batch of starts (num_envs of them; worlds whose episode ended early are dropped)."""
-        env, K = self.env, self.K
-        seeds = [int(s) for s in self.rng.integers(2**31 - 1, size=env.num_envs)]
-        obs, _ = env.reset_tensors(room_seeds=seeds)
-        frames = [dict(obs, props=self._props())]
-        acts, pacts, alive = [], [], torch.ones(env.num_envs, dtype=torch.bool)
-        for _ in range(K - 1):
-            a = self._action()
-            obs, _, term, trunc, _ = env.step_tensors(a.to(env.device))
-            alive &= ~(term | trunc).cpu()
-            acts.append(a)
-            pacts.append(env.core.partner_action.cpu().clone())
-            frames.append(dict(obs, props=self._props()))
-        core = env.core
-        s = core.scripts
-        keep = alive.nonzero()[:, 0]
-        dev = torch.device("cpu")
-        ctx = {k: torch.stack([f[k].to(dev) for f in frames], 1)[keep] for k in self.keys}
-        return Starts(
-            context=ctx,
-            actions=(torch.stack(acts, 1) if acts else torch.zeros(env.num_envs, 0, 6))[keep],
-            target=core.params.target.cpu()[keep],
-            instruction=core.params.instruction.cpu()[keep],
-            goal=core.params.goal.cpu()[keep],
-            mat_pos=core.mat_pos.cpu()[keep],
-            room_half=core.room_half.cpu()[keep],
-            room_seed=torch.tensor(seeds)[keep],
-            script={
-                "behaviour": s.behaviour.cpu()[keep],
-                "duration": s.duration.cpu()[keep],
-                "target": s.target.cpu()[keep],
-                "cursor": s.cursor.cpu()[keep],
-                "timer": s.timer.cpu()[keep],
-            },
-            step=core.steps.cpu()[keep],
-            partner_actions=(torch.stack(pacts, 1) if pacts else torch.zeros(env.num_envs, 0, 6))[keep],
-        )
-
-
 class DreamVecEnv(VectorEnv):
-    """B dreamed worlds with the step API of ``EgoRoomVecEnv``.
+    """B dreamed worlds with the step API of ``EgoRoomVecEnv`` (see ``DreamEnv`` for the spaces,
+    reward, termination and starts).
 
     Args:
-        world_model: a ``WorldModel``, a checkpoint directory, or None for the shipped default.
+        world_model: a ``DreamModel`` (e.g. a ``WorldModel``), a checkpoint directory, or None for
+            the shipped default.
         num_envs: number of worlds B.
-        task: the task whose reward, termination and ``task_obs`` are computed on dreamed states.
-        modalities: observation keys to generate. State keys (``motion``, ``partner_motion``) are
-            always generated; add ``ego_rgb``/``ego_depth`` and ``occupancy`` for policies that
-            consume them. Fewer modalities make imagination much cheaper.
+        task: the task (a name or a ``Task``) whose reward, termination and ``task_obs`` are
+            computed on dreamed states.
+        modalities: observation keys to generate (default: what ``obs_keys`` needs, or everything
+            the model generates when ``obs_keys`` is None too). State keys (``motion``,
+            ``partner_motion``) are always generated; fewer modalities make imagination much cheaper
+            (``["motion", "partner_motion"]`` skips the frame and occupancy branches).
         obs_keys: observation keys returned (default: the generated ones plus ``task_obs`` and
-            ``instruction``); each must be generated or computed by the task.
+            ``instruction``; with the shipped model, all of the real env's keys); each must be
+            generated or computed by the task.
         resolution: the ego resolution the caller expects; must match the model's.
         horizon: steps after which a dreamed episode truncates (default: the task's max_steps).
         num_denoising_steps: sampler steps per transition (1-3 for RL).
         reward_source: ``"task"`` (the task's functions on predicted state) or ``"learned"``.
-        context_policy: how the K-1 real steps before dreaming are chosen in the simulator.
+        context_policy: how the K-1 real steps of simulator starts are chosen (``noisy_expert``
+            by default, or ``expert``, ``random``, ``still``).
         device: torch device of the model and of the returned tensors.
-        seed: seed of the start rooms and of the sampler noise.
+        seed: seed of the starts and of the sampler noise.
         return_tensors: make ``step``/``reset`` return torch tensors instead of numpy arrays.
-        starts_pool: how many real starts the simulator prepares at a time (default ``num_envs``).
+        starts_pool: how many simulator starts are made at a time (default ``num_envs``).
         start_group: ``reset`` hands each real start to this many consecutive worlds, so that
             rollouts from the same start can be compared (a group-relative baseline for policy
             improvement); worlds that end later restart alone. Must divide ``num_envs``.
+        starts: where episodes start: ``"simulator"`` (default), ``"dataset:<dir>"`` (windows of
+            the train split of a ``dreamgym collect`` directory), ``"dataset:<dir>:<split>"``
+            (``train``, ``heldout`` or ``all``), or a ``worldmodel.starts.StartSource``.
+
+    Attributes:
+        real_steps: simulator steps spent on starts so far (0 with recorded starts).
+        starts_info: where the starts come from (``StartSource.describe()``).
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -231,19 +135,20 @@ class DreamVecEnv(VectorEnv):
         self,
         world_model=None,
         num_envs: int = 16,
-        task: str = "reach",
-        modalities: Sequence[str] = ("motion", "partner_motion"),
+        task: str | Task = "reach",
+        modalities: Sequence[str] | None = None,
         obs_keys: Sequence[str] | None = None,
         resolution: int | None = None,
         horizon: int | None = None,
         num_denoising_steps: int = 1,
         reward_source: str = "task",
-        context_policy: str = "noisy_expert",
+        context_policy: str | None = None,
         device: str | torch.device = "cpu",
         seed: int | None = None,
         return_tensors: bool = False,
         starts_pool: int | None = None,
         start_group: int = 1,
+        starts: str | StartSource = "simulator",
     ):
         self.device = torch.device(device)
         self.model = load_world_model(world_model, self.device)
@@ -265,51 +170,70 @@ class DreamVecEnv(VectorEnv):
         self.reward_source = reward_source
         self.horizon = int(horizon or self.task.max_steps)
         self.num_steps = int(num_denoising_steps)
-        available = self.model.output_keys()
-        gen = list(dict.fromkeys(["motion", "partner_motion", "props", *modalities]))
-        missing = [k for k in gen if k not in available]
-        if missing:
-            raise ValueError(f"the world model cannot generate {missing}; it generates {available}")
-        self.gen_keys = gen
-        if obs_keys is None:
-            obs_keys = [k for k in gen if k != "props"] + ["instruction", "task_obs"]
-        computable = set(gen) | {"instruction", "task_obs"}
-        bad = [k for k in obs_keys if k not in computable]
-        if bad:
-            raise ValueError(f"observation keys {bad} are neither generated (modalities={list(modalities)}) nor computed by the task")
-        from dreamgym.envs.spaces import OBS_KEYS
-
-        self.obs_keys = tuple(k for k in OBS_KEYS if k in obs_keys)
+        self.gen_keys, self.obs_keys = self._choose_keys(modalities, obs_keys)
         self.resolution = (int(cfg.data_resolution), int(cfg.data_resolution))
         occ = cfg.occupancy_shape
-        self.grid = GridSpec((int(occ[1]), int(occ[2]), int(occ[0])))
+        self.grid = GridSpec((int(occ[1]), int(occ[2]), int(occ[0])), float(cfg.occupancy_voxel))
         self.single_observation_space = observation_space(self.resolution, self.grid, self.obs_keys)
         self.single_action_space = action_space()
         self.observation_space = batch_space(self.single_observation_space, B)
         self.action_space = batch_space(self.single_action_space, B)
         self.return_tensors = bool(return_tensors)
         self.K = int(cfg.context)
-        ctx_keys = list(dict.fromkeys([*STATE_KEYS, *[k for k in gen if k in self._model_inputs()]]))
-        self.ctx_keys = ctx_keys
-        self._source = SimStarts(
-            self.task.name, max(B, int(starts_pool or B)), self.K, ctx_keys, self.resolution[0], "cpu", seed, context_policy
-        )
-        self._pool: Starts | None = None
-        self._pool_next = 0
+        self.ctx_keys = list(dict.fromkeys([*STATE_KEYS, *[k for k in self.gen_keys if k in self._model_inputs()]]))
+        self.starts = make_start_source(starts, context_policy, starts_pool, seed)
+        self.starts.bind(StartSpec(self.task, self.K, tuple(self.ctx_keys), self.resolution[0], self.grid, B))
         self._gen = torch.Generator(device=self.device).manual_seed(0 if seed is None else int(seed) + 1)
+        self._allocate()
+
+    def _choose_keys(self, modalities: Sequence[str] | None, obs_keys: Sequence[str] | None) -> tuple[list[str], tuple[str, ...]]:
+        """The keys to generate and the observation keys (in ``OBS_KEYS`` order), checked."""
+        available = self.model.output_keys()
+        if obs_keys is not None:
+            obs_keys = check_obs_keys(obs_keys)
+        if modalities is None:
+            wanted = [k for k in available if obs_keys is None or k in obs_keys]
+            if any(k in IMAGE_KEYS for k in wanted):  # the frame branch reads (and so makes) all its channels
+                wanted += [k for k in IMAGE_KEYS if k in available]
+        else:
+            wanted = list(modalities)
+        gen = list(dict.fromkeys([*STATE_KEYS, *wanted]))
+        missing = [k for k in gen if k not in available]
+        if missing:
+            raise ValueError(f"the world model cannot generate {missing}; it generates {available}")
+        if obs_keys is None:
+            obs_keys = tuple(k for k in gen if k != "props") + ("instruction", "task_obs")
+        bad = [k for k in obs_keys if k not in set(gen) | {"instruction", "task_obs"}]
+        if bad:
+            raise ValueError(f"observation keys {bad} are neither generated (modalities={list(wanted)}) nor computed by the task")
+        return gen, tuple(k for k in OBS_KEYS if k in obs_keys)
+
+    def _allocate(self) -> None:
+        """The per-world episode state (filled by ``_begin``)."""
+        B, dev = self.num_envs, self.device
         self._ctx: dict[str, torch.Tensor] = {}
         self._memory: dict[str, torch.Tensor] = {}  # scene memory of a warping world model, per world
-        self._acts = torch.zeros(B, self.K - 1, 6, device=self.device)
-        self._pacts = torch.zeros(B, self.K - 1, 6, device=self.device)  # the partner's commands (its script, run on)
+        self._acts = torch.zeros(B, self.K - 1, 6, device=dev)
+        self._pacts = torch.zeros(B, self.K - 1, 6, device=dev)  # the partner's commands (its script, run on)
         self._params = EpisodeParams(torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long), torch.zeros(B, 2))
-        self._scripts = P.PartnerScripts.empty(B, self.device)
-        self._mat = torch.zeros(B, 2, device=self.device)
-        self._half = torch.zeros(B, 2, device=self.device)
+        self._scripts = P.PartnerScripts.empty(B, dev)
+        self._mat = torch.zeros(B, 2, device=dev)
+        self._half = torch.zeros(B, 2, device=dev)
         self._seed = torch.zeros(B, dtype=torch.long)
-        self._steps = torch.zeros(B, dtype=torch.long, device=self.device)
-        self._dream_steps = torch.zeros(B, dtype=torch.long, device=self.device)
+        self._steps = torch.zeros(B, dtype=torch.long, device=dev)
+        self._dream_steps = torch.zeros(B, dtype=torch.long, device=dev)
         self._state: WorldState | None = None
         self._last_obs: dict[str, torch.Tensor] | None = None
+
+    @property
+    def real_steps(self) -> int:
+        """Simulator steps the starts have cost so far (0 for recorded starts)."""
+        return int(self.starts.real_steps)
+
+    @property
+    def starts_info(self) -> dict[str, Any]:
+        """Where the starts come from: ``kind`` (``simulator`` or ``dataset``), ``real_steps`` and the source's settings."""
+        return self.starts.describe()
 
     def _model_inputs(self) -> set[str]:
         keys = set(STATE_KEYS)
@@ -320,35 +244,8 @@ class DreamVecEnv(VectorEnv):
         return keys
 
     # ------------------------------------------------------------------ starts
-    def _draw(self, n: int) -> Starts:
-        parts, got = [], 0
-        while got < n:
-            if self._pool is None or self._pool_next >= len(self._pool):
-                self._pool, self._pool_next = self._source.draw(), 0
-            take = min(n - got, len(self._pool) - self._pool_next)
-            idx = torch.arange(self._pool_next, self._pool_next + take)
-            parts.append(self._pool.take(idx))
-            self._pool_next += take
-            got += take
-        if len(parts) == 1:
-            return parts[0]
-        cat = lambda xs: torch.cat(xs, 0)  # noqa: E731
-        return Starts(
-            {k: cat([p.context[k] for p in parts]) for k in parts[0].context},
-            cat([p.actions for p in parts]),
-            cat([p.target for p in parts]),
-            cat([p.instruction for p in parts]),
-            cat([p.goal for p in parts]),
-            cat([p.mat_pos for p in parts]),
-            cat([p.room_half for p in parts]),
-            cat([p.room_seed for p in parts]),
-            {k: cat([p.script[k] for p in parts]) for k in parts[0].script},
-            cat([p.step for p in parts]),
-            cat([p.partner_actions for p in parts]),
-        )
-
     def _begin(self, worlds: torch.Tensor, group: int = 1) -> None:
-        st = self._draw(len(worlds) // group)
+        st: Starts = self.starts.draw(len(worlds) // group)
         if group > 1:
             st = st.take(torch.arange(len(worlds) // group).repeat_interleave(group))
         dev = self.device
@@ -359,8 +256,7 @@ class DreamVecEnv(VectorEnv):
         self._acts[worlds] = st.actions.to(dev)
         self._pacts[worlds] = st.partner_actions.to(dev)
         # a warping world model reprojects the start's real frame through the whole episode
-        mem = self.model.scene_memory(st.context) if hasattr(self.model, "scene_memory") else {}
-        for k, v in mem.items():
+        for k, v in self.model.scene_memory(st.context).items():
             if k not in self._memory:
                 self._memory[k] = torch.zeros((self.num_envs, *v.shape[1:]), dtype=v.dtype, device=dev)
             self._memory[k][worlds] = v.to(dev)
@@ -418,10 +314,8 @@ class DreamVecEnv(VectorEnv):
         if room_seeds is not None:
             raise ValueError("DreamVecEnv draws its start rooms itself; room_seeds is not supported (pass seed=)")
         if seed is not None:
-            self._source.rng = np.random.default_rng(seed)
-            self._source.gen.manual_seed(int(seed))
+            self.starts.reseed(int(seed))
             self._gen.manual_seed(int(seed) + 1)
-            self._pool = None
         worlds = torch.arange(self.num_envs, device=self.device)
         self._begin(worlds, self.start_group)
         lat = self._latest()
@@ -441,7 +335,7 @@ class DreamVecEnv(VectorEnv):
         pacts = torch.cat([self._pacts, pa[:, None]], 1)
         context = dict(self._ctx) | self._memory
         context["instruction"] = self._params.instruction.to(self.device)
-        extra = {"partner_actions": pacts} if getattr(self.model.config, "partner_actions", False) else {}
+        extra = {"partner_actions": pacts} if self.model.config.partner_actions else {}
         pred = self.model.imagine(context, acts, num_steps=self.num_steps, modalities=self.gen_keys, generator=self._gen, **extra)
         bad = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         for k in self.gen_keys:
@@ -502,8 +396,6 @@ class DreamVecEnv(VectorEnv):
         return torch.clamp(self.task.expert(self._state, self._params_on(self.device)), -1.0, 1.0)
 
     def _infos(self, success: torch.Tensor) -> dict[str, Any]:
-        from dreamgym.envs.tasks import INSTRUCTIONS
-
         beh = self._scripts.current()[0].tolist()
         return {
             "success": success if self.return_tensors else success.cpu().numpy(),
@@ -533,7 +425,7 @@ class DreamVecEnv(VectorEnv):
         return None
 
     def close(self, **kwargs):
-        self._source.env.close()
+        self.starts.close()
 
 
 def _np(obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -541,18 +433,65 @@ def _np(obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 class DreamEnv(gym.Env):
-    """One dreamed world as a ``gymnasium.Env`` (``dreamgym/Dream-v0``).
+    """One dreamed world as a ``gymnasium.Env`` (``dreamgym/Dream-v0``): ``EgoRoomEnv`` in imagination.
 
-    Same spaces, reward and termination semantics as ``EgoRoomEnv`` restricted to the generated
-    observation keys (see ``DreamVecEnv`` for the arguments). With no ``checkpoint`` the shipped
-    default world model is loaded. ``reset(seed=s)`` reseeds the start rooms and the sampler.
-    Out-of-range actions are clipped; a wrong shape or a NaN/infinite action raises ``ValueError``.
+    A world model predicts each next step of the egocentric room -- the agent's and the partner's
+    bodies, the props and, when observed, the ego frames and the occupancy grid -- from the last K
+    steps and the action. Arguments are those of ``DreamVecEnv`` (without ``num_envs`` and
+    ``return_tensors``); ``world_model`` is a checkpoint directory, a ``DreamModel``, or None for
+    the shipped default (``gym.make("dreamgym/Dream-v0", world_model=path)``).
+
+    **Action space** ``Box(-1, 1, (6,))``, as ``EgoRoomEnv``: forward speed, lateral speed, yaw
+    rate, head yaw, head pitch, right-arm level. Out-of-range values are clipped; a wrong shape or a
+    NaN/infinite value raises ``ValueError``.
+
+    **Observation space** ``Dict``, the keys and spaces of ``EgoRoomEnv`` at the world model's
+    resolution: ``ego_rgb`` (3, H, W) uint8, ``ego_depth`` (1, H, W) float32, ``motion`` (227,),
+    ``occupancy`` (Z, X, Y) uint8, ``partner_motion`` (227,), ``instruction`` Discrete, ``task_obs``
+    (8,). By default every key the model can generate (the shipped model: all seven, H = W = 32,
+    which is also ``EgoRoomEnv``'s default, so the two default spaces are equal); ``obs_keys``
+    selects a subset and only what it needs is generated (state keys alone skip the frame and
+    occupancy branches, several times cheaper).
+
+    **Reward, termination**: the task's own functions (``dreamgym.envs.tasks``) on the dreamed
+    state (``reward_source="task"``), or the model's learned head (``"learned"``). Episodes end on
+    the task's success or failure (terminated), when a prediction is not finite (terminated, with
+    ``info["dream_error"]``), or after ``horizon`` dreamed steps (truncated; default the task's
+    ``max_steps``). ``info`` holds ``success``, ``instruction_text``, ``partner_behaviour``,
+    ``utterance``, ``room_seed`` and ``objects`` (the dreamed props' xy), as in ``EgoRoomEnv``.
+
+    **Starts**: each episode begins from K real observations (K = the model's context):
+    ``starts="simulator"`` (default) runs a fresh room K-1 steps with ``context_policy``;
+    ``starts="dataset:<dir>[:<split>]"`` takes a window of a recorded episode (train split by
+    default; ``heldout`` or ``all``), costing no new real steps. ``vec.real_steps`` counts the
+    simulator steps spent, ``vec.starts_info`` names the source.
+
+    **Seeding**: ``reset(seed=s)`` reseeds the starts and the sampler noise.
+
+    **Version history**: v0 -- first release. Since: starts are injectable (simulator or
+    dataset); the default observation is the real env's full ``Dict`` (it was the state keys
+    only) and ``EgoRoom-v0`` renders at 32 px by default, so the default spaces are equal;
+    ``world_model=`` is the keyword of the model (``checkpoint=`` stays as its older name).
     """
 
     metadata = {"render_modes": [], "render_fps": int(round(1 / scene.CONTROL_DT))}
 
-    def __init__(self, checkpoint=None, task: str = "reach", **kwargs):
-        self.vec = DreamVecEnv(checkpoint, num_envs=1, task=task, return_tensors=True, **kwargs)
+    def __init__(self, world_model=None, task: str | Task = "reach", *, checkpoint=None, **kwargs):
+        if checkpoint is not None:
+            if world_model is not None:
+                raise ValueError("the world model was given twice; pass only world_model=<checkpoint dir> (checkpoint= is its older name)")
+            world_model = checkpoint
+        for key, why in (
+            ("num_envs", "DreamEnv is one world; use DreamVecEnv(num_envs=...) for B worlds"),
+            ("return_tensors", "DreamEnv returns numpy observations; use DreamVecEnv(return_tensors=True) for tensors"),
+        ):
+            if key in kwargs:
+                raise TypeError(f"DreamEnv takes no {key}: {why}")
+        known = set(inspect.signature(DreamVecEnv.__init__).parameters) - {"self", "world_model", "num_envs", "task", "return_tensors"}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"DreamEnv got unknown arguments {unknown}; it takes world_model, task and {sorted(known)}")
+        self.vec = DreamVecEnv(world_model, num_envs=1, task=task, return_tensors=True, **kwargs)
         self.observation_space = self.vec.single_observation_space
         self.action_space = self.vec.single_action_space
 
