@@ -82,9 +82,9 @@ def differences(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def describe(diff: Mapping[str, tuple[Any, Any]], limit: int = 8) -> str:
-    """``"steps: run 64, now 128; ..."`` (the first ``limit`` differences)."""
-    items = [f"{k}: run {a!r}, now {b!r}" for k, (a, b) in list(diff.items())[:limit]]
+def describe(diff: Mapping[str, tuple[Any, Any]], limit: int = 8, was: str = "run") -> str:
+    """``"steps: run 64, now 128; ..."`` (the first ``limit`` differences; config keys by their own name)."""
+    items = [f"{k.removeprefix('config.')}: {was} {a!r}, now {b!r}" for k, (a, b) in list(diff.items())[:limit]]
     more = f"; and {len(diff) - limit} more" if len(diff) > limit else ""
     return "; ".join(items) + more
 
@@ -166,7 +166,7 @@ class RunFolder:
 
 def check_finished(folder: str | Path, policy_config: Mapping[str, Any] | None = None) -> None:
     """Raise naming the folder when it is a train-policy run that has not finished, or whose
-    final files are not the ones its run.json records (a folder without run.json passes)."""
+    final files are not the ones its run.json records (a folder without a train-policy run.json passes)."""
     folder = Path(folder)
     f = folder / RUN
     if not f.exists():
@@ -175,6 +175,8 @@ def check_finished(folder: str | Path, policy_config: Mapping[str, Any] | None =
         rec = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{f}: not valid JSON; the run folder {folder} cannot be trusted as a result") from None
+    if not isinstance(rec, dict) or rec.get("command") != "train-policy":
+        return
     if rec.get("status") != "finished":
         raise CheckpointError(
             f"{folder}: unfinished train-policy run (run.json status {rec.get('status')!r}); "

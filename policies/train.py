@@ -153,8 +153,29 @@ def check_config(cfg: DictConfig) -> None:
         zipped = sb3_zip_of(init)
         if zipped is not None and not cfg.allow_pickle:
             raise UnsafeCheckpointError(pickle_refusal(zipped))
+        if zipped is None:
+            _check_init(cfg, init)
     if cfg.env == "dream" and cfg.checkpoint is not None and not Path(str(cfg.checkpoint)).exists():
         raise ConfigError(f"checkpoint={cfg.checkpoint}: no such world-model checkpoint")
+
+
+def _check_init(cfg: DictConfig, init: Path) -> None:
+    """The init policy's algorithm, observation keys and layers must be this config's (read from its JSON)."""
+    from .sb3_format import read_policy_config
+
+    icfg = read_policy_config(policy_files(init)[1])
+    kw = icfg["policy_kwargs"]
+    try:
+        keys = sorted(k for k, _ in kw["observation_space"]["space"]["spaces"])
+        arch = kw.get("net_arch")
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{policy_files(init)[1]}: its observation_space is not a Dict space") from None
+    if icfg["algo"] != cfg.algo:
+        raise ConfigError(f"init={init}: a {icfg['algo']} policy, but algo={cfg.algo}")
+    if keys != sorted(cfg.obs_keys):
+        raise ConfigError(f"init={init}: the policy reads {keys}, but obs_keys={sorted(cfg.obs_keys)}")
+    if arch != list(cfg[cfg.algo].net_arch):
+        raise ConfigError(f"init={init}: its layers are net_arch={arch}, but {cfg.algo}.net_arch={list(cfg[cfg.algo].net_arch)}")
 
 
 # ----------------------------------------------------------------------------- what a run is
@@ -226,7 +247,7 @@ def _load_init(cfg: DictConfig, model: Any) -> int:
     have, want = policy_kwargs_to_json(network), policy_kwargs_to_json(model.policy)
     diff = {k: v for k, v in differences(have, want).items() if not k.startswith("log_std_init")}
     if diff:
-        raise ConfigError(f"init={init}: its network differs from this config's ({describe(diff).replace('run ', 'init ')})")
+        raise ConfigError(f"init={init}: its network differs from this config's ({describe(diff, was='init')})")
     model.policy.load_state_dict(network.state_dict())
     return before
 
@@ -360,6 +381,7 @@ def run(cfg: DictConfig) -> int:
         path = train_policy(cfg)
     except (ConfigError, CheckpointError, RunMismatchError) as e:
         raise SystemExit(f"dreamgym train-policy: {e}") from None
-    print(json.dumps(read_json(path.parent / POLICY_CONFIG), indent=2))
+    meta = read_json(path.parent / POLICY_CONFIG)
+    print(json.dumps({k: v for k, v in meta.items() if k != "policy_kwargs"}, indent=2))  # the network's arguments stay in the file
     print(f"train-policy: policy in {path}")
     return 0

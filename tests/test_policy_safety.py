@@ -336,6 +336,39 @@ def test_a_run_folder_resumes_only_what_it_recorded(tmp_path, finished_run, monk
         load_policy(run)
 
 
+def test_an_init_policy_must_fit_the_config(tmp_path, finished_run):
+    for more, says in (
+        (["algo=sac", "obs_keys=[task_obs,motion]"], "a ppo policy, but algo=sac"),
+        (["obs_keys=[task_obs]"], "the policy reads ['motion', 'task_obs'], but obs_keys=['task_obs']"),
+        (["ppo.net_arch=[32]", "obs_keys=[task_obs,motion]"], "its layers are net_arch=[128, 128], but ppo.net_arch=[32]"),
+    ):
+        out = tmp_path / "run"
+        with pytest.raises(SystemExit) as e:
+            main(
+                [
+                    "train-policy",
+                    *[a for a in TRAIN if not a.startswith("obs_keys")],
+                    f"out={out}",
+                    f"init={finished_run}",
+                    "steps=64",
+                    *more,
+                ]
+            )
+        assert says in str(e.value.code), str(e.value.code)
+        assert not out.exists()
+    # continuing a run in its own folder would move the init policy aside
+    before = sorted(p.name for p in finished_run.iterdir())
+    with pytest.raises(SystemExit) as e:
+        main(["train-policy", *TRAIN, f"out={finished_run}", f"init={finished_run / 'policy.safetensors'}", "steps=64"])
+    assert "lies inside out=" in str(e.value.code) and sorted(p.name for p in finished_run.iterdir()) == before
+    # a fitting one is continued: its weights are the start, its steps count on
+    from dreamgym.policies.train import train_policy
+
+    got = train_policy(_cfg(tmp_path / "cont", "steps=64", "checkpoint_every=1000", f"init={finished_run}"))
+    meta = json.loads((got.parent / "policy.json").read_text())
+    assert (meta["steps"], meta["total_steps"], meta["init"]) == (64, 128, str(finished_run))
+
+
 def test_an_older_dreamgym_result_is_moved_aside_by_a_new_run(tmp_path, finished_run, monkeypatch):
     from dreamgym.policies.train import train_policy
 
