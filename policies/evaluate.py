@@ -303,6 +303,9 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("allow_pickle", "deterministic", "progress"):
         if cfg.get(key) not in (True, False):
             raise ConfigError(f"{key}={cfg.get(key)!r}: expected true or false")
+    from .train import check_device
+
+    check_device(cfg.device)
 
 
 def run(cfg: DictConfig) -> int:

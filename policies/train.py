@@ -106,6 +106,15 @@ def _choice(cfg: DictConfig, key: str, allowed: Sequence[Any]) -> None:
         raise ConfigError(f"{key}={v!r}: expected one of {list(allowed)}")
 
 
+def check_device(device: Any) -> None:
+    """Refuse a CUDA device on a machine without one (rather than train on the CPU without a word)."""
+    dev = str(device)
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={dev}: CUDA is not available on this machine; use device=cpu")
+    if not (dev.startswith("cuda") or dev in ("cpu", "mps")):
+        raise ConfigError(f"device={dev!r}: expected cpu, cuda or cuda:<index>")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming the key, the value and what is allowed, before any work."""
     from dreamgym.envs.spaces import check_obs_keys
@@ -124,6 +133,7 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("checkpoint_every", "log_every", "num_threads"):
         _whole(cfg, key, 1)
     _whole(cfg, "horizon", 1, none_ok=True)
+    check_device(cfg.device)
     try:
         check_obs_keys(list(cfg.obs_keys) if cfg.obs_keys is not None else [])
     except ValueError as e:

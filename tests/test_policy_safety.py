@@ -254,6 +254,14 @@ def test_bad_values_are_refused_before_any_work(tmp_path, cmd, says):
     assert not out.exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("cmd", [["train-policy"], ["eval-policy", "policy=expert"]])
+def test_cuda_without_cuda_is_refused(tmp_path, cmd):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "device=cuda", f"out={tmp_path / 'run'}"])
+    assert "device=cuda: CUDA is not available" in str(e.value.code) and not (tmp_path / "run").exists()
+
+
 def test_damaged_policies_name_the_file_and_what_is_missing(tmp_path):
     model = _sb3_model("ppo")
     pol = tmp_path / "pol"
