@@ -261,8 +261,7 @@ def run(cfg: DictConfig) -> int:
             f"seed={int(cfg.seed)}",
             *more("train_policy"),
         )
-        zips = sorted(policy.rglob("*.zip"))
-        return {"policy": str(zips[-1]) if zips else str(policy)}
+        return {"policy": str(policy)}  # the run folder: load_policy checks that it finished
 
     pol = stages.run("policy", train_policy)
 

@@ -56,7 +56,7 @@ def _train_cfg(cfg: DictConfig, env: str, out: Path, steps: int, checkpoint: Any
 
 
 def _stage(path: Path, reuse: bool, make: Any) -> tuple[Path, dict[str, Any]]:
-    """Run ``make()`` unless ``path`` (a policy.zip with its policy.json) exists and ``reuse``."""
+    """Run ``make()`` unless ``path`` (a policy.safetensors with its policy.json) exists and ``reuse``."""
     if not (reuse and path.exists() and (path.parent / "policy.json").exists()):
         path = make()
     return path, json.loads((path.parent / "policy.json").read_text())
@@ -103,7 +103,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
 
     tic = time.time()
     dream_zip, dream_meta = _stage(
-        run_dir / "dream" / "policy.zip",
+        run_dir / "dream" / "policy.safetensors",
         bool(cfg.reuse),
         lambda: train_policy(_train_cfg(cfg, "dream", run_dir / "dream", int(cfg.dream_steps), world_model)),
     )
@@ -111,7 +111,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     real_steps = int(cfg.real_multiplier) * n_real
     tic = time.time()
     real_zip, real_meta = _stage(
-        run_dir / "real10x" / "policy.zip",
+        run_dir / "real10x" / "policy.safetensors",
         bool(cfg.reuse),
         lambda: train_policy(_train_cfg(cfg, "real", run_dir / "real10x", real_steps, None)),
     )

@@ -3,8 +3,9 @@
 The interface every policy family meets is ``policies.base.Policy``: ``obs_keys`` and
 ``act(obs: dict of (B, ...) tensors) -> (B, 6) tensor`` (optionally ``reset(mask)`` and
 ``bind(env)``); families register a loader with ``base.register_policy_loader`` and are then
-loaded by ``base.load_policy(spec)`` (``expert``, ``random``, an SB3 ``.zip``/run directory, or a
-directory whose ``policy.json`` names its family). See ``policies/base.py``.
+loaded by ``base.load_policy(spec)`` (``expert``, ``random``, a train-policy run directory, or a
+directory whose ``policy.json`` names its family; an SB3 ``.zip`` only with ``allow_pickle=True``).
+See ``policies/base.py``; the SB3 format is ``policies/sb3_format.py``.
 
 Functions (the commands call them):
   - ``train.train_policy(cfg) -> Path`` -- ``dreamgym train-policy env=dream|real ...``

@@ -24,9 +24,11 @@ registering a loader::
 ``load_policy(spec)`` tries, in order: a ``Policy`` instance (returned as is), the built-in names
 ``expert`` (``expert:noise=0.3``: Gaussian noise when sampling) and ``random`` (``random:hold=10``:
 each action held for 10 steps), a directory (or file beside) with ``policy.json`` whose ``"family"``
-names a registered loader, then each registered loader's ``matches`` (e.g. ``*.zip`` is a
-Stable-Baselines3 checkpoint). Modules named in ``LOADER_MODULES`` are imported first so that the
-families of other modules (``policies/vla*.py``, ``policies/social*.py``) register themselves.
+names a registered loader, then each registered loader's ``matches``. ``train-policy`` writes
+``policy.safetensors`` + ``policy.json`` (family ``sb3``, see ``sb3_format``), read without
+unpickling; a Stable-Baselines3 ``.zip`` is loaded only with ``allow_pickle=True``, since its
+loading runs whatever code a crafted file holds. Modules named in ``LOADER_MODULES`` are imported
+first so that the families of other modules (``policies/vla*.py``, ``policies/social*.py``) register themselves.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from .errors import CheckpointError, UnsafeCheckpointError
+from .run_record import check_finished
+from .sb3_format import ALGOS as ALGOS
+from .sb3_format import WEIGHTS, load_sb3_network, policy_files
+from .weights import read_json
 
 ACTION_DIM = 6
 POLICY_CONFIG = "policy.json"
@@ -149,19 +157,27 @@ def _parse_builtin(spec: str) -> tuple[str, dict[str, float]]:
 
 
 class SB3Policy:
-    """A Stable-Baselines3 model (PPO, SAC, ...) behind the ``Policy`` interface.
+    """A Stable-Baselines3 policy network (PPO's or SAC's) behind the ``Policy`` interface.
 
-    ``act`` calls the SB3 policy network on torch tensors directly (no numpy round trip); Box
-    actions are clipped (Gaussian policies) or unscaled (squashed policies) as ``predict`` does.
+    Built from a network (``stable_baselines3`` ``BasePolicy``) or from an algorithm object (its
+    ``.policy`` is used). ``act`` calls the network on torch tensors directly (no numpy round
+    trip); Box actions are clipped (Gaussian policies) or unscaled (squashed policies) as
+    ``predict`` does. ``SB3Policy.load`` reads dreamgym's ``policy.safetensors`` + ``policy.json``
+    without unpickling anything.
     """
 
-    def __init__(self, model: Any, exploration_noise: float = 0.0, seed: int = 0):
+    def __init__(self, network: Any, exploration_noise: float = 0.0, seed: int = 0, algo: str | None = None):
         from gymnasium import spaces
+        from stable_baselines3.common.base_class import BaseAlgorithm
 
-        self.model = model
-        space = model.observation_space
+        if isinstance(network, BaseAlgorithm):
+            algo = algo or type(network).__name__.lower()
+            network = network.policy
+        self.network = network
+        self.algo = algo
+        space = network.observation_space
         if not isinstance(space, spaces.Dict):
-            raise TypeError(f"SB3Policy needs a model trained on a Dict observation space, got {type(space).__name__}")
+            raise TypeError(f"SB3Policy needs a network trained on a Dict observation space, got {type(space).__name__}")
         from dreamgym.envs.spaces import OBS_KEYS
 
         self.obs_keys = tuple(k for k in OBS_KEYS if k in space.spaces)  # SB3 sorts Dict keys; use the env's order
@@ -170,14 +186,25 @@ class SB3Policy:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SB3Policy:
-        """Load an SB3 ``.zip`` checkpoint; the algorithm is read from ``algo.txt`` beside it or guessed."""
-        model = load_sb3_model(path, device)
+        """A policy saved by ``train-policy`` (its folder or its ``policy.safetensors``); nothing is unpickled.
+
+        A train-policy run folder must have finished (its ``run.json``), else ``CheckpointError``.
+        """
+        weights, _ = policy_files(path)
+        network, cfg = load_sb3_network(path, device)
+        check_finished(weights.parent, cfg)
+        return cls(network, algo=str(cfg["algo"]))
+
+    @classmethod
+    def load_zip(cls, path: str | Path, device: str | torch.device = "cpu", allow_pickle: bool = False) -> SB3Policy:
+        """A Stable-Baselines3 ``.zip``; refused unless ``allow_pickle`` (loading it unpickles)."""
+        model = load_sb3_model(path, device, allow_pickle=allow_pickle)
         return cls(model)
 
     def act(self, obs: Mapping[str, torch.Tensor], deterministic: bool = True) -> torch.Tensor:
         from gymnasium import spaces
 
-        pol = self.model.policy
+        pol = self.network
         pol.set_training_mode(False)
         dev = pol.device
         missing = [k for k in self.obs_keys if k not in obs]
@@ -187,7 +214,7 @@ class SB3Policy:
         with torch.no_grad():
             a = pol._predict(x, deterministic=deterministic).float()
         if pol.squash_output:
-            space = self.model.action_space
+            space = pol.action_space
             assert isinstance(space, spaces.Box)
             low = torch.as_tensor(space.low, device=a.device)
             high = torch.as_tensor(space.high, device=a.device)
@@ -196,9 +223,6 @@ class SB3Policy:
             a = a + self.exploration_noise * torch.randn(a.shape, generator=self.gen).to(a.device)
         out_dev = next(iter(obs.values())).device
         return a.clamp(-1.0, 1.0).to(out_dev)
-
-
-ALGOS = ("ppo", "sac")
 
 
 def sb3_algo_class(algo: str):
@@ -211,16 +235,27 @@ def sb3_algo_class(algo: str):
     return classes[algo]
 
 
-def load_sb3_model(path: str | Path, device: str | torch.device = "cpu"):
-    """An SB3 model from its ``.zip``; the algorithm comes from the zip's ``policy_class`` entry."""
+def pickle_refusal(path: Path) -> str:
+    """The one-line refusal of an SB3 zip without the opt-in."""
+    return (
+        f"{path}: refused: a Stable-Baselines3 .zip unpickles its 'data' part when loaded, which runs any code "
+        f"a crafted file holds; pass allow_pickle=true only for a file you trust (train-policy writes {WEIGHTS} + {POLICY_CONFIG})"
+    )
+
+
+def load_sb3_model(path: str | Path, device: str | torch.device = "cpu", allow_pickle: bool = False):
+    """An SB3 model from its ``.zip`` -- this unpickles, so only with ``allow_pickle=True``
+    (else ``UnsafeCheckpointError``). The algorithm comes from the zip's ``policy_class`` entry."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"policy checkpoint not found: {p}")
-    algo = _sb3_algo_of(p)
+    if not allow_pickle:
+        raise UnsafeCheckpointError(pickle_refusal(p))
+    algo = sb3_algo_of(p)
     return sb3_algo_class(algo).load(str(p), device=device)
 
 
-def _sb3_algo_of(p: Path) -> str:
+def sb3_algo_of(p: Path) -> str:
     """Read which algorithm saved an SB3 zip (PPO's policies are actor-critic, SAC's are not)."""
     import zipfile
 
@@ -228,13 +263,23 @@ def _sb3_algo_of(p: Path) -> str:
         with zipfile.ZipFile(p) as z:
             data = json.loads(z.read("data").decode())
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as e:
-        raise ValueError(f"{p}: not a Stable-Baselines3 checkpoint ({e})") from None
+        raise CheckpointError(f"{p}: not a Stable-Baselines3 checkpoint ({e})") from None
     module = str(data.get("policy_class", {}).get("__module__", ""))
     if "sac" in module:
         return "sac"
     if "ppo" in module or "common.policies" in module:
         return "ppo"
-    raise ValueError(f"{p}: cannot tell which SB3 algorithm saved it (policy class module {module!r}); expected PPO or SAC")
+    raise CheckpointError(f"{p}: cannot tell which SB3 algorithm saved it (policy class module {module!r}); expected PPO or SAC")
+
+
+def sb3_zip_of(p: Path) -> Path | None:
+    """The SB3 ``.zip`` that loading ``p`` would unpickle: ``p`` itself, or the ``policy.zip`` of a
+    folder without ``policy.safetensors`` (a run of an older dreamgym)."""
+    if p.is_file() and p.suffix == ".zip":
+        return p
+    if p.is_dir() and (p / "policy.zip").is_file() and not (p / WEIGHTS).is_file():
+        return p / "policy.zip"
+    return None
 
 
 # ----------------------------------------------------------------------------- registry
@@ -256,14 +301,14 @@ def register_policy_loader(name: str, matches: Callable[[Path], bool], load: Cal
 
 
 def _is_sb3(p: Path) -> bool:
-    return (p.suffix == ".zip" and p.is_file()) or (p.is_dir() and (p / "policy.zip").is_file())
+    return (p.is_file() and p.name == WEIGHTS) or (p.is_dir() and (p / WEIGHTS).is_file())
 
 
 def _load_sb3(p: Path, task: str | None = None, device: str | torch.device = "cpu") -> SB3Policy:
-    return SB3Policy.load(p / "policy.zip" if p.is_dir() else p, device)
+    return SB3Policy.load(p, device)
 
 
-# an SB3 .zip, or a train-policy run directory (its policy.zip, with policy.json family "sb3")
+# a train-policy run folder or checkpoint (policy.safetensors + policy.json, family "sb3")
 register_policy_loader("sb3", matches=_is_sb3, load=_load_sb3)
 
 
@@ -276,10 +321,15 @@ def _import_family_modules() -> None:
                 raise
 
 
-def load_policy(spec: str | Path | Policy, task: str = "reach", device: str | torch.device = "cpu", seed: int = 0) -> Policy:
+def load_policy(
+    spec: str | Path | Policy, task: str = "reach", device: str | torch.device = "cpu", seed: int = 0, allow_pickle: bool = False
+) -> Policy:
     """A policy from an instance, a built-in name (``expert``, ``random``) or a checkpoint path.
 
-    Raises ``ValueError`` listing what is understood when nothing matches.
+    Nothing is unpickled unless ``allow_pickle``: a Stable-Baselines3 ``.zip`` (or a folder holding
+    only one) raises ``UnsafeCheckpointError`` without it. A train-policy run folder that has not
+    finished raises ``CheckpointError``. Raises ``ValueError`` listing what is understood when
+    nothing matches.
     """
     if not isinstance(spec, (str, Path)):
         if isinstance(spec, Policy):
@@ -293,21 +343,25 @@ def load_policy(spec: str | Path | Policy, task: str = "reach", device: str | to
         return RandomPolicy(seed=int(kw.get("seed", seed)), hold=int(kw.get("hold", 1)))
     _import_family_modules()
     p = Path(s)
+    check_finished(p if p.is_dir() else p.parent)  # a train-policy run folder: only once it has finished
+    zipped = sb3_zip_of(p)
+    if zipped is not None:  # before anything reads it
+        return SB3Policy.load_zip(zipped, device, allow_pickle=allow_pickle)
     cfg_file = p / POLICY_CONFIG if p.is_dir() else p.parent / POLICY_CONFIG
     if cfg_file.exists():
-        family = json.loads(cfg_file.read_text()).get("family")
+        family = read_json(cfg_file, "policy config").get("family")
         if family in POLICY_LOADERS:
             return POLICY_LOADERS[family].load(p, task=task, device=device)
         if family is not None:
-            raise ValueError(f"{cfg_file}: policy family {family!r} is not registered; known: {sorted(POLICY_LOADERS)}")
+            raise CheckpointError(f"{cfg_file}: policy family {family!r} is not registered; known: {sorted(POLICY_LOADERS)}")
     if not p.exists():
         raise FileNotFoundError(f"policy {s!r} is neither 'expert', 'random' nor an existing checkpoint path")
     for loader in POLICY_LOADERS.values():
         if loader.matches(p):
             return loader.load(p, task=task, device=device)
-    raise ValueError(
+    raise CheckpointError(
         f"no policy loader recognises {p}; built-ins: 'expert', 'random'; registered families: {sorted(POLICY_LOADERS)} "
-        f"(an SB3 checkpoint is a .zip; other families put a {POLICY_CONFIG} naming their family beside the weights)"
+        f"(train-policy writes {WEIGHTS} + {POLICY_CONFIG}; other families put a {POLICY_CONFIG} naming their family beside the weights)"
     )
 
 

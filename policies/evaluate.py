@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig
 
 from .base import Policy, check_actions, load_policy, required_obs_keys
+from .errors import CheckpointError, ConfigError
 
 HELDOUT_ROOM_BASE = 2**31
 ROOMS_PER_SEED = 100_000
@@ -199,18 +200,20 @@ def evaluate_policies(
     deterministic: bool = True,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    allow_pickle: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Score several policies in the real simulator on the same held-out rooms, in one batch.
 
     Each policy plays ``episodes`` episodes (rounded up to fill the last wave evenly) in rooms
     ``heldout_rooms(episodes, seed)``. Returns ``{name: summary}`` (see ``summarize``) with
-    ``rooms`` and ``wall_s``.
+    ``rooms`` and ``wall_s``. ``allow_pickle`` lets checkpoint paths be Stable-Baselines3 zips
+    (see ``load_policy``: loading one runs whatever code it holds).
     """
     from dreamgym.envs.vec_env import EgoRoomVecEnv
 
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
-    pols = {name: load_policy(p, task=task, device=device, seed=seed) for name, p in policies.items()}
+    pols = {name: load_policy(p, task=task, device=device, seed=seed, allow_pickle=allow_pickle) for name, p in policies.items()}
     n_pol = len(pols)
     per_wave = max(1, min(episodes, max_worlds // n_pol))
     waves = math.ceil(episodes / per_wave)
@@ -254,6 +257,7 @@ def evaluate_in_dream(
     horizon: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    allow_pickle: bool = False,
     **dream_kwargs: Any,
 ) -> dict[str, Any]:
     """The return and success the dream predicts for ``policy`` (one episode per dreamed world).
@@ -262,7 +266,7 @@ def evaluate_in_dream(
     """
     from dreamgym.worldmodel.dream_env import DreamVecEnv
 
-    pol = load_policy(policy, task=task, device=device, seed=seed)
+    pol = load_policy(policy, task=task, device=device, seed=seed, allow_pickle=allow_pickle)
     keys = required_obs_keys([pol])
     t0 = time.time()
     env = DreamVecEnv(
@@ -282,36 +286,39 @@ def evaluate_in_dream(
     return summarize(res["returns"], res["successes"], res["lengths"]) | {"wall_s": time.time() - t0}
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` naming the key, the value and what is allowed, before any work."""
+    from dreamgym.configs import compose
+
+    base = compose("eval_policy", [])
+    unknown = sorted(k for k in cfg if k not in base)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown}; eval-policy reads {sorted(base)}")
+    if cfg.env not in ("real", "dream"):
+        raise ConfigError(f"env={cfg.env!r}: expected one of ['real', 'dream']")
+    for key, low in (("episodes", 1), ("max_worlds", 1), ("seed", 0), ("num_denoising_steps", 1), ("num_threads", 1)):
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"{key}={v!r}: expected a whole number >= {low}")
+    for key in ("allow_pickle", "deterministic", "progress"):
+        if cfg.get(key) not in (True, False):
+            raise ConfigError(f"{key}={cfg.get(key)!r}: expected true or false")
+    from .train import check_device
+
+    check_device(cfg.device)
+
+
 def run(cfg: DictConfig) -> int:
     """Entry point of ``dreamgym eval-policy``."""
-    torch.set_num_threads(int(cfg.num_threads))
     spec = cfg.policy if cfg.policy is not None else cfg.get("path")
     if spec is None:
-        raise SystemExit("dreamgym eval-policy: give policy=<checkpoint .zip | expert | random>")
-    if cfg.env == "real":
-        res = evaluate_policy(
-            str(spec),
-            task=cfg.task,
-            episodes=int(cfg.episodes),
-            seed=int(cfg.seed),
-            max_worlds=int(cfg.max_worlds),
-            deterministic=bool(cfg.deterministic),
-            device=cfg.device,
-            progress=bool(cfg.progress),
-        )
-    elif cfg.env == "dream":
-        res = evaluate_in_dream(
-            str(spec),
-            world_model=cfg.checkpoint,
-            task=cfg.task,
-            episodes=int(cfg.episodes),
-            seed=int(cfg.seed),
-            num_denoising_steps=int(cfg.num_denoising_steps),
-            device=cfg.device,
-            progress=bool(cfg.progress),
-        )
-    else:
-        raise SystemExit(f"dreamgym eval-policy: env must be 'real' or 'dream', got {cfg.env!r}")
+        raise SystemExit("dreamgym eval-policy: give policy=<train-policy run dir | checkpoint | expert | random>")
+    try:
+        check_config(cfg)
+        torch.set_num_threads(int(cfg.num_threads))
+        res = _evaluate(cfg, str(spec))
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        raise SystemExit(f"dreamgym eval-policy: {e}") from None
     out = {"policy": str(spec), "task": cfg.task, "env": cfg.env, "seed": int(cfg.seed), **res}
     text = json.dumps(out, indent=2)
     print(text)
@@ -319,3 +326,29 @@ def run(cfg: DictConfig) -> int:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(text + "\n")
     return 0
+
+
+def _evaluate(cfg: DictConfig, spec: str) -> dict[str, Any]:
+    if cfg.env == "real":
+        return evaluate_policy(
+            spec,
+            task=cfg.task,
+            episodes=int(cfg.episodes),
+            seed=int(cfg.seed),
+            max_worlds=int(cfg.max_worlds),
+            deterministic=bool(cfg.deterministic),
+            device=cfg.device,
+            progress=bool(cfg.progress),
+            allow_pickle=bool(cfg.allow_pickle),
+        )
+    return evaluate_in_dream(
+        spec,
+        world_model=cfg.checkpoint,
+        task=cfg.task,
+        episodes=int(cfg.episodes),
+        seed=int(cfg.seed),
+        num_denoising_steps=int(cfg.num_denoising_steps),
+        device=cfg.device,
+        progress=bool(cfg.progress),
+        allow_pickle=bool(cfg.allow_pickle),
+    )

@@ -2,8 +2,8 @@
 
 ``ObsExtractor`` standardises each state key with fixed statistics measured once before training
 (``measure_obs_stats``), so the 227-float ``motion`` vector and the 8-float ``task_obs`` arrive at
-the MLP on one scale. The statistics are constructor arguments, hence stored inside the SB3 zip with
-the policy (no separate normalisation file to carry around). Image keys (``ego_rgb``, ``ego_depth``)
+the MLP on one scale. The statistics are buffers of the network (``mean_<key>``/``std_<key>``), so they
+are saved in ``policy.safetensors`` with the weights (no separate normalisation file to carry around). Image keys (``ego_rgb``, ``ego_depth``)
 go through a small CNN; ``instruction`` is one-hot encoded (SB3's preprocessing).
 """
 

@@ -387,16 +387,16 @@ class SocialAvatarPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> SocialAvatarPolicy:
-        from safetensors.torch import load_file
+        from .weights import read_json, read_safetensors
 
         path = Path(path)
         if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
             raise FileNotFoundError(f"{path} is not a social-avatar checkpoint: expected config.json and model.safetensors in it")
-        raw = json.loads((path / "config.json").read_text())
+        raw = read_json(path / "config.json")
         if raw.get("kind") != "social":
             raise ValueError(f"{path}/config.json describes a {raw.get('kind')!r} policy, not 'social'")
         model = cls(SocialConfig(**raw))
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        model.load_state_dict(read_safetensors(path / "model.safetensors"))
         return model.to(device).eval()
 
 

@@ -6,14 +6,21 @@ shipped default when null), ``env=real`` is ``EgoRoomVecEnv`` asking only for th
 observation keys (state keys: no rendering). The training code is the same for both.
 
 Read top to bottom, one run:
-  1. build the env; measure per-key observation statistics over a few random steps (they become
+  1. check every value of the config (``check_config``) before anything is built or written;
+  2. open the run folder ``out``: a ``run.json`` with the same settings (config, data, code; see
+     ``run_record``) resumes from the newest checkpoint, a finished one returns at once, other
+     settings are refused with the differences listed (``restart=true`` starts afresh); a new run
+     moves an earlier run's results into ``replaced-<time>/`` first;
+  3. build the env; measure per-key observation statistics over a few random steps (they become
      part of the policy: ``networks.ObsExtractor``);
-  2. build the SB3 model (hyperparameters from ``configs/sb3/<algo>.yaml``), or load ``init``
-     (a previous policy .zip) to continue training it in this env -- the DIAMOND loop does that;
-  3. ``learn`` with a progress bar, tensorboard logs in ``<out>/tb`` and SB3 checkpoints in
-     ``<out>/checkpoints`` every ``checkpoint_every`` env steps;
-  4. save ``<out>/policy.zip`` and ``<out>/policy.json`` (family ``sb3``, algo, task, env, obs keys,
-     world model, steps, real simulator steps used, wall time), which ``load_policy(<out>)`` reads.
+  4. build the SB3 model (hyperparameters from ``configs/sb3/<algo>.yaml``), load ``init`` (a
+     previous policy, whose network must have this config's architecture) or the checkpoint;
+  5. ``learn``, with progress, tensorboard logs in ``<out>/tb`` and a checkpoint every
+     ``checkpoint_every`` env steps (``train_callback``: fresh episodes start at each one, so a
+     resumed run equals an uninterrupted one);
+  6. write ``<out>/policy.json`` (family ``sb3``, algo, spaces, network arguments, task, env, obs
+     keys, world model, steps, real simulator steps used, wall time) and ``<out>/policy.safetensors``,
+     then mark ``run.json`` finished; ``load_policy(<out>)`` reads them without unpickling.
 
 Real simulator steps are counted: ``env=real`` uses ``steps``; ``env=dream`` uses the real steps
 of its episode starts (``DreamVecEnv.real_steps``: the simulator steps its start source ran, K-1
@@ -23,16 +30,20 @@ per start; none for starts from a dataset).
 from __future__ import annotations
 
 import json
-import time
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .base import POLICY_CONFIG, sb3_algo_class
+from .base import POLICY_CONFIG, load_sb3_model, pickle_refusal, sb3_algo_class, sb3_algo_of, sb3_zip_of
+from .errors import CheckpointError, ConfigError, RunMismatchError, UnsafeCheckpointError
+from .run_record import MACHINE_KEYS, RUN, RunFolder, check_finished, code_versions, describe, differences, file_digests
+from .sb3_format import ALGOS, WEIGHTS, load_sb3_network, policy_files, policy_kwargs_to_json
+from .train_state import CHECKPOINTS, list_checkpoints, load_train_state
+from .weights import atomic_write_json, read_json
 
 STATE_OBS = ("motion", "partner_motion", "occupancy", "ego_rgb", "ego_depth")
 
@@ -81,48 +92,241 @@ def make_env(
     raise ValueError(f"env must be 'real' or 'dream', got {env!r}")
 
 
-class _Progress:
-    """Counts finished episodes."""
-
-    def __init__(self):
-        from stable_baselines3.common.callbacks import BaseCallback
-
-        outer = self
-
-        class CB(BaseCallback):
-            def _on_step(self) -> bool:
-                dones = self.locals.get("dones")
-                if dones is not None:
-                    outer.episodes += int(np.sum(dones))
-                return True
-
-        self.episodes = 0
-        self.callback = CB()
+# ----------------------------------------------------------------------------- config checks
+def _whole(cfg: DictConfig, key: str, low: int, none_ok: bool = False) -> None:
+    v = OmegaConf.select(cfg, key)
+    if v is None and none_ok:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"{key}={v!r}: expected a whole number >= {low}{' or null' if none_ok else ''}")
 
 
+def _choice(cfg: DictConfig, key: str, allowed: Sequence[Any]) -> None:
+    v = OmegaConf.select(cfg, key)
+    if v not in allowed:
+        raise ConfigError(f"{key}={v!r}: expected one of {list(allowed)}")
+
+
+def check_device(device: Any) -> None:
+    """Refuse a CUDA device on a machine without one (rather than train on the CPU without a word)."""
+    dev = str(device)
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={dev}: CUDA is not available on this machine; use device=cpu")
+    if not (dev.startswith("cuda") or dev in ("cpu", "mps")):
+        raise ConfigError(f"device={dev!r}: expected cpu, cuda or cuda:<index>")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` naming the key, the value and what is allowed, before any work."""
+    from dreamgym.envs.spaces import check_obs_keys
+    from dreamgym.envs.tasks import TASKS
+
+    if cfg.get("out") is None:
+        raise ConfigError("out=null: give out=<run dir>")
+    _choice(cfg, "env", ("dream", "real"))
+    _choice(cfg, "algo", ALGOS)
+    _choice(cfg, "task", sorted(TASKS))
+    _choice(cfg, "reward_source", ("task", "learned"))
+    for key in ("progress", "allow_pickle", "restart"):
+        _choice(cfg, key, (True, False))
+    for key, low in (("steps", 1), ("num_envs", 1), ("seed", 0), ("num_denoising_steps", 1), ("stats_steps", 0)):
+        _whole(cfg, key, low)
+    for key in ("checkpoint_every", "log_every", "num_threads"):
+        _whole(cfg, key, 1)
+    _whole(cfg, "horizon", 1, none_ok=True)
+    check_device(cfg.device)
+    try:
+        check_obs_keys(list(cfg.obs_keys) if cfg.obs_keys is not None else [])
+    except ValueError as e:
+        raise ConfigError(f"obs_keys={list(cfg.obs_keys or [])}: {e}") from None
+    algo = str(cfg.algo)
+    for key in ("n_steps", "batch_size", "n_epochs", "buffer_size"):
+        if key in cfg[algo]:
+            _whole(cfg, f"{algo}.{key}", 1)
+    if "learning_starts" in cfg[algo]:
+        _whole(cfg, f"{algo}.learning_starts", 0)
+    lr, gamma = cfg[algo].get("learning_rate"), cfg[algo].get("gamma")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise ConfigError(f"{algo}.learning_rate={lr!r}: expected a number > 0")
+    if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not 0 < gamma <= 1:
+        raise ConfigError(f"{algo}.gamma={gamma!r}: expected a number in (0, 1]")
+    arch = cfg[algo].get("net_arch")
+    if arch is None or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in arch):
+        raise ConfigError(f"{algo}.net_arch={arch!r}: expected a list of positive layer widths, e.g. [128, 128]")
+    if cfg.init is not None:
+        init = Path(str(cfg.init))
+        if not init.exists():
+            raise ConfigError(f"init={cfg.init}: no such policy file or folder")
+        if init.resolve().is_relative_to(Path(str(cfg.out)).resolve()):
+            raise ConfigError(
+                f"init={cfg.init} lies inside out={cfg.out}, whose earlier results a new run moves aside; choose another out="
+            )
+        zipped = sb3_zip_of(init)
+        if zipped is not None and not cfg.allow_pickle:
+            raise UnsafeCheckpointError(pickle_refusal(zipped))
+        if zipped is None:
+            _check_init(cfg, init)
+    if cfg.env == "dream" and cfg.checkpoint is not None and not Path(str(cfg.checkpoint)).exists():
+        raise ConfigError(f"checkpoint={cfg.checkpoint}: no such world-model checkpoint")
+
+
+def _check_init(cfg: DictConfig, init: Path) -> None:
+    """The init policy's algorithm, observation keys and layers must be this config's (read from its JSON)."""
+    from .sb3_format import read_policy_config
+
+    icfg = read_policy_config(policy_files(init)[1])
+    kw = icfg["policy_kwargs"]
+    try:
+        keys = sorted(k for k, _ in kw["observation_space"]["space"]["spaces"])
+        arch = kw.get("net_arch")
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{policy_files(init)[1]}: its observation_space is not a Dict space") from None
+    if icfg["algo"] != cfg.algo:
+        raise ConfigError(f"init={init}: a {icfg['algo']} policy, but algo={cfg.algo}")
+    if keys != sorted(cfg.obs_keys):
+        raise ConfigError(f"init={init}: the policy reads {keys}, but obs_keys={sorted(cfg.obs_keys)}")
+    if arch != list(cfg[cfg.algo].net_arch):
+        raise ConfigError(f"init={init}: its layers are net_arch={arch}, but {cfg.algo}.net_arch={list(cfg[cfg.algo].net_arch)}")
+
+
+# ----------------------------------------------------------------------------- what a run is
+def _world_model_path(cfg: DictConfig) -> Path:
+    from dreamgym.worldmodel.dream_env import DEFAULT_CHECKPOINT
+
+    return Path(str(cfg.checkpoint)) if cfg.checkpoint is not None else DEFAULT_CHECKPOINT
+
+
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """What ``run.json`` records and a resume must match: config, data and code."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(c, dict)
+    algo = c["algo"]
+    config = {k: v for k, v in c.items() if k not in MACHINE_KEYS and k not in ALGOS}
+    config[algo] = c[algo]
+    data: dict[str, Any] = {"world_model": None}
+    if cfg.env == "dream":
+        wm = _world_model_path(cfg)
+        data = {"world_model": str(wm), "world_model_sha256": file_digests(wm)}
+    if cfg.init is not None:
+        init = Path(str(cfg.init))
+        zipped = sb3_zip_of(init)
+        data["init_sha256"] = file_digests(zipped if zipped is not None else policy_files(init)[0])
+    return {"config": config, "data": data, "code": code_versions()}
+
+
+# ----------------------------------------------------------------------------- the model
+def _build_model(cfg: DictConfig, venv: Any, out: Path, stats: dict | None) -> Any:
+    from .networks import ObsExtractor
+
+    algo = str(cfg.algo)
+    hp = OmegaConf.to_container(cfg[algo], resolve=True)
+    assert isinstance(hp, dict)
+    hp.pop("algo", None)
+    policy_kwargs: dict[str, Any] = dict(
+        net_arch=list(hp.pop("net_arch")),
+        features_extractor_class=ObsExtractor,
+        features_extractor_kwargs={"stats": stats} if stats is not None else {},
+        normalize_images=False,
+    )
+    if "log_std_init" in hp:
+        policy_kwargs["log_std_init"] = float(hp.pop("log_std_init"))
+    return sb3_algo_class(algo)(
+        "MultiInputPolicy",
+        venv,
+        seed=int(cfg.seed),
+        device=cfg.device,
+        tensorboard_log=str(out / "tb"),
+        policy_kwargs=policy_kwargs,
+        verbose=0,
+        **hp,
+    )
+
+
+def _load_init(cfg: DictConfig, model: Any) -> int:
+    """Copy the ``init`` policy's weights into ``model``; returns the env steps it was trained for."""
+    init = Path(str(cfg.init))
+    zipped = sb3_zip_of(init)
+    if zipped is not None:
+        model_zip = load_sb3_model(zipped, "cpu", allow_pickle=bool(cfg.allow_pickle))
+        network, algo, before = model_zip.policy, sb3_algo_of(zipped), int(model_zip.num_timesteps)
+    else:
+        network, icfg = load_sb3_network(init)
+        check_finished(policy_files(init)[0].parent, icfg)
+        algo, before = str(icfg["algo"]), int(icfg.get("total_steps") or 0)
+    if algo != cfg.algo:
+        raise ConfigError(f"init={init}: a {algo} policy, but algo={cfg.algo}")
+    have, want = policy_kwargs_to_json(network), policy_kwargs_to_json(model.policy)
+    diff = {k: v for k, v in differences(have, want).items() if not k.startswith("log_std_init")}
+    if diff:
+        raise ConfigError(f"init={init}: its network differs from this config's ({describe(diff, was='init')})")
+    model.policy.load_state_dict(network.state_dict())
+    return before
+
+
+# ----------------------------------------------------------------------------- the command
 def train_policy(cfg: DictConfig | dict) -> Path:
-    """Train a policy as configured (see ``configs/train_policy.yaml``); returns ``<out>/policy.zip``."""
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
+    """Train (or resume, or return the finished) run as configured (see ``configs/train_policy.yaml``);
+    returns ``<out>/policy.safetensors``.
+
+    Raises ``ConfigError`` for a value out of range, ``RunMismatchError`` when ``out`` holds a run
+    with other settings, ``CheckpointError`` for an unreadable init policy or checkpoint.
+    """
+    from dreamgym.configs import compose
+
+    given = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    base = compose("train_policy", [])
+    unknown = sorted(k for k in given if k not in base)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown}; train-policy reads {sorted(base)}")
+    merged = OmegaConf.merge(base, given)  # keys a caller leaves out keep the yaml's defaults
+    assert isinstance(merged, DictConfig)
+    cfg = merged
+    check_config(cfg)
+    torch.set_num_threads(int(cfg.num_threads))
+    settings = run_settings(cfg)
+    out = Path(str(cfg.out))
+    folder = RunFolder(out).claim()
+    try:
+        rec = folder.record()
+        ckpt = None
+        if rec is not None:
+            diff = differences(rec["settings"], settings)
+            if diff and not cfg.restart:
+                raise RunMismatchError(
+                    f"{out} holds a run with other settings ({describe(diff)}); re-run with the run's settings to continue it, "
+                    "restart=true to start afresh (its files are moved to replaced-<time>/), or choose another out="
+                )
+            if not diff and rec["status"] == "finished" and (out / WEIGHTS).is_file():
+                print(f"train-policy: {out} finished in an earlier run; nothing to do")
+                return out / WEIGHTS
+            if diff or rec["status"] == "finished":
+                rec = None
+            else:
+                found = list_checkpoints(out)
+                ckpt = found[-1] if found else None
+        if rec is None:
+            rec = folder.start(settings, int(cfg.steps))
+        _train(cfg, folder, rec, ckpt)
+        return out / WEIGHTS
+    finally:
+        folder.release()
+
+
+def _train(cfg: DictConfig, folder: RunFolder, rec: dict[str, Any], ckpt: Path | None) -> None:
+    """Steps 3-6 of the module docstring, for a run whose folder is claimed and recorded."""
     from stable_baselines3.common.vec_env import VecMonitor
 
     from dreamgym.envs.sb3 import SB3VecEnv
 
-    from .networks import ObsExtractor, measure_obs_stats
+    from .networks import measure_obs_stats
+    from .train_callback import TrainCallback, recent_return, restart_episodes
 
-    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-    if cfg.out is None:
-        raise SystemExit("dreamgym train-policy: give out=<run dir>")
-    torch.set_num_threads(int(cfg.num_threads))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    algo = str(cfg.algo)
-    cls = sb3_algo_class(algo)
+    out, algo, steps, B = folder.root, str(cfg.algo), int(cfg.steps), int(cfg.num_envs)
     obs_keys = tuple(cfg.obs_keys)
-    t0 = time.time()
     env = make_env(
         cfg.env,
         cfg.task,
-        int(cfg.num_envs),
+        B,
         obs_keys,
         int(cfg.seed),
         cfg.checkpoint,
@@ -132,77 +336,66 @@ def train_policy(cfg: DictConfig | dict) -> Path:
         cfg.device,
     )
     venv = VecMonitor(SB3VecEnv(env))
-    hp = OmegaConf.to_container(cfg[algo], resolve=True)
-    assert isinstance(hp, dict)
-    hp.pop("algo", None)
-    net_arch = hp.pop("net_arch", [128, 128])
-    if cfg.init:
-        model = cls.load(str(cfg.init), env=venv, device=cfg.device, tensorboard_log=str(out / "tb"))
-        if set(model.observation_space.spaces) != set(obs_keys):
-            raise ValueError(f"init policy {cfg.init} reads {list(model.observation_space.spaces)}, but obs_keys={list(obs_keys)}")
-    else:
-        stats = measure_obs_stats(env, int(cfg.stats_steps), int(cfg.seed))
-        policy_kwargs = dict(
-            net_arch=list(net_arch),
-            features_extractor_class=ObsExtractor,
-            features_extractor_kwargs={"stats": stats},
-            normalize_images=False,
-        )
-        if "log_std_init" in hp:
-            policy_kwargs["log_std_init"] = float(hp.pop("log_std_init"))
-        model = cls(
-            "MultiInputPolicy",
-            venv,
-            seed=int(cfg.seed),
-            device=cfg.device,
-            tensorboard_log=str(out / "tb"),
-            policy_kwargs=policy_kwargs,
-            verbose=0,
-            **hp,
-        )
-    start_steps = int(model.num_timesteps)
-    counter = _Progress()
-    every = max(1, int(cfg.checkpoint_every) // int(cfg.num_envs))
-    callbacks = CallbackList([counter.callback, CheckpointCallback(every, str(out / "checkpoints"), name_prefix=algo)])
+    fresh = ckpt is None and cfg.init is None
+    model = _build_model(cfg, venv, out, measure_obs_stats(env, int(cfg.stats_steps), int(cfg.seed)) if fresh else None)
+    init_steps = _load_init(cfg, model) if cfg.init is not None and ckpt is None else int(rec.get("init_steps") or 0)
+    cb: TrainCallback
+
+    def meta() -> dict[str, Any]:
+        done = int(model.num_timesteps)
+        mean, _ = recent_return(model)
+        return {
+            "run_id": rec["run_id"],
+            "task": cfg.task,
+            "env": cfg.env,
+            "obs_keys": list(obs_keys),
+            "world_model": None if cfg.env == "real" else str(cfg.checkpoint or "default"),
+            "steps": done,
+            "total_steps": init_steps + done,
+            # the dream's: the simulator steps its start source ran (none for dataset starts), over resumes too
+            "real_env_steps": done if cfg.env == "real" else cb.real_steps_before + int(env.real_steps),
+            "starts": None if cfg.env == "real" else env.starts_info,
+            "episodes": cb.episodes,
+            "train_return_recent": mean,
+            "train_success_recent": float(sum(model.ep_success_buffer) / len(model.ep_success_buffer)) if model.ep_success_buffer else None,
+            "wall_s": cb.wall_s(),
+            "init": str(cfg.init) if cfg.init else None,
+        }
+
+    cb = TrainCallback(algo, out, int(cfg.seed), steps, B, int(cfg.checkpoint_every), int(cfg.log_every), bool(cfg.progress), meta)
+    if cfg.env == "dream":
+        cb.real_steps_now = lambda: int(env.real_steps)
+    if ckpt is not None:
+        state = load_train_state(model, algo, ckpt)
+        cb.resume_from(state)
+        restart_episodes(model, int(cfg.seed), state.step)  # the episodes that checkpoint started
+        print(f"train-policy: resuming {out} from its checkpoint at {state.step}/{steps} steps")
+    elif cfg.init is not None:
+        rec["init_steps"] = init_steps
+        atomic_write_json(out / RUN, rec)
     model.learn(
-        total_timesteps=int(cfg.steps),
-        callback=callbacks,
-        progress_bar=bool(cfg.progress),
+        total_timesteps=steps - int(model.num_timesteps),
+        callback=cb,
+        progress_bar=False,
         tb_log_name=str(cfg.get("tb_name") or algo),
-        reset_num_timesteps=not cfg.init,
+        reset_num_timesteps=ckpt is None,
     )
-    path = out / "policy.zip"
-    model.save(str(path))
-    total_steps = int(model.num_timesteps)  # includes the steps of ``init``
-    steps = total_steps - start_steps
-    real_steps = steps if cfg.env == "real" else int(env.real_steps)  # the dream's: simulator steps spent on its starts
-    ep_returns = [float(e["r"]) for e in model.ep_info_buffer] if model.ep_info_buffer else []
-    meta = {
-        "family": "sb3",
-        "algo": algo,
-        "task": cfg.task,
-        "env": cfg.env,
-        "obs_keys": list(obs_keys),
-        "world_model": None if cfg.env == "real" else str(cfg.checkpoint or "default"),
-        "steps": steps,
-        "total_steps": total_steps,
-        "real_env_steps": real_steps,
-        "starts": None if cfg.env == "real" else env.starts_info,
-        "episodes": counter.episodes,
-        "train_return_recent": float(np.mean(ep_returns)) if ep_returns else None,
-        "train_success_recent": float(np.mean(model.ep_success_buffer)) if model.ep_success_buffer else None,
-        "wall_s": time.time() - t0,
-        "init": str(cfg.init) if cfg.init else None,
-    }
-    (out / POLICY_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    from .sb3_format import save_sb3_policy
+
+    save_sb3_policy(model.policy, algo, out, meta())  # policy.json, then policy.safetensors
     (out / "train_config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    folder.finish(rec)
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # only a run that has not finished needs them
     venv.close()
-    return path
 
 
 def run(cfg: DictConfig) -> int:
     """Entry point of ``dreamgym train-policy``."""
-    path = train_policy(cfg)
-    print(json.dumps(json.loads((path.parent / POLICY_CONFIG).read_text()), indent=2))
+    try:
+        path = train_policy(cfg)
+    except (ConfigError, CheckpointError, RunMismatchError) as e:
+        raise SystemExit(f"dreamgym train-policy: {e}") from None
+    meta = read_json(path.parent / POLICY_CONFIG)
+    print(json.dumps({k: v for k, v in meta.items() if k != "policy_kwargs"}, indent=2))  # the network's arguments stay in the file
     print(f"train-policy: policy in {path}")
     return 0

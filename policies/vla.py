@@ -313,12 +313,12 @@ class VLAPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
-        from safetensors.torch import load_file
+        from .weights import read_json, read_safetensors
 
         path = Path(path)
         if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
             raise FileNotFoundError(f"{path} is not a VLA checkpoint: expected config.json and model.safetensors in it")
-        raw = json.loads((path / "config.json").read_text())
+        raw = read_json(path / "config.json")
         if raw.get("kind") != "vla":
             raise ValueError(f"{path}/config.json describes a {raw.get('kind')!r} policy, not 'vla'")
         if raw.get("version", 1) != ARCH_VERSION:
@@ -328,7 +328,7 @@ class VLAPolicy(nn.Module):
             )
         raw["channels"] = tuple(raw["channels"])
         model = cls(VLAConfig(**raw))
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        model.load_state_dict(read_safetensors(path / "model.safetensors"))
         return model.to(device).eval()
 
 

@@ -190,10 +190,11 @@ def test_train_policy_gives_a_loadable_checkpoint(tmp_path, tiny_wm, env, algo):
         assert meta["real_env_steps"] == meta["starts"]["real_steps"] >= B + meta["episodes"]
         assert meta["real_env_steps"] % B == 0 and meta["starts"]["kind"] == "simulator"
     assert list((tmp_path / "run" / "tb").iterdir())  # tensorboard logs
-    for spec in (path, path.parent):  # the zip, or the run directory
+    assert path.name == "policy.safetensors" and json.loads((path.parent / "run.json").read_text())["status"] == "finished"
+    for spec in (path, path.parent):  # the weights, or the run directory
         pol = load_policy(spec)
         assert isinstance(pol, SB3Policy) and pol.obs_keys == ("motion", "task_obs")  # the env's key order
-        assert type(pol.model).__name__ == algo.upper()
+        assert pol.algo == algo and type(pol.network).__module__.startswith("stable_baselines3")
         a = pol.act({"task_obs": torch.zeros(3, 8), "motion": torch.zeros(3, 227)})
         assert a.shape == (3, 6) and a.abs().max() <= 1
 
