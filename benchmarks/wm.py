@@ -87,6 +87,7 @@ def default_train_step(model: torch.nn.Module, train_cfg: Mapping[str, Any] | No
     clipping, AdamW. Without ``worldmodel.train``, EDM training sigmas for every modality.
     Returns the step function and a description of what it does."""
     from dreamgym.worldmodel import edm
+    from dreamgym.worldmodel.config import NoiseConfig
 
     tc = dict(train_cfg or {})
     noise_cfg = dict(tc.get("noise") or {"p_clean": 0.1, "p_sigma_max": 0.15, "p_skip_frames": 0.5, "p_skip_occupancy": 0.1})
@@ -104,7 +105,7 @@ def default_train_step(model: torch.nn.Module, train_cfg: Mapping[str, Any] | No
         c = model.config
         shapes = model._target_shapes(B)
         noise = {m: torch.randn(shapes[m], generator=gen) for m in c.modalities}
-        sigma = {m: edm.sample_training_sigma(B, c.edm, generator=gen) for m in c.modalities}
+        sigma = {m: edm.sample_training_sigma(B, NoiseConfig(), generator=gen) for m in c.modalities}
         return noise, sigma, [m for m in ("ego", "occupancy") if m in c.modalities]
 
     PB = int(tc.get("prior_batch") or 0) if getattr(model.config, "state_prior", 0) else 0

@@ -32,6 +32,11 @@ def tiny_wm(tmp_path_factory):
         data_resolution=32,
         context=2,
         modalities=["motion", "partner_motion", "props"],
+        ego_warp=False,  # no frames or grid to warp
+        occupancy_warp=False,
+        state_prior=0,
+        props_dynamics=0,
+        partner_actions=False,
         dim=32,
         depth=1,
         heads=2,

@@ -1,11 +1,13 @@
-"""The world model: save/load, bad checkpoints, training, imagine/rollout, conditioning, resume, NaN guard.
+"""The world model: save/load, bad checkpoints, configs and their checks, the format upgrade,
+training, imagine/rollout, conditioning, resume, NaN guard, and the shipped model's reference dream.
 
-Everything runs on a tiny config and synthetic episodes (no simulator), so the default run is fast;
-the two-process (gloo) equivalence test is marked slow.
+Everything but the reference dream runs on a tiny config and synthetic episodes (no simulator), so
+the default run is fast; the two-process (gloo) equivalence test is marked slow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,7 +19,8 @@ import pytest
 import torch
 
 from dreamgym.worldmodel import data as D
-from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
+from dreamgym.worldmodel.config import ArchitectureConfig, SamplerConfig
+from dreamgym.worldmodel.model import WorldModel
 from dreamgym.worldmodel.train import NonFiniteLossError, latest_checkpoint, load_episodes, save_episodes, train
 
 torch.set_num_threads(1)  # the machine is shared: one thread avoids oversubscription stalls
@@ -33,7 +36,15 @@ TINY = dict(
     heads=2,
     grid_tokens=2,
     reward_hidden=32,
+    # the plain network: each test switches on the branch it exercises
+    ego_warp=False,
+    state_prior=0,
+    props_dynamics=0,
+    occupancy_warp=False,
+    partner_actions=False,
 )
+# a diffusion sample by default, no props decoding rules
+TINY_SAMPLER = dict(init_noise=1.0, props_rest_threshold=0.0, props_contact_radius=0.0)
 TINY_OVERRIDES = [
     "worldmodel.resolution=16",
     "worldmodel.context=2",
@@ -94,9 +105,9 @@ def synthetic_episodes(n: int = 3, T: int = 10, res: int = 32, seed: int = 0) ->
     return eps
 
 
-def tiny_model(seed: int = 0, **kw) -> WorldModel:
+def tiny_model(seed: int = 0, sampler: dict | None = None, **kw) -> WorldModel:
     torch.manual_seed(seed)
-    m = WorldModel(WorldModelConfig(**(TINY | kw)))
+    m = WorldModel(ArchitectureConfig(**(TINY | kw)), SamplerConfig(**(TINY_SAMPLER | (sampler or {}))))
     m.norm.fit([D.collate([D.EpisodeWindows(synthetic_episodes(), 3)[i] for i in range(8)])], m.config.resolution, True)
     return m
 
@@ -131,9 +142,9 @@ def test_occupancy_round_trip():
 def test_save_load_round_trip(tmp_path):
     m = tiny_model().eval()
     m.save_pretrained(tmp_path / "ck")
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors", "sampler.json"]
     m2 = WorldModel.from_pretrained(tmp_path / "ck")
-    assert m2.config == m.config
+    assert m2.config == m.config and m2.sampler == m.sampler
     for k, v in m.state_dict().items():
         assert torch.equal(v, m2.state_dict()[k]), k
     ctx, ws = context_of(synthetic_episodes())
@@ -174,7 +185,7 @@ def test_bad_checkpoints_name_file_and_problem(tmp_path):
     cfg = json.loads((d / "config.json").read_text())
     cfg["colour"] = 1
     (bad / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"config\.json: unknown world-model config fields \['colour'\]"):
+    with pytest.raises(ValueError, match=r"config\.json: unknown architecture config fields \['colour'\]"):
         WorldModel.from_pretrained(bad)
 
 
@@ -343,9 +354,9 @@ def test_state_prior_is_learned_and_clean_conditions_pass_through():
 
 
 def test_props_dynamics_network_moves_the_props_and_learns_from_its_own_dreams(tmp_path):
-    with pytest.raises(ValueError, match="props_dynamics needs a state_prior"):
-        WorldModelConfig(**(TINY | dict(props_dynamics=16)))
-    m = tiny_model(state_prior=16, props_dynamics=16, init_noise=0.0)
+    with pytest.raises(ValueError, match=r"props_dynamics = 16 is invalid \(expected 0, or a state_prior \(got 0\)"):
+        ArchitectureConfig(**(TINY | dict(props_dynamics=16)))
+    m = tiny_model(state_prior=16, props_dynamics=16, sampler=dict(init_noise=0.0))
     eps = synthetic_episodes(T=10)
     wins = [D.collate([D.EpisodeWindows(eps, 3)[i] for i in range(8)])]
     m.fit_props_features(wins)
@@ -380,7 +391,7 @@ def test_props_dynamics_network_moves_the_props_and_learns_from_its_own_dreams(t
     assert torch.equal(r["props"][:, 2], w6["props"][:, 5].float()) and torch.equal(r["props_recorded_last"], w6["props"][:, 4].float())
     assert not torch.equal(r["props"][:, :2], w6["props"][:, 3:5].float())
     # a resting prop that no joint reaches stays at rest; a moving or a touched one does not
-    m.config.props_rest_threshold, m.config.props_contact_radius = 5e-4, 0.75
+    m.sampler.props_rest_threshold, m.sampler.props_contact_radius = 5e-4, 0.75
     body = ctx["motion"][:, 1]
     joint0 = D.joints_world(body)[:, 0]
     last = torch.stack([joint0 + 0.3, joint0 + 50.0, joint0 + 50.0, joint0 + 50.0], 1)
@@ -398,7 +409,7 @@ def test_props_dynamics_network_moves_the_props_and_learns_from_its_own_dreams(t
 
 def test_prior_rollout_dreams_what_a_one_step_dream_does():
     """The prior trains on its own dreams exactly as the one-step, zero-noise dream runs it."""
-    m = tiny_model(state_prior=16, init_noise=0.0).eval()
+    m = tiny_model(state_prior=16, sampler=dict(init_noise=0.0)).eval()
     eps = synthetic_episodes(T=10)
     w = D.collate([D.EpisodeWindows(eps, 6)[i] for i in range(3)])  # K = 2, 3 dreamed steps, a target
     out = m.prior_rollout(w, 3)
@@ -611,8 +622,8 @@ def test_warping_model_predicts_frames_from_the_warped_base(monkeypatch):
     given them (relative to the last frame warped to the dreamed head pose), and all three
     conditionings still work."""
     m = tiny_model(ego_warp=True)
-    with pytest.raises(ValueError, match="ego_warp needs ego frames with depth"):
-        WorldModelConfig(**(TINY | {"ego_warp": True, "ego_depth": False}))
+    with pytest.raises(ValueError, match=r"ego_warp = True is invalid \(expected false, or ego frames with depth"):
+        ArchitectureConfig(**(TINY | {"ego_warp": True, "ego_depth": False}))
     eps = synthetic_episodes()
     ws = D.collate([D.EpisodeWindows(eps, 3)[i] for i in range(4)])
     g = torch.Generator().manual_seed(0)
@@ -673,10 +684,10 @@ def test_props_at_rest_stay_at_rest():
     a = ws["actions"][:, :2]
     free = m.imagine(ctx, a, modalities=["props"], init_noise=0.0)
     assert not torch.equal(free["props"], ctx["props"][:, -1])
-    m.config.props_rest_threshold = 1e6  # every predicted displacement counts as drift
+    m.sampler.props_rest_threshold = 1e6  # every predicted displacement counts as drift
     held = m.imagine(ctx, a, modalities=["props"], init_noise=0.0)
     assert torch.equal(held["props"], ctx["props"][:, -1])
-    m.config.props_rest_threshold = 1e-9  # nothing is dropped
+    m.sampler.props_rest_threshold = 1e-9  # nothing is dropped
     assert torch.equal(m.imagine(ctx, a, modalities=["props"], init_noise=0.0)["props"], free["props"])
 
 
@@ -732,3 +743,278 @@ def test_an_occupancy_warp_model_measures_the_next_grid_from_the_carried_one():
         x0 = {"occupancy": torch.zeros(3, m.config.n_occ_channels, 32, 32)}
         dec = m._decode(enc, {**m._given_to_model(given, enc), "props": torch.zeros(3, 4, 3), **x0})
         assert torch.equal(dec["occupancy"], grid)
+
+
+# ----------------------------------------------------------------------------- configs
+def test_config_defaults_are_the_shipped_model_and_the_yaml_files():
+    from omegaconf import OmegaConf
+
+    from dreamgym.configs import compose
+    from dreamgym.worldmodel.model import DEFAULT_CHECKPOINT
+
+    shipped = json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())
+    assert shipped.pop("format_version") == 2 and ArchitectureConfig.from_dict(shipped) == ArchitectureConfig()
+    sampler = json.loads((DEFAULT_CHECKPOINT / "sampler.json").read_text())
+    assert sampler.pop("format_version") == 2 and SamplerConfig.from_dict(sampler) == SamplerConfig()
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    wm = OmegaConf.to_container(OmegaConf.load(configs / "worldmodel" / "default.yaml"))
+    assert ArchitectureConfig.from_dict(wm) == ArchitectureConfig()
+    assert SamplerConfig.from_dict(OmegaConf.to_container(OmegaConf.load(configs / "sampler" / "default.yaml"))) == SamplerConfig()
+    # train-wm's worldmodel group: the default and its deterministic twin
+    from dreamgym.worldmodel.train import model_config_from
+
+    assert model_config_from(compose("train_wm", []), 32) == ArchitectureConfig()
+    det = model_config_from(compose("train_wm", ["worldmodel=deterministic"]), 32)
+    assert det.deterministic and dataclasses.replace(det, deterministic=False) == ArchitectureConfig()
+
+
+@pytest.mark.parametrize(
+    "cls, values, message",
+    [
+        (ArchitectureConfig, {"context": "abc"}, r"context = 'abc' is invalid \(expected an integer >= 1\)"),
+        (ArchitectureConfig, {"context": 0}, r"context = 0 is invalid \(expected an integer >= 1\)"),
+        (ArchitectureConfig, {"context": True}, r"context = True is invalid \(expected an integer"),
+        (ArchitectureConfig, {"heads": 5}, r"heads = 5 is invalid \(expected a divisor of dim \(96\)\)"),
+        (ArchitectureConfig, {"dim": 95, "heads": 5}, r"dim = 95 is invalid \(expected an even number >= 2\)"),
+        (ArchitectureConfig, {"sigma_data": 0}, r"sigma_data = 0.0 is invalid \(expected a number > 0\)"),
+        (ArchitectureConfig, {"sigma_max": float("nan")}, r"sigma_max = nan is invalid \(expected a number > 0\)"),
+        (
+            ArchitectureConfig,
+            {"frame_channels": [16, 30]},
+            r"frame_channels = \[16, 30\] is invalid \(expected .*multiples of groups \(8\)",
+        ),
+        (
+            ArchitectureConfig,
+            {"frame_channels": [8, 8, 8, 8, 8, 8, 8]},
+            r"frame_channels = .* is invalid \(expected at most as many levels",
+        ),
+        (ArchitectureConfig, {"occupancy_channels": [0, 8]}, r"occupancy_channels = \[0, 8\] is invalid \(expected a non-empty list"),
+        (ArchitectureConfig, {"modalities": ["ego", "smell"]}, r"modalities = \['ego', 'smell'\] is invalid"),
+        (ArchitectureConfig, {"modalities": ["ego", "motion"]}, r"modalities = .* is invalid \(expected a list that includes the state"),
+        (ArchitectureConfig, {"occupancy_shape": [8, 32]}, r"occupancy_shape = \[8, 32\] is invalid \(expected three sizes"),
+        (ArchitectureConfig, {"state_prior": -1}, r"state_prior = -1 is invalid \(expected an integer >= 0\)"),
+        (SamplerConfig, {"num_steps": 0}, r"num_steps = 0 is invalid \(expected an integer >= 1\)"),
+        (SamplerConfig, {"init_noise": -0.5}, r"init_noise = -0.5 is invalid \(expected a number >= 0.0\)"),
+        (SamplerConfig, {"sigma_min": 0.0}, r"sigma_min = 0.0 is invalid \(expected a number > 0\)"),
+        (SamplerConfig, {"props_contact_radius": "far"}, r"props_contact_radius = 'far' is invalid \(expected a number >= 0.0\)"),
+    ],
+)
+def test_bad_config_values_are_refused_naming_key_value_and_what_is_allowed(cls, values, message):
+    with pytest.raises(ValueError, match=f"^{cls.__name__}: {message}") as e:
+        cls(**values)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=f"^some.json: {message}"):
+        cls.from_dict(values, source="some.json")
+
+
+def test_training_and_noise_configs_are_checked():
+    from dreamgym.worldmodel.config import NoiseConfig, TrainingConfig
+
+    for values, message in (
+        ({"steps": -5}, r"steps = -5 is invalid \(expected an integer >= 1\)"),
+        ({"batch_size": 0}, r"batch_size = 0 is invalid \(expected an integer >= 1\)"),
+        ({"lr": 0.0}, r"lr = 0.0 is invalid \(expected a number > 0\)"),
+        ({"ema_decay": 1.0}, r"ema_decay = 1.0 is invalid \(expected a number in \[0, 1\)\)"),
+        ({"noise": {"p_clean": 1.5}}, r"noise.p_clean = 1.5 is invalid \(expected a number in \[0, 1\]\)"),
+        ({"noise": {"p_clean": 0.6, "p_sigma_max": 0.6}}, r"noise.p_sigma_max = 0.6 is invalid \(expected at most 1 - p_clean \(0.4\)\)"),
+    ):
+        with pytest.raises(ValueError, match=f"^train_wm: {message}"):
+            TrainingConfig.from_dict(values, source="train_wm")
+    with pytest.raises(ValueError, match=r"^train_wm: unknown noise config fields \['p_loud'\]"):
+        TrainingConfig.from_dict({"noise": {"p_loud": 0.1}}, source="train_wm")
+    t = TrainingConfig.from_dict({"steps": 10, "noise": {"p_clean": 0.2}})
+    assert t.steps == 10 and t.noise == NoiseConfig(p_clean=0.2) and TrainingConfig().noise == NoiseConfig()
+
+
+def test_unknown_keys_are_named_and_sampler_keys_pointed_to_their_file():
+    with pytest.raises(ValueError, match=r"^x: unknown architecture config fields \['colour'\]; allowed: resolution, "):
+        ArchitectureConfig.from_dict({"colour": 1}, source="x")
+    with pytest.raises(ValueError, match=r"unknown architecture config fields \['init_noise'\] \(\['init_noise'\] belong to the sampler"):
+        ArchitectureConfig.from_dict({"init_noise": 0.0}, source="x")
+    with pytest.raises(ValueError, match=r"^x: unknown sampler config fields \['heun'\]"):
+        SamplerConfig.from_dict({"heun": True}, source="x")
+
+
+def test_a_sampler_must_fit_the_architecture():
+    with pytest.raises(
+        ValueError, match=r"^SamplerConfig: sigma_min = 30.0 is invalid \(expected a number below the architecture's sigma_max \(20.0\)\)"
+    ):
+        WorldModel(ArchitectureConfig(**TINY), SamplerConfig(sigma_min=30.0))
+    with pytest.raises(TypeError, match="needs an ArchitectureConfig"):
+        WorldModel(SamplerConfig())
+
+
+def test_a_loaded_checkpoint_is_checked_like_a_built_config(tmp_path):
+    d = tiny_model().save_pretrained(tmp_path / "ck")
+    good = json.loads((d / "config.json").read_text())
+    for change, message in (
+        ({"sigma_max": -5, "sigma_data": 0}, r"config\.json: sigma_data = 0.0 is invalid \(expected a number > 0\)"),
+        ({"sigma_max": -5}, r"config\.json: sigma_max = -5.0 is invalid \(expected a number > 0\)"),
+        ({"context": "abc"}, r"config\.json: context = 'abc' is invalid \(expected an integer >= 1\)"),
+        ({"heads": 5}, r"config\.json: heads = 5 is invalid \(expected a divisor of dim \(32\)\)"),
+        ({"format_version": 99}, r"config\.json: format_version 99 is newer than this dreamgym reads \(up to 2\)"),
+        ({"format_version": "2"}, r"config\.json: format_version = '2' is invalid \(expected an integer from 1 to 2\)"),
+    ):
+        (d / "config.json").write_text(json.dumps(good | change))
+        with pytest.raises(ValueError, match=message) as e:
+            WorldModel.from_pretrained(d)
+        assert str(d) in str(e.value) and "\n" not in str(e.value)
+    (d / "config.json").write_text(json.dumps(good))
+    sampler = json.loads((d / "sampler.json").read_text())
+    for change, message in (
+        ({"num_steps": 0}, r"sampler\.json: num_steps = 0 is invalid \(expected an integer >= 1\)"),
+        ({"sigma_min": 25.0}, r"sampler\.json: sigma_min = 25.0 is invalid \(expected a number below the architecture's sigma_max"),
+        ({"format_version": 3}, r"sampler\.json: format_version 3 is newer than this dreamgym reads"),
+        ({"heun": True}, r"sampler\.json: unknown sampler config fields \['heun'\]"),
+    ):
+        (d / "sampler.json").write_text(json.dumps(sampler | change))
+        with pytest.raises(ValueError, match=message):
+            WorldModel.from_pretrained(d)
+    # a checkpoint without sampler.json dreams with the default sampler
+    (d / "sampler.json").unlink()
+    assert WorldModel.from_pretrained(d).sampler == SamplerConfig()
+
+
+# ----------------------------------------------------------------------------- format 1 -> 2
+def test_upgrade_splits_the_format_1_config_into_architecture_and_sampler():
+    from dreamgym.worldmodel.config import FORMAT1_DEFAULTS, upgrade
+
+    old = json.loads((Path(__file__).parent / "data" / "wm_default_config_format1.json").read_text())
+    assert old["format_version"] == 1
+    arch, sampler = upgrade(old, "old/config.json")
+    assert ArchitectureConfig.from_dict(arch) == ArchitectureConfig() and SamplerConfig.from_dict(sampler) == SamplerConfig()
+    # a file written before an option existed has the architecture from before it
+    bare = {k: old[k] for k in ("format_version", "resolution", "data_resolution", "context", "frame_channels", "dim")}
+    arch, sampler = upgrade(bare, "older/config.json")
+    a, s = ArchitectureConfig.from_dict(arch), SamplerConfig.from_dict(sampler)
+    assert (a.action_tokens, a.ego_warp, a.state_prior, a.props_dynamics, a.occupancy_warp, a.partner_actions) == (
+        False,
+        False,
+        0,
+        0,
+        False,
+        False,
+    )
+    assert (a.context, a.dim, a.depth, a.occupancy_channels) == (2, 96, FORMAT1_DEFAULTS["depth"], FORMAT1_DEFAULTS["occupancy_channels"])
+    assert s == SamplerConfig(init_noise=1.0, props_rest_threshold=0.0, props_contact_radius=0.0)
+    with pytest.raises(ValueError, match=r"^old/config\.json: learn_success = True is invalid \(expected false"):
+        upgrade(old | {"learn_success": True}, "old/config.json")
+    with pytest.raises(ValueError, match=r"^old/config\.json: unknown world-model config fields \['colour'\] \(format 1\)"):
+        upgrade(old | {"colour": 1}, "old/config.json")
+
+
+def test_a_format_1_checkpoint_loads_as_it_was_saved(tmp_path):
+    """A checkpoint saved with one format-1 config.json (no sampler.json) loads to the same model."""
+    from dreamgym.worldmodel.config import FORMAT1_DEFAULTS
+
+    m = tiny_model(state_prior=16, sampler=dict(init_noise=0.5)).eval()
+    d = m.save_pretrained(tmp_path / "ck")
+    (d / "sampler.json").unlink()
+    old = {"format_version": 1, **m.config.to_dict(), **m.sampler.to_dict(), "learn_success": False, "root_loss_weight": 10.0}
+    del old["num_steps"]  # format 1 had no sampler steps
+    assert set(old) <= set(FORMAT1_DEFAULTS) | {"format_version"}
+    (d / "config.json").write_text(json.dumps(old))
+    back = WorldModel.from_pretrained(d)
+    assert back.config == m.config and back.sampler == m.sampler
+    ctx, ws = context_of(synthetic_episodes())
+    o1 = m.imagine(ctx, ws["actions"][:, :2], generator=torch.Generator().manual_seed(2))
+    o2 = back.imagine(ctx, ws["actions"][:, :2], generator=torch.Generator().manual_seed(2))
+    assert all(torch.equal(o1[k], o2[k]) for k in o1)
+
+
+# ----------------------------------------------------------------------------- sampler, loss weights, noise
+def test_the_sampler_gives_imagine_its_defaults_and_arguments_override_them():
+    m = tiny_model(sampler=dict(init_noise=0.0)).eval()
+    ctx, ws = context_of(synthetic_episodes())
+    a = ws["actions"][:, :2]
+    mean = m.imagine(ctx, a, modalities=["motion"], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mean["motion"], m.imagine(ctx, a, modalities=["motion"], generator=torch.Generator().manual_seed(9))["motion"])
+    drawn = m.imagine(ctx, a, modalities=["motion"], init_noise=1.0, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(drawn["motion"], mean["motion"])
+    noisy = SamplerConfig(init_noise=1.0, num_steps=2)
+    via = m.imagine(ctx, a, modalities=["motion"], sampler=noisy, generator=torch.Generator().manual_seed(0))
+    explicit = m.imagine(ctx, a, modalities=["motion"], num_steps=2, init_noise=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(via["motion"], explicit["motion"])
+    m.sampler = noisy
+    assert torch.equal(m.imagine(ctx, a, modalities=["motion"], generator=torch.Generator().manual_seed(0))["motion"], via["motion"])
+    roll = m.rollout(ctx, ws["actions"][:, 1:3], past_actions=a[:, :1], modalities=["motion"], generator=torch.Generator().manual_seed(0))
+    assert torch.equal(roll["motion"][:, 0], via["motion"])
+    with pytest.raises(ValueError, match=r"num_steps = 0 is invalid \(expected an integer >= 1\)"):
+        m.imagine(ctx, a, num_steps=0)
+    assert m.edm.sigma_min == noisy.sigma_min and m.edm.sigma_max == m.config.sigma_max
+
+
+def test_the_loss_weights_come_from_the_training_config():
+    from dreamgym.worldmodel.config import TrainingConfig
+
+    m = tiny_model(state_prior=16)
+    w = D.collate([D.EpisodeWindows(synthetic_episodes(), 3)[i] for i in range(4)])
+    g = torch.Generator().manual_seed(0)
+    noise = {k: torch.randn(4, *s, generator=g) for k, s in (("motion", (227,)), ("partner_motion", (227,)), ("props", (4, 3)))}
+    sigma = {k: torch.full((4,), 0.7) for k in noise}
+    with torch.no_grad():
+        default = m.loss(w, noise, sigma, ())
+        same = m.loss(w, noise, sigma, (), training=TrainingConfig(root_loss_weight=10.0))
+        flat = m(w, noise, sigma, (), None, TrainingConfig(root_loss_weight=1.0))
+    assert all(torch.equal(default[k], same[k]) for k in default)
+    assert not torch.equal(default["motion"], flat["motion"]) and not torch.equal(default["prior_motion"], flat["prior_motion"])
+    assert torch.equal(default["partner_motion"], flat["partner_motion"])
+
+
+def test_draw_noise_reads_a_training_config_a_noise_config_or_a_mapping():
+    from dreamgym.worldmodel.config import NoiseConfig, TrainingConfig
+    from dreamgym.worldmodel.noise import draw_noise
+    from dreamgym.worldmodel.train import draw_noise as draw_noise_from_train
+
+    assert draw_noise_from_train is draw_noise
+    arch = ArchitectureConfig(**(TINY | dict(ego_warp=True, partner_actions=True)))
+    draws = [draw_noise(arch, how, 3, [0, 2, 5], 1) for how in (TrainingConfig(), NoiseConfig(), {"p_clean": 0.1})]
+    for nz, sig, br in draws[1:]:
+        assert (
+            br == draws[0][2]
+            and all(torch.equal(nz[k], draws[0][0][k]) for k in nz)
+            and all(torch.equal(sig[k], draws[0][1][k]) for k in sig)
+        )
+    nz, sig, br = draw_noise(arch, NoiseConfig(p_clean=1.0, p_sigma_max=0.0, p_skip_frames=0.0, p_skip_occupancy=1.0), 0, [0, 1], 0)
+    assert br == ["ego"] and nz["partner_known"].dtype == torch.bool
+    assert all(float(sig[m].max()) == 0.0 for m in ("partner_motion", "props"))  # all clean but what must be learned
+    assert bool((sig["ego"] > 0).all())
+    with pytest.raises(ValueError, match=r"unknown noise config fields \['p_loud'\]"):
+        draw_noise(arch, {"p_loud": 0.5}, 0, [0], 0)
+
+
+# ----------------------------------------------------------------------------- the shipped model
+def test_the_shipped_model_dreams_its_reference():
+    """The shipped default's dream on two held-out reach32 windows equals the one recorded when the
+    configs were split (tests/data/wm_default_reference.safetensors: inputs and outputs)."""
+    from safetensors.torch import load_file
+
+    from dreamgym.worldmodel.model import load_default
+
+    ref = load_file(str(Path(__file__).parent / "data" / "wm_default_reference.safetensors"))
+    inp = {k.split(".", 1)[1]: v for k, v in ref.items() if k.startswith("input.")}
+    m = load_default()
+    assert m.sampler == SamplerConfig() and m.config == ArchitectureConfig()
+    ctx = {k: inp[k] for k in ("ego_rgb", "ego_depth", "motion", "partner_motion", "props", "occupancy", "instruction")}
+    a, pa = inp["actions"], inp["partner_actions"]
+    got = {f"imagine.{k}": v for k, v in m.imagine(ctx, a[:, :2], partner_actions=pa[:, :2]).items()}
+    r = m.imagine(
+        ctx,
+        a[:, :2],
+        num_steps=3,
+        init_noise=1.0,
+        partner_actions=pa[:, :2],
+        modalities=["motion", "partner_motion", "props"],
+        generator=torch.Generator().manual_seed(3),
+    )
+    got |= {f"imagine3.{k}": v for k, v in r.items()}
+    state = {k: ctx[k] for k in ("motion", "partner_motion", "props", "instruction")}
+    r = m.rollout(state, a[:, 1:], past_actions=a[:, :1], partner_actions=pa, modalities=["motion", "partner_motion", "props"])
+    got |= {f"rollout.{k}": v for k, v in r.items()}
+    want = {k: v for k, v in ref.items() if not k.startswith("input.")}
+    assert sorted(got) == sorted(want)
+    for k, v in want.items():
+        if v.is_floating_point():
+            assert torch.allclose(got[k], v, rtol=0, atol=1e-5), (k, float((got[k] - v).abs().max()))
+        else:
+            assert torch.equal(got[k], v), k

@@ -1,4 +1,4 @@
-"""EDM preconditioning, training-noise sampling and few-step samplers (Karras et al. 2022).
+"""EDM preconditioning, training-noise sampling and the few-step sampler (Karras et al. 2022).
 
 The world model denoises several modalities at once, each at its own noise level sigma (a clean
 modality, sigma = 0, is a condition). Everything here therefore works on one tensor per modality
@@ -7,8 +7,8 @@ and a (B,) sigma per modality.
 Why not ``diffusers`` schedulers: ``EDMEulerScheduler`` steps one sample tensor along one shared
 sigma schedule and keeps its position in internal state. Here each modality has its own sigma
 (some held at 0 as conditions) and several tensors are denoised jointly by one network call, so
-the schedule (``karras_sigmas``) and the Euler/Heun steps are written out below (a few lines,
-the same formulas as EDM's Algorithm 1/2 and diffusers' ``EDMEulerScheduler``).
+the schedule (``karras_sigmas``) and the Euler steps are written out below (a few lines, the
+same formulas as EDM's Algorithm 1 and diffusers' ``EDMEulerScheduler``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -26,14 +27,23 @@ CLEAN_LOG_SIGMA = math.log(1e-4)
 
 @dataclass(frozen=True)
 class EDMParams:
-    """EDM hyperparameters (shared by every modality; data are normalised to ``sigma_data``)."""
+    """EDM's sampling hyperparameters, shared by every modality (data are normalised to ``sigma_data``).
+
+    ``sigma_data`` and ``sigma_max`` are the architecture's (what the network was trained for),
+    ``sigma_min`` and ``rho`` the sampler's (``WorldModel.edm`` builds it from both configs).
+    """
 
     sigma_data: float = 1.0
-    p_mean: float = -0.4
-    p_std: float = 1.2
     sigma_min: float = 0.002
     sigma_max: float = 20.0
     rho: float = 7.0
+
+
+class TrainingSigma(Protocol):
+    """The log-normal training sigma's parameters (``config.NoiseConfig`` has them)."""
+
+    p_mean: float
+    p_std: float
 
 
 def expand(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -52,7 +62,7 @@ def precondition(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, 
     return c_skip, c_out, c_in, c_noise
 
 
-def sample_training_sigma(batch: int, p: EDMParams, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+def sample_training_sigma(batch: int, p: TrainingSigma, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """Log-normal training sigmas (B,): ln(sigma) ~ N(p_mean, p_std^2)."""
     z = torch.randn(batch, generator=generator, device=device)
     return torch.exp(p.p_mean + p.p_std * z)
@@ -83,13 +93,12 @@ def sample(
     noise: dict[str, torch.Tensor],
     num_steps: int,
     p: EDMParams,
-    heun: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Jointly denoise every tensor of ``noise`` (unit Gaussian, one per generated modality).
 
     ``denoise(x, sigma)`` maps noisy tensors and their (B,) sigmas to clean estimates D(x; sigma);
     conditions (clean modalities) are the caller's business (closed over in ``denoise``).
-    Euler steps, with Heun's second-order correction on all but the last step when ``heun``.
+    Euler steps along ``karras_sigmas``.
     """
     any_x = next(iter(noise.values()))
     B = any_x.shape[0]
@@ -100,10 +109,5 @@ def sample(
         sig = {k: s.expand(B) for k in x}
         d0 = denoise(x, sig)
         deriv = {k: (x[k] - d0[k]) / s for k in x}
-        x_next = {k: x[k] + (s_next - s) * deriv[k] for k in x}
-        if heun and s_next > 0:
-            d1 = denoise(x_next, {k: s_next.expand(B) for k in x})
-            deriv2 = {k: (x_next[k] - d1[k]) / s_next for k in x}
-            x_next = {k: x[k] + (s_next - s) * 0.5 * (deriv[k] + deriv2[k]) for k in x}
-        x = x_next
+        x = {k: x[k] + (s_next - s) * deriv[k] for k in x}
     return x

@@ -46,8 +46,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import data as D
-from . import edm
 from .model import CONFIG_NAME, WorldModel, WorldModelConfig, load_safetensors
+from .noise import draw_noise
 
 CKPT_DIR = "checkpoints"
 OBS_KEYS = ("ego_rgb", "ego_depth", "motion", "partner_motion", "occupancy")
@@ -157,71 +157,6 @@ def batch_indices(step: int, n: int, batch: int, seed: int) -> list[int]:
         out += perm[off : off + take]
         pos += take
     return out
-
-
-def draw_noise(
-    model_cfg: WorldModelConfig, tcfg: Mapping[str, Any], step: int, positions: list[int], seed: int
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
-    """Unit noise and sigmas (per modality, per sample) and the branches that run at ``step``.
-
-    Sample j of the local batch is sample ``positions[j]`` of the global batch; its draws depend
-    only on (seed, step, positions[j]).
-    """
-    c = model_cfg
-    p = c.edm
-    g = torch.Generator().manual_seed(seed * 7_919 + step * 104_729 + 1)
-    u = torch.rand(2, generator=g)
-    branches = []
-    if "ego" in c.modalities and u[0] >= float(tcfg["p_skip_frames"]):
-        branches.append("ego")
-    if "occupancy" in c.modalities and u[1] >= float(tcfg["p_skip_occupancy"]):
-        branches.append("occupancy")
-    shapes = {
-        "ego": (c.n_frame_channels, c.resolution, c.resolution),
-        "motion": (227,),
-        "partner_motion": (227,),
-        "props": (D.N_PROPS, 3),
-        "occupancy": (c.n_occ_channels, *c.occupancy_shape[1:]),
-    }
-    mods = [m for m in D.MODALITIES if m in D.STATE_MODALITIES or m in branches]
-    noise = {m: [] for m in mods}
-    sigma = {m: [] for m in mods}
-    known: list[bool] = []
-    for pos in positions:
-        gs = torch.Generator().manual_seed(seed * 1_000_033 + step * 9_973 + pos * 31 + 7)
-        for m in mods:
-            s = float(edm.sample_training_sigma(1, p, gs)[0])
-            r = float(torch.rand(1, generator=gs)[0])
-            if r < float(tcfg["p_clean"]):
-                s = 0.0
-            elif r < float(tcfg["p_clean"]) + float(tcfg["p_sigma_max"]):
-                s = p.sigma_max
-            sigma[m].append(s)
-            noise[m].append(torch.randn(shapes[m], generator=gs))
-        if c.ego_warp and "ego" in mods and float(torch.rand(1, generator=gs)[0]) < float(tcfg.get("p_warp", 0.7)):
-            # frames predicted given the next motion: relative to the last frame warped to it
-            sigma["motion"][-1] = 0.0
-        if c.occupancy_warp and "occupancy" in mods and float(torch.rand(1, generator=gs)[0]) < float(tcfg.get("p_warp", 0.7)):
-            # occupancy predicted given both next bodies: relative to the last grid carried to them
-            sigma["motion"][-1] = 0.0
-            sigma["partner_motion"][-1] = 0.0
-        if c.partner_actions:
-            # some samples train without the partner's commands, so that the model also dreams
-            # when a caller has none
-            known.append(float(torch.rand(1, generator=gs)[0]) >= float(tcfg.get("p_drop_partner_actions", 0.2)))
-        # every sample must have something to learn: if all were given clean, denoise motion
-        # (frames, for a warping model given its motion)
-        if all(sigma[m][-1] == 0.0 for m in mods):
-            fix = "ego" if (c.ego_warp and "ego" in mods) else "motion"
-            sigma[fix][-1] = float(edm.sample_training_sigma(1, p, gs)[0])
-    noise_out = {m: torch.stack(v) for m, v in noise.items()}
-    if c.partner_actions:
-        noise_out["partner_known"] = torch.tensor(known, dtype=torch.bool)
-    return (
-        noise_out,
-        {m: torch.tensor(v, dtype=torch.float32) for m, v in sigma.items()},
-        branches,
-    )
 
 
 # ----------------------------------------------------------------------------- EMA / checkpoints
