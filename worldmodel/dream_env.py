@@ -361,7 +361,7 @@ class DreamVecEnv(VectorEnv):
         else:
             reward = pred["reward"].float()
             term = pred["terminated"].bool()
-            success = pred["success"].bool() if "success" in pred else self.task.success(state, params)
+            success = self.task.success(state, params)
         reward = torch.where(bad, torch.zeros_like(reward), reward)
         term = term | bad
         trunc = (self._dream_steps >= self.horizon) & ~term
