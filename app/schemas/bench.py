@@ -1,0 +1,202 @@
+"""Schemas of ``dreamgym bench <what>``: one per ``configs/bench/<what>.yaml``, field for key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .data import COMPRESSIONS, check_policy_mix
+from .fields import BadValue, group, obs_key_names, setting, task_names
+from .policies import PPOConfig
+
+
+def _nonempty(name: str, values: list[Any], example: str) -> None:
+    if not values:
+        raise BadValue(name, f"{name}=[] measures nothing; e.g. {name}={example}")
+
+
+@dataclass
+class BenchEnvConfig:
+    """``configs/bench/env.yaml``"""
+
+    out: str | None = setting()
+    task: str = setting(choices=task_names)
+    resolution: int = setting(ge=8, le=1024)
+    batch_sizes: list[int] = setting(ge=1)
+    warmup_steps: int = setting(ge=0)
+    measure_seconds: float = setting(gt=0)
+    reference_env: str = setting()
+    seed: int = setting(ge=0)
+    path: str | None = setting()
+
+    def check(self) -> None:
+        _nonempty("batch_sizes", self.batch_sizes, "[1,16,64]")
+
+
+@dataclass
+class BenchCollectConfig:
+    """``configs/bench/collect.yaml``"""
+
+    out: str | None = setting()
+    task: str = setting(choices=task_names)
+    num_envs: int = setting(ge=1)
+    resolution: int = setting(ge=8, le=1024)
+    rounds: int = setting(gt=0)
+    round_steps: int = setting(gt=0)
+    warmup_steps: int = setting(ge=0)
+    seed: int = setting(ge=0)
+    policy: Any = setting()
+    noise: float = setting(ge=0)
+    shard_episodes: int = setting(gt=0)
+    queue_episodes: int = setting(gt=0)
+    compression: str | None = setting(choices=COMPRESSIONS)
+    compression_level: int | None = setting(ge=0, le=9)
+    image_chunk_steps: int = setting(gt=0)
+    work_dir: str | None = setting(exists=True)
+    path: str | None = setting()
+
+    def check(self) -> None:
+        check_policy_mix("policy", self.policy)
+
+
+@dataclass
+class LoaderDataset:
+    """``dataset:`` of ``configs/bench/loader.yaml``: what to collect when no ``path`` is given."""
+
+    out: str = setting()
+    task: str = setting(choices=task_names)
+    num_envs: int = setting(ge=1)
+    steps: int = setting(gt=0)
+    resolution: int = setting(ge=8, le=1024)
+    round_steps: int = setting(gt=0)
+    seed: int = setting(ge=0)
+
+
+@dataclass
+class BenchLoaderConfig:
+    """``configs/bench/loader.yaml``"""
+
+    out: str | None = setting()
+    path: str | None = setting(exists=True)
+    dataset: LoaderDataset = group(LoaderDataset)
+    context: int = setting(ge=1)
+    horizon: int = setting(ge=1)
+    batch_size: int = setting(gt=0)
+    num_workers: int = setting(ge=0)
+    in_memory: bool = setting()
+    warmup_batches: int = setting(ge=0)
+    measure_seconds: float = setting(gt=0)
+    single_process_windows: int = setting(gt=0)
+
+
+@dataclass
+class BenchWmConfig:
+    """``configs/bench/wm.yaml``"""
+
+    out: str | None = setting()
+    checkpoint: str | None = setting(exists=True)
+    resolution: int = setting(ge=8, le=1024)
+    task: str = setting(choices=task_names)
+    batch_sizes: list[int] = setting(ge=1)
+    num_steps: list[int] = setting(gt=0)
+    train_batch_size: int = setting(gt=0)
+    measure_seconds: float = setting(gt=0)
+    min_calls: int = setting(ge=1)
+    warmup_calls: int = setting(ge=0)
+    sim_baseline: bool = setting()
+    seed: int = setting(ge=0)
+    device: str = setting(device=True)
+    threads: int = setting(ge=1)
+    path: str | None = setting()
+
+    def check(self) -> None:
+        _nonempty("batch_sizes", self.batch_sizes, "[1,16,64]")
+        _nonempty("num_steps", self.num_steps, "[1,3]")
+
+
+@dataclass
+class BenchDreamConfig:
+    """``configs/bench/dream.yaml``"""
+
+    out: str | None = setting()
+    checkpoint: str | None = setting(exists=True)
+    resolution: int = setting(ge=8, le=1024)
+    task: str = setting(choices=task_names)
+    batch_sizes: list[int] = setting(ge=1)
+    num_denoising_steps: int = setting(gt=0)
+    frames: bool = setting()
+    measure_seconds: float = setting(gt=0)
+    min_calls: int = setting(ge=1)
+    warmup_calls: int = setting(ge=0)
+    seed: int = setting(ge=0)
+    threads: int = setting(ge=1)
+    path: str | None = setting()
+
+    def check(self) -> None:
+        _nonempty("batch_sizes", self.batch_sizes, "[1,16,64]")
+
+
+@dataclass
+class BenchVLAMaxSteps:
+    """``max_steps:`` of ``configs/bench/vla.yaml``: steps per evaluation episode, per task."""
+
+    reach: int = setting(gt=0)
+    push: int = setting(gt=0)
+
+
+@dataclass
+class BenchVLAConfig:
+    """``configs/bench/vla.yaml``"""
+
+    checkpoint: str = setting(exists=True)
+    out: str | None = setting()
+    seed: int = setting(ge=0)
+    num_threads: int = setting(ge=1)
+    tasks: list[str] = setting(choices=("reach", "push"))
+    episodes_per_condition: int = setting(gt=0)
+    room_seed_base: int = setting(ge=0)
+    max_steps: BenchVLAMaxSteps = group(BenchVLAMaxSteps)
+
+    def check(self) -> None:
+        _nonempty("tasks", self.tasks, "[reach,push]")
+
+
+@dataclass
+class TransferEnvs:
+    """``num_envs:`` of ``configs/bench/transfer.yaml``: worlds per arm."""
+
+    dream: int = setting(ge=1)
+    real: int = setting(ge=1)
+
+
+@dataclass
+class BenchTransferConfig:
+    """``configs/bench/transfer.yaml``"""
+
+    ppo: PPOConfig = group(PPOConfig)
+    out: str | None = setting()
+    run_dir: str = setting()
+    reuse: bool = setting()
+    task: str = setting(choices=task_names)
+    checkpoint: str | None = setting(exists=True)
+    wm_data_steps: int = setting(gt=0)
+    collect_steps: int = setting(ge=0)
+    collect_policy: str = setting()
+    collect_noise: float = setting(ge=0)
+    collect_envs: int = setting(ge=1)
+    wm_steps: int = setting(gt=0)
+    wm_batch_size: int = setting(gt=0)
+    dream_steps: int = setting(gt=0)
+    real_multiplier: int = setting(ge=1)
+    num_envs: TransferEnvs = group(TransferEnvs)
+    obs_keys: list[str] = setting(choices=obs_key_names)
+    num_denoising_steps: int = setting(gt=0)
+    eval_episodes: int = setting(gt=0)
+    eval_max_worlds: int = setting(ge=1)
+    eval_seed: int = setting(ge=0)
+    value_gap_episodes: int = setting(gt=0)
+    checkpoint_every: int = setting(gt=0)
+    seed: int = setting(ge=0)
+    threads: int = setting(ge=1)
+    progress: bool = setting()
+    path: str | None = setting()

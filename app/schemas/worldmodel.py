@@ -1,0 +1,149 @@
+"""Schemas of the world-model commands: train-wm (with its ``worldmodel:`` group) and eval-wm.
+
+Each field mirrors the key of the same name in ``configs/train_wm.yaml`` / ``configs/eval_wm.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dreamgym.worldmodel.model import WorldModelConfig
+
+from .fields import SPLITS, BadValue, check_dataset, check_value, fmt, group, modality_names, require, setting
+
+# The `worldmodel:` group (configs/worldmodel/*.yaml) is typed by the dataclass the trainer builds
+# the model from (``worldmodel.train.model_config_from``); its own ``__post_init__`` checks run
+# before training starts. The group's defaults are that dataclass's, overridden by the YAML.
+WORLDMODEL_GROUP: type = WorldModelConfig
+
+
+@dataclass
+class TrainingNoise:
+    """``noise:`` of ``configs/train_wm.yaml``: probabilities, each in [0, 1]."""
+
+    p_clean: float = setting(ge=0, le=1)
+    p_sigma_max: float = setting(ge=0, le=1)
+    p_skip_frames: float = setting(ge=0, le=1)
+    p_skip_occupancy: float = setting(ge=0, le=1)
+    p_warp: float = setting(ge=0, le=1)
+    p_drop_partner_actions: float = setting(ge=0, le=1)
+
+
+@dataclass
+class TrainWmConfig:
+    """``configs/train_wm.yaml``"""
+
+    worldmodel: WORLDMODEL_GROUP = group(WORLDMODEL_GROUP)  # type: ignore[valid-type]
+    data: str | None = setting()
+    heldout_data: str | None = setting()
+    init: str | None = setting(exists=True, keywords=("default",))
+    out: str | None = setting()
+    steps: int = setting(gt=0)
+    batch_size: int = setting(gt=0)
+    prior_batch: int = setting(ge=0)
+    prior_rollout: int = setting(ge=0)
+    lr: float = setting(gt=0)
+    warmup_steps: int = setting(ge=0)
+    weight_decay: float = setting(ge=0)
+    grad_clip: float = setting(gt=0)
+    ema_decay: float = setting(ge=0, lt=1)
+    noise: TrainingNoise = group(TrainingNoise)
+    stats_windows: int = setting(gt=0)
+    seed: int = setting(ge=0)
+    device: str = setting(device=True)
+    num_threads: int = setting(ge=1)
+    resume: bool = setting()
+    log_every: int = setting(gt=0)
+    eval_every: int = setting(ge=0)
+    eval_batch: int = setting(gt=0)
+    eval_num_steps: int = setting(gt=0)
+    ckpt_every: int = setting(gt=0)
+    keep_checkpoints: int = setting(ge=1)
+    stop_after: int | None = setting(gt=0)
+    progress: bool = setting()
+    path: str | None = setting()
+
+    def check(self) -> None:
+        require(self, "data", hint="give data=<dataset dir or episodes .safetensors> and out=<run dir>")
+        require(self, "out", hint="give out=<run dir> (re-running into it resumes)")
+        check_dataset("data", self.data, files=True)
+        check_dataset("heldout_data", self.heldout_data, files=True)
+        check_architecture("worldmodel.", self.worldmodel)
+
+
+@dataclass
+class Counterfactual:
+    """``counterfactual:`` of ``configs/eval_wm.yaml``."""
+
+    enabled: bool = setting()
+    num_contexts: int = setting(gt=0)
+    start: int | None = setting(ge=0)
+    horizon: int = setting(gt=0)
+    sequences: dict[str, Any] = setting()
+
+    def check(self) -> None:
+        if self.enabled and not self.sequences:
+            raise BadValue("counterfactual.sequences", "counterfactual.sequences is empty; name some, or counterfactual.enabled=false")
+        for name, seq in self.sequences.items():
+            ok = seq == "random" or (isinstance(seq, list) and len(seq) == 6 and all(isinstance(x, (int, float)) for x in seq))
+            if not ok:
+                raise BadValue(
+                    f"counterfactual.sequences.{name}",
+                    f"counterfactual.sequences.{name}={seq!r} is not an action; give 6 numbers "
+                    "(forward, lateral, yaw_rate, head_yaw, head_pitch, arm) or random",
+                )
+
+
+@dataclass
+class EvalWmConfig:
+    """``configs/eval_wm.yaml``"""
+
+    checkpoint: str | None = setting(exists=True)
+    mse_checkpoint: str | None = setting(exists=True)
+    data: str | None = setting()
+    split: str = setting(choices=SPLITS)
+    out: str = setting()
+    horizons: list[int] = setting(gt=0)
+    modalities: list[str] | None = setting(choices=modality_names)
+    num_steps: int = setting(gt=0)
+    batch_size: int = setting(gt=0)
+    stride: int = setting(gt=0)
+    starts_per_episode: int = setting(gt=0)
+    max_starts: int | None = setting(gt=0)
+    max_episodes: int | None = setting(gt=0)
+    num_videos: int = setting(ge=0)
+    seed: int = setting(ge=0)
+    device: str = setting(device=True)
+    threads: int = setting(ge=1)
+    counterfactual: Counterfactual = group(Counterfactual)
+    path: str | None = setting()
+
+    def check(self) -> None:
+        require(self, "checkpoint", hint="give checkpoint=<dir or .safetensors> and data=<held-out dataset dir>")
+        require(self, "data", hint="give checkpoint=<dir or .safetensors> and data=<held-out dataset dir>")
+        check_dataset("data", self.data)
+        if not self.horizons:
+            raise BadValue("horizons", "horizons=[] has no horizon; give some, e.g. horizons=[1,4,16,64]")
+
+
+def check_architecture(prefix: str, arch: Any) -> None:
+    """Rules of a world model's architecture that its layers would otherwise assert deep inside torch."""
+    for name in ("dim", "depth", "heads", "groups", "layers_per_block", "grid_tokens", "action_dim"):
+        check_value(prefix + name, getattr(arch, name), {"gt": 0})
+    if arch.dim % arch.heads:
+        raise BadValue(prefix + "heads", f"{prefix}heads={arch.heads} does not divide {prefix}dim={arch.dim}; pick heads that divide dim")
+    for name in ("frame_channels", "occupancy_channels"):
+        bad = [c for c in getattr(arch, name) if c <= 0 or c % arch.groups]
+        if bad:
+            raise BadValue(
+                prefix + name,
+                f"{prefix}{name}={fmt(getattr(arch, name))} holds {fmt(bad)}, not multiples of {prefix}groups={arch.groups}; "
+                "make every channel count a positive multiple of groups",
+            )
+    check_value(prefix + "sigma_data", arch.sigma_data, {"gt": 0})
+    sigma_min = getattr(arch, "sigma_min", None)  # a sampler setting, kept beside the architecture in the group
+    if sigma_min is not None and not 0 < sigma_min < arch.sigma_max:
+        raise BadValue(
+            prefix + "sigma_max", f"{prefix}sigma_min={sigma_min}, {prefix}sigma_max={arch.sigma_max}; need 0 < sigma_min < sigma_max"
+        )
