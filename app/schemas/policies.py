@@ -78,8 +78,11 @@ class TrainPolicyConfig:
     horizon: int | None = setting(gt=0)
     reward_source: str = setting(choices=REWARD_SOURCES)
     init: str | None = setting(exists=True)
+    allow_pickle: bool = setting()
+    restart: bool = setting()
     stats_steps: int = setting(gt=0)
     checkpoint_every: int = setting(gt=0)
+    log_every: int = setting(gt=0)
     tb_name: str | None = setting()
     device: str = setting(device=True)
     num_threads: int = setting(ge=1)
@@ -97,6 +100,7 @@ class EvalPolicyConfig:
     """``configs/eval_policy.yaml``"""
 
     policy: str | None = setting()
+    allow_pickle: bool = setting()
     env: str = setting(choices=ENVS)
     task: str = setting(choices=task_names)
     episodes: int = setting(gt=0)

@@ -10,7 +10,7 @@ from typing import Any
 
 from dreamgym.worldmodel.model import WorldModelConfig
 
-from .fields import SPLITS, BadValue, check_dataset, check_value, fmt, group, modality_names, require, setting
+from .fields import SPLITS, BadValue, check_dataset, group, modality_names, require, setting
 
 # The `worldmodel:` group (configs/worldmodel/*.yaml) is typed by the dataclass the trainer builds
 # the model from (``worldmodel.train.model_config_from``); its own ``__post_init__`` checks run
@@ -69,7 +69,6 @@ class TrainWmConfig:
         require(self, "out", hint="give out=<run dir> (re-running into it resumes)")
         check_dataset("data", self.data, files=True)
         check_dataset("heldout_data", self.heldout_data, files=True)
-        check_architecture("worldmodel.", self.worldmodel)
 
 
 @dataclass
@@ -125,25 +124,3 @@ class EvalWmConfig:
         check_dataset("data", self.data)
         if not self.horizons:
             raise BadValue("horizons", "horizons=[] has no horizon; give some, e.g. horizons=[1,4,16,64]")
-
-
-def check_architecture(prefix: str, arch: Any) -> None:
-    """Rules of a world model's architecture that its layers would otherwise assert deep inside torch."""
-    for name in ("dim", "depth", "heads", "groups", "layers_per_block", "grid_tokens", "action_dim"):
-        check_value(prefix + name, getattr(arch, name), {"gt": 0})
-    if arch.dim % arch.heads:
-        raise BadValue(prefix + "heads", f"{prefix}heads={arch.heads} does not divide {prefix}dim={arch.dim}; pick heads that divide dim")
-    for name in ("frame_channels", "occupancy_channels"):
-        bad = [c for c in getattr(arch, name) if c <= 0 or c % arch.groups]
-        if bad:
-            raise BadValue(
-                prefix + name,
-                f"{prefix}{name}={fmt(getattr(arch, name))} holds {fmt(bad)}, not multiples of {prefix}groups={arch.groups}; "
-                "make every channel count a positive multiple of groups",
-            )
-    check_value(prefix + "sigma_data", arch.sigma_data, {"gt": 0})
-    sigma_min = getattr(arch, "sigma_min", None)  # a sampler setting, kept beside the architecture in the group
-    if sigma_min is not None and not 0 < sigma_min < arch.sigma_max:
-        raise BadValue(
-            prefix + "sigma_max", f"{prefix}sigma_min={sigma_min}, {prefix}sigma_max={arch.sigma_max}; need 0 < sigma_min < sigma_max"
-        )
