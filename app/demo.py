@@ -7,7 +7,8 @@ interrupted demo is re-run with the same command:
 1. ``rooms``     -- a few seeded rooms and one scripted-expert episode per task (mp4s);
 2. ``collect``   -- a little data from the batched simulator (behaviour mix);
 3. ``world_model`` -- the shipped default world model fine-tuned on the collected data for
-   ``wm_steps`` steps (``train-wm init=default``); ``wm_init=null`` trains one from scratch instead,
+   ``wm_steps`` steps by the one world-model trainer, configured as ``train-wm init=default``
+   (``worldmodel.train.train``); ``wm_init=null`` trains one from scratch instead,
    ``wm_steps=0`` uses the shipped default as it is;
 4. ``eval_wm``   -- the world model against the simulator on held-out rooms (metrics, plots,
    real | dream videos);
@@ -218,18 +219,25 @@ def run(cfg: DictConfig) -> int:
 
             init = cfg.get("wm_init")
             return {"checkpoint": str(DEFAULT_CHECKPOINT if init in (None, "default") else init), "trained_steps": 0}
+        from dreamgym.configs import compose
+        from dreamgym.worldmodel.train import train as train_wm
+
         init = cfg.get("wm_init")
-        _cli(
-            "train-wm",
-            f"data={data}",
-            f"out={wm}",
-            f"steps={int(cfg.wm_steps)}",
-            f"seed={int(cfg.seed)}",
-            f"eval_every={int(cfg.wm_steps)}",
-            f"ckpt_every={max(50, int(cfg.wm_steps) // 4)}",
-            f"warmup_steps={min(200, max(1, int(cfg.wm_steps) // 4))}",
-            *([f"init={init}"] if init else []),
-            *more("train_wm"),
+        train_wm(  # the one world-model trainer, configured as `dreamgym train-wm` would be
+            compose(
+                "train_wm",
+                [
+                    f"data={data}",
+                    f"out={wm}",
+                    f"steps={int(cfg.wm_steps)}",
+                    f"seed={int(cfg.seed)}",
+                    f"eval_every={int(cfg.wm_steps)}",
+                    f"ckpt_every={max(50, int(cfg.wm_steps) // 4)}",
+                    f"warmup_steps={min(200, max(1, int(cfg.wm_steps) // 4))}",
+                    *([f"init={init}"] if init else []),
+                    *more("train_wm"),
+                ],
+            )
         )
         return {"checkpoint": str(wm / "final"), "trained_steps": int(cfg.wm_steps), "init": str(init) if init else None}
 

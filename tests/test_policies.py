@@ -195,16 +195,21 @@ def test_train_policy_gives_a_loadable_checkpoint(tmp_path, tiny_wm, env, algo):
 
 
 # ----------------------------------------------------------------------------- DIAMOND
-def test_finetune_world_model_changes_weights_and_loads(tmp_path, tiny_wm):
+def test_state_finetuning_changes_weights_and_loads(tmp_path, tiny_wm):
+    """The DIAMOND-style loop's world-model update: the one trainer on collected episodes."""
     from dreamgym.policies.collect import collect_with_policy
     from dreamgym.worldmodel.dream_env import DreamVecEnv
-    from dreamgym.worldmodel.finetune import finetune_world_model
     from dreamgym.worldmodel.model import WorldModel
+    from dreamgym.worldmodel.trainer import TrainerOptions, state_finetune_config, train_world_model
+    from dreamgym.worldmodel.windows import EpisodeSource
 
     eps, stats = collect_with_policy(RandomPolicy(), "reach", steps=4 * B, num_envs=B, seed=5, exploration_noise=0.0)
     assert stats["real_steps"] == 4 * B and sum(e["actions"].shape[0] for e in eps) == 4 * B
-    assert set(eps[0]) == {"motion", "partner_motion", "props", "actions", "rewards", "terminations", "instruction"}
-    out = finetune_world_model(tiny_wm, eps, tmp_path / "wm", steps=3, batch_size=4, progress=False)
+    keys = {"motion", "partner_motion", "props", "actions", "partner_actions", "rewards", "terminations", "instruction"}
+    assert set(eps[0]) == keys
+    opts = TrainerOptions(progress=False, eval_every=0, tensorboard=False)
+    out = train_world_model(tiny_wm, EpisodeSource(eps), state_finetune_config(3, 4), tmp_path / "wm", options=opts)
+    assert out == tmp_path / "wm" / "final"
     before, after = WorldModel.from_pretrained(tiny_wm).state_dict(), WorldModel.from_pretrained(out).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
     env = DreamVecEnv(out, num_envs=B, task="reach", obs_keys=OBS_KEYS, seed=0, return_tensors=True)
