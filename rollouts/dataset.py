@@ -295,14 +295,17 @@ def read_episode(path: str | Path, group: str, keys: Iterable[str] | None = None
     """Read one episode group of a shard into memory (observation ``keys``: None for all)."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        g = f[group]
-        names = list(g["observations"].keys()) if keys is None else list(keys)
-        return Episode(
-            observations={k: g["observations"][k][()] for k in names},
-            **{k: g[k][()] for k in STEP_KEYS + STATE_KEYS},
-            attrs={k: _json_value(v) for k, v in g.attrs.items()},
-        )
+    try:
+        with h5py.File(path, "r") as f:
+            g = f[group]
+            names = list(g["observations"].keys()) if keys is None else list(keys)
+            return Episode(
+                observations={k: g["observations"][k][()] for k in names},
+                **{k: g[k][()] for k in STEP_KEYS + STATE_KEYS},
+                attrs={k: _json_value(v) for k, v in g.attrs.items()},
+            )
+    except (OSError, ValueError, RuntimeError) as err:  # h5py's errors for unreadable chunks and files
+        raise CorruptShardError(path, f"reading {group} failed ({err})") from None
 
 
 @dataclass

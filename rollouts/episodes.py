@@ -249,7 +249,7 @@ class EpisodeReader:
             raise IndexError(f"rows {start}..{stop} outside episode {e} of {T + 1} rows")
         whole = self._cache.get(e)
         if whole is None and e not in self._too_big and self.cache_bytes != 0:
-            size = self._episode_bytes(e)
+            size = self.episode_bytes(e)
             if self.cache_bytes is None or self.cached_bytes + size <= self.cache_bytes:
                 whole = self._cache[e] = self._read(e, 0, T + 1)
                 self.cached_bytes += size
@@ -306,7 +306,8 @@ class EpisodeReader:
             pa = self._pa[e] = partner_commands(ref.task, ref.room_seed, ds["motion"][()], ds["partner_motion"][()])
         return pa
 
-    def _episode_bytes(self, e: int) -> int:
+    def episode_bytes(self, e: int) -> int:
+        """Bytes that episode ``e`` takes in memory with the keys asked for (what the cache counts)."""
         ds = self._datasets(e)
         T = self.refs[e].steps
         n = sum(int(np.prod(ds[k].shape)) * ds[k].dtype.itemsize for k in (*self._obs, *self._state) if k in self.keys)

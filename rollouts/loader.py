@@ -146,6 +146,17 @@ class WindowDataset(Dataset):
         out["t0"] = torch.tensor(t0)
         return out
 
+    def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The windows ``indices`` stacked, as the ``DataLoader`` would batch them, key by key
+        (much faster for the large batches of state-only windows)."""
+        idx = np.asarray(indices, np.int64)
+        eps, t0s = self._ep[idx], self._t0[idx]
+        parts = [self.reader.rows(int(e), int(t), int(t) + self.length) for e, t in zip(eps, t0s)]
+        out = {k: torch.from_numpy(np.stack([p[k] for p in parts])) for k in parts[0]}
+        sc = self._scalars[eps]
+        out |= {"instruction": sc[:, 1], "room_seed": sc[:, 0], "behaviour": sc[:, 2], "episode": eps, "t0": t0s}
+        return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in out.items()}
+
     # ------------------------------------------------------------------ helpers
     @property
     def room_seeds(self) -> set[int]:

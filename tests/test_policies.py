@@ -218,6 +218,31 @@ def test_state_finetuning_changes_weights_and_loads(tmp_path, tiny_wm):
     assert torch.isfinite(r).all()
 
 
+def test_diamond_runs_on_the_shipped_default(tmp_path):
+    """One iteration on the shipped world model (partner commands, state prior, props network):
+    collection, its world-model update and a policy in its dream; a re-run continues, another
+    configuration is refused."""
+    from dreamgym.app.diamond import diamond
+    from dreamgym.configs import compose
+    from dreamgym.worldmodel.model import DEFAULT_CHECKPOINT, WorldModel
+
+    over = [f"out={tmp_path / 'run'}", "budget=40", "collect_steps=24", f"collect_envs={B}", "wm.steps=1", "wm.batch_size=4"]
+    over += ["policy_steps=64", f"num_envs={B}", "ppo.n_steps=8", "ppo.batch_size=32", "ppo.n_epochs=1", "eval_episodes=0"]
+    over += ["progress=false", "num_threads=1", "stats_steps=2"]
+    s = diamond(compose("diamond", over))
+    assert s["iterations"] == 1 and s["real_steps_used"] <= 40
+    wm = WorldModel.from_pretrained(s["world_model"])
+    shipped = WorldModel.from_pretrained(DEFAULT_CHECKPOINT)
+    assert wm.config == shipped.config and wm.config.partner_actions and wm.config.state_prior
+    assert any(not torch.equal(v, shipped.state_dict()[k]) for k, v in wm.state_dict().items() if v.is_floating_point())
+    (step,) = [json.loads(ln) for ln in (tmp_path / "run" / "iter_00" / "world_model" / "metrics.jsonl").read_text().splitlines()]
+    assert step["branches"] == [] and np.isfinite(step["total"]) and {"prior_motion", "props_dynamics", "partner_motion"} <= set(step)
+    again = diamond(compose("diamond", over))
+    assert again["policy"] == s["policy"] and len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 1
+    with pytest.raises(ValueError, match=r"another configuration \(budget: run 40, now 41\)"):
+        diamond(compose("diamond", [*over, "budget=41"]))
+
+
 @pytest.mark.slow
 def test_diamond_loop_respects_the_budget(tmp_path, tiny_wm):
     from dreamgym.app.diamond import diamond

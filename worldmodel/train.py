@@ -23,7 +23,7 @@ from . import edm
 from .config import NoiseConfig, TrainingConfig
 from .model import DEFAULT_CHECKPOINT, WorldModel, WorldModelConfig
 from .train_state import latest_checkpoint
-from .trainer import NonFiniteLossError, TrainerOptions, batch_indices, train_world_model
+from .trainer import NonFiniteLossError, TrainerOptions, batch_indices, check_training_config, train_world_model
 from .windows import OBS_KEYS, PRIOR_KEYS, DatasetSource, EpisodeSource, WindowSource, load_episodes, save_episodes, window_source
 
 __all__ = [
@@ -174,6 +174,7 @@ def train(cfg: DictConfig) -> Path:
     if cfg.data is None or cfg.out is None:
         raise SystemExit("dreamgym train-wm: give data=<dataset dir or episodes .safetensors> and out=<run dir>")
     training, options = training_config_from(cfg), trainer_options_from(cfg)
+    check_training_config(training, options)
     torch.set_num_threads(int(cfg.num_threads))
     cache = _cache_bytes(cfg)
     source = window_source(cfg.data, "train", cache)

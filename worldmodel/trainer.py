@@ -106,7 +106,6 @@ def check_training_config(tc: TrainingConfig, options: TrainerOptions) -> None:
         ("grad_clip", tc.grad_clip, tc.grad_clip > 0, "> 0"),
         ("ema_decay", tc.ema_decay, 0 <= tc.ema_decay < 1, "in [0, 1)"),
         ("stats_windows", tc.stats_windows, tc.stats_windows > 0, "> 0"),
-        ("noise.p_clean + noise.p_sigma_max", n.p_clean + n.p_sigma_max, n.p_clean + n.p_sigma_max <= 1, "<= 1"),
         ("log_every", options.log_every, options.log_every > 0, "> 0"),
         ("ckpt_every", options.ckpt_every, options.ckpt_every > 0, "> 0"),
         ("eval_every", options.eval_every, options.eval_every >= 0, ">= 0"),
@@ -119,6 +118,7 @@ def check_training_config(tc: TrainingConfig, options: TrainerOptions) -> None:
         for f in dataclasses.fields(n)
         if f.name.startswith("p_") and f.name not in ("p_mean", "p_std")
     ]
+    rules.append(("noise.p_clean + noise.p_sigma_max", n.p_clean + n.p_sigma_max, n.p_clean + n.p_sigma_max <= 1, "<= 1"))
     for key, value, ok, allowed in rules:
         if not ok:
             raise ValueError(f"{options.name}: {key}={value} is not allowed; it must be {allowed}")
