@@ -55,8 +55,9 @@ class EMA:
         d = min(self.decay, (1 + step) / (10 + step))
         params = dict(model.named_parameters())
         for k, v in model.state_dict().items():
+            # the average stays where it was made (the CPU), whichever device trains
             if k in params:
-                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+                self.shadow[k].mul_(d).add_(v.detach().float().to(self.shadow[k].device), alpha=1 - d)
             else:
                 self.shadow[k].copy_(v)
 

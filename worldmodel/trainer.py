@@ -397,6 +397,9 @@ class Trainer:
         prior_window = self._prior_window(step)
         for group in self.opt.param_groups:
             group["lr"] = self._lr(step)
+        dev = acc.device  # the batch and its noise go where the model is (a no-op on the CPU)
+        batch, noise, sigma = ({k: v.to(dev) for k, v in d.items()} for d in (batch, noise, sigma))
+        prior_window = {k: v.to(dev) for k, v in prior_window.items()} if prior_window is not None else None
         losses = self.model(batch, noise, sigma, branches, prior_window)
         # the global batch's losses (the mean over processes), for the guard and the logs
         names = list(losses)
