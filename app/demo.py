@@ -7,7 +7,8 @@ interrupted demo is re-run with the same command:
 1. ``rooms``     -- a few seeded rooms and one scripted-expert episode per task (mp4s);
 2. ``collect``   -- a little data from the batched simulator (behaviour mix);
 3. ``world_model`` -- the shipped default world model fine-tuned on the collected data for
-   ``wm_steps`` steps (``train-wm init=default``); ``wm_init=null`` trains one from scratch instead,
+   ``wm_steps`` steps by the one world-model trainer, configured as ``train-wm init=default``
+   (``worldmodel.train.train``); ``wm_init=null`` trains one from scratch instead,
    ``wm_steps=0`` uses the shipped default as it is;
 4. ``eval_wm``   -- the world model against the simulator on held-out rooms (metrics, plots,
    real | dream videos);
@@ -181,6 +182,24 @@ def write_report(cfg: DictConfig, out: Path, stages: Stages) -> str:
     return str(out / "report.md")
 
 
+def world_model(cfg: DictConfig, data: Path, out: Path, overrides: list[str]) -> dict[str, Any]:
+    """The demo's world model: ``wm_init`` fine-tuned on ``data`` for ``wm_steps`` steps by the one
+    world-model trainer, configured as ``dreamgym train-wm`` would be (``wm_steps=0``: as it is)."""
+    init = cfg.get("wm_init")
+    if int(cfg.wm_steps) <= 0:  # wm_init as it is (default: the embedded default, as shipped)
+        from dreamgym.worldmodel.dream_env import DEFAULT_CHECKPOINT
+
+        return {"checkpoint": str(DEFAULT_CHECKPOINT if init in (None, "default") else init), "trained_steps": 0}
+    from dreamgym.configs import compose
+    from dreamgym.worldmodel.train import train as train_wm
+
+    steps = int(cfg.wm_steps)
+    args = [f"data={data}", f"out={out}", f"steps={steps}", f"seed={int(cfg.seed)}", f"eval_every={steps}"]
+    args += [f"ckpt_every={max(50, steps // 4)}", f"warmup_steps={min(200, max(1, steps // 4))}", *([f"init={init}"] if init else [])]
+    train_wm(compose("train_wm", [*args, *overrides]))
+    return {"checkpoint": str(out / "final"), "trained_steps": steps, "init": str(init) if init else None}
+
+
 def run(cfg: DictConfig) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     out = Path(cfg.out)
@@ -212,28 +231,7 @@ def run(cfg: DictConfig) -> int:
 
     stages.run("collect", collect)
 
-    def world_model():
-        if int(cfg.wm_steps) <= 0:  # wm_init as it is (default: the embedded default, as shipped)
-            from dreamgym.worldmodel.dream_env import DEFAULT_CHECKPOINT
-
-            init = cfg.get("wm_init")
-            return {"checkpoint": str(DEFAULT_CHECKPOINT if init in (None, "default") else init), "trained_steps": 0}
-        init = cfg.get("wm_init")
-        _cli(
-            "train-wm",
-            f"data={data}",
-            f"out={wm}",
-            f"steps={int(cfg.wm_steps)}",
-            f"seed={int(cfg.seed)}",
-            f"eval_every={int(cfg.wm_steps)}",
-            f"ckpt_every={max(50, int(cfg.wm_steps) // 4)}",
-            f"warmup_steps={min(200, max(1, int(cfg.wm_steps) // 4))}",
-            *([f"init={init}"] if init else []),
-            *more("train_wm"),
-        )
-        return {"checkpoint": str(wm / "final"), "trained_steps": int(cfg.wm_steps), "init": str(init) if init else None}
-
-    ckpt = stages.run("world_model", world_model)["checkpoint"]
+    ckpt = stages.run("world_model", lambda: world_model(cfg, data, wm, more("train_wm")))["checkpoint"]
 
     def eval_wm():
         _cli(

@@ -4,9 +4,10 @@ Each iteration (read top to bottom in ``diamond``):
   1. **collect** real transitions in ``EgoRoomVecEnv`` with the current policy plus Gaussian
      exploration noise (the first iteration uses ``first_policy``, random by default);
   2. **update the world model**: fine-tune the current checkpoint for ``wm.steps`` gradient steps on
-     all real data collected so far, with ``train-wm``'s own pieces (``draw_noise``, ``EMA``,
-     ``batch_indices``, ``WorldModel.loss``). State modalities only (motion, partner motion, props,
-     reward head): the policies here read state, and it keeps an update to a few minutes;
+     all real data collected so far, with the one world-model trainer (``worldmodel.trainer``,
+     ``state_finetune_config``; ``wm.*`` sets any ``TrainingConfig`` field). State modalities only
+     (motion, partner motion and its commands, props, reward head): the policies here read state,
+     and it keeps an update to a few minutes;
   3. **train the policy in imagination**: ``train_policy(env=dream)`` on the updated world model,
      continuing the previous iteration's policy.
 
@@ -15,8 +16,12 @@ steps that start dreamed episodes (``DreamVecEnv`` starts each episode from K-1 
 the collection of each iteration is shrunk so that the expected start steps still fit.
 Evaluation on held-out rooms at the end (``eval_episodes``) is reported, not counted.
 
-Every iteration writes ``<out>/iter_XX/`` (``world_model/``, ``policy/``) and a line of
-``<out>/log.jsonl``; ``<out>/summary.json`` holds the final result. Call ``diamond(cfg)`` from Python.
+Every iteration writes ``<out>/iter_XX/`` (``collected.safetensors`` + ``collected.json``: its real
+episodes; ``world_model/`` a trainer run, its EMA weights in ``world_model/final``; ``policy/``) and
+a line of ``<out>/log.jsonl``; ``<out>/summary.json`` holds the final result. Re-running the same
+command continues the run: finished iterations are taken from the log, an unfinished one reuses
+its stored episodes and the trainer's checkpoint. A re-run with another configuration into the same
+``out`` is refused, listing the differences. Call ``diamond(cfg)`` from Python.
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from dreamgym.policies.base import load_policy
 from dreamgym.policies.collect import collect_with_policy
-from dreamgym.worldmodel.finetune import finetune_world_model
+from dreamgym.worldmodel.train_state import record_differences
+from dreamgym.worldmodel.trainer import TrainerOptions, state_finetune_config, train_world_model
+from dreamgym.worldmodel.windows import EpisodeSource, load_episodes, save_episodes
+
+# Settings a continued run may change (they change no result).
+RESUMABLE_CHANGES = ("progress", "num_threads", "path")
 
 
 def _train_room_seed(seed: int, index: int, num_envs: int) -> int:
@@ -70,6 +80,69 @@ def _policy_cfg(cfg: DictConfig, out: Path, world_model: Path, steps: int, init:
     )
 
 
+def _check_config(out: Path, cfg: DictConfig) -> None:
+    """Record the configuration in ``out``; refuse to continue a run that had another one."""
+    now = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in RESUMABLE_CHANGES}
+    path = out / "config.yaml"
+    if path.exists():
+        had = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path), resolve=True).items() if k not in RESUMABLE_CHANGES}
+        diff = record_differences(had, now)
+        if diff:
+            raise ValueError(
+                f"diamond: {out} holds a run with another configuration ({'; '.join(diff)}); "
+                "re-run with that run's settings to continue it, or choose another out="
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(cfg))
+
+
+def _collect(cfg: DictConfig, it: int, n: int, policy_path: Path | None, itdir: Path) -> tuple[list[dict[str, torch.Tensor]], dict]:
+    """This iteration's real episodes: collected, or those an interrupted run stored."""
+    seed = int(cfg.seed)
+    done = itdir / "collected.json"
+    if done.exists():
+        return load_episodes(itdir / "collected.safetensors", None), json.loads(done.read_text())
+    pol = (
+        load_policy(str(cfg.first_policy), task=cfg.task, seed=seed + it)
+        if policy_path is None
+        else load_policy(policy_path, task=cfg.task)
+    )
+    room = _train_room_seed(seed, it, int(cfg.collect_envs))
+    eps, stats = collect_with_policy(pol, cfg.task, n, int(cfg.collect_envs), room, float(cfg.exploration_noise), cfg.device)
+    itdir.mkdir(parents=True, exist_ok=True)
+    tmp = itdir / ".collected.safetensors.tmp"
+    save_episodes(eps, tmp)
+    tmp.replace(itdir / "collected.safetensors")
+    done.write_text(json.dumps(stats) + "\n")
+    return eps, stats
+
+
+def _update_world_model(cfg: DictConfig, world_model: Any, data: list[dict[str, torch.Tensor]], itdir: Path, seed: int) -> Path:
+    """Fine-tune the current world model on all real data so far; returns its EMA weights' folder."""
+    wm = OmegaConf.to_container(cfg.wm, resolve=True)
+    assert isinstance(wm, dict)
+    training = state_finetune_config(seed=seed, **wm)
+    options = TrainerOptions(
+        name="diamond: world model",
+        device=str(cfg.device),
+        eval_every=0,
+        ckpt_every=max(1, min(100, training.steps)),
+        keep_checkpoints=1,
+        progress=bool(cfg.progress),
+        save_raw=False,
+        tensorboard=False,
+    )
+    source = EpisodeSource(data, name=f"diamond: the real data of iterations 0..{itdir.name[-2:]}")
+    init = str(world_model) if world_model is not None else "default"
+    return train_world_model(world_model, source, training, itdir / "world_model", options=options, record={"init": init})
+
+
+def _resumed(out: Path) -> list[dict[str, Any]]:
+    """The finished iterations of an earlier run into ``out`` (its log)."""
+    path = out / "log.jsonl"
+    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+
+
 def diamond(cfg: DictConfig | dict) -> dict[str, Any]:
     """Run the loop as configured (``configs/diamond.yaml``); returns the summary (also in ``<out>/summary.json``)."""
     from dreamgym.policies.train import train_policy
@@ -79,17 +152,17 @@ def diamond(cfg: DictConfig | dict) -> dict[str, Any]:
         raise SystemExit("dreamgym diamond: give out=<run dir>")
     torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    _check_config(out, cfg)
     budget, seed = int(cfg.budget), int(cfg.seed)
     t0 = time.time()
-    world_model: Any = cfg.checkpoint  # None: the shipped default
-    policy_path: Path | None = None
-    data: list[dict[str, torch.Tensor]] = []
-    used = 0
-    start_reserve = None  # real steps the next policy stage will spend on dream starts (estimated)
-    it = 0
-    log = []
+    log = _resumed(out)
+    world_model: Any = log[-1]["world_model"] if log else cfg.checkpoint  # None: the shipped default
+    policy_path: Path | None = Path(log[-1]["policy"]) if log else None
+    data = [ep for rec in log for ep in load_episodes(out / f"iter_{rec['iteration']:02d}" / "collected.safetensors", None)]
+    used = log[-1]["real_steps_used"] if log else 0
+    # real steps the next policy stage will spend on dream starts (estimated)
+    start_reserve = log[-1]["start_reserve"] if log else None
+    it = len(log)
     while True:
         K = _context_of(world_model)
         if start_reserve is None:
@@ -100,36 +173,12 @@ def diamond(cfg: DictConfig | dict) -> dict[str, Any]:
             break
         itdir = out / f"iter_{it:02d}"
         tic = time.time()
-        if policy_path is None:
-            pol = load_policy(str(cfg.first_policy), task=cfg.task, seed=seed + it)
-        else:
-            pol = load_policy(policy_path, task=cfg.task)
-        eps, cstats = collect_with_policy(
-            pol,
-            cfg.task,
-            n,
-            int(cfg.collect_envs),
-            _train_room_seed(seed, it, int(cfg.collect_envs)),
-            float(cfg.exploration_noise),
-            cfg.device,
-        )
+        eps, cstats = _collect(cfg, it, n, policy_path, itdir)
         used += cstats["real_steps"]
         data += eps
-        t_collect = time.time() - tic
-        tic = time.time()
-        world_model = finetune_world_model(
-            world_model,
-            data,
-            itdir / "world_model",
-            steps=int(cfg.wm.steps),
-            batch_size=int(cfg.wm.batch_size),
-            lr=float(cfg.wm.lr),
-            ema_decay=float(cfg.wm.ema_decay),
-            seed=seed + it,
-            progress=bool(cfg.progress),
-        )
-        t_wm = time.time() - tic
-        tic = time.time()
+        t_collect, tic = time.time() - tic, time.time()
+        world_model = _update_world_model(cfg, world_model, data, itdir, seed + it)
+        t_wm, tic = time.time() - tic, time.time()
         policy_zip = train_policy(_policy_cfg(cfg, itdir / "policy", world_model, int(cfg.policy_steps), policy_path, seed + it))
         meta = json.loads((policy_zip.parent / "policy.json").read_text())
         used += int(meta["real_env_steps"])
@@ -147,6 +196,7 @@ def diamond(cfg: DictConfig | dict) -> dict[str, Any]:
             "wall_s": {"collect": t_collect, "world_model": t_wm, "policy": time.time() - tic},
             "world_model": str(world_model),
             "policy": str(policy_zip),
+            "start_reserve": start_reserve,
         }
         log.append(rec)
         with open(out / "log.jsonl", "a") as f:
@@ -158,20 +208,25 @@ def diamond(cfg: DictConfig | dict) -> dict[str, Any]:
         it += 1
     if policy_path is None:
         raise ValueError(f"budget={budget} real steps is too small for one iteration (collect_envs={cfg.collect_envs}, context {K})")
+    return _summary(cfg, out, it, used, policy_path, world_model, time.time() - t0)
+
+
+def _summary(cfg: DictConfig, out: Path, iterations: int, used: int, policy_path: Path, world_model: Any, wall_s: float) -> dict[str, Any]:
+    """The run's result, with the policy's held-out evaluation in the real simulator; written to ``summary.json``."""
     summary: dict[str, Any] = {
         "task": cfg.task,
-        "budget": budget,
+        "budget": int(cfg.budget),
         "real_steps_used": used,
-        "iterations": it,
+        "iterations": iterations,
         "policy": str(policy_path),
         "world_model": str(world_model),
-        "wall_s": time.time() - t0,
+        "wall_s": wall_s,
     }
     if int(cfg.eval_episodes) > 0:
         from dreamgym.policies.evaluate import evaluate_policy
 
         summary["eval"] = evaluate_policy(
-            policy_path, task=cfg.task, episodes=int(cfg.eval_episodes), seed=seed, progress=bool(cfg.progress)
+            policy_path, task=cfg.task, episodes=int(cfg.eval_episodes), seed=int(cfg.seed), progress=bool(cfg.progress)
         )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -191,7 +246,12 @@ def _context_of(world_model: Any) -> int:
 
 
 def run(cfg: DictConfig) -> int:
-    """Entry point of ``dreamgym diamond``."""
-    summary = diamond(cfg)
+    """Entry point of ``dreamgym diamond``: a user error is one line, not a traceback."""
+    from dreamgym.rollouts.dataset import CorruptShardError
+
+    try:
+        summary = diamond(cfg)
+    except (ValueError, FileNotFoundError, CorruptShardError) as e:
+        raise SystemExit(f"dreamgym {e}" if str(e).startswith("diamond") else f"dreamgym diamond: {e}") from None
     print(json.dumps(summary, indent=2))
     return 0

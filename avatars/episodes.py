@@ -19,9 +19,12 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dreamgym.rollouts.episodes import EpisodeRef
 
 SPLITS = ("all", "train", "heldout")
 KINDS = ("dataset", "run", "checkpoint", "bundle")
@@ -99,40 +102,19 @@ def episode_name(episode_id: int) -> str:
 
 def dataset_episode_entries(
     root: str | Path, split: str = "all", episodes: Sequence[int] | None = None, max_episodes: int | None = None
-) -> list[tuple[Path, dict[str, Any]]]:
-    """(shard path, manifest episode entry) of the chosen episodes, in collection order.
+) -> list[EpisodeRef]:
+    """The chosen episodes (``rollouts.episodes.EpisodeRef``: shard, group, id, steps, room seed,
+    ...), in collection order.
 
     ``split``: all, train or heldout (the manifest's split of each room); ``episodes``: ids to
     keep (None: all); ``max_episodes``: at most this many (None: no limit). Checks every shard
     used (size and HDF5 structure) and raises ``CorruptShardError`` naming a bad one.
     """
-    from dreamgym.rollouts.dataset import CorruptShardError, Manifest, check_shard, room_split
+    from dreamgym.rollouts.episodes import index_dataset
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    root = Path(root)
-    manifest = Manifest.load(root)
-    wanted = None if episodes is None else {int(i) for i in episodes}
-    chosen, checked = [], set()
-    for shard, e in manifest.episodes():
-        side = e.get("split") or room_split(e["room_seed"], manifest.heldout_fraction)
-        if split != "all" and side != split:
-            continue
-        if wanted is not None and int(e["id"]) not in wanted:
-            continue
-        if max_episodes is not None and len(chosen) >= int(max_episodes):
-            break
-        if shard["file"] not in checked:
-            why = check_shard(root, shard, checksum=False)
-            if why is not None:
-                raise CorruptShardError(root / shard["file"], why)
-            checked.add(shard["file"])
-        chosen.append((root / shard["file"], e))
-    if wanted is not None:
-        missing = sorted(wanted - {int(e["id"]) for _, e in chosen})
-        if missing and max_episodes is None:
-            raise ValueError(f"{root} has no {split} episode(s) {missing} (see `dreamgym dataset info {root}`)")
-    return chosen
+    return index_dataset(root, split, verify="size", ids=episodes, max_episodes=max_episodes).episodes
 
 
 def iter_dataset_episodes(
@@ -143,20 +125,24 @@ def iter_dataset_episodes(
     max_episodes: int | None = None,
     with_props: bool = False,
 ) -> Iterator[DatasetEpisode]:
-    """Read the chosen episodes of a dataset one at a time (observation ``keys``: None for all).
+    """Read the chosen episodes of a dataset one at a time (observation ``keys``: None for all;
+    the derived ``partner_actions`` may be asked for too).
 
     ``with_props`` adds ``obs["props"]`` (T+1, 4, 3), prop positions read from ``qpos``.
     """
-    from dreamgym.rollouts.dataset import read_episode
+    from dreamgym.rollouts.dataset import Manifest
+    from dreamgym.rollouts.episodes import EpisodeReader
 
-    for shard, entry in dataset_episode_entries(root, split, episodes, max_episodes):
-        ep = read_episode(shard, entry["group"], keys)
-        obs = dict(ep.observations)
-        if with_props:
-            from dreamgym.worldmodel.evaluate import props_from_qpos
-
-            obs["props"] = props_from_qpos(ep.qpos).astype(np.float32)
-        yield DatasetEpisode(episode_name(entry["id"]), int(entry["id"]), dict(ep.attrs), obs, ep.actions, ep.qpos)
+    refs = dataset_episode_entries(root, split, episodes, max_episodes)
+    names = list(Manifest.load(root).data["env"]["obs_keys"]) if keys is None else list(keys)
+    reader = EpisodeReader(refs, [*names, "qpos", *(["props"] if with_props else [])])
+    try:
+        for i, ref in enumerate(refs):
+            rows = reader.episode(i)
+            obs = {k: rows[k] for k in (*names, *(["props"] if with_props else []))}
+            yield DatasetEpisode(episode_name(ref.id), ref.id, reader.attrs(i), obs, rows["actions"][: ref.steps], rows["qpos"])
+    finally:
+        reader.close()
 
 
 def dataset_fps(root: str | Path) -> float:

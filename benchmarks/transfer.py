@@ -68,7 +68,8 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     from dreamgym.policies.collect import collect_with_policy
     from dreamgym.policies.evaluate import evaluate_in_dream, evaluate_policies
     from dreamgym.policies.train import train_policy
-    from dreamgym.worldmodel.finetune import finetune_world_model
+    from dreamgym.worldmodel.trainer import TrainerOptions, state_finetune_config, train_world_model
+    from dreamgym.worldmodel.windows import EpisodeSource
 
     t0 = time.time()
     run_dir = Path(cfg.run_dir)
@@ -78,7 +79,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     n_real = int(cfg.wm_data_steps)
     if int(cfg.collect_steps) > 0:  # fine-tune the world model on fresh real data first (counted in N)
         tic = time.time()
-        wm_dir = run_dir / "world_model"
+        wm_dir = run_dir / "world_model" / "final"
         if not (cfg.reuse and (wm_dir / "model.safetensors").exists()):
             eps, stats = collect_with_policy(
                 load_policy(str(cfg.collect_policy), task=cfg.task, seed=int(cfg.seed)),
@@ -88,14 +89,12 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
                 int(cfg.seed) + 11,
                 float(cfg.collect_noise),
             )
-            finetune_world_model(
+            train_world_model(
                 world_model,
-                eps,
-                wm_dir,
-                steps=int(cfg.wm_steps),
-                batch_size=int(cfg.wm_batch_size),
-                seed=int(cfg.seed),
-                progress=bool(cfg.progress),
+                EpisodeSource(eps, name="bench transfer: collected episodes"),
+                state_finetune_config(int(cfg.wm_steps), int(cfg.wm_batch_size), seed=int(cfg.seed)),
+                wm_dir.parent,
+                options=TrainerOptions(name="bench transfer: world model", eval_every=0, progress=bool(cfg.progress), resume=False),
             )
         world_model = wm_dir
         n_real += int(cfg.collect_steps) // int(cfg.collect_envs) * int(cfg.collect_envs)

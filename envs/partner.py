@@ -137,7 +137,8 @@ def partner_action(scripts: PartnerScripts, pos: torch.Tensor, yaw: torch.Tensor
 # A room's script is a function of its seed and task (``Task.setup``), and the partner's action a
 # function of the script's progress (the episode's step) and of the two bodies' current states.
 # So the partner's commands can be recovered exactly from a recording of an episode's motions:
-# a world model conditions on them, as on the agent's own actions.
+# a world model conditions on them, as on the agent's own actions. Datasets get them through
+# ``rollouts.episodes.partner_commands`` (whole episodes at once).
 def room_script(task, room_seed: int) -> dict[str, np.ndarray]:
     """The packed script (one row, see ``pack_scripts``) of the room ``room_seed`` under ``task``
     (a task name or ``Task``), as ``EgoRoomCore`` draws it at reset."""
@@ -182,10 +183,3 @@ def replay_actions(packed: dict[str, np.ndarray], steps, agent_motion: torch.Ten
     if s.cursor.shape[0] != a.shape[0]:
         raise ValueError(f"{s.cursor.shape[0]} steps but {a.shape[0]} motion rows")
     return partner_action(s, p[:, ROOT_POS], yaw_of_quat(p[:, ROOT_QUAT]), a[:, ROOT_POS])
-
-
-def replay_episode(task, room_seed: int, agent_motion, partner_motion) -> torch.Tensor:
-    """The partner's commands (T, 6) of a recording that starts at its episode's reset: one per
-    observed step of the agent's and the partner's motions (T, 227)."""
-    a = torch.as_tensor(np.asarray(agent_motion))
-    return replay_actions(room_script(task, room_seed), np.arange(a.shape[0]), a, torch.as_tensor(np.asarray(partner_motion)))

@@ -25,14 +25,15 @@ def collect_with_policy(
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
     """Run ``policy`` (+ noise) for about ``steps`` real steps; episodes in the world model's row layout.
 
-    Rows hold ``motion``, ``partner_motion``, ``props``, ``actions``, ``rewards``, ``terminations``
-    and ``instruction``; an episode's last row is its final observation with a zero action (as
+    Rows hold ``motion``, ``partner_motion``, ``props``, ``actions``, ``partner_actions`` (the
+    partner's commands, as the simulator ran them), ``rewards``, ``terminations`` and
+    ``instruction``; an episode's last row is its final observation with zero actions (as
     ``worldmodel.data.collect_episodes``). Unfinished episodes are kept (they are valid windows).
     Returns the episodes and ``{"real_steps", "episodes_finished", "mean_return", "success_rate"}``.
     """
     from dreamgym.envs.vec_env import EgoRoomVecEnv
     from dreamgym.policies.evaluate import RowView
-    from dreamgym.worldmodel.data import props_from_qpos
+    from dreamgym.rollouts.episodes import props_from_qpos
 
     n_vec = steps // num_envs
     if n_vec < 1:
@@ -56,6 +57,7 @@ def collect_with_policy(
         a = a.clamp(-1, 1)
         nobs, rew, term, trunc, info = env.step_tensors(a.to(env.device))
         rew, term = rew.cpu(), term.cpu()
+        pact = env.core.partner_action.cpu()  # the partner's command of this step
         for i in range(num_envs):
             current[i].append(
                 {
@@ -63,6 +65,7 @@ def collect_with_policy(
                     "partner_motion": obs["partner_motion"][i].cpu(),
                     "props": props[i],
                     "actions": a[i],
+                    "partner_actions": pact[i].float(),
                     "rewards": rew[i].float(),
                     "terminations": term[i],
                     "instruction": obs["instruction"][i].cpu(),
@@ -81,6 +84,7 @@ def collect_with_policy(
                     "partner_motion": fin["partner_motion"][i].cpu(),
                     "props": fin_props[i],
                     "actions": torch.zeros(6),
+                    "partner_actions": torch.zeros(6),
                     "rewards": torch.zeros(()),
                     "terminations": torch.zeros((), dtype=torch.bool),
                     "instruction": obs["instruction"][i].cpu(),

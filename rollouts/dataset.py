@@ -136,6 +136,16 @@ def is_temp_file(name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- manifest
+def check_shard_name(manifest: Path, name: Any) -> None:
+    """Refuse a shard entry that is not a plain file name inside the dataset directory (such as
+    ``../other/shard-000001.h5`` or an absolute path): a dataset reads only its own files."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(
+            f"{manifest} lists the shard {name!r}, which is not a file of the dataset directory {manifest.parent}; "
+            "a manifest lists shards by their file name alone"
+        )
+
+
 class Manifest:
     """The JSON manifest of a dataset directory: what was collected, how, and which shards hold it.
 
@@ -174,10 +184,14 @@ class Manifest:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a dataset manifest (an object with format, env, shards)")
         if data.get("format") != FORMAT:
             raise ValueError(f"{path} has format {data.get('format')!r}, expected {FORMAT!r}")
         if int(data.get("format_version", -1)) > FORMAT_VERSION:
             raise ValueError(f"{path} has format_version {data['format_version']}; this dreamgym reads up to {FORMAT_VERSION}, upgrade it")
+        for entry in data.get("shards", []):
+            check_shard_name(path, entry.get("file") if isinstance(entry, dict) else entry)
         return cls(root, data)
 
     def save(self) -> None:
@@ -281,14 +295,17 @@ def read_episode(path: str | Path, group: str, keys: Iterable[str] | None = None
     """Read one episode group of a shard into memory (observation ``keys``: None for all)."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        g = f[group]
-        names = list(g["observations"].keys()) if keys is None else list(keys)
-        return Episode(
-            observations={k: g["observations"][k][()] for k in names},
-            **{k: g[k][()] for k in STEP_KEYS + STATE_KEYS},
-            attrs={k: _json_value(v) for k, v in g.attrs.items()},
-        )
+    try:
+        with h5py.File(path, "r") as f:
+            g = f[group]
+            names = list(g["observations"].keys()) if keys is None else list(keys)
+            return Episode(
+                observations={k: g["observations"][k][()] for k in names},
+                **{k: g[k][()] for k in STEP_KEYS + STATE_KEYS},
+                attrs={k: _json_value(v) for k, v in g.attrs.items()},
+            )
+    except (OSError, ValueError, RuntimeError) as err:  # h5py's errors for unreadable chunks and files
+        raise CorruptShardError(path, f"reading {group} failed ({err})") from None
 
 
 @dataclass
@@ -361,7 +378,10 @@ def run_verify(cfg) -> int:
     """``dreamgym dataset verify <dir>``: check every shard's checksum; exit status 1 if any is bad."""
     if not cfg.get("path"):
         raise SystemExit("dreamgym dataset verify: give the dataset directory, e.g. `dreamgym dataset verify data/reach`")
-    report = verify(cfg.path, checksum=bool(cfg.get("checksum", True)))
+    try:
+        report = verify(cfg.path, checksum=bool(cfg.get("checksum", True)))
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"dreamgym dataset verify: {e}") from None
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -370,7 +390,10 @@ def run_info(cfg) -> int:
     """``dreamgym dataset info <dir>``: episodes, steps, splits, behaviours and success rates."""
     if not cfg.get("path"):
         raise SystemExit("dreamgym dataset info: give the dataset directory, e.g. `dreamgym dataset info data/reach`")
-    m = Manifest.load(cfg.path)
+    try:
+        m = Manifest.load(cfg.path)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"dreamgym dataset info: {e}") from None
     stats: dict[str, Any] = {
         "episodes": m.num_episodes,
         "steps": m.num_steps,

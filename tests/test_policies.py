@@ -205,22 +205,52 @@ def test_train_policy_gives_a_loadable_checkpoint(tmp_path, tiny_wm, env, algo):
 
 
 # ----------------------------------------------------------------------------- DIAMOND
-def test_finetune_world_model_changes_weights_and_loads(tmp_path, tiny_wm):
+def test_state_finetuning_changes_weights_and_loads(tmp_path, tiny_wm):
+    """The DIAMOND-style loop's world-model update: the one trainer on collected episodes."""
     from dreamgym.policies.collect import collect_with_policy
     from dreamgym.worldmodel.dream_env import DreamVecEnv
-    from dreamgym.worldmodel.finetune import finetune_world_model
     from dreamgym.worldmodel.model import WorldModel
+    from dreamgym.worldmodel.trainer import TrainerOptions, state_finetune_config, train_world_model
+    from dreamgym.worldmodel.windows import EpisodeSource
 
     eps, stats = collect_with_policy(RandomPolicy(), "reach", steps=4 * B, num_envs=B, seed=5, exploration_noise=0.0)
     assert stats["real_steps"] == 4 * B and sum(e["actions"].shape[0] for e in eps) == 4 * B
-    assert set(eps[0]) == {"motion", "partner_motion", "props", "actions", "rewards", "terminations", "instruction"}
-    out = finetune_world_model(tiny_wm, eps, tmp_path / "wm", steps=3, batch_size=4, progress=False)
+    keys = {"motion", "partner_motion", "props", "actions", "partner_actions", "rewards", "terminations", "instruction"}
+    assert set(eps[0]) == keys
+    opts = TrainerOptions(progress=False, eval_every=0, tensorboard=False)
+    out = train_world_model(tiny_wm, EpisodeSource(eps), state_finetune_config(3, 4), tmp_path / "wm", options=opts)
+    assert out == tmp_path / "wm" / "final"
     before, after = WorldModel.from_pretrained(tiny_wm).state_dict(), WorldModel.from_pretrained(out).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
     env = DreamVecEnv(out, num_envs=B, task="reach", obs_keys=OBS_KEYS, seed=0, return_tensors=True)
     env.reset_tensors(seed=0)
     obs, r, *_ = env.step_tensors(torch.zeros(B, 6))
     assert torch.isfinite(r).all()
+
+
+def test_diamond_runs_on_the_shipped_default(tmp_path):
+    """One iteration on the shipped world model (partner commands, state prior, props network):
+    collection, its world-model update and a policy in its dream; a re-run continues, another
+    configuration is refused."""
+    from dreamgym.app.diamond import diamond
+    from dreamgym.configs import compose
+    from dreamgym.worldmodel.model import DEFAULT_CHECKPOINT, WorldModel
+
+    over = [f"out={tmp_path / 'run'}", "budget=40", "collect_steps=24", f"collect_envs={B}", "wm.steps=1", "wm.batch_size=4"]
+    over += ["policy_steps=64", f"num_envs={B}", "ppo.n_steps=8", "ppo.batch_size=32", "ppo.n_epochs=1", "eval_episodes=0"]
+    over += ["progress=false", "num_threads=1", "stats_steps=2"]
+    s = diamond(compose("diamond", over))
+    assert s["iterations"] == 1 and s["real_steps_used"] <= 40
+    wm = WorldModel.from_pretrained(s["world_model"])
+    shipped = WorldModel.from_pretrained(DEFAULT_CHECKPOINT)
+    assert wm.config == shipped.config and wm.config.partner_actions and wm.config.state_prior
+    assert any(not torch.equal(v, shipped.state_dict()[k]) for k, v in wm.state_dict().items() if v.is_floating_point())
+    (step,) = [json.loads(ln) for ln in (tmp_path / "run" / "iter_00" / "world_model" / "metrics.jsonl").read_text().splitlines()]
+    assert step["branches"] == [] and np.isfinite(step["total"]) and {"prior_motion", "props_dynamics", "partner_motion"} <= set(step)
+    again = diamond(compose("diamond", over))
+    assert again["policy"] == s["policy"] and len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 1
+    with pytest.raises(ValueError, match=r"another configuration \(budget: run 40, now 41\)"):
+        diamond(compose("diamond", [*over, "budget=41"]))
 
 
 @pytest.mark.slow

@@ -27,7 +27,6 @@ The statistics live in ``Normalizer``, a module whose buffers are saved with the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +35,7 @@ from torch import nn
 from dreamgym.envs.motion import JOINT_POS, JOINT_ROT, JOINT_VEL, MOTION_DIM, ROOT_POS, ROOT_QUAT, quat_conj, quat_mul, yaw_of_quat
 from dreamgym.envs.skeleton import NUM_JOINTS
 from dreamgym.envs.spaces import MAX_DEPTH
+from dreamgym.rollouts.episodes import props_from_qpos
 
 N_PROPS = 4
 N_OCC_CLASSES = 5
@@ -92,24 +92,6 @@ def _align(q: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def _unit(q: torch.Tensor) -> torch.Tensor:
     return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-
-
-@lru_cache(maxsize=1)
-def prop_qpos_addresses() -> tuple[int, ...]:
-    """qpos addresses of the props' free joints (x, y, z first), from the compiled scene."""
-    import mujoco
-
-    from dreamgym.envs import scene
-    from dreamgym.envs.layout import SceneIndex
-
-    idx = SceneIndex.from_model(mujoco.MjModel.from_xml_string(scene.build_mjcf()))
-    return tuple(int(a) for a in idx.prop_qpos)
-
-
-def props_from_qpos(qpos: torch.Tensor) -> torch.Tensor:
-    """Prop positions (..., 4, 3) in world from physics states (..., nq)."""
-    adr = prop_qpos_addresses()
-    return torch.stack([qpos[..., a : a + 3] for a in adr], dim=-2).float()
 
 
 # ----------------------------------------------------------------------------- motion
@@ -430,13 +412,13 @@ class EpisodeWindows(torch.utils.data.Dataset):
     """Windows of ``length`` consecutive steps from in-memory episodes (the loader's item format).
 
     ``episodes`` is a list of dicts of (T, ...) tensors with the observation keys, ``props``,
-    ``actions`` (and optionally ``partner_actions``), ``rewards``, ``terminations`` and ``instruction`` (T,). Windows never cross an
-    episode boundary. Used by tests and quick experiments; datasets on disk come through
-    ``dreamgym.rollouts.loader.WindowDataset``.
+    ``actions`` (and optionally ``partner_actions``), ``rewards``, ``terminations`` and ``instruction`` (T,)
+    (``keys``: keep only these). Windows never cross an episode boundary. The DIAMOND-style loop
+    trains on such episodes; datasets on disk come through ``dreamgym.rollouts.loader.WindowDataset``.
     """
 
-    def __init__(self, episodes: list[dict[str, torch.Tensor]], length: int):
-        self.episodes = episodes
+    def __init__(self, episodes: list[dict[str, torch.Tensor]], length: int, keys: Sequence[str] | None = None):
+        self.episodes = episodes if keys is None else [{k: ep[k] for k in keys if k in ep} for ep in episodes]
         self.length = int(length)
         self.index = [(e, t) for e, ep in enumerate(episodes) for t in range(ep["actions"].shape[0] - self.length + 1)]
 

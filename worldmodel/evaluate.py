@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dreamgym.rollouts.episodes import props_from_qpos
+
 from .baselines import MODALITIES, HoldLastBaseline
 from .counterfactual import (
     SimBranches,
@@ -119,16 +121,6 @@ class Episode:
     @property
     def length(self) -> int:
         return int(self.actions.shape[0])
-
-
-def props_from_qpos(qpos: torch.Tensor | np.ndarray):
-    """Prop positions (..., N_PROPS, 3), world metres, from physics states qpos (..., nq)
-    (``worldmodel.data.props_from_qpos``, for numpy arrays too)."""
-    from .data import props_from_qpos as from_qpos
-
-    if isinstance(qpos, np.ndarray):
-        return from_qpos(torch.from_numpy(qpos)).numpy()
-    return from_qpos(qpos)
 
 
 def simulate_episodes(
@@ -210,51 +202,30 @@ def load_episodes(
     path: str | Path | Sequence[str | Path], split: str = "heldout", keys: Sequence[str] | None = None, max_episodes: int | None = None
 ) -> list[Episode]:
     """Whole episodes of a dataset written by ``dreamgym collect`` (``rollouts``), from the rooms
-    of ``split`` (``heldout``: seeds never seen in training), with ``props`` read from ``qpos``.
+    of ``split`` (``heldout``: seeds never seen in training), read by ``rollouts.episodes`` (with
+    ``props`` and the partner's commands).
 
     Each episode runs from its reset: rows 0..T hold observations 0..T (T is the final one),
     ``actions`` row t the action after observation t (row T is zero, unused)."""
-    from dreamgym.rollouts.dataset import read_episode
-    from dreamgym.rollouts.loader import WindowDataset
+    from dreamgym.rollouts.episodes import EpisodeReader, index_dataset
 
-    index = WindowDataset(path, context=0, horizon=1, split=split, keys=keys)
-    chosen = index.episodes[:max_episodes] if max_episodes is not None else index.episodes
-    obs_keys = [k for k in index.obs_keys if k in MODALITIES]
+    index = index_dataset(path, split=split, max_episodes=max_episodes)
+    if keys is None:
+        keys = sorted(set.intersection(*(set(m.data["env"]["obs_keys"]) for m in index.manifests)))
+    obs_keys = [k for k in keys if k in MODALITIES]
+    replay = all(r.task for r in index.episodes) and {"motion", "partner_motion"} <= set(obs_keys)
+    reader = EpisodeReader(index.episodes, [*obs_keys, "qpos", "props", *(["partner_actions"] if replay else [])])
     out = []
-    for e in chosen:
-        ep = read_episode(e["shard"], e["group"], keys=obs_keys)
-        T = ep.steps
-        obs = dict(ep.observations)
-        obs["props"] = props_from_qpos(ep.qpos)
-        actions = np.zeros((T + 1, ep.actions.shape[1]), np.float32)
-        actions[:T] = ep.actions
-        rewards = np.zeros(T + 1, np.float32)
-        rewards[:T] = ep.rewards
-        a = ep.attrs
-        task = str(a.get("task", "") or e.get("task", ""))
-        pacts = None
-        if task and "motion" in obs and "partner_motion" in obs:
-            # the partner's commands, replayed from the room's script (row T: after the last obs, unused)
-            from dreamgym.envs import partner as P
-
-            pacts = P.replay_episode(task, int(e["room_seed"]), obs["motion"], obs["partner_motion"]).numpy()
-            pacts[T] = 0.0
-        name = f"{a.get('task', 'episode')}_room{e['room_seed']}_{Path(e['shard']).stem}_{e['group']}"
-        out.append(
-            Episode(
-                obs,
-                actions,
-                int(e["room_seed"]),
-                task,
-                ep.qpos,
-                0,
-                name,
-                int(e["instruction"]) if e.get("instruction", -1) >= 0 else None,
-                rewards,
-                pacts,
-            )
-        )
-    index.close()
+    for i, e in enumerate(index.episodes):
+        rows = reader.episode(i)
+        a = reader.attrs(i)
+        obs = {k: rows[k] for k in (*obs_keys, "props")}
+        task = str(a.get("task", "") or e.task)
+        name = f"{a.get('task', 'episode')}_room{e.room_seed}_{Path(e.shard).stem}_{e.group}"
+        instruction = e.instruction if e.instruction >= 0 else None
+        pacts = rows.get("partner_actions")
+        out.append(Episode(obs, rows["actions"], e.room_seed, task, rows["qpos"], 0, name, instruction, rows["rewards"], pacts))
+    reader.close()
     if not out:
         where = path if isinstance(path, (str, Path)) else ", ".join(map(str, path))
         raise ValueError(f"dataset {where} has no {split} episodes (room seeds are split by a hash; collect more rooms)")

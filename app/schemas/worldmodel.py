@@ -20,8 +20,10 @@ WORLDMODEL_GROUP: type = WorldModelConfig
 
 @dataclass
 class TrainingNoise:
-    """``noise:`` of ``configs/train_wm.yaml``: probabilities, each in [0, 1]."""
+    """``noise:`` of ``configs/train_wm.yaml``: the log-normal sigma and probabilities, each in [0, 1]."""
 
+    p_mean: float = setting()
+    p_std: float = setting(gt=0)
     p_clean: float = setting(ge=0, le=1)
     p_sigma_max: float = setting(ge=0, le=1)
     p_skip_frames: float = setting(ge=0, le=1)
@@ -48,8 +50,11 @@ class TrainWmConfig:
     weight_decay: float = setting(ge=0)
     grad_clip: float = setting(gt=0)
     ema_decay: float = setting(ge=0, lt=1)
+    root_loss_weight: float = setting(gt=0)
     noise: TrainingNoise = group(TrainingNoise)
     stats_windows: int = setting(gt=0)
+    cache_mb: int | None = setting(gt=0)
+    num_workers: int = setting(ge=0)
     seed: int = setting(ge=0)
     device: str = setting(device=True)
     num_threads: int = setting(ge=1)

@@ -217,18 +217,9 @@ def dream_episodes(
         actions = torch.from_numpy(np.stack([np.asarray(e.actions[: t0 + H], np.float32) for e in eps])).to(device)
         generator = torch.Generator(device=device).manual_seed(int(seed))
         extra = {}
-        if getattr(model.config, "partner_actions", False) and all(e.attrs.get("task") and "room_seed" in e.attrs for e in eps):
-            # the recorded partner's commands, replayed from its room's script
-            from dreamgym.envs import partner as P
-
-            extra["partner_actions"] = torch.stack(
-                [
-                    P.replay_episode(
-                        str(e.attrs["task"]), int(e.attrs["room_seed"]), e.obs["motion"][: t0 + H], e.obs["partner_motion"][: t0 + H]
-                    )
-                    for e in eps
-                ]
-            ).to(device)
+        if getattr(model.config, "partner_actions", False) and all("partner_actions" in e.obs for e in eps):
+            # the recorded partner's commands (derived by the dataset reader from its room's script)
+            extra["partner_actions"] = torch.from_numpy(np.stack([e.obs["partner_actions"][: t0 + H] for e in eps])).to(device)
         out = model.rollout(
             context,
             actions[:, t0 : t0 + H],
@@ -315,6 +306,8 @@ def build_bundle(
         keys = [k for k in ("motion", "partner_motion", "occupancy", "ego_rgb", "ego_depth") if k in env["obs_keys"]]
         if model is None:
             keys = [k for k in keys if k != "ego_depth"]
+        elif getattr(model.config, "partner_actions", False) and env.get("task") and {"motion", "partner_motion"} <= set(keys):
+            keys.append("partner_actions")
         chosen = iter_dataset_episodes(data, keys, settings.split, settings.episodes, settings.max_episodes, with_props=True)
         bar = tqdm(
             desc="viewer bundle",

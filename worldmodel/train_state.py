@@ -1,0 +1,200 @@
+"""What a world-model training run keeps on disk: checkpoints, the EMA, and the run's record.
+
+Checkpoints: ``<out>/checkpoints/step_XXXXXXXX/`` with ``model.safetensors`` + ``config.json``
+(raw weights), ``ema.safetensors``, ``optimizer.safetensors``, ``rng.safetensors`` and
+``trainer_state.json`` (step, optimizer hyperparameters, RNG states); written to a temporary
+folder and renamed, so a kill never leaves a half-written checkpoint.
+
+``<out>/run.json`` (``run_record``): what the run trains on and how -- the data's fingerprint,
+the model and training configs, the code version. A run resumes only when it matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .model import CONFIG_NAME, WorldModel, check_state_dict, load_safetensors
+
+if TYPE_CHECKING:
+    from .config import TrainingConfig
+    from .windows import WindowSource
+
+CKPT_DIR = "checkpoints"
+RUN_RECORD = "run.json"
+# Version of what one training step does; a run resumes only under the version that started it.
+TRAINER_VERSION = 1
+# Settings a resumed run may change: a longer run continues a shorter one exactly (the learning-rate
+# schedule is a warm-up only).
+RESUMABLE_CHANGES = ("steps",)
+
+
+class ResumeMismatchError(ValueError):
+    """A run folder holds a run of other data, settings or code than the one asked for."""
+
+
+# ----------------------------------------------------------------------------- EMA / checkpoints
+class EMA:
+    """Exponential moving average of a model's parameters (buffers are copied)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        params = dict(model.named_parameters())
+        for k, v in model.state_dict().items():
+            # the average stays where it was made (the CPU), whichever device trains
+            if k in params:
+                self.shadow[k].mul_(d).add_(v.detach().float().to(self.shadow[k].device), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{i}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{i}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_flat(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        _, i, name = k.split(".", 2)
+        state.setdefault(int(i), {})[name] = v
+    for k, v in meta.get("scalars", {}).items():
+        i, name = k.split(".", 1)
+        state.setdefault(int(i), {})[name] = v
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return (
+        {"rng.torch": torch.get_rng_state(), "rng.numpy_keys": torch.from_numpy(np_state[1].astype(np.int64))},
+        {"python": [py[0], list(py[1]), py[2]], "numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])]},
+    )
+
+
+def _set_rng_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], tensors["rng.numpy_keys"].numpy().astype(np.uint32), n[1], n[2], n[3]))
+
+
+def save_checkpoint(
+    out: Path, step: int, model: WorldModel, ema: EMA, opt: torch.optim.Optimizer, extra: Mapping[str, Any], keep: int
+) -> Path:
+    """Write a checkpoint atomically (temporary folder, then rename); keep the newest ``keep``."""
+    from safetensors.torch import save_file
+
+    root = out / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    save_file({k: v.cpu().contiguous() for k, v in ema.shadow.items()}, str(tmp / "ema.safetensors"))
+    opt_t, opt_meta = _optimizer_to_flat(opt)
+    rng_t, rng_meta = _rng_state()
+    save_file(opt_t, str(tmp / "optimizer.safetensors"))
+    save_file(rng_t, str(tmp / "rng.safetensors"))
+    state = {"step": step, "optimizer": opt_meta, "rng": rng_meta, **extra}
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint folder under ``<out>/checkpoints`` (None if there is none)."""
+    root = Path(out) / CKPT_DIR
+    done = sorted(p for p in root.glob("step_*") if p.is_dir() and (p / "trainer_state.json").exists()) if root.exists() else []
+    return done[-1] if done else None
+
+
+def restore_checkpoint(ckpt: Path, model: WorldModel, ema: EMA, opt: torch.optim.Optimizer) -> int:
+    """Load a checkpoint's weights, EMA, optimizer and RNG states; returns its step."""
+    sd = load_safetensors(ckpt / "model.safetensors")
+    check_state_dict(model, sd, ckpt / "model.safetensors", ckpt / CONFIG_NAME)
+    model.load_state_dict(sd)
+    ema.shadow = {k: v.float() for k, v in load_safetensors(ckpt / "ema.safetensors").items()}
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    opt.load_state_dict(_optimizer_from_flat(load_safetensors(ckpt / "optimizer.safetensors"), state["optimizer"]))
+    _set_rng_state(load_safetensors(ckpt / "rng.safetensors"), state["rng"])
+    return int(state["step"])
+
+
+# ----------------------------------------------------------------------------- the run record
+def code_version() -> dict[str, Any]:
+    """What code trains: the package version and the trainer's step version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("dreamgym")
+    except PackageNotFoundError:
+        pkg = "unknown"
+    return {"dreamgym": pkg, "trainer": TRAINER_VERSION}
+
+
+def run_record(
+    model: WorldModel, training: TrainingConfig, windows: WindowSource, heldout: WindowSource | None, extra: Mapping[str, Any]
+) -> dict:
+    """What a run trains on and how: compared with ``<out>/run.json`` before resuming."""
+    t = dataclasses.asdict(training)
+    for k in RESUMABLE_CHANGES:
+        t.pop(k, None)
+    return {
+        "code": code_version(),
+        "model": dataclasses.asdict(model.config),
+        "training": t,
+        "data": windows.fingerprint(),
+        "heldout": heldout.fingerprint() if heldout is not None else None,
+        **{k: v for k, v in extra.items()},
+    }
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def record_differences(had: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``key: run <old>, now <new>`` for every setting that differs (sha256 values shortened)."""
+    a, b = _flat(json.loads(json.dumps(had))), _flat(json.loads(json.dumps(now)))
+    short = lambda k, v: f"{v[:12]}..." if k.endswith("sha256") and isinstance(v, str) else repr(v)  # noqa: E731
+    return [f"{k}: run {short(k, a.get(k))}, now {short(k, b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop a log's lines of steps after ``step`` (they are about to be redone)."""
+    if path.exists():
+        lines = path.read_text().splitlines()
+        path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
