@@ -500,25 +500,7 @@ def resolve_bundle(
         )
     if src.kind == "run" and not (data_path / "manifest.json").is_file():
         raise FileNotFoundError(f"run {src.path} was evaluated on {data_path}, which is not a dataset here; give data=<dataset dir>")
-    ckpt: str | None
-    explicit = checkpoint not in (None, "auto", "none", "null", "")
-    if explicit:
-        ckpt = str(checkpoint)
-    elif checkpoint in (None, "none", "null", ""):
-        ckpt = None
-    elif src.checkpoint is not None:
-        ckpt = str(src.checkpoint)
-        explicit = True  # the run's own model must fit its own data
-    elif dataset_default_dream:
-        from ...worldmodel.model import CONFIG_NAME, DEFAULT_CHECKPOINT
-
-        if (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
-            ckpt = str(DEFAULT_CHECKPOINT)
-        else:
-            ckpt = None
-            notes.append(f"no dream: the embedded default world model ({DEFAULT_CHECKPOINT}) is not there; give checkpoint=<dir>")
-    else:
-        ckpt = None
+    ckpt, explicit = _choose_checkpoint(checkpoint, src, dataset_default_dream, notes)
     if split == "auto":
         split = "heldout" if src.kind == "run" else "all"
     settings = BundleSettings(
@@ -564,6 +546,30 @@ def resolve_bundle(
             shutil.rmtree(target.parent, ignore_errors=True)
         raise
     return Resolved(target, temporary, notes)
+
+
+def _choose_checkpoint(checkpoint: str | None, src: Any, dataset_default_dream: bool, notes: list[str]) -> tuple[str | None, bool]:
+    """The world model to dream with (or None) and whether it was named explicitly (then it must fit the data)."""
+    ckpt: str | None
+    explicit = checkpoint not in (None, "auto", "none", "null", "")
+    if explicit:
+        ckpt = str(checkpoint)
+    elif checkpoint in (None, "none", "null", ""):
+        ckpt = None
+    elif src.checkpoint is not None:
+        ckpt = str(src.checkpoint)
+        explicit = True  # the run's own model must fit its own data
+    elif dataset_default_dream:
+        from ...worldmodel.model import CONFIG_NAME, DEFAULT_CHECKPOINT
+
+        if (DEFAULT_CHECKPOINT / CONFIG_NAME).is_file():
+            ckpt = str(DEFAULT_CHECKPOINT)
+        else:
+            ckpt = None
+            notes.append(f"no dream: the embedded default world model ({DEFAULT_CHECKPOINT}) is not there; give checkpoint=<dir>")
+    else:
+        ckpt = None
+    return ckpt, explicit
 
 
 def _load_model(checkpoint: str, device: str):
