@@ -105,6 +105,10 @@ class EgoRoomCore:
         self.fresh = torch.ones(B, dtype=torch.bool, device=dev)
         self.mat_pos = torch.zeros(B, 2, device=dev)
         self.room_half = torch.zeros(B, 2, device=dev)
+        # body indices as device tensors: indexing a GPU tensor with a numpy array copies it there first
+        self._agent_bodies, self._partner_bodies, self._prop_bodies = (
+            torch.as_tensor(i, device=dev) for i in (self.idx.agent_bodies, self.idx.partner_bodies, self.idx.prop_bodies)
+        )
         self.box_geoms = torch.as_tensor(np.concatenate([self.idx.wall_geoms, self.idx.furniture_geoms, self.idx.prop_geoms]), device=dev)
         n_static = len(self.idx.wall_geoms) + len(self.idx.furniture_geoms)
         self.box_class = torch.tensor([STATIC] * n_static + [MOVABLE] * scene.N_PROPS, device=dev)
@@ -173,10 +177,10 @@ class EgoRoomCore:
     def observe(self, sim: SimFrame, worlds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Update the state from ``sim`` (all worlds, or only the rows in ``worlds``) and return the
         state-based observation parts: motion, partner_motion, occupancy, task_obs, instruction."""
-        aj = sim.xpos[:, self.idx.agent_bodies]
-        pj = sim.xpos[:, self.idx.partner_bodies]
-        aq = sim.xquat[:, self.idx.agent_bodies]
-        pq = sim.xquat[:, self.idx.partner_bodies]
+        aj = sim.xpos[:, self._agent_bodies]
+        pj = sim.xpos[:, self._partner_bodies]
+        aq = sim.xquat[:, self._agent_bodies]
+        pq = sim.xquat[:, self._partner_bodies]
         fresh = self.fresh[:, None, None]
         prev_a = torch.where(fresh, aj, self._prev_joints[:, 0])
         prev_p = torch.where(fresh, pj, self._prev_joints[:, 1])
@@ -193,7 +197,7 @@ class EgoRoomCore:
             partner_vel=((pj[:, 0] - prev_p[:, 0]) / dt).float(),
             partner_joints=pj.float(),
             partner_behaviour=self.scripts.current()[0].clone(),
-            prop_pos=sim.xpos[:, self.idx.prop_bodies].float(),
+            prop_pos=sim.xpos[:, self._prop_bodies].float(),
             mat_pos=self.mat_pos.clone(),
             room_half=self.room_half.clone(),
             step=self.steps.clone(),

@@ -315,20 +315,23 @@ class EgoRoomVecEnv(VectorEnv):
         self._launch("render", self._render_kernels)
 
     def _launch(self, name: str, launches) -> None:
-        """Run ``launches`` (Warp kernel launches only) on the env's device: replayed from a CUDA
-        graph recorded on first use when ``cuda_graph`` is on, else launched directly."""
+        """Run ``launches`` (Warp kernel launches only) on the env's device. With ``cuda_graph``
+        the first call launches them directly (loading their kernels), the second records them as
+        a CUDA graph and every call from then on replays it."""
         wp = self._wp
         with wp.ScopedDevice(self._wdev):
-            if not self.cuda_graph:
+            if not self.cuda_graph or name not in self._graphs:
                 launches()
+                if self.cuda_graph:
+                    self._graphs[name] = None  # kernels loaded: record on the next call
                 return
-            if name not in self._graphs:
+            if self._graphs[name] is None:
                 try:
-                    with wp.ScopedCapture() as capture:
+                    with wp.ScopedCapture(force_module_load=False) as capture:
                         launches()
                     self._graphs[name] = capture.graph
-                except Exception as e:  # an unsupported op in capture: fall back to direct launches
-                    warnings.warn(f"EgoRoomVecEnv: CUDA graph capture of the {name} step failed ({e}); launching kernels directly")
+                except Exception as e:  # an op that cannot be recorded: launch directly from now on
+                    warnings.warn(f"EgoRoomVecEnv: recording the {name} step as a CUDA graph failed ({e}); launching kernels directly")
                     self.cuda_graph = False
                     self._graphs.clear()
                     launches()

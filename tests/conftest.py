@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from unittest import mock  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
@@ -48,7 +49,8 @@ def vec_env_factory():
 #   - ops whose output size depends on the data (``nonzero``, boolean-mask indexing, ...): torch
 #     must read that size on the host;
 #   - tensors made from host data (``torch.tensor``, ``torch.as_tensor`` of non-tensors,
-#     ``torch.from_numpy``, ``Tensor.new_tensor``): on a GPU, a host-to-device copy.
+#     ``torch.from_numpy``, ``Tensor.new_tensor``) and indexing with numpy arrays or lists
+#     (``host_index``): on a GPU, a host-to-device copy.
 HOST_READ_METHODS = ("cpu", "numpy", "tolist")
 DATA_DEPENDENT_OPS = (
     "_local_scalar_dense",
@@ -79,6 +81,12 @@ class _DataDependentOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _host_index(tensor, index, *value) -> bool:
+    """Whether ``tensor[index]`` indexes with a numpy array or a list (copied to the device first)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, (np.ndarray, list)) for i in parts)
+
+
 @contextmanager
 def count_host_traffic() -> Iterator[Counter]:
     """Count, while active, every host read, data-dependent op and tensor made from host data
@@ -94,6 +102,8 @@ def count_host_traffic() -> Iterator[Counter]:
         return wrapper
 
     patches = [mock.patch.object(torch.Tensor, m, counting(m, getattr(torch.Tensor, m))) for m in HOST_READ_METHODS]
+    for m in ("__getitem__", "__setitem__"):
+        patches.append(mock.patch.object(torch.Tensor, m, counting("host_index", getattr(torch.Tensor, m), _host_index)))
     patches += [mock.patch.object(torch.Tensor, "new_tensor", counting("new_tensor", torch.Tensor.new_tensor))]
     for name in ("tensor", "from_numpy"):
         patches.append(mock.patch.object(torch, name, counting(name, getattr(torch, name))))

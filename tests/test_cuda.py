@@ -24,54 +24,58 @@ LOSS_RTOL = 2e-2  # the first training step's loss
 
 
 def _same_actions(B: int, steps: int, seed: int = 0) -> list[torch.Tensor]:
+    """The same uniform random actions on every device."""
     g = torch.Generator().manual_seed(seed)
     return [torch.rand(B, 6, generator=g) * 2 - 1 for _ in range(steps)]
 
 
-@pytest.mark.cuda
-def test_vec_env_on_cuda_agrees_with_cpu():
+def _run_vec(device: str, steps: int, actions=None, **kw):
+    """Observations (on the CPU) and rewards of a reach episode in 4 rooms: driven by ``actions``
+    (a list of (4, 6)), or by the env's own expert when None; returns them and the actions used."""
     from dreamgym.envs.vec_env import EgoRoomVecEnv
 
-    B, steps = 4, 30
-    runs = {}
-    for device in ("cpu", "cuda"):
-        env = EgoRoomVecEnv(num_envs=B, task="reach", resolution=32, device=device, seed=7, return_tensors=True)
-        obs, _ = env.reset_tensors(seed=7)
-        rec = [{k: v.cpu() for k, v in obs.items()}]
-        rewards = []
-        for a in _same_actions(B, steps):
-            obs, r, term, trunc, _ = env.step_tensors(a.to(device))
-            rec.append({k: v.cpu() for k, v in obs.items()})
-            rewards.append(r.cpu())
-        runs[device] = rec, torch.stack(rewards)
-        env.close()
-    (cpu, r_cpu), (gpu, r_gpu) = runs["cpu"], runs["cuda"]
-    worst = max(float((c[k][:, :73] - g[k][:, :73]).abs().max()) for c, g in zip(cpu, gpu) for k in ("motion", "partner_motion"))
-    assert worst < MOTION_TOL_M, f"motion differs by {worst:.2e} m between cpu and cuda"
-    rgb = np.mean([float((c["ego_rgb"].float() - g["ego_rgb"].float()).abs().mean()) for c, g in zip(cpu, gpu)])
-    depth = np.mean([float((c["ego_depth"] - g["ego_depth"]).abs().median()) for c, g in zip(cpu, gpu)])
-    assert rgb < RGB_TOL, f"mean absolute RGB difference {rgb:.2f}"
-    assert depth < DEPTH_TOL_M, f"median depth difference {depth:.4f} m"
-    assert np.mean([float((c["occupancy"] == g["occupancy"]).float().mean()) for c, g in zip(cpu, gpu)]) > 0.99
+    B = 4
+    env = EgoRoomVecEnv(num_envs=B, task="reach", resolution=32, device=device, seed=7, return_tensors=True, **kw)
+    obs, _ = env.reset_tensors(seed=7)
+    rec, rewards, used = [{k: v.cpu() for k, v in obs.items()}], [], []
+    for t in range(steps):
+        a = env.expert_actions().cpu() if actions is None else actions[t]
+        obs, r, *_ = env.step_tensors(a.to(device))
+        rec.append({k: v.cpu() for k, v in obs.items()})
+        rewards.append(r.cpu())
+        used.append(a)
+    graph = env.cuda_graph
+    env.close()
+    return rec, torch.stack(rewards), used, graph
+
+
+def _assert_close(a: list[dict], b: list[dict], what: str) -> None:
+    worst = max(float((x[k][:, :73] - y[k][:, :73]).abs().max()) for x, y in zip(a, b) for k in ("motion", "partner_motion"))
+    assert worst < MOTION_TOL_M, f"{what}: motion differs by {worst:.2e} m"
+    rgb = np.mean([float((x["ego_rgb"].float() - y["ego_rgb"].float()).abs().mean()) for x, y in zip(a, b)])
+    depth = np.mean([float((x["ego_depth"] - y["ego_depth"]).abs().median()) for x, y in zip(a, b)])
+    assert rgb < RGB_TOL, f"{what}: mean absolute RGB difference {rgb:.2f}"
+    assert depth < DEPTH_TOL_M, f"{what}: median depth difference {depth:.4f} m"
+    assert np.mean([float((x["occupancy"] == y["occupancy"]).float().mean()) for x, y in zip(a, b)]) > 0.99, what
+
+
+@pytest.mark.cuda
+def test_vec_env_on_cuda_agrees_with_cpu():
+    """Same rooms, same actions (the CPU run's expert's): the same worlds on cuda."""
+    cpu, r_cpu, actions, _ = _run_vec("cpu", 30)
+    gpu, r_gpu, _, _ = _run_vec("cuda", 30, actions, cuda_graph=False)
+    _assert_close(cpu, gpu, "cpu vs cuda")
     assert torch.allclose(r_cpu, r_gpu, atol=1e-3)
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("cuda_graph", [False, True], ids=["kernels", "cuda_graph"])
-def test_cuda_graph_replay_steps_the_same_worlds(cuda_graph):
-    """Replaying the recorded physics and render graphs gives what launching the kernels gives."""
-    from dreamgym.envs.vec_env import EgoRoomVecEnv
-
-    outs = []
-    for graph in (False, cuda_graph):
-        env = EgoRoomVecEnv(num_envs=3, task="push", resolution=32, device="cuda", seed=2, return_tensors=True, cuda_graph=graph)
-        env.reset_tensors(seed=2)
-        for a in _same_actions(3, 10, seed=1):
-            obs, *_ = env.step_tensors(a.cuda())
-        assert env.cuda_graph == graph, "graph capture fell back to direct launches"
-        outs.append({k: v.cpu() for k, v in obs.items()})
-    for k in outs[0]:
-        assert torch.equal(outs[0][k], outs[1][k]), k
+def test_cuda_graph_replay_steps_the_same_worlds():
+    """Replaying the recorded physics and render graphs steps the worlds that launching the
+    kernels one by one steps (up to the order of atomic additions)."""
+    direct, _, actions, _ = _run_vec("cuda", 20, cuda_graph=False)
+    replay, _, _, graph = _run_vec("cuda", 20, actions, cuda_graph=True)
+    assert graph, "CUDA graph capture failed and the env fell back to direct launches"
+    _assert_close(direct, replay, "kernels vs cuda graph")
 
 
 @pytest.mark.cuda
