@@ -16,7 +16,7 @@ cd "$REPO" || exit 1
 PAYLOAD="$REPO/.gpu_payload"
 # what the GPU image lacks (its own torch, numpy, scipy, h5py, accelerate, tensorboard, pytest ... stay)
 PACKAGES=(warp-lang mujoco mujoco-core mujoco-warp gymnasium farama-notifications hydra-core omegaconf
-  antlr4-python3-runtime diffusers importlib-metadata pyopengl)
+  antlr4-python3-runtime diffusers importlib-metadata lazy-importer pyopengl)
 PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
 
