@@ -76,9 +76,9 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 # stage -> (most seconds it may take, seconds kept free for it while earlier stages run)
 STAGES: dict[str, tuple[int, int]] = {
-    "info": (60, 10),
-    "env": (200, 60),
-    "tests": (200, 60),
+    "info": (45, 10),
+    "env": (240, 60),  # the first CUDA step compiles every kernel
+    "tests": (180, 60),
     "data": (90, 20),
     "train": (160, 60),
     "eval": (120, 30),

@@ -61,8 +61,8 @@ prepare() {
   rm -rf "$stage/site/warp/tests" "$stage/site/warp/examples" "$stage/site/mujoco/testdata" "$stage/site/bin"
   find "$stage/site" -depth -name __pycache__ -exec rm -rf {} +
   find "$stage/site" -name '*_test.py' -delete
-  say "packing $(du -sh "$stage/site" | cut -f1) (xz, a few minutes)"
-  tar -C "$stage/site" -cf - . | xz -T0 -9 >"$stage/site.tar.xz" || return 1
+  say "packing $(du -sh "$stage/site" | cut -f1) (xz -${XZ_LEVEL:-9}: 5-10 minutes on 2 cores; about 104 MiB at -9)"
+  tar -C "$stage/site" -cf - . | xz -T0 "-${XZ_LEVEL:-9}" >"$stage/site.tar.xz" || return 1
   tree=$(tree_mib)
   part_mib=$((60 - tree - 4))  # a device call sends at most 64 MiB: the tree, one part, the EGL packages
   [ "$part_mib" -ge 8 ] || { say "the working tree is ${tree} MiB: no room left for the packages in a device call"; return 1; }
@@ -88,19 +88,20 @@ write_plan() {
   mapfile -t parts < <(cd "$PAYLOAD" && ls site.tar.xz.part*)
   last=${parts[${#parts[@]}-1]}
   {
-    echo "# Device calls for the GPU check (tree $1 MiB, ${#parts[@]} parts)"
+    echo "# Running the GPU check on a machine without network (working tree $1 MiB, ${#parts[@]} parts)"
     echo
-    echo "Make them one right after the other: a machine goes back 30 s after a call, and the parts"
-    echo "staged in /tmp there go with it. The last call runs the check (about 10 minutes)."
+    echo "Each step sends the working tree plus the files it names (at most 64 MiB in all) and runs one"
+    echo "command in the repository root there. Run the steps back to back: the parts staged in /tmp are"
+    echo "lost if the machine is replaced between two steps. The last step runs the check (under 10 minutes)."
     echo
     for p in "${parts[@]}"; do
       [ "$p" = "$last" ] && continue
       i=$((i + 1))
-      echo "$i. carry [\".gpu_payload/$p\"], timeout_s 120:"
-      echo "   mkdir -p /tmp/dg_payload && cp .gpu_payload/$p /tmp/dg_payload/ && ls -l /tmp/dg_payload"
+      echo "$i. files: .gpu_payload/$p"
+      echo "   command: mkdir -p /tmp/dg_payload && cp .gpu_payload/$p /tmp/dg_payload/ && ls -l /tmp/dg_payload"
     done
-    echo "$((i + 1)). carry [\".gpu_payload/$last\", \".gpu_payload/MANIFEST\", \".gl\"], timeout_s 600:"
-    echo "   bash benchmarks/gpu_check.sh"
+    echo "$((i + 1)). files: .gpu_payload/$last, .gpu_payload/MANIFEST, .gl"
+    echo "   command: bash benchmarks/gpu_check.sh   (allow 600 s; with OUT set to a folder, the JSON and logs land there)"
     echo
     echo "Then copy the returned gpu_check.json into benchmarks/results/ and commit it."
   } >"$PAYLOAD/PLAN.md"
