@@ -61,7 +61,7 @@ prepare() {
   rm -rf "$stage/site/warp/tests" "$stage/site/warp/examples" "$stage/site/mujoco/testdata" "$stage/site/bin"
   find "$stage/site" -depth -name __pycache__ -exec rm -rf {} +
   find "$stage/site" -name '*_test.py' -delete
-  say "packing $(du -sh "$stage/site" | cut -f1) (xz -${XZ_LEVEL:-9}: 5-10 minutes on 2 cores; about 104 MiB at -9)"
+  say "packing $(du -sh "$stage/site" | cut -f1) (xz -${XZ_LEVEL:-9}: minutes; about 104 MiB at -9)"
   tar -C "$stage/site" -cf - . | xz -T0 "-${XZ_LEVEL:-9}" >"$stage/site.tar.xz" || return 1
   tree=$(tree_mib)
   part_mib=$((60 - tree - 4))  # a device call sends at most 64 MiB: the tree, one part, the EGL packages
