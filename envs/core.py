@@ -34,12 +34,36 @@ class SimFrame:
     geom_xmat: torch.Tensor  # (B, ngeom, 9)
 
 
-def validate_action(action, num_worlds: int, device, batched: bool) -> torch.Tensor:
-    """Check an action's shape and values and clip it to [-1, 1].
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; a CUDA device on a machine without CUDA is refused.
 
+    Raises ``ValueError`` in one line naming what was asked for and what this machine has, rather
+    than the failure deep inside torch or Warp that the first tensor or kernel would give.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device; use 'cpu' or 'cuda'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={str(device)!r} asks for CUDA, but torch sees no CUDA GPU here (torch {torch.__version__}); use device='cpu'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"device={str(device)!r} is not supported; use 'cpu' or 'cuda'")
+    return dev
+
+
+def validate_action(action, num_worlds: int, device, batched: bool) -> torch.Tensor:
+    """Check an action's shape and values and clip it to [-1, 1]; returns it on ``device``.
+
+    The check runs where the action already is (a numpy or CPU action is checked on the host,
+    before it is copied), so that a CPU action never waits for a GPU.
     Raises ``ValueError`` naming the wrong shape, or the position of a NaN / infinite value.
     """
-    t = torch.as_tensor(action, dtype=torch.float32, device=device)
+    t = torch.as_tensor(action, dtype=torch.float32)
     want = (num_worlds, ACTION_DIM) if batched else (ACTION_DIM,)
     if tuple(t.shape) != want:
         raise ValueError(f"action has shape {tuple(t.shape)}, expected {want}")
@@ -47,7 +71,7 @@ def validate_action(action, num_worlds: int, device, batched: bool) -> torch.Ten
     if bool(bad.any()):
         where = bad.nonzero()[0].tolist()
         raise ValueError(f"action contains a non-finite value {t[tuple(where)].item()} at index {tuple(where)}")
-    t = torch.clamp(t, -1.0, 1.0)
+    t = torch.clamp(t.to(device), -1.0, 1.0)
     return t if batched else t[None]
 
 
@@ -72,16 +96,25 @@ class EgoRoomCore:
             torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, 2, device=dev)
         )
         self.specs: list[scene.RoomSpec | None] = [None] * B
+        # host copies of what ``infos`` reports and only an episode start changes: reading them
+        # from the device every step would cost a GPU round trip per world
+        self._room_seed_host = np.full(B, -1, dtype=np.int64)
+        self._instruction_host = np.zeros(B, dtype=np.int64)
         self.steps = torch.zeros(B, dtype=torch.long, device=dev)
         self.partner_action = torch.zeros(B, ACTION_DIM, device=dev)  # the partner's command of the last step
         self.fresh = torch.ones(B, dtype=torch.bool, device=dev)
         self.mat_pos = torch.zeros(B, 2, device=dev)
         self.room_half = torch.zeros(B, 2, device=dev)
+        # body indices as device tensors: indexing a GPU tensor with a numpy array copies it there first
+        self._agent_bodies, self._partner_bodies, self._prop_bodies = (
+            torch.as_tensor(i, device=dev) for i in (self.idx.agent_bodies, self.idx.partner_bodies, self.idx.prop_bodies)
+        )
         self.box_geoms = torch.as_tensor(np.concatenate([self.idx.wall_geoms, self.idx.furniture_geoms, self.idx.prop_geoms]), device=dev)
         n_static = len(self.idx.wall_geoms) + len(self.idx.furniture_geoms)
         self.box_class = torch.tensor([STATIC] * n_static + [MOVABLE] * scene.N_PROPS, device=dev)
         self.box_is_ball = torch.tensor([False] * n_static + [s == "ball" for s in scene.PROP_SHAPES], device=dev)
-        self.box_half = torch.as_tensor(self.mjm.geom_size[self.box_geoms.cpu().numpy()], dtype=torch.float32, device=dev).repeat(B, 1, 1)
+        self._box_geoms_np = self.box_geoms.cpu().numpy()
+        self.box_half = torch.as_tensor(self.mjm.geom_size[self._box_geoms_np], dtype=torch.float32, device=dev).repeat(B, 1, 1)
         self.occupancy = OccupancyGrid(grid, dev)
         self.grid = grid
         self.state: WorldState | None = None
@@ -96,21 +129,28 @@ class EgoRoomCore:
         """
         if len(worlds) != len(room_seeds):
             raise ValueError(f"{len(worlds)} worlds but {len(room_seeds)} room seeds")
-        out, scripts = [], []
+        out, scripts, rows = [], [], []
         for w, seed in zip(worlds, room_seeds):
             spec = scene.generate_room(int(seed))
             spec, target, instr, goal, script = self.task.setup(spec, _rng_for(seed, self.task))
             self.specs[w] = spec
-            self.params.target[w] = target
-            self.params.instruction[w] = instr
-            self.params.goal[w] = torch.tensor(goal, device=self.device)
-            self.mat_pos[w] = torch.as_tensor(spec.mat_pos, dtype=torch.float32, device=self.device)
-            self.room_half[w] = torch.as_tensor(spec.half_extent, dtype=torch.float32, device=self.device)
+            self._room_seed_host[w] = spec.seed
+            self._instruction_host[w] = instr
             fields = room_geom_fields(self.mjm, self.idx, spec)
-            self.box_half[w] = torch.as_tensor(fields.size[self.box_geoms.cpu().numpy()], dtype=torch.float32, device=self.device)
+            rows.append((target, instr, goal, spec.mat_pos, spec.half_extent, fields.size[self._box_geoms_np]))
             scripts.append(script)
             out.append((fields, initial_qpos(self.mjm, self.idx, spec)))
         wt = torch.as_tensor(np.asarray(worlds, dtype=np.int64), device=self.device)
+        if rows:
+            # one host-to-device copy per field for all new episodes, not one per world
+            target, instr, goal, mat, half, box_half = (np.asarray(col) for col in zip(*rows))
+            dev = self.device
+            self.params.target[wt] = torch.as_tensor(target.astype(np.int64), device=dev)
+            self.params.instruction[wt] = torch.as_tensor(instr.astype(np.int64), device=dev)
+            self.params.goal[wt] = torch.as_tensor(goal, dtype=torch.float32, device=dev)
+            self.mat_pos[wt] = torch.as_tensor(mat, dtype=torch.float32, device=dev)
+            self.room_half[wt] = torch.as_tensor(half, dtype=torch.float32, device=dev)
+            self.box_half[wt] = torch.as_tensor(box_half, dtype=torch.float32, device=dev)
         self.scripts.load(wt, P.pack_scripts(scripts))
         self.gait_agent.reset(wt)
         self.gait_partner.reset(wt)
@@ -137,10 +177,10 @@ class EgoRoomCore:
     def observe(self, sim: SimFrame, worlds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Update the state from ``sim`` (all worlds, or only the rows in ``worlds``) and return the
         state-based observation parts: motion, partner_motion, occupancy, task_obs, instruction."""
-        aj = sim.xpos[:, self.idx.agent_bodies]
-        pj = sim.xpos[:, self.idx.partner_bodies]
-        aq = sim.xquat[:, self.idx.agent_bodies]
-        pq = sim.xquat[:, self.idx.partner_bodies]
+        aj = sim.xpos[:, self._agent_bodies]
+        pj = sim.xpos[:, self._partner_bodies]
+        aq = sim.xquat[:, self._agent_bodies]
+        pq = sim.xquat[:, self._partner_bodies]
         fresh = self.fresh[:, None, None]
         prev_a = torch.where(fresh, aj, self._prev_joints[:, 0])
         prev_p = torch.where(fresh, pj, self._prev_joints[:, 1])
@@ -157,7 +197,7 @@ class EgoRoomCore:
             partner_vel=((pj[:, 0] - prev_p[:, 0]) / dt).float(),
             partner_joints=pj.float(),
             partner_behaviour=self.scripts.current()[0].clone(),
-            prop_pos=sim.xpos[:, self.idx.prop_bodies].float(),
+            prop_pos=sim.xpos[:, self._prop_bodies].float(),
             mat_pos=self.mat_pos.clone(),
             room_half=self.room_half.clone(),
             step=self.steps.clone(),
@@ -206,23 +246,55 @@ class EgoRoomCore:
         """The task's scripted expert action (B, 6) for the current state."""
         return torch.clamp(self.task.expert(self.state, self.params), -1.0, 1.0)
 
+    def host_snapshot(self, *flags: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """What the host needs after a step, read from the device in one transfer.
+
+        Returns the (B,) bool ``flags`` (e.g. done, success) as numpy arrays, the partner's
+        behaviour (B,) int64 and the props' xy positions (B, N_PROPS, 2) float32.
+        """
+        st = self.state
+        B = self.B
+        cols = [f.reshape(B, 1).float() for f in flags]
+        cols += [st.partner_behaviour.reshape(B, 1).float(), st.prop_pos[..., :2].float().reshape(B, -1)]
+        host = torch.cat(cols, 1).cpu().numpy()
+        n = len(flags)
+        out_flags = [host[:, i] > 0.5 for i in range(n)]
+        behaviour = host[:, n].astype(np.int64)
+        objects = np.ascontiguousarray(host[:, n + 1 :].reshape(B, -1, 2))
+        return out_flags, behaviour, objects
+
+    def batched_infos(self, behaviour: np.ndarray | None = None, objects: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per-world information as (B,) arrays: instruction text, partner behaviour and utterance,
+        room seed, and the scene's objects (the props' xy positions, (B, N_PROPS, 2) float32: what
+        a person can point at). ``behaviour`` and ``objects`` are ``host_snapshot``'s, if read."""
+        if behaviour is None or objects is None:
+            _, behaviour, objects = self.host_snapshot()
+        return {
+            "instruction_text": _INSTRUCTION_TEXT[self._instruction_host],
+            "partner_behaviour": _BEHAVIOUR_NAMES[behaviour],
+            "utterance": _UTTERANCE_TEXT[behaviour],
+            "room_seed": self._room_seed_host.copy(),
+            "objects": objects,
+        }
+
     def infos(self) -> list[dict]:
-        """Per-world information: instruction text, partner behaviour and utterance, room seed, and the
-        scene's objects (the props' xy positions, (N_PROPS, 2) float32: what a person can point at)."""
-        beh = self.state.partner_behaviour.tolist()
-        objects = self.state.prop_pos[..., :2].float().cpu().numpy().copy()
+        """``batched_infos`` per world: a list of B dicts."""
+        arrays = self.batched_infos()
         return [
             {
-                "instruction_text": INSTRUCTIONS[int(self.params.instruction[i])],
-                "partner_behaviour": P.BEHAVIOURS[beh[i]],
-                "utterance": P.UTTERANCES[beh[i]],
-                "room_seed": self.specs[i].seed if self.specs[i] is not None else -1,
-                "objects": objects[i],
+                "instruction_text": str(arrays["instruction_text"][i]),
+                "partner_behaviour": str(arrays["partner_behaviour"][i]),
+                "utterance": str(arrays["utterance"][i]),
+                "room_seed": int(arrays["room_seed"][i]),
+                "objects": arrays["objects"][i],
             }
             for i in range(self.B)
         ]
 
 
+_INSTRUCTION_TEXT = np.array(INSTRUCTIONS, dtype=object)
+_BEHAVIOUR_NAMES = np.array(P.BEHAVIOURS, dtype=object)
+_UTTERANCE_TEXT = np.array(P.UTTERANCES, dtype=object)
 MOTION_SHAPE = (MOTION_DIM,)
 TASK_OBS_SHAPE = (TASK_OBS_DIM,)
 NUM_INSTRUCTIONS = len(INSTRUCTIONS)

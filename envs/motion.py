@@ -34,6 +34,14 @@ MOTION_DIM = JOINT_VEL.stop
 assert MOTION_DIM == 227
 
 _PARENT_IDX = torch.tensor([max(p, 0) for p in PARENTS])
+_PARENT_IDX_ON: dict[torch.device, torch.Tensor] = {}
+
+
+def _parent_index(device: torch.device) -> torch.Tensor:
+    """``_PARENT_IDX`` on ``device``, copied there once rather than every step."""
+    if device not in _PARENT_IDX_ON:
+        _PARENT_IDX_ON[device] = _PARENT_IDX.to(device)
+    return _PARENT_IDX_ON[device]
 
 
 def quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -53,7 +61,7 @@ def quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def quat_conj(q: torch.Tensor) -> torch.Tensor:
     """Conjugate (the inverse for unit quaternions) of (..., 4) quaternions."""
-    return q * q.new_tensor([1.0, -1.0, -1.0, -1.0])
+    return torch.cat((q[..., :1], -q[..., 1:]), dim=-1)  # no constant tensor: that would be a host-to-device copy per call
 
 
 def yaw_of_quat(q: torch.Tensor) -> torch.Tensor:
@@ -82,7 +90,7 @@ def compute_motion(joint_xpos: torch.Tensor, joint_xquat: torch.Tensor, prev_joi
     root_quat = joint_xquat[:, 0]
     yaw = yaw_of_quat(root_quat)
     rel = rotate_to_heading(joint_xpos - root_pos[:, None], yaw)
-    parent_q = joint_xquat[:, _PARENT_IDX.to(joint_xquat.device)]
+    parent_q = joint_xquat[:, _parent_index(joint_xquat.device)]
     local = quat_mul(quat_conj(parent_q), joint_xquat)
     local[:, 0] = root_quat
     local = local * torch.where(local[..., :1] < 0, -1.0, 1.0)  # canonical sign: w >= 0

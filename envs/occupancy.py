@@ -69,6 +69,17 @@ def _bone_samples(device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.tensor(par, device=device), torch.tensor(chi, device=device), torch.tensor(w, device=device)
 
 
+_BONES_ON: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _bone_samples_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_bone_samples`` made once per device (read only), not copied there on every call."""
+    device = torch.device(device)
+    if device not in _BONES_ON:
+        _BONES_ON[device] = _bone_samples(device)
+    return _BONES_ON[device]
+
+
 class OccupancyGrid:
     """Computes occupancy for B worlds from geom boxes/balls and the two skeletons."""
 
@@ -117,12 +128,14 @@ class OccupancyGrid:
         )  # (B, G, XY)
         dz = (self.az[None, None, :] - box_pos[..., 2:3]).abs()
         in_z = dz <= (zext[..., None] + half)  # (B, G, Z)
-        grid = torch.zeros(B, Z, X * Y, dtype=torch.uint8, device=agent_pos.device)
-        for cls in (STATIC, MOVABLE):
-            sel = box_class == cls
-            if bool(sel.any()):
-                occ = (in_z[:, sel, :, None] & in_xy[:, sel, None, :]).any(dim=1)  # (B, Z, XY)
-                grid = torch.where(occ, torch.tensor(cls, dtype=torch.uint8, device=grid.device), grid)
+        # Each voxel takes the highest class (static, movable) among the geoms in it. Classes are
+        # multiplied in rather than selected with a mask, which would need a host round trip.
+        cls = torch.where((box_class == STATIC) | (box_class == MOVABLE), box_class, FREE).to(torch.uint8)
+        if box_pos.shape[1]:
+            occ = (in_z[:, :, :, None] & in_xy[:, :, None, :]).to(torch.uint8)  # (B, G, Z, XY)
+            grid = occ.mul_(cls[None, :, None, None]).amax(dim=1)
+        else:
+            grid = torch.zeros(B, Z, X * Y, dtype=torch.uint8, device=agent_pos.device)
         grid = grid.view(B, Z, X, Y)
         mark_skeletons(grid, self.spec, agent_pos, agent_yaw, agent_joints, partner_joints, (self.bone_par, self.bone_chi, self.bone_w))
         return grid
@@ -143,7 +156,7 @@ def mark_skeletons(
     X, Y, Z = spec.size
     v = spec.voxel
     B = grid.shape[0]
-    par, chi, w = _bone_samples(grid.device) if bones is None else bones
+    par, chi, w = _bone_samples_on(grid.device) if bones is None else bones
     c, s = torch.cos(agent_yaw)[:, None], torch.sin(agent_yaw)[:, None]
     flat = grid.view(-1)
     for cls, joints in ((PARTNER, partner_joints), (AGENT, agent_joints)):
@@ -157,5 +170,9 @@ def mark_skeletons(
         ok = (ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (iz >= 0) & (iz < Z)
         b = torch.arange(B, device=grid.device)[:, None].expand_as(ix)
         lin = (b * Z + iz) * (X * Y) + ix * Y + iy
-        flat[lin[ok]] = cls
+        # samples outside the grid write to one spare slot past its end (a boolean mask would
+        # need its count on the host)
+        padded = torch.cat((flat, flat.new_zeros(1)))
+        padded[torch.where(ok, lin, flat.numel())] = cls
+        flat.copy_(padded[:-1])
     return grid

@@ -20,6 +20,7 @@ finished episode is in ``infos["final_obs"]`` (rows valid where ``infos["_final_
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from . import scene
-from .core import EgoRoomCore, SimFrame, validate_action
+from .core import EgoRoomCore, SimFrame, resolve_device, validate_action
 from .layout import initial_qpos
 from .occupancy import GridSpec
 from .spaces import DEFAULT_RESOLUTION, IMAGE_KEYS, MAX_DEPTH, action_space, check_obs_keys, check_resolution, observation_space
@@ -57,6 +58,9 @@ class EgoRoomVecEnv(VectorEnv):
         obs_keys: subset of observation keys (state-only subsets skip rendering).
         return_tensors: make ``step``/``reset`` return torch tensors instead of numpy arrays.
         render_mode: ``"rgb_array"`` adds an overhead camera for ``render()``.
+        cuda_graph: on CUDA, record the physics step and the ego render once as CUDA graphs and
+            replay them (the same kernels, without the Python launch cost of each); if recording
+            fails the env warns and launches them one by one. No effect on the CPU.
     """
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -74,6 +78,7 @@ class EgoRoomVecEnv(VectorEnv):
         render_resolution: int = 128,
         occupancy_size: Sequence[int] = (32, 32, 8),
         occupancy_voxel: float = 0.25,
+        cuda_graph: bool = True,
     ):
         import mujoco_warp as mjw
         import warp as wp
@@ -84,7 +89,7 @@ class EgoRoomVecEnv(VectorEnv):
             raise ValueError(f"unknown render_mode {render_mode!r}; valid: {self.metadata['render_modes']} or None")
         self._mjw, self._wp = mjw, wp
         self.num_envs = B = int(num_envs)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.resolution = check_resolution(resolution)
         self.obs_keys = check_obs_keys(obs_keys)
         self.return_tensors = bool(return_tensors)
@@ -104,7 +109,13 @@ class EgoRoomVecEnv(VectorEnv):
         if os.environ.get("DREAMGYM_WARP_VERBOSE", "0") in ("", "0"):
             wp.config.log_level = wp.LOG_WARNING
         wp.init()
+        if self.device.type == "cuda" and not wp.is_cuda_available():
+            raise ValueError(
+                f"device={str(device)!r}: torch sees a CUDA GPU but Warp {wp.config.version} does not; install a CUDA build of warp-lang"
+            )
         self._wdev = _warp_device(self.device)
+        self.cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
+        self._graphs: dict[str, Any] = {}
         with wp.ScopedDevice(self._wdev):
             self.m = mjw.put_model(mjm, batch_sizes={f: B for f in _BATCHED_FIELDS})
             mjd = mujoco.MjData(mjm)
@@ -112,35 +123,7 @@ class EgoRoomVecEnv(VectorEnv):
             mujoco.mj_forward(mjm, mjd)
             self.d = mjw.put_data(mjm, mjd, nworld=B, nconmax=48, njmax=192)
             self._render_images = any(k in IMAGE_KEYS for k in self.obs_keys)
-            self.rc = None
-            cams, res = [], []
-            if self._render_images:
-                cams.append(self.core.idx.ego_camera)
-                res.append((self.resolution[1], self.resolution[0]))
-            if render_mode == "rgb_array":
-                cams.append(self.core.idx.overhead_camera)
-                res.append((int(render_resolution), int(render_resolution)))
-            if cams:
-                order = np.argsort(cams)  # the context lists active cameras in model order
-                self._cam_slot = {cams[i]: k for k, i in enumerate(order)}
-                self.rc = mjw.create_render_context(
-                    mjm,
-                    nworld=B,
-                    cam_res=[res[i] for i in order],
-                    render_rgb=True,
-                    render_depth=[True for _ in order],
-                    cam_active=[cams[i] for i in order],
-                    # Flat-shaded scene: these terms change nothing visible here and cost ~10 %.
-                    enable_specular=False,
-                    enable_emission=False,
-                    enable_per_light_ambient=False,
-                    enable_vertex_normals=False,
-                )
-                h, w = self.resolution
-                self._rgb_wp = wp.zeros((B, h, w), dtype=wp.vec3)
-                self._depth_wp = wp.zeros((B, h, w), dtype=float)
-                if render_mode == "rgb_array":
-                    self._over_wp = wp.zeros((B, int(render_resolution), int(render_resolution)), dtype=wp.vec3)
+            self._make_renderer(render_mode, int(render_resolution))
         t = wp.to_torch
         self._qpos, self._qvel, self._ctrl = t(self.d.qpos), t(self.d.qvel), t(self.d.ctrl)
         self._warm = t(self.d.qacc_warmstart)
@@ -153,6 +136,43 @@ class EgoRoomVecEnv(VectorEnv):
             xpos=t(self.d.xpos), xquat=t(self.d.xquat), geom_xpos=t(self.d.geom_xpos), geom_xmat=t(self.d.geom_xmat).reshape(B, -1, 9)
         )
         self._obs: dict[str, torch.Tensor] | None = None
+
+    def _make_renderer(self, render_mode: str | None, render_resolution: int) -> None:
+        """MuJoCo Warp's batch ray tracer for the ego camera (when images are observed) and the
+        overhead camera (``render_mode="rgb_array"``), with the buffers its images land in."""
+        mjw, wp, mjm, B = self._mjw, self._wp, self.core.mjm, self.num_envs
+        self.rc = None
+        cams, res = [], []
+        if self._render_images:
+            cams.append(self.core.idx.ego_camera)
+            res.append((self.resolution[1], self.resolution[0]))
+        if render_mode == "rgb_array":
+            cams.append(self.core.idx.overhead_camera)
+            res.append((render_resolution, render_resolution))
+        if cams:
+            order = np.argsort(cams)  # the context lists active cameras in model order
+            self._cam_slot = {cams[i]: k for k, i in enumerate(order)}
+            self.rc = mjw.create_render_context(
+                mjm,
+                nworld=B,
+                cam_res=[res[i] for i in order],
+                render_rgb=True,
+                render_depth=[True for _ in order],
+                cam_active=[cams[i] for i in order],
+                # Flat-shaded scene: these terms change nothing visible here and cost ~10 %.
+                enable_specular=False,
+                enable_emission=False,
+                enable_per_light_ambient=False,
+                enable_vertex_normals=False,
+            )
+            h, w = self.resolution
+            self._rgb_wp = wp.zeros((B, h, w), dtype=wp.vec3)
+            self._depth_wp = wp.zeros((B, h, w), dtype=float)
+            # torch views of the render buffers, made once (a view per step costs Python time)
+            self._rgb_t = wp.to_torch(self._rgb_wp)  # (B, H, W, 3) in 0..1
+            self._depth_t = wp.to_torch(self._depth_wp)  # (B, H, W): depth / MAX_DEPTH
+            if render_mode == "rgb_array":
+                self._over_wp = wp.zeros((B, render_resolution, render_resolution), dtype=wp.vec3)
 
     # ------------------------------------------------------------------ torch API
     def reset_tensors(
@@ -178,7 +198,9 @@ class EgoRoomVecEnv(VectorEnv):
         self._forward_kinematics()
         parts = self.core.observe(self._frame)
         self._obs = self._assemble(parts, self._images())
-        return self._obs, self._infos(torch.zeros(B, dtype=torch.bool, device=self.device))
+        success = torch.zeros(B, dtype=torch.bool, device=self.device)
+        (success_host,), behaviour, objects = self.core.host_snapshot(success)
+        return self._obs, self._infos(success, success_host, behaviour, objects)
 
     def step_tensors(self, actions) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Step all worlds with ``actions`` (B, 6); returns torch obs, reward, terminated, truncated, infos."""
@@ -187,22 +209,22 @@ class EgoRoomVecEnv(VectorEnv):
         a = validate_action(actions, self.num_envs, self.device, batched=True)
         ctrl = self.core.controls(a)
         self._ctrl.copy_(ctrl.to(self._ctrl.dtype))
-        with self._wp.ScopedDevice(self._wdev):
-            for _ in range(scene.FRAME_SKIP):
-                self._mjw.step(self.m, self.d)
+        self._launch("physics", self._physics)
         parts = self.core.observe(self._frame)
         reward, term, trunc, success = self.core.outcome()
         done = term | trunc
         images = self._images()
         obs = self._assemble(parts, images)
-        infos = self._infos(success)
-        if bool(done.any()):
-            worlds = done.nonzero()[:, 0]
+        # the one read from the device per step: which worlds ended, and what infos report
+        (done_host, success_host), behaviour, objects = self.core.host_snapshot(done, success)
+        infos = self._infos(success, success_host, behaviour, objects)
+        if done_host.any():
+            w_np = np.nonzero(done_host)[0]
+            worlds = torch.as_tensor(w_np, device=self.device)
             infos["final_obs"] = {k: v.clone() for k, v in obs.items()}
             infos["_final_obs"] = done.clone()
             infos["final_success"] = success.clone()
             infos["final_state"] = self.sim_state()
-            w_np = worlds.cpu().numpy()
             self._begin(w_np, [int(s) for s in self._seed_rng.integers(2**31 - 1, size=len(w_np))])
             self._forward_kinematics()
             fresh = self.core.observe(self._frame, worlds)
@@ -210,7 +232,7 @@ class EgoRoomVecEnv(VectorEnv):
             new = self._assemble(fresh, fresh_images)
             for k in obs:
                 obs[k][worlds] = new[k][worlds]
-            new_info = self._infos(torch.zeros_like(success))
+            new_info = self.core.batched_infos()
             for k in ("instruction_text", "room_seed", "partner_behaviour", "utterance", "objects"):
                 infos[k][w_np] = new_info[k][w_np]
         self._obs = obs
@@ -260,16 +282,18 @@ class EgoRoomVecEnv(VectorEnv):
     def _begin(self, worlds: np.ndarray, room_seeds: Sequence[int]) -> None:
         setups = self.core.start_episodes(worlds, room_seeds)
         dev = self._qpos.device
-        for w, (fields, qpos) in zip(worlds, setups):
-            self._fields["geom_pos"][w] = torch.as_tensor(fields.pos, dtype=torch.float32, device=dev)
-            self._fields["geom_size"][w] = torch.as_tensor(fields.size, dtype=torch.float32, device=dev)
-            self._fields["geom_rgba"][w] = torch.as_tensor(fields.rgba, dtype=torch.float32, device=dev)
-            aabb = torch.as_tensor(fields.aabb, dtype=torch.float32, device=dev).view(-1, 2, 3)
-            self._fields["geom_aabb"][w] = aabb
-            self._fields["geom_rbound"][w] = torch.as_tensor(fields.rbound, dtype=torch.float32, device=dev)
-            self._qpos[w] = torch.as_tensor(qpos, dtype=self._qpos.dtype, device=dev)
-            self._geom_xpos[w, self._static_geoms] = self._fields["geom_pos"][w, self._static_geoms]
-        wt = torch.as_tensor(worlds, device=dev)
+        wt = torch.as_tensor(np.asarray(worlds, dtype=np.int64), device=dev)
+        if setups:
+            # one host-to-device copy per field for all new rooms, not one per world
+            stack = lambda name: torch.as_tensor(np.stack([getattr(f, name) for f, _ in setups]), dtype=torch.float32, device=dev)  # noqa: E731
+            self._fields["geom_pos"][wt] = stack("pos")
+            self._fields["geom_size"][wt] = stack("size")
+            self._fields["geom_rgba"][wt] = stack("rgba")
+            self._fields["geom_aabb"][wt] = stack("aabb").view(len(setups), -1, 2, 3)
+            self._fields["geom_rbound"][wt] = stack("rbound")
+            self._qpos[wt] = torch.as_tensor(np.stack([q for _, q in setups]), dtype=self._qpos.dtype, device=dev)
+            static = self._static_geoms
+            self._geom_xpos[wt[:, None], static[None, :]] = self._fields["geom_pos"][wt[:, None], static[None, :]]
         self._qvel[wt] = 0.0
         self._warm[wt] = 0.0
         self._ctrl[wt] = 0.0
@@ -279,10 +303,40 @@ class EgoRoomVecEnv(VectorEnv):
             self._mjw.kinematics(self.m, self.d)
             self._mjw.camlight(self.m, self.d)
 
+    def _physics(self) -> None:
+        for _ in range(scene.FRAME_SKIP):
+            self._mjw.step(self.m, self.d)
+
+    def _render_kernels(self) -> None:
+        self._mjw.refit_bvh(self.m, self.d, self.rc)
+        self._mjw.render(self.m, self.d, self.rc)
+
     def _render(self) -> None:
-        with self._wp.ScopedDevice(self._wdev):
-            self._mjw.refit_bvh(self.m, self.d, self.rc)
-            self._mjw.render(self.m, self.d, self.rc)
+        self._launch("render", self._render_kernels)
+
+    def _launch(self, name: str, launches) -> None:
+        """Run ``launches`` (Warp kernel launches only) on the env's device. With ``cuda_graph``
+        the first call launches them directly (loading their kernels), the second records them as
+        a CUDA graph and every call from then on replays it."""
+        wp = self._wp
+        with wp.ScopedDevice(self._wdev):
+            if not self.cuda_graph or name not in self._graphs:
+                launches()
+                if self.cuda_graph:
+                    self._graphs[name] = None  # kernels loaded: record on the next call
+                return
+            if self._graphs[name] is None:
+                try:
+                    with wp.ScopedCapture(force_module_load=False) as capture:
+                        launches()
+                    self._graphs[name] = capture.graph
+                except Exception as e:  # an op that cannot be recorded: launch directly from now on
+                    warnings.warn(f"EgoRoomVecEnv: recording the {name} step as a CUDA graph failed ({e}); launching kernels directly")
+                    self.cuda_graph = False
+                    self._graphs.clear()
+                    launches()
+                    return
+            wp.capture_launch(self._graphs[name])
 
     def _images(self) -> dict[str, torch.Tensor]:
         if not self._render_images:
@@ -291,8 +345,8 @@ class EgoRoomVecEnv(VectorEnv):
         slot = self._cam_slot[self.core.idx.ego_camera]
         self._mjw.get_rgb(self.rc, slot, self._rgb_wp)
         self._mjw.get_depth(self.rc, slot, MAX_DEPTH, self._depth_wp)  # returns depth / MAX_DEPTH, clamped to [0, 1]
-        rgb = self._wp.to_torch(self._rgb_wp)  # (B, H, W, 3) in 0..1
-        depth = self._wp.to_torch(self._depth_wp) * MAX_DEPTH
+        rgb = self._rgb_t
+        depth = self._depth_t * MAX_DEPTH
         depth = torch.where(depth <= 0, MAX_DEPTH, depth)  # 0 means the ray hit nothing
         return {
             "ego_rgb": (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 3, 1, 2).contiguous(),
@@ -305,16 +359,8 @@ class EgoRoomVecEnv(VectorEnv):
             out[k] = images[k] if k in IMAGE_KEYS else parts[k]
         return out
 
-    def _infos(self, success: torch.Tensor) -> dict[str, Any]:
-        per = self.core.infos()
-        return {
-            "success": success.cpu().numpy() if not self.return_tensors else success,
-            "instruction_text": np.array([p["instruction_text"] for p in per], dtype=object),
-            "partner_behaviour": np.array([p["partner_behaviour"] for p in per], dtype=object),
-            "utterance": np.array([p["utterance"] for p in per], dtype=object),
-            "room_seed": np.array([p["room_seed"] for p in per], dtype=np.int64),
-            "objects": np.stack([p["objects"] for p in per]),
-        }
+    def _infos(self, success: torch.Tensor, success_host: np.ndarray, behaviour: np.ndarray, objects: np.ndarray) -> dict[str, Any]:
+        return {"success": success if self.return_tensors else success_host, **self.core.batched_infos(behaviour, objects)}
 
     @staticmethod
     def _to_numpy(obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

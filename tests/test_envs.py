@@ -294,11 +294,13 @@ def test_vec_env_bad_actions(vec_env_factory):
 
 
 # ---------------------------------------------------------------------------------- backends
-def test_backends_agree_on_motion_and_images(vec_env_factory):
-    """Same seed, same actions: C MuJoCo and MuJoCo Warp give the same motion stream (within
-    1 mm) and similar ego images (different renderers: rasteriser vs ray tracer)."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_backends_agree_on_motion_and_images(vec_env_factory, device):
+    """Same seed, same actions: C MuJoCo and MuJoCo Warp (on ``device``) give the same motion
+    stream (within 1 mm) and similar ego images (different renderers: rasteriser vs ray tracer)."""
     ref = EgoRoomEnv(task="social", resolution=64)
-    vec = vec_env_factory(num_envs=1, task="social", resolution=64, return_tensors=False)
+    on_device = {} if device == "cpu" else {"device": device}  # the CPU env is the cached default one
+    vec = vec_env_factory(num_envs=1, task="social", resolution=64, return_tensors=False, **on_device)
     o_ref, _ = ref.reset(seed=21)
     o_vec, _ = vec.reset(seed=21)
     worst_motion, img_err, depth_err = 0.0, [], []
