@@ -416,3 +416,13 @@ def test_a_start_source_can_be_passed_and_bad_starts_are_named(tiny_checkpoint, 
         DreamVecEnv(tiny_checkpoint, starts="dataset:/nonexistent/data", **kw)
     with pytest.raises(ValueError, match="unknown context policy 'oracle'"):
         DreamVecEnv(tiny_checkpoint, context_policy="oracle", **kw)
+
+
+def test_cuda_is_refused_in_one_line_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="cuda") as e:
+        DreamVecEnv(num_envs=1, task="reach", device="cuda", obs_keys=["task_obs"])
+    assert "\n" not in str(e.value)

@@ -210,7 +210,7 @@ def test_a_crafted_sb3_zip_is_refused_and_its_payload_never_runs(tmp_path, capsy
     for cmd in (["eval-policy", f"policy={evil}", "episodes=2"], ["train-policy", *TRAIN, f"init={evil}", f"out={tmp_path / 'run'}"]):
         with pytest.raises(SystemExit) as e:
             main(cmd)
-        msg = str(e.value.code)
+        msg = str(e.value)
         assert "allow_pickle=true" in msg and str(evil) in msg and "\n" not in msg
     assert not marker.exists() and not (tmp_path / "run").exists()
     # the refusal is what stands between the file and its code: with the opt-in it runs
@@ -232,24 +232,24 @@ def test_a_real_sb3_zip_loads_with_the_opt_in(tmp_path):
 @pytest.mark.parametrize(
     "cmd,says",
     [
-        (["train-policy", "steps=-5"], "steps=-5: expected a whole number >= 1"),
-        (["train-policy", "steps=2.5"], "steps=2.5: expected a whole number >= 1"),
+        (["train-policy", "steps=-5"], "steps=-5 is out of range"),
+        (["train-policy", "steps=2.5"], "give steps a whole number"),
         (["train-policy", "num_envs=0"], "num_envs=0"),
-        (["train-policy", "algo=dqn"], "algo='dqn': expected one of ['ppo', 'sac']"),
+        (["train-policy", "algo=dqn"], "algo=dqn is not one of the choices; choose from ppo, sac"),
         (["train-policy", "ppo.learning_rate=-1"], "ppo.learning_rate=-1"),
-        (["train-policy", "obs_keys=[task_obs,bogus]"], "obs_keys=['task_obs', 'bogus']"),
-        (["train-policy", "init=/nonexistent/policy"], "init=/nonexistent/policy: no such policy"),
-        (["train-policy", "+bogus_key=1"], "unknown key(s) ['bogus_key']"),
-        (["eval-policy", "policy=expert", "+bogus_key=1"], "unknown key(s) ['bogus_key']"),
-        (["eval-policy", "policy=expert", "episodes=0"], "episodes=0: expected a whole number >= 1"),
-        (["eval-policy", "policy=expert", "env=sim"], "env='sim'"),
+        (["train-policy", "obs_keys=[task_obs,bogus]"], "obs_keys=[task_obs,bogus] is not one of the choices"),
+        (["train-policy", "init=/nonexistent/policy"], "init=/nonexistent/policy: no such file or directory"),
+        (["train-policy", "+bogus_key=1"], "unknown key 'bogus_key'"),
+        (["eval-policy", "policy=expert", "+bogus_key=1"], "unknown key 'bogus_key'"),
+        (["eval-policy", "policy=expert", "episodes=0"], "episodes=0 is out of range"),
+        (["eval-policy", "policy=expert", "env=sim"], "env=sim is not one of the choices"),
     ],
 )
 def test_bad_values_are_refused_before_any_work(tmp_path, cmd, says):
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
         main([*cmd, f"out={out}"])
-    msg = str(e.value.code)
+    msg = str(e.value)
     assert says in msg and "\n" not in msg
     assert not out.exists()
 
@@ -259,7 +259,7 @@ def test_bad_values_are_refused_before_any_work(tmp_path, cmd, says):
 def test_cuda_without_cuda_is_refused(tmp_path, cmd):
     with pytest.raises(SystemExit) as e:
         main([*cmd, "device=cuda", f"out={tmp_path / 'run'}"])
-    assert "device=cuda: CUDA is not available" in str(e.value.code) and not (tmp_path / "run").exists()
+    assert "device=cuda but this machine has no CUDA device" in str(e.value) and not (tmp_path / "run").exists()
 
 
 def test_damaged_policies_name_the_file_and_what_is_missing(tmp_path):
@@ -271,7 +271,7 @@ def test_damaged_policies_name_the_file_and_what_is_missing(tmp_path):
     weights.write_bytes(good_weights[: len(good_weights) // 2])
     with pytest.raises(SystemExit) as e:
         main(["eval-policy", f"policy={pol}", "episodes=2"])
-    assert f"{weights}: truncated" in str(e.value.code)
+    assert f"{weights}: truncated" in str(e.value)
     weights.write_bytes(good_weights)
     cfg_file.unlink()
     for spec in (pol, weights):
@@ -334,7 +334,7 @@ def test_a_run_folder_resumes_only_what_it_recorded(tmp_path, finished_run, monk
     assert json.loads((run / "run.json").read_text())["status"] == "running"
     with pytest.raises(SystemExit) as e:
         main(["eval-policy", f"policy={run}", "episodes=2"])
-    assert f"{run}: unfinished train-policy run" in str(e.value.code)
+    assert f"{run}: unfinished train-policy run" in str(e.value)
     # a policy that is not the one run.json records is stale
     shutil.copy(aside / "policy.safetensors", run / "policy.safetensors")
     shutil.copy(aside / "policy.json", run / "policy.json")
@@ -362,13 +362,13 @@ def test_an_init_policy_must_fit_the_config(tmp_path, finished_run):
                     *more,
                 ]
             )
-        assert says in str(e.value.code), str(e.value.code)
+        assert says in str(e.value), str(e.value)
         assert not out.exists()
     # continuing a run in its own folder would move the init policy aside
     before = sorted(p.name for p in finished_run.iterdir())
     with pytest.raises(SystemExit) as e:
         main(["train-policy", *TRAIN, f"out={finished_run}", f"init={finished_run / 'policy.safetensors'}", "steps=64"])
-    assert "lies inside out=" in str(e.value.code) and sorted(p.name for p in finished_run.iterdir()) == before
+    assert "lies inside out=" in str(e.value) and sorted(p.name for p in finished_run.iterdir()) == before
     # a fitting one is continued: its weights are the start, its steps count on
     from dreamgym.policies.train import train_policy
 

@@ -208,9 +208,9 @@ def test_resume_refuses_other_data_or_settings_and_continues_a_longer_run(datase
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("steps=-5", "steps=-5 is not allowed; it must be a positive integer"),
-        ("batch_size=0", "batch_size=0 is not allowed; it must be a positive integer"),
-        ("noise.p_clean=1.5", "noise.p_clean=1.5 is not allowed; it must be in [0, 1]"),
+        ("steps=-5", "steps = -5 is invalid (expected an integer >= 1)"),
+        ("batch_size=0", "batch_size = 0 is invalid (expected an integer >= 1)"),
+        ("noise.p_clean=1.5", "p_clean = 1.5 is invalid (expected a number in [0, 1])"),
         ("cache_mb=-1", "cache_mb=-1 is not allowed"),
     ],
 )

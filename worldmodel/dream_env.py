@@ -39,7 +39,7 @@ from gymnasium.vector.utils import batch_space
 
 from dreamgym.envs import partner as P
 from dreamgym.envs import scene
-from dreamgym.envs.core import validate_action
+from dreamgym.envs.core import resolve_device, validate_action
 from dreamgym.envs.motion import JOINT_POS, JOINT_VEL, ROOT_POS, ROOT_QUAT, yaw_of_quat
 from dreamgym.envs.occupancy import GridSpec
 from dreamgym.envs.spaces import IMAGE_KEYS, OBS_KEYS, action_space, check_obs_keys, observation_space
@@ -150,7 +150,7 @@ class DreamVecEnv(VectorEnv):
         start_group: int = 1,
         starts: str | StartSource = "simulator",
     ):
-        self.device = torch.device(device)
+        self.device = resolve_device(device)  # cuda without CUDA: one line, not an AssertionError
         self.model = load_world_model(world_model, self.device)
         cfg = self.model.config
         self.num_envs = B = int(num_envs)
