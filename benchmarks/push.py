@@ -120,9 +120,10 @@ def run(cfg: DictConfig) -> int:
             "moved_dream_over_real": scores["moved_dream_mean_m"] / scores["moved_real_mean_m"] if scores["moved_windows"] else None,
             "all_err_over_hold_pose": scores["all_err_m"] / hold["all_err_m"] if hold["all_err_m"] else None,
         }
+        f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
         print(
-            f"{name}: pushed props dreamed {scores['moved_dream_mean_m']} m of {scores['moved_real_mean_m']} m "
-            f"(corr {scores['moved_corr']}), {scores['rest_false_moves']} of {scores['rest_windows']} resting props moved",
+            f"{name}: pushed props dreamed {f(scores['moved_dream_mean_m'])} m of {f(scores['moved_real_mean_m'])} m "
+            f"(corr {f(scores['moved_corr'])}), {scores['rest_false_moves']} of {scores['rest_windows']} resting props moved",
             flush=True,
         )
     bench_run.summary = {"models": models}

@@ -213,7 +213,9 @@ def _git(root: Path, *args: str) -> str | None:
 def code_version(root: Path = SOURCE_ROOT) -> dict[str, Any]:
     """The git commit and whether the tree differs from it (None outside git), and the source hash."""
     commit = _git(root, "rev-parse", "HEAD")
-    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PACKAGES) if commit else None
+    # results are outputs, not code: a fresh result file does not make the tree dirty
+    paths = [*SOURCE_PACKAGES, ":(exclude)benchmarks/results"]
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", *paths) if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None, "source_sha256": source_hash(root)}
 
 

@@ -343,20 +343,84 @@ TINY_TRANSFER = (
 )
 
 
-def test_bench_transfer_runs_every_stage_and_reuses_only_what_the_key_matches(tmp_path, tiny_world_model):
-    common = (f"run_dir={tmp_path / 'stages'}", f"checkpoint={tiny_world_model}", *TINY_TRANSFER)
+@pytest.mark.slow
+def test_bench_transfer_runs_every_stage_for_real(tmp_path, tiny_world_model):
+    r = _bench("transfer", f"out={tmp_path / 't.json'}", f"run_dir={tmp_path / 'stages'}", f"checkpoint={tiny_world_model}", *TINY_TRANSFER)
+    assert {"world_model", "dream", "real10x", "eval_real", "dream_predicted", "expert_in_dream"} == set(r["arms"])
+    assert r["reused"] == {} and set(r["keys"]) == {"world_model", "dream", "real10x"}
+    s = r["summary"]
+    assert s["budgets"]["world_model_real_steps"] == 16 and 0 <= s["dream_success"] <= 1 and "value_gap" in s
+
+
+@pytest.fixture
+def fast_transfer_stages(monkeypatch):
+    """The collector, trainers and evaluations of bench transfer replaced by quick ones that count their calls."""
+    import dreamgym.policies.base as base
+    import dreamgym.policies.collect as collect
+    import dreamgym.policies.evaluate as evaluate
+    import dreamgym.policies.train as train
+    import dreamgym.worldmodel.finetune as finetune
+
+    calls: dict[str, list] = {"train": [], "finetune": [], "eval": []}
+
+    def train_policy(cfg):
+        calls["train"].append(cfg.env)
+        out = __import__("pathlib").Path(cfg.out)
+        (out / "policy.zip").write_bytes(b"zip")
+        (out / "policy.json").write_text(json.dumps({"steps": int(cfg.steps), "real_env_steps": 3}))
+        return out / "policy.zip"
+
+    def finetune_world_model(init, episodes, out, **kw):
+        calls["finetune"].append(init)
+        (out / "model.safetensors").write_bytes(b"weights")
+        return out
+
+    def scores(success):
+        return {"success_rate": success, "success_ci95": [0.0, 1.0], "mean_return": success, "return_ci95": [0.0, 1.0], "episodes": 2}
+
+    def evaluate_policies(policies, **kw):
+        calls["eval"].append(sorted(policies))
+        return {name: scores(0.5) for name in policies}
+
+    monkeypatch.setattr(train, "train_policy", train_policy)
+    monkeypatch.setattr(finetune, "finetune_world_model", finetune_world_model)
+    monkeypatch.setattr(collect, "collect_with_policy", lambda *a, **k: ([], {"steps": 8}))
+    monkeypatch.setattr(base, "load_policy", lambda *a, **k: None)
+    monkeypatch.setattr(evaluate, "evaluate_policies", evaluate_policies)
+    monkeypatch.setattr(evaluate, "evaluate_in_dream", lambda *a, **k: scores(0.75))
+    return calls
+
+
+def test_bench_transfer_reuses_a_stage_only_when_its_key_matches(tmp_path, fast_transfer_stages):
+    calls = fast_transfer_stages
+    ck = tmp_path / "wm"
+    ck.mkdir()
+    (ck / "model.safetensors").write_bytes(b"init")
+    common = (f"run_dir={tmp_path / 'stages'}", f"checkpoint={ck}", *TINY_TRANSFER)
     first = _bench("transfer", f"out={tmp_path / 't1.json'}", *common)
-    assert {"world_model", "dream", "real10x", "eval_real", "dream_predicted", "expert_in_dream"} == set(first["arms"])
+    assert calls["train"] == ["dream", "real"] and len(calls["finetune"]) == 1 and len(calls["eval"]) == 1
     assert first["reused"] == {} and set(first["keys"]) == {"world_model", "dream", "real10x"}
     s = first["summary"]
-    assert s["budgets"]["world_model_real_steps"] == 16 and 0 <= s["dream_success"] <= 1 and "value_gap" in s
-    # the same run again: the trained stages are reused, and said to be; the evaluations run again
+    assert s["budgets"]["world_model_real_steps"] == 16 and s["budgets"]["real10x_real_steps"] == 16
+    assert s["value_gap"] == pytest.approx(0.25) and s["goal_met"]
+
     second = _bench("transfer", f"out={tmp_path / 't2.json'}", *common)
+    assert calls["train"] == ["dream", "real"] and len(calls["finetune"]) == 1, "nothing trained again"
+    assert len(calls["eval"]) == 2, "the evaluations always run"
     assert set(second["reused"]) == {"world_model", "dream", "real10x"}
     assert all(second["reused"][a]["key"] == first["keys"][a] for a in second["reused"])
-    # another real-only budget: only that policy is trained again
-    third = _bench("transfer", f"out={tmp_path / 't3.json'}", *common[:-1], "real_multiplier=2", "progress=false")
+    assert second["arms"]["dream"] == first["arms"]["dream"]
+
+    third = _bench("transfer", f"out={tmp_path / 't3.json'}", *common, "real_multiplier=2")
+    assert calls["train"] == ["dream", "real", "real"], "a changed real budget trains that policy only"
     assert set(third["reused"]) == {"world_model", "dream"} and third["keys"]["real10x"] != first["keys"]["real10x"]
+
+    (ck / "model.safetensors").write_bytes(b"other init")
+    fourth = _bench("transfer", f"out={tmp_path / 't4.json'}", *common)
+    assert set(fourth["reused"]) == {"real10x"} and len(calls["finetune"]) == 2, "another initial world model: its stages again"
+
+    fifth = _bench("transfer", f"out={tmp_path / 't5.json'}", *common, "reuse=false")
+    assert fifth["reused"] == {} and len(calls["finetune"]) == 3
 
 
 VLA = __import__("pathlib").Path(__file__).resolve().parent.parent / "policies" / "checkpoints" / "vla"
