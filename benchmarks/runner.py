@@ -211,10 +211,10 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def code_version(root: Path = SOURCE_ROOT) -> dict[str, Any]:
-    """The git commit and whether the tree differs from it (None outside git), and the source hash."""
+    """The git commit and whether the source files differ from it (None outside git), and the source hash."""
     commit = _git(root, "rev-parse", "HEAD")
-    # results are outputs, not code: a fresh result file does not make the tree dirty
-    paths = [*SOURCE_PACKAGES, ":(exclude)benchmarks/results"]
+    # the same files as the source hash: docs and results beside the code do not make it dirty
+    paths = [f"{pkg}/*{suffix}" for pkg in SOURCE_PACKAGES for suffix in SOURCE_SUFFIXES] + [":(exclude)benchmarks/results"]
     status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", *paths) if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None, "source_sha256": source_hash(root)}
 
