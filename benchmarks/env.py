@@ -5,11 +5,13 @@ Arms, measured in one run at the same ego resolution and with the same observati
 (``obs_keys``; default every observation: ego RGB + depth, occupancy, both bodies' motion, the
 task vector), random actions, episode resets included:
 
-- ``single``: the project's own single-world ``EgoRoomEnv`` (C MuJoCo, its renderer): the reference;
+- ``single``: the project's own single-world ``EgoRoomEnv`` (C MuJoCo, its renderer): the reference,
+  with torch on ``single_threads`` threads (default 1: its per-step tensors are tiny, and on two
+  threads it ran 3.6x slower on a 2-core machine);
 - ``async``: Gymnasium's ``AsyncVectorEnv`` over ``async_workers`` ``EgoRoomEnv`` worker processes
-  (default 2, one per core of a 2-core machine; each worker runs torch on one thread, the main
-  process on ``threads``);
-- ``vec_B<B>``: ``EgoRoomVecEnv`` (MuJoCo Warp, every world rendered every step) at each batch size;
+  (default 2, one per core of a 2-core machine), torch on one thread in each;
+- ``vec_B<B>``: ``EgoRoomVecEnv`` (MuJoCo Warp, every world rendered every step) at each batch size,
+  torch on ``threads`` threads;
 - ``humanoid_v5`` (``humanoid: true``; context only): Gymnasium's ``Humanoid-v5`` rendering a
   frame every step with its MuJoCo renderer.
 
@@ -113,13 +115,14 @@ def run(cfg: DictConfig) -> int:
     import torch
 
     os.environ.setdefault("MUJOCO_GL", "egl")
-    torch.set_num_threads(int(cfg.threads))
     run_ = start("env", cfg)
     timing = Timing.from_cfg(cfg)
     res, seed, task = int(cfg.resolution), int(cfg.seed), str(cfg.task)
     keys = list(cfg.obs_keys) if cfg.obs_keys is not None else None
-    print(f"EgoRoomEnv (one world) at {res}x{res} ...", flush=True)
-    single = run_.add("single", single_rate(task, res, keys, timing, seed))
+    print(f"EgoRoomEnv (one world) at {res}x{res}, torch on {cfg.single_threads} thread(s) ...", flush=True)
+    torch.set_num_threads(int(cfg.single_threads))
+    single = run_.add("single", single_rate(task, res, keys, timing, seed) | {"torch_threads": int(cfg.single_threads)})
+    torch.set_num_threads(int(cfg.threads))
     print(f"  {single['median']:.1f} steps/s", flush=True)
     workers = int(cfg.async_workers)
     if workers > 0:
@@ -128,7 +131,7 @@ def run(cfg: DictConfig) -> int:
         print(f"  {a['median']:.1f} steps/s", flush=True)
     for B in (int(b) for b in cfg.batch_sizes):
         print(f"EgoRoomVecEnv B={B} ...", flush=True)
-        v = run_.add(f"vec_B{B}", vec_rate(B, task, res, keys, timing, seed))
+        v = run_.add(f"vec_B{B}", vec_rate(B, task, res, keys, timing, seed) | {"torch_threads": int(cfg.threads)})
         print(f"  {v['median']:.1f} steps/s ({v['median'] / single['median']:.2f}x EgoRoomEnv)", flush=True)
     if cfg.humanoid:
         print(f"context: {cfg.humanoid_env} with its renderer ...", flush=True)
