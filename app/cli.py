@@ -78,10 +78,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 # what -> (config name, "module:function", help) for `dreamgym bench <what>`
 BENCHES: dict[str, tuple[str, str, str]] = {
-    "env": ("bench/env", "dreamgym.benchmarks.env:run", "env steps/s: EgoRoomVecEnv vs Humanoid-v5"),
+    "env": ("bench/env", "dreamgym.benchmarks.env:run", "env steps/s: EgoRoomVecEnv vs EgoRoomEnv and Gymnasium's AsyncVectorEnv over it"),
     "collect": ("bench/collect", "dreamgym.benchmarks.rollouts:run_collect", "collection steps/s vs bare EgoRoomVecEnv"),
     "loader": ("bench/loader", "dreamgym.benchmarks.rollouts:run_loader", "training windows/s of the dataset loader"),
     "wm": ("bench/wm", "dreamgym.benchmarks.wm:run", "world model: training samples/s, dreaming transitions/s vs the simulator"),
+    "dream": ("bench/dream", "dreamgym.benchmarks.dream:run", "DreamVecEnv transitions/s vs EgoRoomVecEnv at B = 1, 16, 64"),
+    "push": ("bench/push", "dreamgym.benchmarks.push:run", "dreamed prop pushes vs the simulator's, beside hold-pose"),
     "vla": (
         "bench/vla",
         "dreamgym.benchmarks.vla:run",
@@ -92,7 +94,6 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "dreamgym.benchmarks.transfer:run",
         "policy trained in imagination vs PPO with 10x real steps, random, expert (real-env success)",
     ),
-    "dream": ("bench/dream", "dreamgym.benchmarks.dream:run", "DreamVecEnv transitions/s vs EgoRoomVecEnv at B = 1, 16, 64"),
 }
 
 

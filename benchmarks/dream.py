@@ -1,6 +1,6 @@
 """``dreamgym bench dream``: how fast a policy can step the dream env, beside the simulator.
 
-    dreamgym bench dream out=bench_dream.json [checkpoint=<world model>]
+    dreamgym bench dream [out=FILE.json] [checkpoint=<world model>]
 
 In one run, at each batch size B (default 1, 16, 64), transitions/s of ``DreamVecEnv.step_tensors``
 (the whole env step a policy sees: world model, task reward/termination/``task_obs`` on the
@@ -16,21 +16,19 @@ Actions are uniform random. A step of B worlds counts as B transitions. Episode 
 dream env draws from the simulator, K-1 real steps each) fall outside the timed window. The world
 model is ``checkpoint``'s, the shipped default, or -- when neither exists -- the default
 architecture (``configs/worldmodel/default.yaml``) with random weights: speed does not depend on
-the weights. ``dream_over_sim`` is the state-only ratio at the largest B (64 by default).
+the weights. ``summary.dream_over_sim`` is the state-only ratio of the medians at the largest B (64 by default).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from dreamgym.benchmarks.runner import BenchRun, Timing, hash_path, start, timed
 
 STATE_OBS = ("task_obs", "motion", "partner_motion", "instruction")
 FRAME_OBS = ("ego_rgb", "ego_depth")
@@ -53,16 +51,7 @@ def bench_model(checkpoint: Any, resolution: int) -> tuple[Any, str]:
     ).eval(), "configs/worldmodel/default.yaml (random weights)"
 
 
-def _rate(step: Callable[[], Any], B: int, seconds: float, min_calls: int, warmup: int) -> float:
-    from dreamgym.benchmarks.wm import _timed
-
-    n, dt = _timed(step, seconds, min_calls, warmup)
-    return n * B / dt
-
-
-def dream_rate(
-    model: Any, B: int, task: str, obs_keys: Sequence[str], num_steps: int, seconds: float, min_calls: int, warmup: int, seed: int
-) -> float:
+def dream_rate(model: Any, B: int, task: str, obs_keys: Sequence[str], num_steps: int, timing: Timing, seed: int) -> dict[str, Any]:
     """``DreamVecEnv`` transitions/s at B worlds generating what ``obs_keys`` need."""
     from dreamgym.policies.train import dream_modalities
     from dreamgym.worldmodel.dream_env import DreamVecEnv
@@ -79,21 +68,23 @@ def dream_rate(
     )
     env.reset_tensors(seed=seed)
     gen = torch.Generator().manual_seed(seed)
-    rate = _rate(lambda: env.step_tensors(torch.rand(B, 6, generator=gen) * 2 - 1), B, seconds, min_calls, warmup)
-    env.close()
-    return rate
+    try:
+        return timed(lambda: env.step_tensors(torch.rand(B, 6, generator=gen) * 2 - 1), timing, per_call=B, unit="transitions_per_s")
+    finally:
+        env.close()
 
 
-def sim_rate(B: int, task: str, resolution: int, obs_keys: Sequence[str], seconds: float, min_calls: int, warmup: int, seed: int) -> float:
+def sim_rate(B: int, task: str, resolution: int, obs_keys: Sequence[str], timing: Timing, seed: int) -> dict[str, Any]:
     """``EgoRoomVecEnv`` transitions/s at B worlds with ``obs_keys``."""
     from dreamgym.envs.vec_env import EgoRoomVecEnv
 
     env = EgoRoomVecEnv(num_envs=B, task=task, resolution=resolution, obs_keys=obs_keys, seed=seed, return_tensors=True)
     env.reset_tensors(seed=seed)
     gen = torch.Generator().manual_seed(seed)
-    rate = _rate(lambda: env.step_tensors(torch.rand(B, 6, generator=gen) * 2 - 1), B, seconds, min_calls, warmup)
-    env.close()
-    return rate
+    try:
+        return timed(lambda: env.step_tensors(torch.rand(B, 6, generator=gen) * 2 - 1), timing, per_call=B, unit="transitions_per_s")
+    finally:
+        env.close()
 
 
 def bench(
@@ -102,81 +93,72 @@ def bench(
     task: str = "reach",
     num_denoising_steps: int = 1,
     frames: bool = True,
-    seconds: float = 3.0,
-    min_calls: int = 2,
-    warmup: int = 1,
+    timing: Timing | None = None,
     seed: int = 0,
     resolution: int = 32,
     progress: Callable[[str], None] = print,
+    run: BenchRun | None = None,
 ) -> dict[str, Any]:
-    """Every measurement; returns the JSON-ready result (see the module docstring)."""
+    """Arms ``sim_<obs>_B<B>`` and ``dream_<obs>_B<B>`` (see the module docstring); returns the JSON-ready result."""
+    timing = timing or Timing()
+    run = run or BenchRun("dream", {"checkpoint": checkpoint, "batch_sizes": list(batch_sizes), "task": task})
     model, source = bench_model(checkpoint, resolution)
     res = int(model.config.data_resolution)
     has_frames = "ego" in model.config.modalities
     sets = {"state_only": STATE_OBS} | ({"frames": STATE_OBS + FRAME_OBS} if frames and has_frames else {})
-    dream: dict[str, dict[str, float]] = {k: {} for k in sets}
-    sim: dict[str, dict[str, float]] = {k: {} for k in sets}
     ratio: dict[str, dict[str, float]] = {k: {} for k in sets}
     for B in batch_sizes:
         for name, keys in sets.items():
             progress(f"B={B} {name}: simulator ...")
-            s = sim_rate(B, task, res, keys, seconds, min_calls, warmup, seed)
+            s = run.add(f"sim_{name}_B{B}", sim_rate(B, task, res, keys, timing, seed) | {"batch_size": B, "observations": list(keys)})
             progress(f"B={B} {name}: dream ...")
-            d = dream_rate(model, B, task, keys, num_denoising_steps, seconds, min_calls, warmup, seed)
-            sim[name][str(B)], dream[name][str(B)], ratio[name][str(B)] = s, d, d / s
-            progress(f"  dream {d:.1f} vs simulator {s:.1f} transitions/s ({d / s:.2f}x)")
+            d = run.add(
+                f"dream_{name}_B{B}",
+                dream_rate(model, B, task, keys, num_denoising_steps, timing, seed) | {"batch_size": B, "observations": list(keys)},
+            )
+            ratio[name][str(B)] = d["median"] / s["median"]
+            progress(f"  dream {d['median']:.1f} vs simulator {s['median']:.1f} transitions/s ({ratio[name][str(B)]:.2f}x)")
     top = str(max(batch_sizes))
-    return {
+    run.summary |= {
         "dream_over_sim": ratio["state_only"][top],
         "dream_over_sim_frames": ratio["frames"][top] if "frames" in ratio else None,
         "ratio_batch_size": int(top),
-        "dream_transitions_per_s": dream,
-        "sim_transitions_per_s": sim,
         "dream_over_sim_by_batch": ratio,
         "task": task,
         "num_denoising_steps": int(num_denoising_steps),
-        "observations": {k: list(v) for k, v in sets.items()},
         "world_model": {
             "source": source,
+            "sha256": hash_path(source) if Path(source).exists() else None,
             "parameters": sum(p.numel() for p in model.parameters()),
             "modalities": list(model.config.modalities),
             "resolution": res,
             "context": int(model.config.context),
         },
         "timed": "DreamVecEnv.step_tensors vs EgoRoomVecEnv.step_tensors, random actions, episode starts excluded",
-        "threads": torch.get_num_threads(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
     }
+    return run.result()
 
 
 def run(cfg: DictConfig) -> int:
     """Entry point of ``dreamgym bench dream``."""
     torch.set_num_threads(int(cfg.threads))
-    t0 = time.time()
+    bench_run = start("dream", cfg)
     r = bench(
         cfg.checkpoint,
-        list(cfg.batch_sizes),
+        [int(b) for b in cfg.batch_sizes],
         cfg.task,
         int(cfg.num_denoising_steps),
         bool(cfg.frames),
-        float(cfg.measure_seconds),
-        int(cfg.min_calls),
-        int(cfg.warmup_calls),
+        Timing.from_cfg(cfg),
         int(cfg.seed),
         int(cfg.resolution),
+        run=bench_run,
     )
-    r["wall_s"] = time.time() - t0
-    text = json.dumps(r, indent=2)
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.out).write_text(text + "\n")
+    path = bench_run.write(cfg.out)
+    s = r["summary"]
     print(
-        f"bench dream: dream/simulator at B={r['ratio_batch_size']}: {r['dream_over_sim']:.2f}x state-only"
-        + (f", {r['dream_over_sim_frames']:.2f}x with frames" if r["dream_over_sim_frames"] is not None else "")
-        + f"; {cfg.out}"
+        f"bench dream: dream/simulator at B={s['ratio_batch_size']}: {s['dream_over_sim']:.2f}x state-only"
+        + (f", {s['dream_over_sim_frames']:.2f}x with frames" if s["dream_over_sim_frames"] is not None else "")
+        + f"; {path}"
     )
     return 0

@@ -26,12 +26,12 @@ many training rooms it was checked against. Success is the task's own ``success`
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dreamgym.benchmarks.runner import start
 from dreamgym.envs import scene
 from dreamgym.envs.core import _rng_for
 from dreamgym.envs.tasks import make_task
@@ -101,98 +101,107 @@ def parser_accuracy(policy: VLAPolicy) -> dict[str, float]:
     return out
 
 
-def run(cfg) -> int:
+def _instruction_texts(cond: list[str], instructions: list[int], rng: np.random.Generator) -> list[str]:
+    """One sentence per world: a paraphrase template for ``paraphrase``, a training one otherwise."""
+    texts = []
+    for c, i in zip(cond, instructions):
+        t, colour, shape = parse_instruction(i)
+        pool = PARAPHRASE_TEMPLATES[t] if c == "paraphrase" else TRAIN_TEMPLATES[t]
+        texts.append(phrase(t, colour, shape, pool[int(rng.integers(len(pool)))]))
+    return texts
+
+
+def run_task(cfg, task_name: str, policy: VLAPolicy, bc: VLAPolicy, train_rooms: set[int], rng: np.random.Generator) -> dict:
+    """Every condition of one task side by side in one ``EgoRoomVecEnv``: success, steps, the paired
+    (same rooms, same sentences) comparison of the fine-tuned policy with BC only."""
     from dreamgym.envs import EgoRoomVecEnv
 
+    n, max_steps = int(cfg.episodes_per_condition), int(cfg.max_steps[task_name])
+    seen, k = held_out_rooms(task_name, 5 * n, False, int(cfg.room_seed_base), train_rooms)
+    unseen, _ = held_out_rooms(task_name, n, True, int(cfg.room_seed_base), train_rooms, start=k)
+    cond = [c for c in CONDITIONS if c != "unseen_combo" for _ in range(n)]
+    seeds = seen[: len(cond)]
+    # bc_only runs on the train_phrasing rooms with the same sentences: the dream gain is paired
+    tp, bo = cond.index("train_phrasing"), cond.index("bc_only")
+    seeds[bo : bo + n] = seeds[tp : tp + n]
+    cond += ["unseen_combo"] * n
+    seeds += unseen
+    assert not set(seeds) & train_rooms
+    B = len(seeds)
+    env = EgoRoomVecEnv(num_envs=B, task=task_name, resolution=policy.config.resolution, obs_keys=OBS_KEYS, return_tensors=True)
+    obs, _ = env.reset_tensors(room_seeds=seeds)
+    texts = _instruction_texts(cond, obs["instruction"].tolist(), rng)
+    texts[bo : bo + n] = texts[tp : tp + n]
+    cond_t = np.array(cond)
+    use_bc, use_rand, use_exp = (torch.as_tensor(cond_t == c) for c in ("bc_only", "random", "expert"))
+    done, success = torch.zeros(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
+    steps = torch.zeros(B, dtype=torch.long)
+    for _ in range(max_steps):
+        a = policy.act(obs, texts=texts)
+        a = torch.where(use_bc[:, None], bc.act(obs, texts=texts), a)
+        a = torch.where(use_rand[:, None], torch.rand(B, 6) * 2 - 1, a)
+        a = torch.where(use_exp[:, None], env.expert_actions(), a)
+        obs, _, term, trunc, info = env.step_tensors(a)
+        ended = (term | trunc).cpu() & ~done
+        success |= ended & torch.as_tensor(info["success"]).cpu()
+        steps[~done] += 1
+        done |= ended
+        if bool(done.all()):
+            break
+    env.close()
+    per: dict = {}
+    for c in CONDITIONS:
+        m = torch.as_tensor(cond_t == c)
+        per[c] = {"success": float(success[m].float().mean()), "episodes": int(m.sum()), "mean_steps": float(steps[m].float().mean())}
+    per["max_steps"] = max_steps
+    fin, base = success[tp : tp + n], success[bo : bo + n]  # the same rooms and sentences
+    per["paired"] = {
+        "final_only": int((fin & ~base).sum()),
+        "bc_only": int((base & ~fin).sum()),
+        "both": int((fin & base).sum()),
+        "neither": int((~fin & ~base).sum()),
+    }
+    per["instructions"] = {c: sorted(set(np.array(texts)[cond_t == c].tolist())) for c in ("paraphrase", "unseen_combo")}
+    return per
+
+
+def vla_summary(tasks: dict[str, dict], n: int) -> dict:
+    """Success per condition over the tasks, the gain of dream fine-tuning over BC and its sign test."""
+    out: dict = {}
+    for c in CONDITIONS:
+        out[f"{c}_success"] = float(np.mean([tasks[t][c]["success"] for t in tasks]))
+        out[f"{c}_episodes"] = int(sum(tasks[t][c]["episodes"] for t in tasks))
+    base = max(out["random_success"], 1.0 / (2 * n * len(tasks)))
+    out["train_phrasing_vs_random"] = out["train_phrasing_success"] / base
+    out["dream_gain_over_bc"] = out["train_phrasing_success"] - out["bc_only_success"]
+    # paired episodes where only one of the two policies succeeded, and the two-sided sign-test p-value
+    a = sum(tasks[t]["paired"]["final_only"] for t in tasks)
+    b = sum(tasks[t]["paired"]["bc_only"] for t in tasks)
+    out["dream_gain_discordant_pairs"] = {"final_only": a, "bc_only": b, "sign_test_p": sign_test(a, b)}
+    return out
+
+
+def run(cfg) -> int:
+    """Entry point of ``dreamgym bench vla`` (``configs/bench/vla.yaml``)."""
     torch.set_num_threads(int(cfg.num_threads))
+    bench_run = start("vla", cfg)
     ckpt = Path(cfg.checkpoint)
     final_dir = ckpt / "final" if (ckpt / "final").exists() else ckpt / "bc"
     policy = VLAPolicy.from_pretrained(final_dir)
     bc = VLAPolicy.from_pretrained(ckpt / "bc")
     train_rooms = set(json.loads((ckpt / "train_rooms.json").read_text())) if (ckpt / "train_rooms.json").exists() else set()
     rng = np.random.default_rng(int(cfg.seed))
-    n = int(cfg.episodes_per_condition)
-    result = {
+    tasks = {}
+    for task_name in cfg.tasks:
+        tasks[task_name] = bench_run.add(task_name, run_task(cfg, task_name, policy, bc, train_rooms, rng))
+        print(f"{task_name}: " + ", ".join(f"{c} {tasks[task_name][c]['success']:.2f}" for c in CONDITIONS), flush=True)
+    bench_run.add("parser_accuracy", parser_accuracy(policy))
+    bench_run.summary = {
         "policy": str(final_dir),
         "fine_tuned": final_dir.name == "final",
-        "episodes_per_condition_per_task": n,
+        "episodes_per_condition_per_task": int(cfg.episodes_per_condition),
         "train_rooms_checked": len(train_rooms),
-        "tasks": {},
-    }
-    t0 = time.time()
-    for task_name in cfg.tasks:
-        max_steps = int(cfg.max_steps[task_name])
-        seen, k = held_out_rooms(task_name, 5 * n, False, int(cfg.room_seed_base), train_rooms)
-        unseen, _ = held_out_rooms(task_name, n, True, int(cfg.room_seed_base), train_rooms, start=k)
-        cond = [c for c in CONDITIONS if c != "unseen_combo" for _ in range(n)]
-        seeds = seen[: len(cond)]
-        # bc_only runs on the train_phrasing rooms with the same sentences: the dream gain is paired
-        tp, bo = cond.index("train_phrasing"), cond.index("bc_only")
-        seeds[bo : bo + n] = seeds[tp : tp + n]
-        cond += ["unseen_combo"] * n
-        seeds += unseen
-        assert not set(seeds) & train_rooms
-        B = len(seeds)
-        env = EgoRoomVecEnv(num_envs=B, task=task_name, resolution=policy.config.resolution, obs_keys=OBS_KEYS, return_tensors=True)
-        obs, _ = env.reset_tensors(room_seeds=seeds)
-        texts = []
-        for c, i in zip(cond, obs["instruction"].tolist()):
-            t, colour, shape = parse_instruction(i)
-            pool = PARAPHRASE_TEMPLATES[t] if c == "paraphrase" else TRAIN_TEMPLATES[t]
-            texts.append(phrase(t, colour, shape, pool[int(rng.integers(len(pool)))]))
-        texts[bo : bo + n] = texts[tp : tp + n]
-        cond_t = np.array(cond)
-        use_bc = torch.as_tensor(cond_t == "bc_only")
-        use_rand = torch.as_tensor(cond_t == "random")
-        use_exp = torch.as_tensor(cond_t == "expert")
-        done = torch.zeros(B, dtype=torch.bool)
-        success = torch.zeros(B, dtype=torch.bool)
-        steps = torch.zeros(B, dtype=torch.long)
-        for _ in range(max_steps):
-            a = policy.act(obs, texts=texts)
-            a = torch.where(use_bc[:, None], bc.act(obs, texts=texts), a)
-            a = torch.where(use_rand[:, None], torch.rand(B, 6) * 2 - 1, a)
-            a = torch.where(use_exp[:, None], env.expert_actions(), a)
-            obs, _, term, trunc, info = env.step_tensors(a)
-            ended = (term | trunc).cpu() & ~done
-            succ_now = torch.as_tensor(info["success"]).cpu()
-            success |= ended & succ_now
-            steps[~done] += 1
-            done |= ended
-            if bool(done.all()):
-                break
-        env.close()
-        per = {}
-        for c in CONDITIONS:
-            m = torch.as_tensor(cond_t == c)
-            per[c] = {"success": float(success[m].float().mean()), "episodes": int(m.sum()), "mean_steps": float(steps[m].float().mean())}
-        per["max_steps"] = max_steps
-        fin, base = success[tp : tp + n], success[bo : bo + n]  # the same rooms and sentences
-        per["paired"] = {
-            "final_only": int((fin & ~base).sum()),
-            "bc_only": int((base & ~fin).sum()),
-            "both": int((fin & base).sum()),
-            "neither": int((~fin & ~base).sum()),
-        }
-        per["instructions"] = {c: sorted(set(np.array(texts)[cond_t == c].tolist())) for c in ("paraphrase", "unseen_combo")}
-        result["tasks"][task_name] = per
-        print(f"{task_name}: " + ", ".join(f"{c} {per[c]['success']:.2f}" for c in CONDITIONS), flush=True)
-    result["parser_accuracy"] = parser_accuracy(policy)
-    for c in CONDITIONS:
-        key = "bc_only_success" if c == "bc_only" else f"{c}_success"
-        vals = [result["tasks"][t][c]["success"] for t in cfg.tasks]
-        result[key] = float(np.mean(vals))
-        result[f"{c}_episodes"] = int(sum(result["tasks"][t][c]["episodes"] for t in cfg.tasks))
-    base = max(result["random_success"], 1.0 / (2 * n * len(cfg.tasks)))
-    result["train_phrasing_vs_random"] = result["train_phrasing_success"] / base
-    result["dream_gain_over_bc"] = result["train_phrasing_success"] - result["bc_only_success"]
-    # paired episodes where only one of the two policies succeeded, and the two-sided sign-test p-value
-    a = sum(result["tasks"][t]["paired"]["final_only"] for t in cfg.tasks)
-    b = sum(result["tasks"][t]["paired"]["bc_only"] for t in cfg.tasks)
-    result["dream_gain_discordant_pairs"] = {"final_only": a, "bc_only": b, "sign_test_p": sign_test(a, b)}
-    result["seconds"] = round(time.time() - t0, 1)
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k != "tasks"}, indent=1))
+    } | vla_summary(tasks, int(cfg.episodes_per_condition))
+    bench_run.write(cfg.out)
+    print(json.dumps(bench_run.summary, indent=1))
     return 0

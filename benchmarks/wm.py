@@ -1,6 +1,6 @@
 """``dreamgym bench wm``: world-model speed, beside the simulator it stands in for.
 
-    dreamgym bench wm out=bench_wm.json [checkpoint=<ckpt>]
+    dreamgym bench wm [out=FILE.json] [checkpoint=<ckpt>]
 
 Measures, in one run:
 
@@ -14,7 +14,7 @@ Measures, in one run:
   worlds counts as B transitions.
 - **baseline**: ``EgoRoomVecEnv`` steps/s at the same B (ego frames rendered, and state-only
   observations, which skip rendering; the simulator has no cheaper mode for ``body_only``), so
-  the JSON has ``ratio_vs_sim`` = dream / sim.
+  ``summary.dream_over_sim`` has dream / sim for each dreaming arm (medians).
 
 The inputs are real windows recorded from the simulator (random actions), tiled to each B. The
 model is ``checkpoint``'s, or the embedded default (``configs/worldmodel/default.yaml``) with
@@ -25,27 +25,17 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from dreamgym.benchmarks.runner import BenchRun, Timing, start, timed
+from dreamgym.worldmodel.evaluate import model_spec
+
 STATE_KEYS = ["motion", "partner_motion", "props", "occupancy"]  # frames skipped
 BODY_KEYS = ["motion", "partner_motion", "props"]  # frames and occupancy skipped
 SIM_STATE_OBS = ["motion", "partner_motion", "occupancy", "task_obs", "instruction"]
-
-
-def _timed(fn: Callable[[], Any], min_seconds: float, min_calls: int, warmup: int) -> tuple[int, float]:
-    for _ in range(warmup):
-        fn()
-    n, t0 = 0, time.perf_counter()
-    while n < min_calls or time.perf_counter() - t0 < min_seconds:
-        fn()
-        n += 1
-    return n, time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -134,30 +124,21 @@ def default_train_step(model: torch.nn.Module, train_cfg: Mapping[str, Any] | No
 
 
 def sampling_rate(
-    model,
-    ctx: dict[str, torch.Tensor],
-    actions: torch.Tensor,
-    num_steps: int,
-    modalities: Sequence[str] | None,
-    min_seconds: float,
-    min_calls: int,
-    warmup: int,
-) -> float:
-    """Transitions/s of ``model.imagine`` on a (B, K, ...) context."""
+    model, ctx: dict[str, torch.Tensor], actions: torch.Tensor, num_steps: int, modalities: Sequence[str] | None, timing: Timing
+) -> dict[str, Any]:
+    """Transitions/s of ``model.imagine`` on a (B, K, ...) context (a call on B worlds counts B)."""
     gen = torch.Generator().manual_seed(0)
-    B = actions.shape[0]
 
     def call():
         with torch.no_grad():
             model.imagine(ctx, actions, num_steps=num_steps, modalities=modalities, generator=gen)
 
-    n, dt = _timed(call, min_seconds, min_calls, warmup)
-    return n * B / dt
+    return timed(call, timing, per_call=actions.shape[0], unit="transitions_per_s")
 
 
 def sim_rate(
-    B: int, task: str, resolution: int, obs_keys: Sequence[str] | None, min_seconds: float, warmup: int, seed: int, record: int = 0
-) -> tuple[float, dict | None]:
+    B: int, task: str, resolution: int, obs_keys: Sequence[str] | None, timing: Timing, seed: int, record: int = 0
+) -> tuple[dict[str, Any], dict | None]:
     """EgoRoomVecEnv steps/s at B worlds (random actions); optionally also records ``record`` steps."""
     from dreamgym.envs.vec_env import EgoRoomVecEnv
 
@@ -165,9 +146,73 @@ def sim_rate(
     windows = record_windows(env, record, seed) if record else None
     env.reset_tensors(seed=seed)
     gen = torch.Generator().manual_seed(seed)
-    n, dt = _timed(lambda: env.step_tensors(torch.rand(B, 6, generator=gen) * 2 - 1), min_seconds, 3, warmup)
-    env.close()
-    return n * B / dt, windows
+    try:
+        return timed(lambda: env.step_tensors(torch.rand(B, 6, generator=gen) * 2 - 1), timing, per_call=B, unit="steps_per_s"), windows
+    finally:
+        env.close()
+
+
+# ------------------------------------------------------------------------------ stages
+def measure_sim(run: BenchRun, batch_sizes: Sequence[int], task: str, res: int, K: int, timing: Timing, seed: int, windows, progress):
+    """Arms ``sim_frames_B<B>`` and ``sim_state_only_B<B>``; returns the windows recorded on the way
+    (K + 1 steps at the largest B) unless ``windows`` were given."""
+    for B in batch_sizes:
+        progress(f"simulator B={B} ...")
+        want = K + 1 if windows is None and B == max(batch_sizes) else 0
+        full, w = sim_rate(B, task, res, None, timing, seed, record=want)
+        state, _ = sim_rate(B, task, res, SIM_STATE_OBS, timing, seed)
+        run.add(f"sim_frames_B{B}", full | {"batch_size": B, "observations": "all (ego frames rendered)"})
+        run.add(f"sim_state_only_B{B}", state | {"batch_size": B, "observations": SIM_STATE_OBS})
+        windows = windows if windows is not None else w
+        progress(f"  {full['median']:.1f} steps/s with ego frames, {state['median']:.1f} state-only")
+    return windows
+
+
+def measure_train(run: BenchRun, train_step, train_loss_name: str | None, windows, train_batch_size: int, timing: Timing, progress) -> None:
+    """Arm ``train``: samples/s of one optimisation step on ``train_batch_size`` tiled windows."""
+    batch = tile(windows, train_batch_size)
+    progress(f"training step, batch {train_batch_size} ...")
+    r = timed(lambda: train_step(batch), timing, per_call=train_batch_size, unit="samples_per_s")
+    run.add("train", r | {"batch_size": train_batch_size, "seconds_per_step": train_batch_size / r["median"], "loss": train_loss_name})
+    progress(f"  {r['median']:.1f} samples/s")
+
+
+def measure_dream(run: BenchRun, model, windows, K: int, batch_sizes: Sequence[int], num_steps: Sequence[int], timing: Timing, progress):
+    """Arms ``dream_<modalities>_B<B>_steps<n>`` and their ratios to the simulator in ``run.summary``."""
+    full = list(model_spec(model).modalities)
+    state = [m for m in STATE_KEYS if m in full]
+    sets = {"frames": full, "state_only": state, "body_only": [m for m in BODY_KEYS if m in full]}
+    ratios = run.summary.setdefault("dream_over_sim", {})
+    for B in batch_sizes:
+        w = tile(windows, B)
+        ctx_all = {k: w[k][:, :K] for k in full if k in w} | {"instruction": w["instruction"]}
+        actions = w["actions"][:, :K]
+        for mods_name, mods in sets.items():
+            if not mods or (mods_name != "frames" and mods == full) or (mods_name == "body_only" and mods == state):
+                continue
+            ctx = {k: v for k, v in ctx_all.items() if k in mods or k == "instruction"}
+            for steps in num_steps:
+                progress(f"dream B={B} steps={steps} {mods_name} ...")
+                name = f"{mods_name}_B{B}_steps{int(steps)}"
+                r = sampling_rate(model, ctx, actions, int(steps), mods, timing)
+                run.add(f"dream_{name}", r | {"batch_size": B, "num_steps": int(steps), "modalities": mods_name})
+                sim = run.arms.get(f"sim_{'frames' if mods_name == 'frames' else 'state_only'}_B{B}")
+                if sim is not None:
+                    ratios[name] = r["median"] / sim["median"]
+                progress(f"  {r['median']:.1f} transitions/s" + (f" ({ratios[name]:.2f}x the simulator)" if name in ratios else ""))
+
+
+def model_info(model) -> dict[str, Any]:
+    """Parameters, context, resolution, modalities and config of the timed model."""
+    spec = model_spec(model)
+    cfg = getattr(model, "config", None)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0,
+        "context": spec.context,
+        "resolution": spec.resolution[0] if spec.resolution else 64,
+        "modalities": list(spec.modalities),
+        "config": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
+    }
 
 
 # ------------------------------------------------------------------------------ driver
@@ -177,9 +222,7 @@ def bench(
     num_steps: Sequence[int] = (1, 3),
     train_batch_size: int = 16,
     task: str = "reach",
-    seconds: float = 3.0,
-    min_calls: int = 2,
-    warmup: int = 1,
+    timing: Timing | None = None,
     sim_baseline: bool = True,
     seed: int = 0,
     train_step: Callable[[dict], None] | None = None,
@@ -187,94 +230,53 @@ def bench(
     train_cfg: Mapping[str, Any] | None = None,
     windows: dict[str, torch.Tensor] | None = None,
     progress: Callable[[str], None] = print,
+    run: BenchRun | None = None,
 ) -> dict[str, Any]:
-    """Run every measurement; returns the JSON-ready result (see the module docstring)."""
-    from dreamgym.worldmodel.evaluate import model_spec
-
-    spec = model_spec(model)
-    K = spec.context
-    res = spec.resolution[0] if spec.resolution else 64
-    full = list(spec.modalities)
-    state = [m for m in STATE_KEYS if m in full]
-    sim: dict[str, dict[str, float]] = {}
+    """Every measurement (see the module docstring) as arms of ``run``; returns its JSON-ready result."""
+    timing = timing or Timing()
+    run = run or BenchRun("wm", {"batch_sizes": list(batch_sizes), "num_steps": list(num_steps), "train_batch_size": train_batch_size})
+    info = model_info(model)
+    K, res = info["context"], info["resolution"]
     if sim_baseline:
-        for B in batch_sizes:
-            progress(f"simulator B={B} ...")
-            r_full, w = sim_rate(
-                B, task, res, None, seconds, warmup, seed, record=K + 1 if windows is None and B == max(batch_sizes) else 0
-            )
-            r_state, _ = sim_rate(B, task, res, SIM_STATE_OBS, seconds, warmup, seed)
-            sim[str(B)] = {"frames": r_full, "state_only": r_state}
-            windows = windows if windows is not None else w
-            progress(f"  {r_full:.1f} steps/s with ego frames, {r_state:.1f} state-only")
+        windows = measure_sim(run, batch_sizes, task, res, K, timing, seed, windows, progress)
     if windows is None:
         from dreamgym.envs.vec_env import EgoRoomVecEnv
 
         env = EgoRoomVecEnv(num_envs=min(4, max(batch_sizes)), task=task, resolution=res, seed=seed, return_tensors=True)
         windows = record_windows(env, K + 1, seed)
         env.close()
-
-    # training
-    train: dict[str, Any] = {}
     if train_step is None and callable(getattr(model, "loss", None)):
         train_step, train_loss_name = default_train_step(model, train_cfg)
     if train_step is not None:
-        batch = tile(windows, train_batch_size)
-        progress(f"training step, batch {train_batch_size} ...")
-        n, dt = _timed(lambda: train_step(batch), seconds, min_calls, warmup)
-        train = {
-            "batch_size": train_batch_size,
-            "samples_per_s": n * train_batch_size / dt,
-            "seconds_per_step": dt / n,
-            "loss": train_loss_name or "given train_step",
-        }
-        progress(f"  {train['samples_per_s']:.1f} samples/s")
+        measure_train(run, train_step, train_loss_name or "given train_step", windows, train_batch_size, timing, progress)
     if hasattr(model, "eval"):
         model.eval()
+    measure_dream(run, model, windows, K, batch_sizes, num_steps, timing, progress)
+    run.summary |= {"model": info, "task": task}
+    return run.result()
 
-    # dreaming
-    sampling = []
-    for B in batch_sizes:
-        w = tile(windows, B)
-        ctx_all = {k: w[k][:, :K] for k in full if k in w}
-        ctx_all["instruction"] = w["instruction"]
-        actions = w["actions"][:, :K]
-        sets = {"frames": full, "state_only": state, "body_only": [m for m in BODY_KEYS if m in full]}
-        for mods_name, mods in sets.items():
-            if not mods or (mods_name != "frames" and mods == full) or (mods_name == "body_only" and mods == state):
-                continue
-            ctx = {k: v for k, v in ctx_all.items() if k in mods or k == "instruction"}
-            for steps in num_steps:
-                progress(f"dream B={B} steps={steps} {mods_name} ...")
-                rate = sampling_rate(model, ctx, actions, int(steps), mods, seconds, min_calls, warmup)
-                row = {"batch_size": B, "num_steps": int(steps), "modalities": mods_name, "transitions_per_s": rate}
-                if str(B) in sim:
-                    s = sim[str(B)]["frames" if mods_name == "frames" else "state_only"]
-                    row |= {"sim_steps_per_s": s, "ratio_vs_sim": rate / s}
-                sampling.append(row)
-                progress(f"  {rate:.1f} transitions/s" + (f" ({row['ratio_vs_sim']:.2f}x the simulator)" if "ratio_vs_sim" in row else ""))
-    n_params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else 0
-    cfg = getattr(model, "config", None)
-    return {
-        "model": {
-            "parameters": n_params,
-            "context": K,
-            "resolution": res,
-            "modalities": full,
-            "config": cfg.to_dict() if hasattr(cfg, "to_dict") else None,
-        },
-        "train": train,
-        "sampling": sampling,
-        "sim_steps_per_s": sim,
-        "task": task,
-        "threads": torch.get_num_threads(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
-    }
+
+def load_bench_model(cfg) -> tuple[torch.nn.Module, str, dict | None]:
+    """The model to time (``checkpoint``'s, else the embedded default's architecture with random
+    weights), where it came from, and ``configs/train_wm.yaml`` (noise mix, optimiser) or None."""
+    from omegaconf import OmegaConf
+
+    from dreamgym.configs import compose
+    from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
+
+    try:
+        train_cfg = OmegaConf.to_container(compose("train_wm", []), resolve=True)
+    except Exception as e:  # noqa: BLE001 -- any failure to compose: fall back to built-in defaults, said below
+        print(f"bench wm: configs/train_wm.yaml not usable ({e}); using WorldModelConfig() and default noise settings", flush=True)
+        train_cfg = None
+    if cfg.checkpoint:
+        return WorldModel.from_pretrained(str(cfg.checkpoint), device=cfg.device), str(cfg.checkpoint), train_cfg
+    if train_cfg is not None:
+        d = dict(train_cfg["worldmodel"], data_resolution=int(cfg.resolution))
+        model = WorldModel(WorldModelConfig.from_dict(d, source="configs/worldmodel")).to(cfg.device)
+        return model, "configs/worldmodel/default.yaml, random weights", train_cfg
+    model = WorldModel(WorldModelConfig(data_resolution=int(cfg.resolution))).to(cfg.device)
+    return model, "WorldModelConfig() defaults, random weights", None
 
 
 def run(cfg) -> int:
@@ -282,63 +284,42 @@ def run(cfg) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(int(cfg.seed))
-    from omegaconf import OmegaConf
-
-    from dreamgym.configs import compose
-    from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
-
-    # The training run's settings (noise mix, optimiser) and the embedded default model config.
-    try:
-        train_cfg = OmegaConf.to_container(compose("train_wm", []), resolve=True)
-    except Exception as e:  # noqa: BLE001 -- any failure to compose: fall back to built-in defaults, said below
-        print(f"bench wm: configs/train_wm.yaml not usable ({e}); using WorldModelConfig() and default noise settings", flush=True)
-        train_cfg = None
-    if cfg.checkpoint:
-        model = WorldModel.from_pretrained(str(cfg.checkpoint), device=cfg.device)
-        source = str(cfg.checkpoint)
-    elif train_cfg is not None:
-        d = dict(train_cfg["worldmodel"], data_resolution=int(cfg.resolution))
-        model = WorldModel(WorldModelConfig.from_dict(d, source="configs/worldmodel")).to(cfg.device)
-        source = "configs/worldmodel/default.yaml, random weights"
-    else:
-        model = WorldModel(WorldModelConfig(data_resolution=int(cfg.resolution))).to(cfg.device)
-        source = "WorldModelConfig() defaults, random weights"
+    bench_run = start("wm", cfg)
+    model, source, train_cfg = load_bench_model(cfg)
     print(f"bench wm: {source}", flush=True)
+    bench_run.summary["source"] = source
     result = bench(
         model,
         batch_sizes=[int(b) for b in cfg.batch_sizes],
         num_steps=[int(s) for s in cfg.num_steps],
         train_batch_size=int(cfg.train_batch_size),
         task=cfg.task,
-        seconds=float(cfg.measure_seconds),
-        min_calls=int(cfg.min_calls),
-        warmup=int(cfg.warmup_calls),
+        timing=Timing.from_cfg(cfg),
         sim_baseline=bool(cfg.sim_baseline),
         seed=int(cfg.seed),
         train_cfg=train_cfg,
         progress=lambda s: print(s, flush=True),
+        run=bench_run,
     )
-    result["model"]["source"] = source
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    bench_run.write(cfg.out)
     print(format_summary(result), flush=True)
-    print(f"wrote {out}", flush=True)
     return 0
 
 
 def format_summary(r: dict) -> str:
-    """A short table of the result."""
+    """A short table of a ``bench wm`` result (medians)."""
+    arms, ratios = r["arms"], r["summary"].get("dream_over_sim", {})
     lines = []
-    if r["train"]:
-        lines.append(f"training: {r['train']['samples_per_s']:.1f} samples/s (batch {r['train']['batch_size']}; {r['train']['loss']})")
+    if "train" in arms:
+        t = arms["train"]
+        lines.append(f"training: {t['median']:.1f} samples/s (spread {t['spread']:.2f}; batch {t['batch_size']}; {t['loss']})")
     lines.append(f"{'B':>4} {'steps':>5} {'modalities':>11} {'dream/s':>10} {'sim/s':>10} {'ratio':>7}")
-    for row in r["sampling"]:
-        sim = f"{row['sim_steps_per_s']:>10.1f}" if "sim_steps_per_s" in row else f"{'-':>10}"
-        ratio = f"{row['ratio_vs_sim']:>7.2f}" if "ratio_vs_sim" in row else f"{'-':>7}"
-        lines.append(
-            f"{row['batch_size']:>4} {row['num_steps']:>5} {row['modalities']:>11} {row['transitions_per_s']:>10.1f} {sim} {ratio}"
-        )
+    for name, row in arms.items():
+        if not name.startswith("dream_"):
+            continue
+        sim = arms.get(f"sim_{'frames' if row['modalities'] == 'frames' else 'state_only'}_B{row['batch_size']}")
+        sim_s = f"{sim['median']:>10.1f}" if sim else f"{'-':>10}"
+        ratio = ratios.get(name[len("dream_") :])
+        ratio_s = f"{ratio:>7.2f}" if ratio is not None else f"{'-':>7}"
+        lines.append(f"{row['batch_size']:>4} {row['num_steps']:>5} {row['modalities']:>11} {row['median']:>10.1f} {sim_s} {ratio_s}")
     return "\n".join(lines)

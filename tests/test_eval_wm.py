@@ -1,5 +1,5 @@
 """World-model evaluation: metrics against hand-computed values, the replay evaluation end to end
-with stand-in models, counterfactual controllability, and the speed benchmark's plumbing."""
+with stand-in models, and counterfactual controllability (the speed benchmark: test_benchmarks.py)."""
 
 from __future__ import annotations
 
@@ -383,62 +383,6 @@ def test_eval_end_to_end_on_simulated_episodes_with_counterfactuals(tmp_path):
     assert (tmp_path / "counterfactual.png").exists()
     # The kinematic model moves the root the way the actions say: closer to the sim than holding still.
     assert res["model"]["root_trans_err_m"][1] < res["baselines"]["hold_pose"]["root_trans_err_m"][1]
-
-
-# ------------------------------------------------------------------------------------ benchmark
-def _windows(B: int = 2, T: int = 4, res: int = 16) -> dict[str, torch.Tensor]:
-    eps = synthetic_episodes(lengths=(T,) * B, res=res)
-    w = {k: torch.as_tensor(np.stack([e.obs[k] for e in eps])) for k in eps[0].obs}
-    w["actions"] = torch.as_tensor(np.stack([e.actions for e in eps]))
-    w["instruction"] = torch.zeros(B, dtype=torch.long)
-    return w
-
-
-def test_bench_reports_training_and_sampling_rates_per_configuration():
-    from dreamgym.benchmarks.wm import bench, format_summary
-
-    model = CopyLast(context=3, resolution=16)
-    layer = torch.nn.Linear(227, 227)
-    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
-    calls = []
-
-    def train_step(batch):
-        calls.append(batch["motion"].shape)
-        opt.zero_grad()
-        layer(batch["motion"][:, :3]).pow(2).mean().backward()
-        opt.step()
-
-    r = bench(
-        model,
-        batch_sizes=[1, 4],
-        num_steps=[1, 3],
-        train_batch_size=8,
-        seconds=0.05,
-        sim_baseline=False,
-        train_step=train_step,
-        windows=_windows(),
-        progress=lambda s: None,
-    )
-    assert calls and calls[0] == (8, 4, 227), "the training batch is the windows tiled to train_batch_size"
-    assert r["train"]["batch_size"] == 8 and r["train"]["samples_per_s"] > 0
-    rows = {(x["batch_size"], x["num_steps"], x["modalities"]) for x in r["sampling"]}
-    assert rows == {(b, s, m) for b in (1, 4) for s in (1, 3) for m in ("frames", "state_only", "body_only")}
-    assert all(x["transitions_per_s"] > 0 and "ratio_vs_sim" not in x for x in r["sampling"])
-    assert "dream/s" in format_summary(r)
-    json.dumps(r)
-
-
-@pytest.mark.slow
-def test_bench_measures_the_simulator_at_the_same_batch_sizes():
-    from dreamgym.benchmarks.wm import bench
-
-    r = bench(
-        CopyLast(context=3, resolution=16), batch_sizes=[1, 2], num_steps=[1], seconds=0.2, sim_baseline=True, progress=lambda s: None
-    )
-    assert set(r["sim_steps_per_s"]) == {"1", "2"}
-    for row in r["sampling"]:
-        sim = r["sim_steps_per_s"][str(row["batch_size"])]["frames" if row["modalities"] == "frames" else "state_only"]
-        assert row["sim_steps_per_s"] == sim and row["ratio_vs_sim"] == pytest.approx(row["transitions_per_s"] / sim)
 
 
 # ------------------------------------------------------------------------------------ command line

@@ -39,6 +39,7 @@ SCHEMAS: dict[str, str] = {
     "bench/loader": "bench:BenchLoaderConfig",
     "bench/wm": "bench:BenchWmConfig",
     "bench/dream": "bench:BenchDreamConfig",
+    "bench/push": "bench:BenchPushConfig",
     "bench/vla": "bench:BenchVLAConfig",
     "bench/transfer": "bench:BenchTransferConfig",
 }

@@ -22,15 +22,19 @@ class BenchEnvConfig:
     out: str | None = setting()
     task: str = setting(choices=task_names)
     resolution: int = setting(ge=8, le=1024)
+    obs_keys: list[str] | None = setting(choices=obs_key_names)
     batch_sizes: list[int] = setting(ge=1)
-    warmup_steps: int = setting(ge=0)
+    async_workers: int = setting(ge=0)
+    humanoid: bool = setting()
+    humanoid_env: str = setting()
+    repeats: int = setting(ge=3)
+    warmup_calls: int = setting(ge=0)
     measure_seconds: float = setting(gt=0)
-    reference_env: str = setting()
+    min_calls: int = setting(ge=1)
     seed: int = setting(ge=0)
+    threads: int = setting(ge=1)
+    single_threads: int = setting(ge=1)
     path: str | None = setting()
-
-    def check(self) -> None:
-        _nonempty("batch_sizes", self.batch_sizes, "[1,16,64]")
 
 
 @dataclass
@@ -45,6 +49,7 @@ class BenchCollectConfig:
     round_steps: int = setting(gt=0)
     warmup_steps: int = setting(ge=0)
     seed: int = setting(ge=0)
+    threads: int = setting(ge=1)
     policy: Any = setting()
     noise: float = setting(ge=0)
     shard_episodes: int = setting(gt=0)
@@ -84,9 +89,12 @@ class BenchLoaderConfig:
     batch_size: int = setting(gt=0)
     num_workers: int = setting(ge=0)
     in_memory: bool = setting()
-    warmup_batches: int = setting(ge=0)
+    repeats: int = setting(ge=3)
+    warmup_calls: int = setting(ge=0)
     measure_seconds: float = setting(gt=0)
+    min_calls: int = setting(ge=1)
     single_process_windows: int = setting(gt=0)
+    threads: int = setting(ge=1)
 
 
 @dataclass
@@ -100,18 +108,15 @@ class BenchWmConfig:
     batch_sizes: list[int] = setting(ge=1)
     num_steps: list[int] = setting(gt=0)
     train_batch_size: int = setting(gt=0)
+    repeats: int = setting(ge=3)
+    warmup_calls: int = setting(ge=0)
     measure_seconds: float = setting(gt=0)
     min_calls: int = setting(ge=1)
-    warmup_calls: int = setting(ge=0)
     sim_baseline: bool = setting()
     seed: int = setting(ge=0)
     device: str = setting(device=True)
     threads: int = setting(ge=1)
     path: str | None = setting()
-
-    def check(self) -> None:
-        _nonempty("batch_sizes", self.batch_sizes, "[1,16,64]")
-        _nonempty("num_steps", self.num_steps, "[1,3]")
 
 
 @dataclass
@@ -125,15 +130,28 @@ class BenchDreamConfig:
     batch_sizes: list[int] = setting(ge=1)
     num_denoising_steps: int = setting(gt=0)
     frames: bool = setting()
+    repeats: int = setting(ge=3)
+    warmup_calls: int = setting(ge=0)
     measure_seconds: float = setting(gt=0)
     min_calls: int = setting(ge=1)
-    warmup_calls: int = setting(ge=0)
     seed: int = setting(ge=0)
     threads: int = setting(ge=1)
     path: str | None = setting()
 
-    def check(self) -> None:
-        _nonempty("batch_sizes", self.batch_sizes, "[1,16,64]")
+
+@dataclass
+class BenchPushConfig:
+    """``configs/bench/push.yaml``"""
+
+    out: str | None = setting()
+    checkpoints: list[Any] = setting()
+    num_envs: int = setting(ge=1)
+    steps: int = setting(gt=0)
+    horizon: int = setting(gt=0)
+    stride: int = setting(gt=0)
+    seed: int = setting(ge=0)
+    threads: int = setting(ge=1)
+    path: str | None = setting()
 
 
 @dataclass

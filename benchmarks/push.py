@@ -1,4 +1,5 @@
-"""Does a world model dream pushes? Scored against the simulator on real push episodes.
+"""``dreamgym bench push``: does a world model dream pushes? Scored against the simulator on real
+push episodes.
 
 The push task's scripted expert walks props onto the mat in rooms of another seed range than
 any dataset's. From windows every 8 steps, each world model dreams 16 steps (bodies and props,
@@ -6,22 +7,23 @@ one denoising step) under the recorded actions and partner commands, from the re
 before; the dreamed props' horizontal displacement over the window is compared with the
 simulator's, beside hold-pose (props never move) in the same run.
 
-    python benchmarks/push_dream.py --checkpoint worldmodel/default --out benchmarks/results/push_dream.json
+    dreamgym bench push [checkpoints=[DIR,...]] [out=FILE.json]
 
-Figures per model: on the props the simulator moved more than 5 cm, the mean real and dreamed
-displacement, the error and its correlation; on resting props (under 5 mm), how often the dream
-moved one more than 5 cm; over all props, the mean error.
+Arms: ``hold_pose`` and one per world model (``default``: the shipped one). Figures per arm: on
+the props the simulator moved more than 5 cm, the mean real and dreamed displacement, the error
+and its correlation; on resting props (under 5 mm), how often the dream moved one more than 5 cm;
+over all props, the mean error.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
+
+from dreamgym.benchmarks.runner import hash_path, start
 
 
 def record(num_envs: int, steps: int, seed: int) -> dict[str, torch.Tensor]:
@@ -67,26 +69,31 @@ def score(model, rec: dict[str, torch.Tensor], horizon: int, stride: int) -> dic
             dream = torch.zeros_like(real)
         else:
             ctx = {k: rec[k][ok, t0 - 1 : t0 + 1] for k in ("motion", "partner_motion", "props")}
+            # the partner's recorded commands, for a model conditioned on them
+            partner = rec["partner_actions"][ok, t0 - 1 : t0 + horizon] if getattr(model.config, "partner_actions", False) else None
             with torch.no_grad():
                 out = model.rollout(
                     ctx,
                     rec["actions"][ok, t0 : t0 + horizon],
                     past_actions=rec["actions"][ok, t0 - 1 : t0],
-                    partner_actions=rec["partner_actions"][ok, t0 - 1 : t0 + horizon],
+                    partner_actions=partner,
                     modalities=["motion", "partner_motion", "props"],
                 )
             dream = out["props"][:, -1] - start
         r, d = real[..., :2].reshape(-1, 2), dream[..., :2].reshape(-1, 2)
         rows.append(torch.stack([r.norm(dim=-1), d.norm(dim=-1), (r - d).norm(dim=-1)], 1))
+    if not rows:
+        raise SystemExit(f"dreamgym bench push: no window of {horizon} steps fits in {T} recorded steps; raise steps")
     R = torch.cat(rows).numpy()
     moved, rest = R[:, 0] > 0.05, R[:, 0] < 0.005
-    corr = float(np.corrcoef(R[moved, 0], R[moved, 1])[0, 1]) if model is not None and R[moved, 1].std() > 0 else None
+    mean = lambda x: float(x.mean()) if len(x) else None  # noqa: E731 -- None when no prop moved
+    corr = float(np.corrcoef(R[moved, 0], R[moved, 1])[0, 1]) if model is not None and moved.sum() > 1 and R[moved, 1].std() > 0 else None
     return {
         "props_windows": int(len(R)),
         "moved_windows": int(moved.sum()),
-        "moved_real_mean_m": float(R[moved, 0].mean()),
-        "moved_dream_mean_m": float(R[moved, 1].mean()),
-        "moved_err_m": float(R[moved, 2].mean()),
+        "moved_real_mean_m": mean(R[moved, 0]),
+        "moved_dream_mean_m": mean(R[moved, 1]),
+        "moved_err_m": mean(R[moved, 2]),
         "moved_corr": corr,
         "rest_false_moves": int((R[rest, 1] > 0.05).sum()),
         "rest_windows": int(rest.sum()),
@@ -94,35 +101,31 @@ def score(model, rec: dict[str, torch.Tensor], horizon: int, stride: int) -> dic
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", action="append", default=None, help="world-model folder (repeatable; default: the embedded default)")
-    ap.add_argument("--num-envs", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=160)
-    ap.add_argument("--horizon", type=int, default=16)
-    ap.add_argument("--stride", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=9000, help="first room seed")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/push_dream.json"))
-    args = ap.parse_args()
+def run(cfg: DictConfig) -> int:
+    """Entry point of ``dreamgym bench push`` (``configs/bench/push.yaml``)."""
     from dreamgym.worldmodel.model import DEFAULT_CHECKPOINT, WorldModel
 
-    torch.set_num_threads(args.threads)
-    t0 = time.time()
-    rec = record(args.num_envs, args.steps, args.seed)
-    res = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "hold_pose": score(None, rec, args.horizon, args.stride),
-    }
-    for ck in args.checkpoint or [str(DEFAULT_CHECKPOINT)]:
-        res[ck] = score(WorldModel.from_pretrained(ck), rec, args.horizon, args.stride)
-    res["seconds"] = round(time.time() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    tmp.replace(args.out)
-    print(json.dumps(res, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    torch.set_num_threads(int(cfg.threads))
+    bench_run = start("push", cfg)
+    horizon, stride = int(cfg.horizon), int(cfg.stride)
+    rec = record(int(cfg.num_envs), int(cfg.steps), int(cfg.seed))
+    hold = bench_run.add("hold_pose", score(None, rec, horizon, stride))
+    models = {}
+    for ck in list(cfg.checkpoints or [None]):
+        path = Path(ck) if ck is not None else DEFAULT_CHECKPOINT
+        name = "default" if ck is None else str(ck)
+        scores = bench_run.add(name, score(WorldModel.from_pretrained(path), rec, horizon, stride) | {"checkpoint": str(path)})
+        models[name] = {
+            "sha256": hash_path(path),
+            "moved_dream_over_real": scores["moved_dream_mean_m"] / scores["moved_real_mean_m"] if scores["moved_windows"] else None,
+            "all_err_over_hold_pose": scores["all_err_m"] / hold["all_err_m"] if hold["all_err_m"] else None,
+        }
+        f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        print(
+            f"{name}: pushed props dreamed {f(scores['moved_dream_mean_m'])} m of {f(scores['moved_real_mean_m'])} m "
+            f"(corr {f(scores['moved_corr'])}), {scores['rest_false_moves']} of {scores['rest_windows']} resting props moved",
+            flush=True,
+        )
+    bench_run.summary = {"models": models}
+    bench_run.write(cfg.out)
+    return 0
