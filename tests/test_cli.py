@@ -136,7 +136,7 @@ def test_unknown_group_option_lists_the_choices(capsys, tmp_path):
         (["train-vla", "dream_envs=30", "dream_group=4"], "dream_envs=30 is not a multiple of dream_group=4"),
         (["train-social", "scene_objects=true", "heading_head=false"], "scene_objects=true needs heading_head=true"),
         (["bench", "env", "batch_sizes=[0,16]"], "each element of batch_sizes must be >= 1"),
-        (["bench", "wm", "measure_seconds=0"], "measure_seconds=0.0 is out of range"),
+        (["bench", "wm", "measure_seconds=-1"], "measure_seconds=-1.0 is out of range"),
     ],
 )
 def test_bad_value_is_refused_before_work(capsys, tmp_path, fake_dataset, argv, expect):
