@@ -33,6 +33,7 @@ def tiny_wm(tmp_path_factory):
         context=2,
         modalities=["motion", "partner_motion", "props"],
         ego_warp=False,  # no frames or grid to warp
+        ego_render=False,
         occupancy_warp=False,
         state_prior=0,
         props_dynamics=0,

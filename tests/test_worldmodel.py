@@ -38,6 +38,7 @@ TINY = dict(
     reward_hidden=32,
     # the plain network: each test switches on the branch it exercises
     ego_warp=False,
+    ego_render=False,
     state_prior=0,
     props_dynamics=0,
     occupancy_warp=False,
@@ -638,8 +639,8 @@ def test_warping_model_predicts_frames_from_the_warped_base(monkeypatch):
     seen = {}
     real_base = m.frame_base
 
-    def spy(ctx, next_motion=None, warp=None):
-        real_base(ctx, next_motion, warp)
+    def spy(ctx, next_motion=None, warp=None, *rest):
+        real_base(ctx, next_motion, warp, *rest)
         seen["valid"] = ctx["ego_base_valid"].flatten(1).amax(1)
 
     monkeypatch.setattr(m, "frame_base", spy)
@@ -852,8 +853,8 @@ def test_a_loaded_checkpoint_is_checked_like_a_built_config(tmp_path):
         ({"sigma_max": -5}, r"config\.json: sigma_max = -5.0 is invalid \(expected a number > 0\)"),
         ({"context": "abc"}, r"config\.json: context = 'abc' is invalid \(expected an integer >= 1\)"),
         ({"heads": 5}, r"config\.json: heads = 5 is invalid \(expected a divisor of dim \(32\)\)"),
-        ({"format_version": 99}, r"config\.json: format_version 99 is newer than this dreamgym reads \(up to 2\)"),
-        ({"format_version": "2"}, r"config\.json: format_version = '2' is invalid \(expected an integer from 1 to 2\)"),
+        ({"format_version": 99}, r"config\.json: format_version 99 is newer than this dreamgym reads \(up to 3\)"),
+        ({"format_version": "2"}, r"config\.json: format_version = '2' is invalid \(expected an integer from 1 to 3\)"),
     ):
         (d / "config.json").write_text(json.dumps(good | change))
         with pytest.raises(ValueError, match=message) as e:
@@ -864,7 +865,7 @@ def test_a_loaded_checkpoint_is_checked_like_a_built_config(tmp_path):
     for change, message in (
         ({"num_steps": 0}, r"sampler\.json: num_steps = 0 is invalid \(expected an integer >= 1\)"),
         ({"sigma_min": 25.0}, r"sampler\.json: sigma_min = 25.0 is invalid \(expected a number below the architecture's sigma_max"),
-        ({"format_version": 3}, r"sampler\.json: format_version 3 is newer than this dreamgym reads"),
+        ({"format_version": 4}, r"sampler\.json: format_version 4 is newer than this dreamgym reads"),
         ({"heun": True}, r"sampler\.json: unknown sampler config fields \['heun'\]"),
     ):
         (d / "sampler.json").write_text(json.dumps(sampler | change))

@@ -34,7 +34,7 @@ from . import data as D
 
 # Version of the on-disk layout of config.json / sampler.json. A checkpoint of an older version is
 # upgraded on load (``upgrade``); a newer one is refused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class ConfigError(ValueError):
@@ -84,6 +84,12 @@ class ArchitectureConfig:
     # depth-based reprojection) whenever the next motion is known -- given, or dreamed first in a
     # state-only pass (``imagine`` then runs two passes). Needs ``ego_depth``.
     ego_warp: bool = True
+    # The frame branch also reads the dreamed 3-D state drawn into the dreamed head camera
+    # (``render``): the next grid (the last one carried to the next bodies) ray-cast into the next
+    # head pose as classes and depth, painted from a colour memory of a real frame; where the
+    # reprojection leaves a hole, the painted render fills the base. Needs ``ego_warp``,
+    # ``occupancy_warp`` and the occupancy modality. (The shipped default predates it: false.)
+    ego_render: bool = False
     # A deterministic prior for the bodies' next change: an MLP over the whole flattened context
     # regresses the conditional mean of both bodies' normalised changes, and the diffusion denoises
     # the residual around it (the prior is also an input of the body tokens). The token
@@ -293,6 +299,8 @@ def _architecture_rules(c: ArchitectureConfig, source: str) -> None:
             )
     if c.ego_warp and not (c.ego_depth and "ego" in c.modalities):
         raise ConfigError(source, "ego_warp", True, "false, or ego frames with depth (modalities with 'ego' and ego_depth: true)")
+    if c.ego_render and not (c.ego_warp and c.occupancy_warp):
+        raise ConfigError(source, "ego_render", True, "false, or ego_warp and occupancy_warp (with the occupancy modality)")
     if c.occupancy_warp and "occupancy" not in c.modalities:
         raise ConfigError(source, "occupancy_warp", True, "false, or the occupancy modality in modalities")
     if c.props_dynamics and not (c.state_prior and c.context >= 2):
@@ -435,6 +443,7 @@ FORMAT1_DEFAULTS: dict[str, Any] = {
     "root_loss_weight": 1.0,
     "camera_loss_weight": 1.0,
     "ego_warp": False,
+    "ego_render": False,
     "props_rest_threshold": 0.0,
     "state_prior": 0,
     "props_dynamics": 0,
@@ -468,7 +477,8 @@ def format_version(d: Mapping[str, Any], source: str) -> int:
 def upgrade(d: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A ``config.json`` of any format up to ``FORMAT_VERSION`` -> (architecture dict, sampler dict).
 
-    Format 2 is returned as it is (its sampler lives in ``sampler.json``: the second dict is empty).
+    Format 3 is returned as it is, format 2 with ``ego_render: false`` (which it predates; the
+    sampler of both lives in ``sampler.json``: the second dict is empty).
     Format 1 is split: keys the file lacks take ``FORMAT1_DEFAULTS``, the training keys are dropped,
     and a model with a success head (``learn_success: true``) is refused. Unknown keys are named.
     """
@@ -478,6 +488,8 @@ def upgrade(d: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str
     body = {k: v for k, v in d.items() if k != "format_version"}
     if version == FORMAT_VERSION:
         return body, {}
+    if version == 2:  # format 3 added ego_render; a format-2 model has none
+        return {"ego_render": False} | body, {}
     unknown = sorted(set(body) - set(FORMAT1_DEFAULTS))
     if unknown:
         raise ValueError(f"{source}: unknown world-model config fields {unknown} (format 1)")

@@ -98,7 +98,9 @@ class LossMixin:
         if c.ego_warp and "ego_ctx" in ctx:
             # warp where the next motion is a clean condition (as at inference); elsewhere the
             # base is the last frame, so that the base never leaks a motion being denoised
-            self.frame_base(ctx, w["motion"][:, K].to(self.device, torch.float32), sigma["motion"].to(self.device) == 0)
+            moved = sigma["motion"].to(self.device) == 0
+            both = moved & (sigma["partner_motion"].to(self.device) == 0)  # the render draws both bodies
+            self.frame_base(ctx, w["motion"][:, K].to(self.device, torch.float32), moved, w["partner_motion"][:, K], both)
         if c.occupancy_warp and "occupancy_ctx" in ctx:
             # carried to the next bodies where both are clean conditions (as at inference)
             clean = (sigma["motion"].to(self.device) == 0) & (sigma["partner_motion"].to(self.device) == 0)

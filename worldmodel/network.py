@@ -25,6 +25,7 @@ from dreamgym.envs.motion import MOTION_DIM
 
 from . import data as D
 from . import edm
+from . import render as R
 from .blocks import GridTokens, TokenTransformer, UNetBranch, fourier_embedding
 from .config import ArchitectureConfig
 from .warp import warp_frame
@@ -91,6 +92,8 @@ class WorldModelNetwork(nn.Module):
                 continue
             # the warped base (frame / grid) and its validity
             extra = n_in + 1 if ((m == "ego" and c.ego_warp) or (m == "occupancy" and c.occupancy_warp)) else 0
+            if m == "ego" and c.ego_render:
+                extra += R.N_RENDER + 2  # the render's classes, its depth and where the memory painted it
             self.branches[m] = UNetBranch(n_in * (K + 1) + extra, n_in, ch, d, c.layers_per_block, c.groups)
             self.grid[m] = GridTokens(ch[-1], d, c.grid_tokens)
             self.absent[m] = nn.Parameter(torch.randn(n_grid, d) * 0.02)
@@ -180,6 +183,10 @@ class WorldModelNetwork(nn.Module):
             out["ego_rgb_last"] = rgb[:, K - 1]
             if depth is not None:
                 out["ego_depth_last"] = depth[:, K - 1].float()
+            if c.ego_render and "occupancy" in context:
+                out["occupancy_last"] = context["occupancy"][:, K - 1].to(dev)
+                if "memory_occupancy" in context:
+                    out["memory_occupancy"] = context["memory_occupancy"].to(dev)
             if c.ego_warp:
                 if all(k in context for k in MEMORY_KEYS):
                     out |= {k: context[k].to(dev) for k in MEMORY_KEYS}
@@ -195,7 +202,14 @@ class WorldModelNetwork(nn.Module):
                 self.occupancy_base(out)
         return out
 
-    def frame_base(self, ctx: dict[str, torch.Tensor], next_motion: torch.Tensor | None = None, warp: torch.Tensor | None = None) -> None:
+    def frame_base(
+        self,
+        ctx: dict[str, torch.Tensor],
+        next_motion: torch.Tensor | None = None,
+        warp: torch.Tensor | None = None,
+        next_partner: torch.Tensor | None = None,
+        render: torch.Tensor | None = None,
+    ) -> None:
         """Set the frame the next frame's change is measured from (``ego_warp`` models), in ``ctx``.
 
         Where ``warp`` (B,) is true (default: all, when ``next_motion`` (B, 227) is given) it is
@@ -207,6 +221,10 @@ class WorldModelNetwork(nn.Module):
         pixels that the memory frame reprojected to the next pose covers come from it instead:
         one reprojection of a real frame rather than a chain of reprojections of dreamed ones,
         which blur and drift step after step.
+
+        An ``ego_render`` model also draws the next grid into the next head pose (``render_base``)
+        where ``render`` (B,) is true (default: where it warps, when ``next_partner`` is given):
+        its painted colours and depth fill the pixels no reprojection reached.
         """
         rgb, depth = ctx["ego_rgb_last"].float(), ctx["ego_depth_last"]
         B = rgb.shape[0]
@@ -222,6 +240,13 @@ class WorldModelNetwork(nn.Module):
                 sel = w.view(B, 1, 1, 1)
                 rgb, depth = torch.where(sel, wr, rgb), torch.where(sel, wd, depth)
                 valid = (wv & sel).float()
+        if self.config.ego_render:
+            rw = None
+            if next_motion is not None and next_partner is not None:
+                every = torch.ones(B, dtype=torch.bool, device=rgb.device)
+                rw = render if render is not None else (every if warp is None else warp)
+                rw = rw.to(rgb.device).bool()
+            rgb, depth = self.render_base(ctx, rgb, depth, valid > 0, next_motion, next_partner, rw)
         ctx["ego_base_rgb"], ctx["ego_base_depth"] = rgb, depth
         if next_motion is None and "ego_last_model" in ctx:  # unwarped: the last frame, already converted
             ctx["ego_base_model"] = ctx["ego_last_model"]
@@ -229,6 +254,56 @@ class WorldModelNetwork(nn.Module):
             ctx["ego_base_model"] = D.frames_to_model(rgb, depth, self.config.resolution)
         r = self.config.resolution
         ctx["ego_base_valid"] = valid if valid.shape[-1] == r else F.interpolate(valid, size=(r, r), mode="area")
+
+    def carried_grid(self, ctx: dict[str, torch.Tensor], next_motion: torch.Tensor, next_partner: torch.Tensor):
+        """The last grid (or, where it covers, the scene memory's) carried to the next bodies:
+        (B, Z, X, Y) uint8 and its valid columns (B, 1, X, Y); computed once per context."""
+        if "carried_grid" not in ctx:
+            last = ctx["occupancy_last"]
+            nm, npart = next_motion.to(last.device, torch.float32), next_partner.to(last.device, torch.float32)
+            grid, gv = D.warp_occupancy(last, ctx["motion_last"], nm, npart, self.config.occupancy_voxel)
+            if "memory_occupancy" in ctx:
+                mg, mv = D.warp_occupancy(ctx["memory_occupancy"], ctx["memory_motion"].float(), nm, npart, self.config.occupancy_voxel)
+                grid, gv = torch.where(mv, mg, grid), gv | mv
+            ctx["carried_grid"], ctx["carried_valid"] = grid, gv
+        return ctx["carried_grid"], ctx["carried_valid"]
+
+    def render_base(
+        self,
+        ctx: dict[str, torch.Tensor],
+        rgb: torch.Tensor,
+        depth: torch.Tensor,
+        reprojected: torch.Tensor,
+        next_motion: torch.Tensor | None,
+        next_partner: torch.Tensor | None,
+        rows: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fill the frame base's holes from the next grid drawn into the next head pose, and set
+        ``ctx["ego_render"]`` (B, N_RENDER + 2, r, r): the render's one-hot classes, its depth
+        (over ``MAX_DEPTH``) and where the colour memory painted it (zeros on the rows not
+        rendered, ``rows`` false or None). The colours come from a real frame of the rollout: the
+        scene memory's when the context has one, else the last context frame."""
+        c, r = self.config, self.config.resolution
+        B, _, H, W = rgb.shape
+        feats = torch.zeros(B, R.N_RENDER + 2, H, W, device=rgb.device)
+        if rows is not None and "occupancy_last" in ctx and bool(rows.any()):
+            grid, _ = self.carried_grid(ctx, next_motion, next_partner)
+            nm = next_motion.to(rgb.device, torch.float32)
+            cls, rdepth, pts = R.render_grid(grid, nm, H, W, c.occupancy_voxel)
+            if "memory_rgb" in ctx and "memory_occupancy" in ctx:
+                src = (ctx["memory_rgb"], ctx["memory_depth"], ctx["memory_motion"], ctx["memory_occupancy"])
+            else:
+                src = (ctx["ego_rgb_last"], ctx["ego_depth_last"], ctx["motion_last"], ctx["occupancy_last"])
+            mem = R.colour_memory(src[0], src[1].float(), src[2].float(), src[3], c.occupancy_voxel)
+            col, known = R.paint(cls, pts, mem, c.occupancy_voxel)
+            sel = rows.view(B, 1, 1, 1)
+            fill = sel & known & ~reprojected
+            rgb = torch.where(fill, col, rgb)
+            depth = torch.where(fill, rdepth, depth)
+            onehot = F.one_hot(cls, R.N_RENDER).permute(0, 3, 1, 2).float()
+            feats = torch.where(sel, torch.cat([onehot, rdepth / R.SKY_DEPTH, known.float()], 1), feats)
+        ctx["ego_render"] = feats if H == r else F.interpolate(feats, size=(r, r), mode="area")
+        return rgb, depth
 
     def occupancy_base(
         self,
@@ -252,11 +327,7 @@ class WorldModelNetwork(nn.Module):
         if next_motion is not None and next_partner is not None:
             w = torch.ones(B, dtype=torch.bool, device=last.device) if warp is None else warp.to(last.device).bool()
             if bool(w.any()):
-                nm, npart = next_motion.to(last.device, torch.float32), next_partner.to(last.device, torch.float32)
-                grid, gv = D.warp_occupancy(last, ctx["motion_last"], nm, npart, self.config.occupancy_voxel)
-                if "memory_occupancy" in ctx:
-                    mg, mv = D.warp_occupancy(ctx["memory_occupancy"], ctx["memory_motion"].float(), nm, npart, self.config.occupancy_voxel)
-                    grid, gv = torch.where(mv, mg, grid), gv | mv
+                grid, gv = self.carried_grid(ctx, next_motion, next_partner)
                 sel = w.view(B, 1, 1, 1)
                 base_model = torch.where(sel, D.occupancy_to_model(grid), base_model)
                 valid = (gv & sel).float()
@@ -355,6 +426,8 @@ class WorldModelNetwork(nn.Module):
                 inp = torch.cat([scaled(m), ctx[f"{m}_ctx"]], 1)
                 if m == "ego" and c.ego_warp:
                     inp = torch.cat([inp, ctx["ego_base_model"], ctx["ego_base_valid"]], 1)
+                if m == "ego" and c.ego_render:
+                    inp = torch.cat([inp, ctx["ego_render"]], 1)
                 if m == "occupancy" and c.occupancy_warp:
                     inp = torch.cat([inp, ctx["occupancy_base_model"], ctx["occupancy_base_valid"]], 1)
                 h, skips = self.branches[m].encode(inp, mod_cond[m])

@@ -75,7 +75,10 @@ def draw_noise(
             noise[m].append(torch.randn(shapes[m], generator=gs))
         if c.ego_warp and "ego" in mods and float(torch.rand(1, generator=gs)[0]) < nz.p_warp:
             # frames predicted given the next motion: relative to the last frame warped to it
+            # (and, rendering the next grid, given the partner's next body as well, as at inference)
             sigma["motion"][-1] = 0.0
+            if c.ego_render:
+                sigma["partner_motion"][-1] = 0.0
         if c.occupancy_warp and "occupancy" in mods and float(torch.rand(1, generator=gs)[0]) < nz.p_warp:
             # occupancy predicted given both next bodies: relative to the last grid carried to them
             sigma["motion"][-1] = 0.0

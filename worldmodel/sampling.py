@@ -42,7 +42,9 @@ class SamplingMixin:
         need = ["motion", "partner_motion", "props"]
         if "ego" in branches:
             need += ["ego_rgb"] + (["ego_depth"] if c.ego_depth else [])
-        if "occupancy" in branches:
+            if c.ego_render:  # the frames are drawn from the grid too
+                need.append("occupancy")
+        if "occupancy" in branches and "occupancy" not in need:
             need.append("occupancy")
         missing = [k for k in need if k not in context]
         if missing:
@@ -158,7 +160,7 @@ class SamplingMixin:
             gen_mods -= set(D.STATE_MODALITIES)
         ctx = self.encode_context(context, actions, branches, partner_actions=partner_actions)
         if c.ego_warp and "ego" in branches and "motion" in given:
-            self.frame_base(ctx, given["motion"])
+            self.frame_base(ctx, given["motion"], next_partner=given.get("partner_motion"))
         if c.occupancy_warp and "occupancy" in branches and "motion" in given and "partner_motion" in given:
             self.occupancy_base(ctx, given["motion"], given["partner_motion"])
         clean = self._given_to_model(given, ctx) if given else {}

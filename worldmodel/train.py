@@ -88,9 +88,33 @@ def _model(cfg: DictConfig, res: int) -> tuple[WorldModel, dict[str, Any]]:
             f"but {cfg.data} has {res}x{res}; collect with resolution={pre.config.data_resolution}"
         )
     torch.manual_seed(int(cfg.seed))
+    want = bool(cfg.worldmodel.get("ego_render", False))
+    if want and not pre.config.ego_render and pre.config.ego_warp and pre.config.occupancy_warp:
+        return _grown_with_render(pre), {"init": str(init), "grown": ["ego_render"]}
     model = WorldModel(pre.config)
     model.load_state_dict(pre.state_dict())
     return model, {"init": str(init)}
+
+
+def _grown_with_render(pre: WorldModel) -> WorldModel:
+    """``pre`` with the rendered-state input of the frame branch added (``ego_render``): every
+    weight is ``pre``'s, and the frame branch's first convolution reads the new input channels
+    (appended last) through zero weights: it starts out as ``pre``, but for the base's holes, which
+    the painted render now fills."""
+    import dataclasses
+
+    model = WorldModel(dataclasses.replace(pre.config, ego_render=True))
+    model.sampler = pre.sampler
+    new = model.state_dict()
+    for k, v in pre.state_dict().items():
+        if new[k].shape == v.shape:
+            new[k] = v
+        else:  # the first convolution of the frame branch: old input channels first, the render's zero
+            grown = torch.zeros_like(new[k])
+            grown[:, : v.shape[1]] = v
+            new[k] = grown
+    model.load_state_dict(new)
+    return model
 
 
 # ----------------------------------------------------------------------------- the command

@@ -141,10 +141,18 @@ def _check_path(path: str | Path) -> Path:
     return p
 
 
-def window_source(path: str | Path, split: str | None, cache_bytes: int | None = None) -> WindowSource | None:
-    """The windows of a dataset directory (its ``split``; None: all) or of an episodes
+def window_source(path: str | Path | Sequence[str | Path], split: str | None, cache_bytes: int | None = None) -> WindowSource | None:
+    """The windows of a dataset directory or a list of them (its ``split``; None: all) or of an episodes
     ``.safetensors`` file (which holds no split: ``train`` and None take it all, ``heldout``
     nothing, None returned). None also when the split has no episode."""
+    if isinstance(path, (list, tuple)) or hasattr(path, "__len__") and not isinstance(path, (str, Path)):
+        dirs = [_check_path(str(d)) for d in path]
+        if not dirs:
+            raise ValueError("data=[]: give at least one dataset directory")
+        if any(d.is_file() for d in dirs):
+            raise ValueError(f"data: a list holds dataset directories only; {[str(d) for d in dirs if d.is_file()]} are files")
+        src = DatasetSource(dirs, split or "all", cache_bytes)
+        return src if len(src) else None
     p = _check_path(path)
     if p.is_file():
         return EpisodeSource(_episodes_from_safetensors(p), name=str(p)) if split in ("train", None) else None

@@ -10,7 +10,7 @@ from typing import Any
 
 from dreamgym.worldmodel.model import WorldModelConfig
 
-from .fields import SPLITS, BadValue, check_dataset, group, modality_names, require, setting
+from .fields import SPLITS, BadValue, check_dataset, fmt, group, modality_names, require, setting
 
 # The `worldmodel:` group (configs/worldmodel/*.yaml) is typed by the dataclass the trainer builds
 # the model from (``worldmodel.train.model_config_from``); its own ``__post_init__`` checks run
@@ -37,8 +37,8 @@ class TrainWmConfig:
     """``configs/train_wm.yaml``"""
 
     worldmodel: WORLDMODEL_GROUP = group(WORLDMODEL_GROUP)  # type: ignore[valid-type]
-    data: str | None = setting()
-    heldout_data: str | None = setting()
+    data: Any = setting()  # a dataset dir, an episodes .safetensors, or a list of dataset dirs
+    heldout_data: Any = setting()
     init: str | None = setting(exists=True, keywords=("default",))
     out: str | None = setting()
     steps: int = setting(gt=0)
@@ -72,8 +72,12 @@ class TrainWmConfig:
     def check(self) -> None:
         require(self, "data", hint="give data=<dataset dir or episodes .safetensors> and out=<run dir>")
         require(self, "out", hint="give out=<run dir> (re-running into it resumes)")
-        check_dataset("data", self.data, files=True)
-        check_dataset("heldout_data", self.heldout_data, files=True)
+        for name in ("data", "heldout_data"):
+            value = getattr(self, name)
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if isinstance(v, (list, tuple, dict)):
+                    raise BadValue(name, f"{name}={fmt(value)}: give a dataset dir or a flat list of dataset dirs")
+                check_dataset(name, v, files=not isinstance(value, (list, tuple)))
 
 
 @dataclass
