@@ -31,7 +31,7 @@ from dreamgym.worldmodel.train import run, train
 torch.set_num_threads(1)  # the machine is shared
 
 WM_ARGS = ["batch_size=4", "num_threads=1", "progress=false", "stats_windows=16", "eval_batch=4", "warmup_steps=1", *TINY_OVERRIDES]
-WM_RUN = ["steps=24", "ckpt_every=4", "eval_every=8"]
+WM_RUN = ["steps=16", "ckpt_every=4", "eval_every=8"]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_killed_train_wm_resumes_to_the_uninterrupted_result(dataset, reference,
     _fork_and_kill(lambda: run(cfg), lambda: bool(_checkpoints(out)))
     _assert_no_result(out)
     step = _step_of(_checkpoints(out)[-1])
-    assert 4 <= step < 24
+    assert 4 <= step < 16
     capsys.readouterr()
     assert run(cfg) == 0
     assert f"resuming from {out / 'checkpoints'}" in capsys.readouterr().out
@@ -130,8 +130,8 @@ def test_killed_train_wm_resumes_to_the_uninterrupted_result(dataset, reference,
 
 
 def test_a_longer_run_killed_leaves_no_stale_result(dataset, reference, tmp_path):
-    """A finished 8-step run continued to 24 steps and killed: its 8-step result is moved aside, not
-    left as ``final/``; the re-run ends as the uninterrupted 24-step run."""
+    """A finished 8-step run continued to 16 steps and killed: its 8-step result is moved aside, not
+    left as ``final/``; the re-run ends as the uninterrupted 16-step run."""
     out = tmp_path / "run"
     train(_wm_cfg(dataset, out, "steps=8", *WM_RUN[1:]))
     short = WorldModel.from_pretrained(out / "final").state_dict()
@@ -171,8 +171,104 @@ def test_killed_train_wm_command_resumes_to_the_uninterrupted_result(dataset, re
     _kill_after(cmd, lambda: bool(_checkpoints(out)), tmp_path / "killed.log")
     _assert_no_result(out)
     step = _step_of(_checkpoints(out)[-1])
-    assert 4 <= step < 24
+    assert 4 <= step < 16
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resuming from {out / 'checkpoints'}" in done.stdout and f"at step {step}" in done.stdout, done.stdout
     _assert_same_run(out, reference)
+
+
+# ----------------------------------------------------------------------------- the DIAMOND-style loop
+B = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_wm(tmp_path_factory):
+    """A tiny, randomly initialised state-only world model (what the loop's state policies need)."""
+    from dreamgym.worldmodel.model import WorldModelConfig
+
+    torch.manual_seed(0)
+    cfg = WorldModelConfig(
+        resolution=16,
+        data_resolution=32,
+        context=2,
+        modalities=["motion", "partner_motion", "props"],
+        ego_warp=False,
+        occupancy_warp=False,
+        state_prior=0,
+        props_dynamics=0,
+        partner_actions=False,
+        dim=32,
+        depth=1,
+        heads=2,
+        reward_hidden=32,
+    )
+    path = tmp_path_factory.mktemp("wm") / "tiny"
+    WorldModel(cfg).save_pretrained(path)
+    return path
+
+
+def _diamond_cfg(out: Path, wm: Path, checkpoint_every: int = 64):
+    from dreamgym.configs import compose
+
+    over = [f"out={out}", f"checkpoint={wm}", "budget=200", "collect_steps=64", f"collect_envs={B}", "wm.steps=2", "wm.batch_size=4"]
+    over += ["policy_steps=256", f"checkpoint_every={checkpoint_every}", f"num_envs={B}", "ppo.n_steps=8", "ppo.batch_size=32"]
+    return compose("diamond", [*over, "ppo.n_epochs=1", "eval_episodes=0", "progress=false", "num_threads=1", "stats_steps=2"])
+
+
+def _policy_weights(path: Path) -> dict[str, torch.Tensor]:
+    from dreamgym.policies.weights import read_safetensors
+
+    return read_safetensors(path)
+
+
+SAME = ("real_steps_used", "collected", "data_episodes", "dream_start_steps", "dream_train_return", "dream_train_success")
+
+
+def _assert_same_loop(got: dict, ref: dict, out: Path, ref_out: Path) -> None:
+    a, b = _policy_weights(Path(got["policy"])), _policy_weights(Path(ref["policy"]))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), "the policy of the uninterrupted run"
+    log, ref_log = _lines(out / "log.jsonl"), _lines(ref_out / "log.jsonl")
+    assert [{k: r[k] for k in SAME} for r in log] == [{k: r[k] for k in SAME} for r in ref_log]
+    assert got["real_steps_used"] == ref["real_steps_used"] and got["iterations"] == ref["iterations"]
+
+
+@pytest.mark.slow
+def test_diamond_killed_in_a_policy_stage_resumes_it_and_says_so(tmp_path, tiny_wm):
+    """SIGKILL in the second iteration's policy stage, after its first checkpoint; the re-run takes
+    the first iteration from the log, resumes that stage from its checkpoint, and ends with the
+    policy and the log of an uninterrupted run."""
+    from dreamgym.app.diamond import diamond, run
+
+    ref = diamond(_diamond_cfg(tmp_path / "ref", tiny_wm))
+    ref_log = _lines(tmp_path / "ref" / "log.jsonl")
+    assert ref["iterations"] == len(ref_log) >= 2
+    assert all(r["stages"] == {"collect": "new", "world_model": "new", "policy": "new"} for r in ref_log)
+    out = tmp_path / "run"
+    cfg = _diamond_cfg(out, tiny_wm)
+    stage = out / "iter_01" / "policy"
+    _fork_and_kill(lambda: run(cfg), lambda: bool(list(stage.glob("checkpoints/step-*/state.json"))))
+    assert len(_lines(out / "log.jsonl")) == 1 and not (out / "summary.json").exists()
+    assert not (stage / "policy.safetensors").exists(), "a killed stage leaves no policy"
+    got = diamond(cfg)
+    log = _lines(out / "log.jsonl")
+    assert log[1]["stages"]["collect"] == "stored" and log[1]["stages"]["world_model"] == "done earlier"
+    assert log[1]["stages"]["policy"].startswith("resumed from step ")
+    assert 64 <= int(log[1]["stages"]["policy"].split()[-1]) < 256
+    _assert_same_loop(got, ref, out, tmp_path / "ref")
+
+
+@pytest.mark.slow
+def test_diamond_killed_in_a_policy_stage_before_its_checkpoint_restarts_it(tmp_path, tiny_wm):
+    """With no policy checkpoint yet (the default: checkpoint_every > policy_steps) the killed
+    stage starts again from its beginning, says so, and the loop ends as an uninterrupted one."""
+    from dreamgym.app.diamond import diamond, run
+
+    ref = diamond(_diamond_cfg(tmp_path / "ref", tiny_wm, checkpoint_every=100_000))
+    out = tmp_path / "run"
+    cfg = _diamond_cfg(out, tiny_wm, checkpoint_every=100_000)
+    _fork_and_kill(lambda: run(cfg), lambda: (out / "iter_01" / "policy" / "run.json").exists())
+    assert not list(out.glob("iter_01/policy/checkpoints/step-*")) and not (out / "iter_01" / "policy" / "policy.safetensors").exists()
+    got = diamond(cfg)
+    assert _lines(out / "log.jsonl")[1]["stages"] == {"collect": "stored", "world_model": "done earlier", "policy": "restarted"}
+    _assert_same_loop(got, ref, out, tmp_path / "ref")

@@ -261,12 +261,31 @@ def open_run_folder(out: Path, record: Mapping[str, Any], start: int, steps: int
         truncate_log(out / log, start)
 
 
+def _holds(folder: Path, model: WorldModel, state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``folder`` already holds exactly these weights under this model's configs."""
+    from .checkpoint import SAMPLER_NAME, WEIGHTS_NAME, read_configs
+
+    try:
+        arch, sampler = read_configs(folder / CONFIG_NAME)
+        had = load_safetensors(folder / WEIGHTS_NAME) if (folder / SAMPLER_NAME).is_file() else {}
+    except (OSError, ValueError):
+        return False
+    if arch != model.config or sampler != model.sampler or had.keys() != state_dict.keys():
+        return False
+    return all(had[k].dtype == v.dtype and torch.equal(had[k], v.detach().cpu()) for k, v in state_dict.items())
+
+
 def write_result(folder: Path, model: WorldModel, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
     """``model.save_pretrained(folder)`` into a temporary folder, then renamed into place: a kill
-    never leaves half of a result."""
+    never leaves half of a result. A folder that already holds these weights is left as it is: a
+    finished run re-run keeps its files byte for byte (a safetensors header's metadata comes out in
+    another order in another process, which would change the files' SHA-256 that later runs record)."""
+    weights = dict(state_dict) if state_dict is not None else model.state_dict()
+    if folder.is_dir() and _holds(folder, model, weights):
+        return folder
     tmp = folder.with_name(f".tmp_{folder.name}_{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=dict(state_dict) if state_dict is not None else None)
+    model.save_pretrained(tmp, state_dict=weights)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
