@@ -125,6 +125,13 @@ def _policy_class(d: Path, i: Inputs) -> None:
     f.write_text(json.dumps(cfg))
 
 
+def _unfinished_wm_run(d: Path, i: Inputs) -> None:
+    """A train-wm run killed before its end: checkpoints, no result."""
+    run = _copy(i.wm_run, d / "run")
+    for name in ("final", "final_raw"):
+        shutil.rmtree(run / name)
+
+
 def _truncated_vla(d: Path, i: Inputs) -> None:
     f = _copy(i.vla, d / "vla") / "model.safetensors"
     f.write_bytes(f.read_bytes()[:10_000])
@@ -229,6 +236,17 @@ def _checkpoints() -> list[Case]:
         ),
         _case("world model context: abc", _eval_wm, lambda d, i: ["context", "abc"], _wm_with("config.json", context="abc")),
         _case("world model heads: 5", _eval_wm, lambda d, i: ["heads", "5"], _wm_with("config.json", heads=5)),
+        _case(
+            "eval-wm on a train-wm run folder",
+            lambda d, i: ["eval-wm", f"checkpoint={i.wm_run}", f"data={i.data}", f"out={d / 'eval'}"],
+            lambda d, i: [str(i.wm_run / "final")],
+        ),
+        _case(
+            "eval-wm on an unfinished train-wm run",
+            lambda d, i: ["eval-wm", f"checkpoint={d / 'run'}", f"data={i.data}", f"out={d / 'eval'}"],
+            lambda d, i: [str(d / "run"), "unfinished"],
+            _unfinished_wm_run,
+        ),
         _case("world model weights truncated", _eval_wm, wm_file, _damaged_weights(5_000)),
         _case("world model weights not safetensors", _eval_wm, wm_file, _damaged_weights(None)),
         _case(

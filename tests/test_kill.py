@@ -4,8 +4,9 @@
   the weights, losses and held-out metrics of an uninterrupted run, bit for bit; until it ends, the
   run folder holds no ``final/`` that a later command could take for its result (an earlier, shorter
   run's result and a started-over run's checkpoints are moved into ``replaced-<time>/``);
-- the DIAMOND-style loop killed in its policy stage resumes that stage from its checkpoint, says so
-  in ``log.jsonl``, and ends with the policy of an uninterrupted run.
+- the DIAMOND-style loop killed in its policy stage resumes that stage from its checkpoint (or,
+  killed before the stage's first checkpoint, restarts it), says which in ``log.jsonl``, and ends
+  with the policy of an uninterrupted run.
 
 The data are synthetic and the models tiny; the subprocesses are the real CLI.
 """
