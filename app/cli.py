@@ -94,6 +94,11 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "dreamgym.benchmarks.transfer:run",
         "policy trained in imagination vs PPO with 10x real steps, random, expert (real-env success)",
     ),
+    "reliability": (
+        "bench/reliability",
+        "dreamgym.app.reliability:run",
+        "bad input of every kind: refused in one line, naming what was wrong, nothing lost or written",
+    ),
 }
 
 

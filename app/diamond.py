@@ -20,8 +20,12 @@ Every iteration writes ``<out>/iter_XX/`` (``collected.safetensors`` + ``collect
 episodes; ``world_model/`` a trainer run, its EMA weights in ``world_model/final``; ``policy/``) and
 a line of ``<out>/log.jsonl``; ``<out>/summary.json`` holds the final result. Re-running the same
 command continues the run: finished iterations are taken from the log, an unfinished one reuses
-its stored episodes and the trainer's checkpoint. A re-run with another configuration into the same
-``out`` is refused, listing the differences. Call ``diamond(cfg)`` from Python.
+its stored episodes, the world-model trainer's checkpoint and the policy run's checkpoint (a stage
+killed before its first checkpoint starts again from its beginning). Each log line's ``stages``
+says what each stage of its iteration did: ``new``, ``stored`` (the episodes an interrupted run
+collected), ``restarted``, ``resumed from step N`` or ``done earlier``. A re-run with another
+configuration into the same ``out`` is refused, listing the differences. Call ``diamond(cfg)``
+from Python.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from dreamgym.policies.base import load_policy
 from dreamgym.policies.collect import collect_with_policy
-from dreamgym.worldmodel.train_state import record_differences
+from dreamgym.policies.train_state import list_checkpoints
+from dreamgym.policies.weights import atomic_write_json, read_json
+from dreamgym.worldmodel.train_state import latest_checkpoint, record_differences
 from dreamgym.worldmodel.trainer import TrainerOptions, state_finetune_config, train_world_model
 from dreamgym.worldmodel.windows import EpisodeSource, load_episodes, save_episodes
 
@@ -93,7 +99,9 @@ def _check_config(out: Path, cfg: DictConfig) -> None:
                 "re-run with that run's settings to continue it, or choose another out="
             )
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(cfg))
+    tmp = path.with_name(".config.yaml.tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg))
+    tmp.replace(path)
 
 
 def _collect(cfg: DictConfig, it: int, n: int, policy_path: Path | None, itdir: Path) -> tuple[list[dict[str, torch.Tensor]], dict]:
@@ -113,7 +121,7 @@ def _collect(cfg: DictConfig, it: int, n: int, policy_path: Path | None, itdir: 
     tmp = itdir / ".collected.safetensors.tmp"
     save_episodes(eps, tmp)
     tmp.replace(itdir / "collected.safetensors")
-    done.write_text(json.dumps(stats) + "\n")
+    atomic_write_json(done, stats)
     return eps, stats
 
 
@@ -138,9 +146,39 @@ def _update_world_model(cfg: DictConfig, world_model: Any, data: list[dict[str, 
 
 
 def _resumed(out: Path) -> list[dict[str, Any]]:
-    """The finished iterations of an earlier run into ``out`` (its log)."""
+    """The finished iterations of an earlier run into ``out`` (its log, less a last line that a kill cut short)."""
     path = out / "log.jsonl"
-    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    log = []
+    for i, ln in enumerate(lines):
+        try:
+            log.append(json.loads(ln))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"diamond: {path} line {i + 1} is not JSON; the run's log is damaged, choose another out=") from None
+            path.write_text("".join(x + "\n" for x in lines[:-1]))
+    return log
+
+
+def _wm_stage(folder: Path, steps: int) -> str:
+    """What the world-model stage in ``folder`` is about to do (see the module docstring)."""
+    ckpt = latest_checkpoint(folder)
+    if ckpt is None:
+        return "restarted" if folder.exists() else "new"
+    step = int(ckpt.name.split("_")[1])
+    return "done earlier" if step >= steps and (folder / "final").is_dir() else f"resumed from step {step}"
+
+
+def _policy_stage(folder: Path) -> str:
+    """What the policy stage in ``folder`` (a train-policy run) is about to do."""
+    if not (folder / "run.json").exists():
+        return "restarted" if folder.exists() else "new"
+    if read_json(folder / "run.json", "run record").get("status") == "finished":
+        return "done earlier"
+    found = list_checkpoints(folder)
+    return f"resumed from step {int(found[-1].name.split('-')[1])}" if found else "restarted"
 
 
 def diamond(cfg: DictConfig | dict) -> dict[str, Any]:
@@ -173,12 +211,15 @@ def diamond(cfg: DictConfig | dict) -> dict[str, Any]:
             break
         itdir = out / f"iter_{it:02d}"
         tic = time.time()
+        stages = {"collect": "stored" if (itdir / "collected.json").exists() else "new"}
+        stages["world_model"] = _wm_stage(itdir / "world_model", int(cfg.wm.steps))
         eps, cstats = _collect(cfg, it, n, policy_path, itdir)
         used += cstats["real_steps"]
         data += eps
         t_collect, tic = time.time() - tic, time.time()
         world_model = _update_world_model(cfg, world_model, data, itdir, seed + it)
         t_wm, tic = time.time() - tic, time.time()
+        stages["policy"] = _policy_stage(itdir / "policy")
         policy_zip = train_policy(_policy_cfg(cfg, itdir / "policy", world_model, int(cfg.policy_steps), policy_path, seed + it))
         meta = json.loads((policy_zip.parent / "policy.json").read_text())
         used += int(meta["real_env_steps"])
@@ -197,6 +238,7 @@ def diamond(cfg: DictConfig | dict) -> dict[str, Any]:
             "world_model": str(world_model),
             "policy": str(policy_zip),
             "start_reserve": start_reserve,
+            "stages": stages,
         }
         log.append(rec)
         with open(out / "log.jsonl", "a") as f:

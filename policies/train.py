@@ -369,6 +369,8 @@ def _train(cfg: DictConfig, folder: RunFolder, rec: dict[str, Any], ckpt: Path |
         state = load_train_state(model, algo, ckpt)
         cb.resume_from(state)
         restart_episodes(model, int(cfg.seed), state.step)  # the episodes that checkpoint started
+        # the real steps of those starts (and of building the env) are the checkpoint's, counted there
+        cb.real_steps_before -= int(env.real_steps) if cfg.env == "dream" else 0
         print(f"train-policy: resuming {out} from its checkpoint at {state.step}/{steps} steps")
     elif cfg.init is not None:
         rec["init_steps"] = init_steps

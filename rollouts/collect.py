@@ -26,7 +26,8 @@ How collection is organised, and why:
 - **Nothing lost.** Finished episodes go through a bounded queue to a writer thread that packs
   ``shard_episodes`` of them into a shard (see ``dataset``), so stepping never waits for disk. A
   ``SIGKILL`` loses only the episodes not yet in a shard; Ctrl-C or ``stop_after_steps`` also
-  writes the finished ones out first.
+  writes the finished ones out first. The progress bar counts the steps in listed shards (what a
+  kill would keep), and says how many stepped ones are not stored yet.
 """
 
 from __future__ import annotations
@@ -469,18 +470,28 @@ def _collect(
     writer = ShardWriter(manifest.root, manifest, shard_episodes, queue_episodes, shard_kwargs)
     collector = Collector(env, settings, writer, {e["key"]: e["room_seed"] for _, e in manifest.episodes()}, heldout_fraction, max(plan))
     total = sum(plan) * B
+    # the bar counts what is stored (in shards listed by the manifest): what a kill would keep
     bar = tqdm(
-        total=total, initial=min(start_steps, total), unit="step", disable=not progress, smoothing=0.1, desc=f"collect {settings['task']}"
+        total=total,
+        initial=min(start_steps, total),
+        unit="step",
+        disable=not progress,
+        smoothing=0.1,
+        desc=f"collect {settings['task']} (stored)",
     )
     stopped: str | None = None
     t0 = time.perf_counter()
 
+    def show_stored() -> None:
+        bar.update(start_steps + writer.written_steps - bar.n)
+
     def on_step(fresh: int, t: int) -> None:
-        bar.update(fresh)
+        show_stored()
         if fresh == 0:
             bar.set_postfix_str(f"replaying round {r} step {t + 1}/{plan[r]}", refresh=False)
         else:
-            bar.set_postfix(episodes=start_eps + writer.written_episodes + writer.queue.qsize(), refresh=False)
+            unstored = collector.new_steps - writer.written_steps
+            bar.set_postfix_str(f"{start_eps + writer.written_episodes} episodes stored, {unstored} steps not yet", refresh=False)
         if stop_after is not None and collector.new_steps >= stop_after:
             raise _Stop
 
@@ -500,8 +511,12 @@ def _collect(
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
-        bar.close()
-        writer.close()
+        try:
+            writer.close()
+            show_stored()
+            bar.set_postfix_str(f"{start_eps + writer.written_episodes} episodes stored", refresh=False)
+        finally:
+            bar.close()
     seconds = time.perf_counter() - t0
     rounds = manifest.data["rounds"]
     done_all = stopped is None and len(rounds) >= len(plan) and all(r.get("complete") for r in rounds)

@@ -172,6 +172,41 @@ def test_resume_after_a_stop_equals_an_uninterrupted_run(env, dataset, tmp_path)
     assert third.complete and third.new_episodes == 0 and third.simulated_steps == 0
 
 
+def test_the_progress_bar_counts_the_stored_steps(env, tmp_path, monkeypatch):
+    """The bar moves when a shard is listed, by the steps it holds (what a kill would keep), starts
+    a resumed run at what is stored, and ends at the dataset's steps."""
+    import tqdm
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, initial, **kw):
+            self.total, self.n, self.values, self.postfix = total, initial, [initial], ""
+            bars.append(self)
+
+        def update(self, k):
+            self.n += k
+            self.values.append(self.n)
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix = text
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    out = tmp_path / "bar"
+    collect(out, env=env, **{**SMALL, "progress": True, "stop_after_steps": 4 * 15})
+    collect(out, env=env, **{**SMALL, "progress": True})
+    m = Manifest.load(out)
+    stored = np.cumsum([0] + [s["steps"] for s in m.shards]).tolist()
+    first, second = bars
+    assert set(first.values + second.values) <= set(stored), "only sums of whole shards"
+    assert second.values[0] == first.n > 0, "a resumed run starts at what is stored"
+    assert second.n == second.total == m.num_steps == SMALL["steps"]
+    assert second.postfix == f"{m.num_episodes} episodes stored"
+
+
 def test_resume_refuses_other_settings(dataset):
     with pytest.raises(SystemExit, match="seed: dataset 7, now 8"):
         collect(dataset, **{**SMALL, "seed": 8})

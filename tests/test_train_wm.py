@@ -87,16 +87,21 @@ def _episode(g: torch.Generator, room_seed: int) -> Episode:
     )
 
 
-def write_dataset(root: Path, rooms: list[int], seed: int = 0) -> Path:
-    """A dataset directory of one shard per two episodes, in ``dreamgym collect``'s format."""
+def write_dataset(root: Path, rooms: list[int], seed: int = 0, drop: tuple[str, ...] = ()) -> Path:
+    """A dataset directory of one shard per two episodes, in ``dreamgym collect``'s format
+    (without the observation keys ``drop``)."""
     g = torch.Generator().manual_seed(seed)
     space = {"ego_rgb": [3, RES, RES], "ego_depth": [1, RES, RES], "motion": [227], "partner_motion": [227], "occupancy": [8, 32, 32]}
+    space = {k: v for k, v in space.items() if k not in drop}
     obs_space = {k: {"shape": s, "dtype": "uint8" if k in ("ego_rgb", "occupancy") else "float32"} for k, s in space.items()}
     obs_space["instruction"] = {"shape": [], "dtype": "int64"}
     env = {"task": "reach", "obs_keys": [*space, "instruction"], "observation_space": obs_space, "nq": NQ, "nv": NV, "control_dt": 0.05}
     root.mkdir(parents=True)
     m = Manifest.new(root, env, {"task": "reach"}, heldout_fraction=0.3)
     episodes = [(i, _episode(g, r)) for i, r in enumerate(rooms)]
+    for _, ep in episodes:
+        for k in drop:
+            del ep.observations[k]
     for j in range(0, len(episodes), 2):
         m.shards.append(write_shard(root, m.next_shard_name(), episodes[j : j + 2], env))
     m.save()
@@ -221,6 +226,21 @@ def test_bad_values_are_refused_in_one_line_before_any_work(dataset, tmp_path, o
     text = str(e.value)
     assert text.startswith("dreamgym train-wm: ") and message in text and "\n" not in text
     assert not out.exists(), "nothing written"
+
+
+@pytest.mark.parametrize("drop", [("ego_rgb", "ego_depth"), ("occupancy",), ("ego_depth",)])
+def test_data_without_a_modality_are_refused_naming_the_keys_and_the_fix(tmp_path, drop):
+    data = write_dataset(tmp_path / "data", TRAIN_ROOMS[:3] + HELD_ROOMS[:1], drop=drop)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        run(_cfg(data, out, "steps=1"))
+    line = str(e.value)
+    assert line.startswith(f"dreamgym train-wm: {data}: the data lack {list(drop)}") and "\n" not in line
+    assert "collect with obs_keys=[ego_rgb,ego_depth,motion,partner_motion,occupancy]" in line
+    assert not out.exists(), "nothing written"
+    fix = line.split("train a model that needs none of them: ")[1].split()
+    assert run(_cfg(data, out, "steps=1", *fix)) == 0, "the fix it names works"
+    assert (out / "final").is_dir()
 
 
 def test_a_damaged_shard_is_named(dataset, tmp_path):

@@ -539,7 +539,9 @@ def test_data_without_a_needed_modality_is_refused(tmp_path):
     for e in eps:
         del e["occupancy"]
     p = save_episodes(eps, tmp_path / "no_occ.safetensors")
-    with pytest.raises(ValueError, match=r"no_occ\.safetensors: the data lack \['occupancy'\]"):
+    with pytest.raises(
+        ValueError, match=r"no_occ\.safetensors: the data lack \[.occupancy.\].*worldmodel\.modalities=\[ego,motion,partner_motion,props\]"
+    ):
         train(_cfg(p, tmp_path / "run", "steps=1"))
     assert load_episodes(p, "heldout") == []
 

@@ -55,6 +55,10 @@ def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
     """(weights, config.json) of a checkpoint directory or of its ``model.safetensors``; both must exist."""
     p = Path(path)
     weights, config = (p / WEIGHTS_NAME, p / CONFIG_NAME) if p.is_dir() else (p, p.parent / CONFIG_NAME)
+    if p.is_dir() and not weights.exists() and (p / "run.json").is_file():  # a train-wm run folder
+        if (p / "final").is_dir():
+            raise FileNotFoundError(f"{p} is a train-wm run folder; give its result, {p / 'final'}")
+        raise FileNotFoundError(f"{p}: unfinished train-wm run (no final/ yet); re-run the same train-wm command to finish it")
     for f in (weights, config):
         if not f.exists():
             raise FileNotFoundError(f"world-model checkpoint file not found: {f}")

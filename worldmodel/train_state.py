@@ -7,6 +7,11 @@ folder and renamed, so a kill never leaves a half-written checkpoint.
 
 ``<out>/run.json`` (``run_record``): what the run trains on and how -- the data's fingerprint,
 the model and training configs, the code version. A run resumes only when it matches.
+
+``<out>/final/`` (and ``final_raw/``) exist only once the run they belong to has finished
+(``open_run_folder``, ``write_result``): a run that starts over moves the earlier run's record,
+logs, checkpoints and result into ``replaced-<time>/``, and a run continued to more steps moves
+the shorter run's result there, so a killed run never leaves a result that is not its own.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import random
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +37,9 @@ if TYPE_CHECKING:
 
 CKPT_DIR = "checkpoints"
 RUN_RECORD = "run.json"
+RESULTS = ("final", "final_raw")
+# What a run leaves in its folder; all of it moves aside when a new run starts there.
+RUN_FILES = (RUN_RECORD, CKPT_DIR, *RESULTS, "metrics.jsonl", "heldout.jsonl", "tb", "train_config.yaml")
 # Version of what one training step does; a run resumes only under the version that started it.
 TRAINER_VERSION = 1
 # Settings a resumed run may change: a longer run continues a shorter one exactly (the learning-rate
@@ -193,8 +202,91 @@ def record_differences(had: Mapping[str, Any], now: Mapping[str, Any]) -> list[s
     return [f"{k}: run {short(k, a.get(k))}, now {short(k, b.get(k))}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+def _step_of_line(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None  # a line cut short by a kill
+
+
 def truncate_log(path: Path, step: int) -> None:
-    """Drop a log's lines of steps after ``step`` (they are about to be redone)."""
+    """Drop a log's lines of steps after ``step`` (they are about to be redone), and a last line
+    that a kill cut short."""
     if path.exists():
         lines = path.read_text().splitlines()
-        path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
+        keep = [ln for ln in lines if (s := _step_of_line(ln)) is not None and s <= step]
+        _atomic_write(path, "".join(ln + "\n" for ln in keep))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def move_aside(out: Path, names: tuple[str, ...]) -> Path | None:
+    """Move those of ``names`` that exist in ``out`` into ``out/replaced-<time>/``; returns it (None: nothing there)."""
+    present = [out / n for n in names if (out / n).exists()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = out / f"replaced-{stamp}", 1
+    while dest.exists():
+        dest, n = out / f"replaced-{stamp}-{n}", n + 1
+    dest.mkdir()
+    for p in present:
+        os.replace(p, dest / p.name)
+    return dest
+
+
+def open_run_folder(out: Path, record: Mapping[str, Any], start: int, steps: int, files: Mapping[str, str]) -> None:
+    """Make ``out`` the folder of the run that is about to train from step ``start`` to ``steps``.
+
+    A fresh start (``start == 0``) into a folder that holds an earlier run's checkpoints or result
+    moves that run aside whole; a continued run that still has steps to do moves the result of the
+    shorter run it continues aside. Then ``run.json`` (atomically), ``files``, and the logs cut back to
+    ``start``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for tmp in [*out.glob(".tmp_*"), *out.glob(f"{CKPT_DIR}/.tmp_*")]:  # what a kill left half-written
+        shutil.rmtree(tmp, ignore_errors=True)
+    if start == 0 and (latest_checkpoint(out) is not None or any((out / n).exists() for n in RESULTS)):
+        moved = move_aside(out, RUN_FILES)
+        print(f"the earlier run in {out} was moved to {moved}")
+    elif start < steps:
+        move_aside(out, RESULTS)
+    _atomic_write(out / RUN_RECORD, json.dumps(record, indent=1) + "\n")
+    for name, text in files.items():
+        (out / name).write_text(text)
+    for log in ("metrics.jsonl", "heldout.jsonl"):
+        truncate_log(out / log, start)
+
+
+def _holds(folder: Path, model: WorldModel, state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``folder`` already holds exactly these weights under this model's configs."""
+    from .checkpoint import SAMPLER_NAME, WEIGHTS_NAME, read_configs
+
+    try:
+        arch, sampler = read_configs(folder / CONFIG_NAME)
+        had = load_safetensors(folder / WEIGHTS_NAME) if (folder / SAMPLER_NAME).is_file() else {}
+    except (OSError, ValueError):
+        return False
+    if arch != model.config or sampler != model.sampler or had.keys() != state_dict.keys():
+        return False
+    return all(had[k].dtype == v.dtype and torch.equal(had[k], v.detach().cpu()) for k, v in state_dict.items())
+
+
+def write_result(folder: Path, model: WorldModel, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """``model.save_pretrained(folder)`` into a temporary folder, then renamed into place: a kill
+    never leaves half of a result. A folder that already holds these weights is left as it is: a
+    finished run re-run keeps its files byte for byte (a safetensors header's metadata comes out in
+    another order in another process, which would change the files' SHA-256 that later runs record)."""
+    weights = dict(state_dict) if state_dict is not None else model.state_dict()
+    if folder.is_dir() and _holds(folder, model, weights):
+        return folder
+    tmp = folder.with_name(f".tmp_{folder.name}_{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, state_dict=weights)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder

@@ -58,11 +58,12 @@ from .train_state import (
     RUN_RECORD,
     ResumeMismatchError,
     latest_checkpoint,
+    open_run_folder,
     record_differences,
     restore_checkpoint,
     run_record,
     save_checkpoint,
-    truncate_log,
+    write_result,
 )
 from .windows import OBS_KEYS, PRIOR_KEYS, WindowSource, check_windows
 
@@ -336,12 +337,7 @@ class Trainer:
 
     def _start_logs(self, record: Mapping[str, Any], start: int):
         """The run folder: its record, its files, logs cut back to ``start``, a tensorboard writer."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / RUN_RECORD).write_text(json.dumps(record, indent=1) + "\n")
-        for name, text in self.o.files.items():
-            (self.out / name).write_text(text)
-        for log in ("metrics.jsonl", "heldout.jsonl"):
-            truncate_log(self.out / log, start)
+        open_run_folder(self.out, record, start, self.tc.steps, self.o.files)
         if not self.o.tensorboard:
             return None
         from torch.utils.tensorboard import SummaryWriter
@@ -448,9 +444,9 @@ class Trainer:
         final = self.out / "final"
         self.acc.wait_for_everyone()
         if self.acc.is_main_process and done >= self.tc.steps:
-            self.raw.save_pretrained(final, state_dict=self.ema.shadow)
-            if self.o.save_raw:
-                self.raw.save_pretrained(self.out / "final_raw")
+            if self.o.save_raw:  # first: final/ is what marks the run finished
+                write_result(self.out / "final_raw", self.raw)
+            write_result(final, self.raw, self.ema.shadow)
             print(f"{self.o.name}: {self.tc.steps} steps, {time.time() - self.t0:.0f} s this run; EMA weights in {final}")
         if writer is not None:
             writer.close()

@@ -193,8 +193,15 @@ def check_windows(item: Mapping[str, torch.Tensor], cfg: Any, noise: Any, source
     have = set(item) | ({"props"} if "qpos" in item else set())
     missing = [k for k in need if k not in have]
     if missing:
+        held = [k for k in OBS_KEYS if k in have]
+        collect = [k for k in OBS_KEYS if k in have or k in missing]
+        fix = f"collect with obs_keys=[{','.join(collect)}]"
+        without = _config_without(missing, cfg)
+        if without:
+            fix += f", or train a model that needs none of them: {' '.join(without)}"
         raise ValueError(
-            f"{source}: the data lack {missing}, which the world-model config needs (modalities {cfg.modalities}); it has {sorted(item)}"
+            f"{source}: the data lack {missing}, which this world model needs (modalities {list(cfg.modalities)}); "
+            f"the data hold {held}; {fix}"
         )
     if "ego_rgb" in need and tuple(item["ego_rgb"].shape[1:]) != (3, cfg.data_resolution, cfg.data_resolution):
         raise ValueError(
@@ -202,3 +209,21 @@ def check_windows(item: Mapping[str, torch.Tensor], cfg: Any, noise: Any, source
         )
     if "occupancy" in need and list(item["occupancy"].shape[1:]) != list(cfg.occupancy_shape):
         raise ValueError(f"{source}: occupancy is {tuple(item['occupancy'].shape[1:])}, expected {tuple(cfg.occupancy_shape)}")
+
+
+def _config_without(missing: Sequence[str], cfg: Any) -> list[str]:
+    """``train-wm`` overrides under which a model like ``cfg`` needs none of ``missing`` (empty
+    when one of them, e.g. ``motion``, no model can do without)."""
+    if set(missing) - {"ego_rgb", "ego_depth", "occupancy", "partner_actions"}:
+        return []
+    mods = [m for m in cfg.modalities if not (m == "ego" and "ego_rgb" in missing) and not (m == "occupancy" and "occupancy" in missing)]
+    out = [f"worldmodel.modalities=[{','.join(mods)}]"] if mods != list(cfg.modalities) else []
+    if "ego_depth" in missing and "ego_rgb" not in missing:
+        out.append("worldmodel.ego_depth=false")
+    if cfg.ego_warp and ("ego_rgb" in missing or "ego_depth" in missing):
+        out.append("worldmodel.ego_warp=false")
+    if cfg.occupancy_warp and "occupancy" in missing:
+        out.append("worldmodel.occupancy_warp=false")
+    if "partner_actions" in missing:
+        out.append("worldmodel.partner_actions=false")
+    return out

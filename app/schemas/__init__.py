@@ -42,6 +42,7 @@ SCHEMAS: dict[str, str] = {
     "bench/push": "bench:BenchPushConfig",
     "bench/vla": "bench:BenchVLAConfig",
     "bench/transfer": "bench:BenchTransferConfig",
+    "bench/reliability": "bench:BenchReliabilityConfig",
 }
 
 __all__ = ["SCHEMAS", "BadValue", "check", "schema_of"]

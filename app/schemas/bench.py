@@ -218,3 +218,13 @@ class BenchTransferConfig:
     threads: int = setting(ge=1)
     progress: bool = setting()
     path: str | None = setting()
+
+
+@dataclass
+class BenchReliabilityConfig:
+    """``configs/bench/reliability.yaml``"""
+
+    out: str | None = setting()
+    workdir: str | None = setting()
+    cases: list[str] | None = setting()
+    path: str | None = setting()
