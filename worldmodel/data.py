@@ -26,6 +26,7 @@ The statistics live in ``Normalizer``, a module whose buffers are saved with the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -90,6 +91,13 @@ def _align(q: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return q * sign
 
 
+@functools.cache
+def _identity_quat(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The identity rotation (4,) on ``device``, made once (never written to): a tensor made from
+    host data every call would be a host-to-device copy per step on a GPU."""
+    return torch.tensor([1.0, 0, 0, 0], device=device, dtype=dtype)
+
+
 def _unit(q: torch.Tensor) -> torch.Tensor:
     return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
@@ -101,7 +109,7 @@ def motion_context(m: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     out = m.clone()
     out[..., ROOT_POS] = to_heading(m[..., ROOT_POS] - last[:, None, ROOT_POS], yaw)
     q_last = last[:, None, ROOT_QUAT].expand_as(m[..., ROOT_QUAT])
-    out[..., ROOT_QUAT] = _align(quat_mul(quat_conj(q_last), m[..., ROOT_QUAT]), m.new_tensor([1.0, 0, 0, 0]))
+    out[..., ROOT_QUAT] = _align(quat_mul(quat_conj(q_last), m[..., ROOT_QUAT]), _identity_quat(m.device, m.dtype))
     return out
 
 
@@ -115,7 +123,7 @@ def motion_delta(last: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
     yaw = yaw_of_quat(last[:, ROOT_QUAT])
     d = nxt - last
     d[:, ROOT_POS] = to_heading(nxt[:, ROOT_POS] - last[:, ROOT_POS], yaw)
-    d[:, ROOT_QUAT] = _align(quat_mul(quat_conj(last[:, ROOT_QUAT]), nxt[:, ROOT_QUAT]), last.new_tensor([1.0, 0, 0, 0]))
+    d[:, ROOT_QUAT] = _align(quat_mul(quat_conj(last[:, ROOT_QUAT]), nxt[:, ROOT_QUAT]), _identity_quat(last.device, last.dtype))
     qn = nxt[:, JOINT_ROT].view(-1, NUM_JOINTS, 4)
     ql = last[:, JOINT_ROT].view(-1, NUM_JOINTS, 4)
     d[:, JOINT_ROT] = (_align(qn, ql) - ql).reshape(-1, NUM_JOINTS * 4)
