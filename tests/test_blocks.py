@@ -1,6 +1,6 @@
-"""The world model's building blocks compute the same numbers on their fast inference paths as on
-the paths they replace: per-row conditioning, scaled-dot-product attention and channels-last
-U-Nets (worldmodel/blocks.py)."""
+"""The world model's fast inference paths compute the same numbers as the paths they replace:
+per-row conditioning, scaled-dot-product attention and channels-last U-Nets (worldmodel/blocks.py),
+the warp's upsampling and the occupancy one-hot / argmax (worldmodel/warp.py, data.py)."""
 
 from __future__ import annotations
 
@@ -86,3 +86,16 @@ def test_nearest_upsampling_of_the_warp_is_interpolate_exactly():
     x = torch.randn(2, 4, 5, 7)
     for factor in (2, 3):
         assert torch.equal(_nearest_upsample(x, factor), F.interpolate(x, scale_factor=factor, mode="nearest"))
+
+
+def test_occupancy_encoding_is_one_hot_and_decoding_is_argmax_exactly():
+    from dreamgym.worldmodel import data as D
+
+    g = torch.Generator().manual_seed(0)
+    occ = torch.randint(0, D.N_OCC_CLASSES, (3, 2, 4, 6, 5), generator=g, dtype=torch.uint8)
+    one_hot = F.one_hot(occ.long(), D.N_OCC_CLASSES).float() * 2.0 - 1.0  # (..., Z, X, Y, 5)
+    assert torch.equal(D.occupancy_to_model(occ), one_hot.movedim(-1, -3).reshape(3, 2, 4 * D.N_OCC_CLASSES, 6, 5))
+    scores = torch.randn(3, 4 * D.N_OCC_CLASSES, 6, 5, generator=g).round()  # many ties
+    scores[torch.rand(scores.shape, generator=g) < 0.1] = float("nan")
+    argmax = scores.view(3, 4, D.N_OCC_CLASSES, 6, 5).argmax(2).to(torch.uint8)
+    assert torch.equal(D.occupancy_from_model(scores), argmax)

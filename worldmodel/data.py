@@ -258,16 +258,34 @@ def frames_from_model(
 
 # ----------------------------------------------------------------------------- occupancy
 def occupancy_to_model(occ: torch.Tensor) -> torch.Tensor:
-    """Occupancy (..., Z, X, Y) uint8 classes -> (..., Z*5, X, Y) one-hot in [-1, 1]."""
-    oh = F.one_hot(occ.long(), N_OCC_CLASSES).float() * 2.0 - 1.0  # (..., Z, X, Y, 5)
-    oh = oh.movedim(-1, -3)  # (..., Z, 5, X, Y)
-    return oh.reshape(*oh.shape[:-4], oh.shape[-4] * N_OCC_CLASSES, *oh.shape[-2:])
+    """Occupancy (..., Z, X, Y) uint8 classes -> (..., Z*5, X, Y) one-hot in [-1, 1] (a class
+    outside 0..4 encodes as all -1)."""
+    *lead, X, Y = occ.shape
+    # +1 where |class - c| is 0, else -1, written straight into the (..., Z, 5, X, Y) layout
+    oh = occ.unsqueeze(-3).expand(*lead, N_OCC_CLASSES, X, Y).to(torch.float32, memory_format=torch.contiguous_format)
+    oh = oh.sub_(_occupancy_classes(occ.device)).abs_().clamp_(max=1.0).mul_(-2.0).add_(1.0)
+    return oh.reshape(*lead[:-1], lead[-1] * N_OCC_CLASSES, X, Y)
 
 
 def occupancy_from_model(x: torch.Tensor) -> torch.Tensor:
-    """(B, Z*5, X, Y) scores -> (B, Z, X, Y) uint8 classes (argmax per voxel)."""
+    """(B, Z*5, X, Y) scores -> (B, Z, X, Y) uint8 classes (argmax per voxel: the first of equal
+    scores, a NaN above everything, as ``torch.argmax``)."""
     B, C, X, Y = x.shape
-    return x.view(B, C // N_OCC_CLASSES, N_OCC_CLASSES, X, Y).argmax(2).to(torch.uint8)
+    scores = x.view(B, C // N_OCC_CLASSES, N_OCC_CLASSES, X, Y)
+    # the five classes compared slice by slice: an argmax over the strided class axis is many
+    # times slower on the CPU
+    best, arg = scores[:, :, 0], torch.zeros((B, C // N_OCC_CLASSES, X, Y), dtype=torch.uint8, device=x.device)
+    for c in range(1, N_OCC_CLASSES):
+        v = scores[:, :, c]
+        take = ~torch.isnan(best) & (torch.isnan(v) | (v > best))
+        best, arg = torch.where(take, v, best), torch.where(take, c, arg)
+    return arg
+
+
+@functools.cache
+def _occupancy_classes(device: torch.device) -> torch.Tensor:
+    """The class indices (5, 1, 1) float32 on ``device`` (made once, never written to)."""
+    return torch.arange(N_OCC_CLASSES, device=device, dtype=torch.float32).view(N_OCC_CLASSES, 1, 1)
 
 
 def warp_occupancy(
