@@ -79,7 +79,7 @@ def test_wrong_resolution_and_modalities_are_named(tiny_checkpoint):
 
 def test_a_nan_world_is_terminated_and_the_others_go_on(dream, monkeypatch):
     dream.reset_tensors(seed=3)
-    seeds_before = dream._seed.clone()
+    seeds_before = dream._seed_host.copy()
     real_imagine = dream.model.imagine
 
     def poisoned(*args, **kwargs):
@@ -93,7 +93,7 @@ def test_a_nan_world_is_terminated_and_the_others_go_on(dream, monkeypatch):
     assert info["_dream_error"].tolist() == [False, True, False]
     assert "non-finite" in info["dream_error"][1]
     assert torch.isfinite(obs["motion"]).all(), "the failed world restarts from a real context"
-    assert dream._seed[1] != seeds_before[1] and dream._seed[0] == seeds_before[0]
+    assert dream._seed_host[1] != seeds_before[1] and dream._seed_host[0] == seeds_before[0]
     assert float(r[1]) == 0.0
 
 
@@ -391,7 +391,7 @@ def test_dataset_starts_are_recorded_windows_and_cost_no_real_steps(tiny_checkpo
     for _ in range(4):  # episodes end at the horizon and restart from further recorded windows
         obs, r, *_ = env.step_tensors(torch.zeros(4, 6))
         assert torch.isfinite(r).all()
-    assert env.real_steps == 0 and set(env._seed.tolist()) <= heldout
+    assert env.real_steps == 0 and set(env._seed_host.tolist()) <= heldout
     env.close()
 
 

@@ -26,6 +26,7 @@ The statistics live in ``Normalizer``, a module whose buffers are saved with the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -90,6 +91,13 @@ def _align(q: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return q * sign
 
 
+@functools.cache
+def _identity_quat(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The identity rotation (4,) on ``device``, made once (never written to): a tensor made from
+    host data every call would be a host-to-device copy per step on a GPU."""
+    return torch.tensor([1.0, 0, 0, 0], device=device, dtype=dtype)
+
+
 def _unit(q: torch.Tensor) -> torch.Tensor:
     return q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
@@ -101,7 +109,7 @@ def motion_context(m: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     out = m.clone()
     out[..., ROOT_POS] = to_heading(m[..., ROOT_POS] - last[:, None, ROOT_POS], yaw)
     q_last = last[:, None, ROOT_QUAT].expand_as(m[..., ROOT_QUAT])
-    out[..., ROOT_QUAT] = _align(quat_mul(quat_conj(q_last), m[..., ROOT_QUAT]), m.new_tensor([1.0, 0, 0, 0]))
+    out[..., ROOT_QUAT] = _align(quat_mul(quat_conj(q_last), m[..., ROOT_QUAT]), _identity_quat(m.device, m.dtype))
     return out
 
 
@@ -115,7 +123,7 @@ def motion_delta(last: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
     yaw = yaw_of_quat(last[:, ROOT_QUAT])
     d = nxt - last
     d[:, ROOT_POS] = to_heading(nxt[:, ROOT_POS] - last[:, ROOT_POS], yaw)
-    d[:, ROOT_QUAT] = _align(quat_mul(quat_conj(last[:, ROOT_QUAT]), nxt[:, ROOT_QUAT]), last.new_tensor([1.0, 0, 0, 0]))
+    d[:, ROOT_QUAT] = _align(quat_mul(quat_conj(last[:, ROOT_QUAT]), nxt[:, ROOT_QUAT]), _identity_quat(last.device, last.dtype))
     qn = nxt[:, JOINT_ROT].view(-1, NUM_JOINTS, 4)
     ql = last[:, JOINT_ROT].view(-1, NUM_JOINTS, 4)
     d[:, JOINT_ROT] = (_align(qn, ql) - ql).reshape(-1, NUM_JOINTS * 4)
@@ -250,16 +258,34 @@ def frames_from_model(
 
 # ----------------------------------------------------------------------------- occupancy
 def occupancy_to_model(occ: torch.Tensor) -> torch.Tensor:
-    """Occupancy (..., Z, X, Y) uint8 classes -> (..., Z*5, X, Y) one-hot in [-1, 1]."""
-    oh = F.one_hot(occ.long(), N_OCC_CLASSES).float() * 2.0 - 1.0  # (..., Z, X, Y, 5)
-    oh = oh.movedim(-1, -3)  # (..., Z, 5, X, Y)
-    return oh.reshape(*oh.shape[:-4], oh.shape[-4] * N_OCC_CLASSES, *oh.shape[-2:])
+    """Occupancy (..., Z, X, Y) uint8 classes -> (..., Z*5, X, Y) one-hot in [-1, 1] (a class
+    outside 0..4 encodes as all -1)."""
+    *lead, X, Y = occ.shape
+    # +1 where |class - c| is 0, else -1, written straight into the (..., Z, 5, X, Y) layout
+    oh = occ.unsqueeze(-3).expand(*lead, N_OCC_CLASSES, X, Y).to(torch.float32, memory_format=torch.contiguous_format)
+    oh = oh.sub_(_occupancy_classes(occ.device)).abs_().clamp_(max=1.0).mul_(-2.0).add_(1.0)
+    return oh.reshape(*lead[:-1], lead[-1] * N_OCC_CLASSES, X, Y)
 
 
 def occupancy_from_model(x: torch.Tensor) -> torch.Tensor:
-    """(B, Z*5, X, Y) scores -> (B, Z, X, Y) uint8 classes (argmax per voxel)."""
+    """(B, Z*5, X, Y) scores -> (B, Z, X, Y) uint8 classes (argmax per voxel: the first of equal
+    scores, a NaN above everything, as ``torch.argmax``)."""
     B, C, X, Y = x.shape
-    return x.view(B, C // N_OCC_CLASSES, N_OCC_CLASSES, X, Y).argmax(2).to(torch.uint8)
+    scores = x.view(B, C // N_OCC_CLASSES, N_OCC_CLASSES, X, Y)
+    # the five classes compared slice by slice: an argmax over the strided class axis is many
+    # times slower on the CPU
+    best, arg = scores[:, :, 0], torch.zeros((B, C // N_OCC_CLASSES, X, Y), dtype=torch.uint8, device=x.device)
+    for c in range(1, N_OCC_CLASSES):
+        v = scores[:, :, c]
+        take = ~torch.isnan(best) & (torch.isnan(v) | (v > best))
+        best, arg = torch.where(take, v, best), torch.where(take, c, arg)
+    return arg
+
+
+@functools.cache
+def _occupancy_classes(device: torch.device) -> torch.Tensor:
+    """The class indices (5, 1, 1) float32 on ``device`` (made once, never written to)."""
+    return torch.arange(N_OCC_CLASSES, device=device, dtype=torch.float32).view(N_OCC_CLASSES, 1, 1)
 
 
 def warp_occupancy(

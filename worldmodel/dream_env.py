@@ -52,6 +52,10 @@ __all__ = ["CONTEXT_POLICIES", "DEFAULT_CHECKPOINT", "DreamEnv", "DreamVecEnv", 
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "worldmodel" / "default"
 STATE_KEYS = ("motion", "partner_motion", "props")
+# the infos' strings, indexed by the worlds' (B,) indices in one step (no loop over the worlds)
+_INSTRUCTION_TEXT = np.array(INSTRUCTIONS, dtype=object)
+_BEHAVIOUR_NAMES = np.array(P.BEHAVIOURS, dtype=object)
+_UTTERANCE_TEXT = np.array(P.UTTERANCES, dtype=object)
 
 
 def load_world_model(world_model=None, device: str | torch.device = "cpu") -> DreamModel:
@@ -217,11 +221,15 @@ class DreamVecEnv(VectorEnv):
         self._memory: dict[str, torch.Tensor] = {}  # scene memory of a warping world model, per world
         self._acts = torch.zeros(B, self.K - 1, 6, device=dev)
         self._pacts = torch.zeros(B, self.K - 1, 6, device=dev)  # the partner's commands (its script, run on)
-        self._params = EpisodeParams(torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.long), torch.zeros(B, 2))
+        self._params = EpisodeParams(
+            torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, 2, device=dev)
+        )
+        # what the infos report of each episode, kept on the host (set when an episode starts)
+        self._instruction_host = np.zeros(B, dtype=np.int64)
+        self._seed_host = np.zeros(B, dtype=np.int64)
         self._scripts = P.PartnerScripts.empty(B, dev)
         self._mat = torch.zeros(B, 2, device=dev)
         self._half = torch.zeros(B, 2, device=dev)
-        self._seed = torch.zeros(B, dtype=torch.long)
         self._steps = torch.zeros(B, dtype=torch.long, device=dev)
         self._dream_steps = torch.zeros(B, dtype=torch.long, device=dev)
         self._state: WorldState | None = None
@@ -262,13 +270,14 @@ class DreamVecEnv(VectorEnv):
             if k not in self._memory:
                 self._memory[k] = torch.zeros((self.num_envs, *v.shape[1:]), dtype=v.dtype, device=dev)
             self._memory[k][worlds] = v.to(dev)
-        wc = worlds.cpu()
-        self._params.target[wc] = st.target
-        self._params.instruction[wc] = st.instruction
-        self._params.goal[wc] = st.goal
+        self._params.target[worlds] = st.target.to(dev)
+        self._params.instruction[worlds] = st.instruction.to(dev)
+        self._params.goal[worlds] = st.goal.to(dev)
         self._mat[worlds] = st.mat_pos.to(dev)
         self._half[worlds] = st.room_half.to(dev)
-        self._seed[wc] = st.room_seed
+        w_host = worlds.cpu().numpy()
+        self._instruction_host[w_host] = st.instruction.numpy()
+        self._seed_host[w_host] = st.room_seed.numpy()
         for k in ("behaviour", "duration", "target", "cursor", "timer"):
             getattr(self._scripts, k)[worlds] = st.script[k].to(dev)
         self._steps[worlds] = st.step.to(dev)
@@ -293,16 +302,13 @@ class DreamVecEnv(VectorEnv):
             step=self._steps.clone(),
         )
 
-    def _params_on(self, dev) -> EpisodeParams:
-        return EpisodeParams(self._params.target.to(dev), self._params.instruction.to(dev), self._params.goal.to(dev))
-
     def _observation(self, latest: dict[str, torch.Tensor], state: WorldState) -> dict[str, torch.Tensor]:
         out = {}
         for k in self.obs_keys:
             if k == "task_obs":
-                out[k] = self.task.task_obs(state, self._params_on(state.agent_pos.device))
+                out[k] = self.task.task_obs(state, self._params)
             elif k == "instruction":
-                out[k] = self._params.instruction.to(self.device).clone()
+                out[k] = self._params.instruction.clone()
             else:
                 out[k] = latest[k].clone()  # the context buffer is updated in place on resets
         return out
@@ -323,7 +329,9 @@ class DreamVecEnv(VectorEnv):
         lat = self._latest()
         self._state = self._world_state(lat["motion"], lat["partner_motion"], lat["props"])
         self._last_obs = self._observation(lat, self._state)
-        return self._last_obs, self._infos(torch.zeros(self.num_envs, dtype=torch.bool, device=self.device))
+        success = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        (success_host,), behaviour, objects = self._host_snapshot(success)
+        return self._last_obs, self._infos(success, success_host, behaviour, objects)
 
     def step_tensors(self, actions) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Dream one step for all worlds from ``actions`` (B, 6)."""
@@ -336,7 +344,7 @@ class DreamVecEnv(VectorEnv):
         pa = P.partner_action(self._scripts, st.partner_pos, st.partner_yaw, st.agent_pos)
         pacts = torch.cat([self._pacts, pa[:, None]], 1)
         context = dict(self._ctx) | self._memory
-        context["instruction"] = self._params.instruction.to(self.device)
+        context["instruction"] = self._params.instruction
         extra = {"partner_actions": pacts} if self.model.config.partner_actions else {}
         pred = self.model.imagine(context, acts, num_steps=self.num_steps, modalities=self.gen_keys, generator=self._gen, **extra)
         bad = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
@@ -355,7 +363,7 @@ class DreamVecEnv(VectorEnv):
         self._pacts = pacts[:, 1:]
         lat = self._latest()
         prev, state = self._state, self._world_state(lat["motion"], lat["partner_motion"], lat["props"])
-        params = self._params_on(self.device)
+        params = self._params
         if self.reward_source == "task":
             reward = self.task.reward(prev, state, params)
             term = self.task.terminated(state, params)
@@ -369,13 +377,15 @@ class DreamVecEnv(VectorEnv):
         trunc = (self._dream_steps >= self.horizon) & ~term
         self._state = state
         obs = self._observation(lat, state)
-        infos = self._infos(success)
-        if bool(bad.any()):
-            infos["dream_error"] = np.array([("non-finite world-model prediction" if b else "") for b in bad.tolist()], dtype=object)
-            infos["_dream_error"] = bad.cpu().numpy()
         done = term | trunc
-        if bool(done.any()):
-            worlds = done.nonzero()[:, 0]
+        # the one read from the device per step: which worlds ended or failed, and what infos report
+        (bad_host, done_host, success_host), behaviour, objects = self._host_snapshot(bad, done, success)
+        infos = self._infos(success, success_host, behaviour, objects)
+        if bad_host.any():
+            infos["dream_error"] = np.where(bad_host, "non-finite world-model prediction", "").astype(object)
+            infos["_dream_error"] = bad_host
+        if done_host.any():
+            worlds = torch.as_tensor(np.nonzero(done_host)[0], device=self.device)
             infos["final_obs"] = {k: v.clone() for k, v in obs.items()}
             infos["_final_obs"] = done.clone()
             infos["final_success"] = success.clone()
@@ -387,7 +397,8 @@ class DreamVecEnv(VectorEnv):
             new = self._observation(lat, self._state)
             for k in obs:
                 obs[k][worlds] = new[k][worlds]
-            fresh_info = self._infos(success)  # the restarted worlds' new episode (the others are unchanged)
+            _, behaviour, objects = self._host_snapshot()  # the restarted worlds' new episode (the others are unchanged)
+            fresh_info = self._infos(success, success_host, behaviour, objects)
             for k in ("instruction_text", "partner_behaviour", "utterance", "room_seed", "objects"):
                 infos[k] = fresh_info[k]
         self._last_obs = obs
@@ -395,17 +406,26 @@ class DreamVecEnv(VectorEnv):
 
     def expert_actions(self) -> torch.Tensor:
         """The task's scripted expert applied to the dreamed states, (B, 6)."""
-        return torch.clamp(self.task.expert(self._state, self._params_on(self.device)), -1.0, 1.0)
+        return torch.clamp(self.task.expert(self._state, self._params), -1.0, 1.0)
 
-    def _infos(self, success: torch.Tensor) -> dict[str, Any]:
-        beh = self._scripts.current()[0].tolist()
+    def _host_snapshot(self, *flags: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """The (B,) bool ``flags``, the partner's current behaviour (B,) and the dreamed props' xy
+        (B, 4, 2) float32 on the host, read from the device in one transfer."""
+        B = self.num_envs
+        cols = [f.reshape(B, 1).float() for f in flags]
+        cols += [self._state.partner_behaviour.reshape(B, 1).float(), self._state.prop_pos[..., :2].float().reshape(B, -1)]
+        host = torch.cat(cols, 1).cpu().numpy()
+        n = len(flags)
+        return [host[:, i] > 0.5 for i in range(n)], host[:, n].astype(np.int64), np.ascontiguousarray(host[:, n + 1 :].reshape(B, -1, 2))
+
+    def _infos(self, success: torch.Tensor, success_host: np.ndarray, behaviour: np.ndarray, objects: np.ndarray) -> dict[str, Any]:
         return {
-            "success": success if self.return_tensors else success.cpu().numpy(),
-            "instruction_text": np.array([INSTRUCTIONS[int(i)] for i in self._params.instruction.tolist()], dtype=object),
-            "partner_behaviour": np.array([P.BEHAVIOURS[b] for b in beh], dtype=object),
-            "utterance": np.array([P.UTTERANCES[b] for b in beh], dtype=object),
-            "room_seed": self._seed.numpy().copy(),
-            "objects": self._state.prop_pos[..., :2].float().cpu().numpy().copy(),  # the dreamed props' xy
+            "success": success if self.return_tensors else success_host,
+            "instruction_text": _INSTRUCTION_TEXT[self._instruction_host],
+            "partner_behaviour": _BEHAVIOUR_NAMES[behaviour],
+            "utterance": _UTTERANCE_TEXT[behaviour],
+            "room_seed": self._seed_host.copy(),
+            "objects": objects,  # the dreamed props' xy
         }
 
     # ------------------------------------------------------------------ gymnasium VectorEnv API

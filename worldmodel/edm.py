@@ -77,7 +77,7 @@ def karras_sigmas(num_steps: int, p: EDMParams, device=None) -> torch.Tensor:
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     if num_steps == 1:
-        s = torch.tensor([p.sigma_max], device=device)
+        s = torch.full((1,), float(p.sigma_max), device=device)
     else:
         i = torch.arange(num_steps, device=device, dtype=torch.float64) / (num_steps - 1)
         lo, hi = p.sigma_min ** (1 / p.rho), p.sigma_max ** (1 / p.rho)

@@ -17,10 +17,10 @@ learn what warping cannot explain (disocclusions, moving bodies, lighting).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-import torch.nn.functional as F
 
 from dreamgym.envs.motion import JOINT_POS, JOINT_ROT, MOTION_DIM, ROOT_POS, ROOT_QUAT, quat_mul, yaw_of_quat
 from dreamgym.envs.scene import EGO_CAM_FOVY, EGO_CAM_POS
@@ -89,18 +89,34 @@ def ego_camera_pose(motion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     head = motion[:, ROOT_POS] + torch.stack(
         (c * head_rel[:, 0] - s * head_rel[:, 1], s * head_rel[:, 0] + c * head_rel[:, 1], head_rel[:, 2]), -1
     )
-    offset = torch.tensor(EGO_CAM_POS, device=motion.device)
+    offset, cam_in_head = _camera_constants(motion.device)
     pos = head + r_head @ offset
-    return pos, r_head @ _CAM_IN_HEAD.to(motion.device)
+    return pos, r_head @ cam_in_head
 
 
-def _rays(H: int, W: int, fovy_deg: float, device) -> torch.Tensor:
-    """(H*W, 3) per-pixel directions in the camera frame with forward component 1 (z = -1)."""
+@functools.cache
+def _camera_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The camera's offset in the head frame (3,) and its axes there (3, 3), on ``device`` (made
+    once: a host-to-device copy per call would stall a GPU)."""
+    return torch.tensor(EGO_CAM_POS, device=device), _CAM_IN_HEAD.to(device)
+
+
+@functools.cache
+def _rays(H: int, W: int, fovy_deg: float, device: torch.device) -> torch.Tensor:
+    """(H*W, 3) per-pixel directions in the camera frame with forward component 1 (z = -1); made
+    once per image size and device (never written to)."""
     t = math.tan(math.radians(fovy_deg) / 2)
     u = ((torch.arange(W, device=device) + 0.5) / W * 2 - 1) * t * (W / H)
     v = (1 - (torch.arange(H, device=device) + 0.5) / H * 2) * t
     vv, uu = torch.meshgrid(v, u, indexing="ij")
     return torch.stack((uu.reshape(-1), vv.reshape(-1), -torch.ones(H * W, device=device)), -1)
+
+
+def _nearest_upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, factor*H, factor*W), each pixel repeated (nearest-neighbour
+    upsampling by an integer factor, as one strided copy)."""
+    B, C, H, W = x.shape
+    return x[:, :, :, None, :, None].expand(B, C, H, factor, W, factor).reshape(B, C, H * factor, W * factor)
 
 
 def warp_frame(
@@ -134,16 +150,15 @@ def warp_frame(
         if tuple(m.shape) != (B, MOTION_DIM):
             raise ValueError(f"warp_frame: {name} must be {(B, MOTION_DIM)} motion vectors, got {tuple(m.shape)}")
     dev = rgb.device
-    src = torch.cat([rgb.float(), depth.float()], 1)
-    if supersample > 1:
-        src = F.interpolate(src, scale_factor=supersample, mode="nearest")
+    fallback = torch.cat([rgb.float(), depth.float()], 1)
+    src = _nearest_upsample(fallback, supersample) if supersample > 1 else fallback
     Hs, Ws = src.shape[-2:]
     d = src[:, 3].reshape(B, -1)  # (B, N)
     # nothing hit (or beyond the cap): a point at (practically) infinite distance, which only the
     # camera's rotation moves; it loses every z-test against real geometry
     far = d >= MAX_DEPTH - 1e-4
     d = torch.where(far, torch.full_like(d, FAR), d)
-    pts = _rays(Hs, Ws, fovy_deg, dev)[None] * d[..., None]  # camera frame of the source
+    pts = _rays(Hs, Ws, fovy_deg, torch.device(dev))[None] * d[..., None]  # camera frame of the source
     p0, r0 = ego_camera_pose(motion_from.to(dev))
     p1, r1 = ego_camera_pose(motion_to.to(dev))
     world = pts @ r0.transpose(1, 2) + p0[:, None]
@@ -162,18 +177,19 @@ def warp_frame(
     zbuf = torch.full((B * (H * W + 1),), float("inf"), device=dev)
     zbuf = zbuf.scatter_reduce(0, idx, zf, reduce="amin")
     win = ok.reshape(-1) & (zf <= zbuf[idx] + 1e-6)
+    # the points that lose the z-test go to the rejected slot too: a fixed-size splat, where
+    # selecting the winners first would be a data-dependent size (a host read on a GPU)
+    wi = torch.where(win, idx, (base + H * W).expand(B, Hs * Ws).reshape(-1))
     vals = torch.cat([src[:, :3].reshape(B, 3, -1).transpose(1, 2), z[..., None]], -1).reshape(-1, 4)
     out = torch.zeros(B * (H * W + 1), 4, device=dev)
     cnt = torch.zeros(B * (H * W + 1), device=dev)
-    wi = idx[win]
-    out.index_add_(0, wi, vals[win])
+    out.index_add_(0, wi, vals)
     cnt.index_add_(0, wi, torch.ones_like(wi, dtype=torch.float32))
     out = out.reshape(B, H * W + 1, 4)[:, : H * W]
     cnt = cnt.reshape(B, H * W + 1)[:, : H * W]
     valid = cnt > 0
     res = (out / cnt.clamp_min(1)[..., None]).transpose(1, 2).reshape(B, 4, H, W)
     valid = valid.reshape(B, 1, H, W)
-    fallback = torch.cat([rgb.float(), depth.float()], 1)
     res = torch.where(valid, res, fallback)
     # a point farther than the cap reads as MAX_DEPTH, as the renderer's depth does
     return res[:, :3], res[:, 3:4].clamp(0, MAX_DEPTH), valid
