@@ -49,12 +49,13 @@ def _dirs(data: str | Sequence[str]) -> list[str]:
 def load_frames(data: str | Sequence[str], split: str, max_episodes: int | None = None) -> dict[str, torch.Tensor]:
     """Every frame of ``split`` in the datasets: ``rgb`` (N, 3, H, W) uint8, ``labels`` (N, H, W)
     uint8 object labels (geometry), ``classes`` (N, H, W) uint8 probe classes, ``vis`` (N, 5),
-    ``pos`` (N, 5, 2), ``prop_colours`` (N, 4) and ``episode`` (N,) (a running episode number)."""
+    ``pos`` (N, 5, 2), ``prop_colours`` (N, 4), ``episode`` (N,) (a running episode number) and
+    ``step`` (N,) (the frame's row in its episode)."""
     from dreamgym.rollouts.episodes import EpisodeReader, index_dataset
 
     index = index_dataset(_dirs(data), split=split, verify="size", max_episodes=max_episodes)
     reader = EpisodeReader(index.episodes, FRAME_KEYS)
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("rgb", "labels", "classes", "vis", "pos", "prop_colours", "episode")}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("rgb", "labels", "classes", "vis", "pos", "prop_colours", "episode", "step")}
     for e, ref in enumerate(index.episodes):
         ep = {k: torch.from_numpy(v) for k, v in reader.episode(e).items()}
         truth = object_truth(ep["ego_depth"], ep["motion"], ep["partner_motion"], ep["props"])
@@ -66,6 +67,7 @@ def load_frames(data: str | Sequence[str], split: str, max_episodes: int | None 
         parts["pos"].append(truth["pos"])
         parts["prop_colours"].append(cols)
         parts["episode"].append(torch.full((len(cols),), e))
+        parts["step"].append(torch.arange(len(cols)))
     if not parts["rgb"]:
         raise ValueError(f"train-probe: {', '.join(_dirs(data))} has no {split} episodes")
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -144,35 +146,41 @@ def object_report(probe: FrameProbe, rgb: torch.Tensor, frames: dict[str, torch.
     return out
 
 
+def _halves(frames: dict[str, torch.Tensor], by: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two disjoint halves of the frames, by even / odd ``by`` (``episode`` or ``step``), each shuffled."""
+    even = frames[by] % 2 == 0
+    g = torch.Generator().manual_seed(int(seed))
+    a, b = torch.nonzero(even).reshape(-1), torch.nonzero(~even).reshape(-1)
+    return a[torch.randperm(len(a), generator=g)], b[torch.randperm(len(b), generator=g)]
+
+
 @torch.no_grad()
 def frechet_report(probe: FrameProbe, frames: dict[str, torch.Tensor], seed: int = 0) -> dict[str, Any]:
-    """Fréchet distances on held-out frames: two halves by episode (even / odd) at several set
-    sizes (the noise floor), and real vs 3 x 3 box-blurred frames at the largest of them."""
+    """Fréchet distances on held-out frames, the noise floor beside what blur costs.
+
+    Two splits into disjoint halves: by episode (other rooms: the conservative floor) and by the
+    parity of the frame's step (the same rooms, other frames: the floor of a comparison made at
+    the same starts). For each, at several set sizes: real vs real, and real vs the other half
+    blurred with a 3 x 3 box filter; and real frames vs the same frames blurred.
+    """
     from .frame_probe import probe_labels
 
-    even = frames["episode"] % 2 == 0
-    a_idx, b_idx = torch.nonzero(even).reshape(-1), torch.nonzero(~even).reshape(-1)
-    if min(len(a_idx), len(b_idx)) < 2:
-        return {"halves_frames": [len(a_idx), len(b_idx)], "note": "too few held-out episodes for two halves"}
-    g = torch.Generator().manual_seed(int(seed))
-    a_idx, b_idx = a_idx[torch.randperm(len(a_idx), generator=g)], b_idx[torch.randperm(len(b_idx), generator=g)]
-    fa = probe_labels(probe, frames["rgb"][a_idx])[1]
-    fb = probe_labels(probe, frames["rgb"][b_idx])[1]
-    fb_blur = probe_labels(probe, blur3(frames["rgb"][b_idx]))[1]
-    fa_blur = probe_labels(probe, blur3(frames["rgb"][a_idx]))[1]
-    floor, blurred = {}, {}
-    for n in (*FD_SET_SIZES, min(len(a_idx), len(b_idx))):
-        if n > min(len(a_idx), len(b_idx)):
+    feats = probe_labels(probe, frames["rgb"])[1]
+    blurred = probe_labels(probe, blur3(frames["rgb"]))[1]
+    out: dict[str, Any] = {"feature_dim": int(feats.shape[1]), "real_vs_same_frames_blurred": frechet_distance(feats, blurred)}
+    for by in ("episode", "step"):
+        a, b = _halves(frames, by, seed)
+        n_max = min(len(a), len(b))
+        if n_max < 2:
+            out[f"halves_by_{by}"] = {"frames": [len(a), len(b)], "note": "too few frames for two halves"}
             continue
-        floor[str(n)] = frechet_distance(fa[:n], fb[:n])
-        blurred[str(n)] = frechet_distance(fa[:n], fb_blur[:n])
-    return {
-        "halves_frames": [len(a_idx), len(b_idx)],
-        "feature_dim": int(fa.shape[1]),
-        "real_vs_real_halves": floor,
-        "real_vs_blurred_other_half": blurred,
-        "real_vs_same_frames_blurred": frechet_distance(fa, fa_blur),
-    }
+        sizes = [n for n in FD_SET_SIZES if n < n_max] + [n_max]
+        out[f"halves_by_{by}"] = {
+            "frames": [len(a), len(b)],
+            "real_vs_real": {str(n): frechet_distance(feats[a[:n]], feats[b[:n]]) for n in sizes},
+            "real_vs_blurred_other_half": {str(n): frechet_distance(feats[a[:n]], blurred[b[:n]]) for n in sizes},
+        }
+    return out
 
 
 def train_probe(cfg: Any) -> dict[str, Any]:
