@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -106,18 +107,19 @@ def _segment_distance(p: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torc
     return (ap - t[..., None] * ab[:, :, None]).norm(dim=-1)
 
 
-_BONE_PAR = torch.tensor([p for p, _ in BONES])
-_BONE_CHI = torch.tensor([c for _, c in BONES])
-_BONE_R = torch.tensor([BONE_RADIUS.get(p, BONE_RADIUS_OTHER) for p, _ in BONES])
-_HANDS_FEET = torch.tensor([20, 21, 7, 8])
+_DRAWN_BONES = [(p, c) for p, c in BONES if c not in (13, 14)]  # the collars' bones are not drawn
+_BONE_PAR = torch.tensor([p for p, _ in _DRAWN_BONES])
+_BONE_CHI = torch.tensor([c for _, c in _DRAWN_BONES])
+_BONE_R = torch.tensor([BONE_RADIUS.get(p, BONE_RADIUS_OTHER) for p, _ in _DRAWN_BONES])
+_HANDS_FEET = torch.tensor([20, 21, 7, 8])  # wrists and ankles
+TRUTH_CHUNK = 256  # frames labelled at once (bounds the memory of the point-to-bone distances)
 
 
 def _partner_excess(points: torch.Tensor, partner_motion: torch.Tensor) -> torch.Tensor:
     """How far (B, N) each point lies outside the partner's body (m; <= 0 inside)."""
     j = joints_world(partner_motion.float())  # (B, 22, 3)
     dev = points.device
-    keep = torch.tensor([c not in (13, 14) for c in _BONE_CHI.tolist()], device=dev)  # no collar bones
-    par, chi, rad = _BONE_PAR.to(dev)[keep], _BONE_CHI.to(dev)[keep], _BONE_R.to(dev)[keep]
+    par, chi, rad = _BONE_PAR.to(dev), _BONE_CHI.to(dev), _BONE_R.to(dev)
     bones = (_segment_distance(points, j[:, par], j[:, chi]) - rad[None, :, None]).amin(1)
     head = j[:, HEAD] + torch.tensor([0.0, 0.0, HEAD_SPHERE[0]], device=dev)
     head_d = (points - head[:, None]).norm(dim=-1) - HEAD_SPHERE[1]
@@ -152,6 +154,17 @@ def objects_from_labels(labels: torch.Tensor, min_pixels: int = MIN_PIXELS) -> d
     return {"vis": vis, "pos": pos, "pixels": n.long()}
 
 
+def _label_pixels(depth: torch.Tensor, motion: torch.Tensor, partner_motion: torch.Tensor, props: torch.Tensor) -> torch.Tensor:
+    """Object label maps (B, H, W) long of depth maps (B, H, W): see ``object_truth``."""
+    B, H, W = depth.shape
+    pts = lift_pixels(depth, motion)
+    excess = torch.cat([_prop_excess(pts, props), _partner_excess(pts, partner_motion)[:, None]], 1)  # (B, 5, N)
+    d = depth.reshape(B, -1)
+    best, which = excess.min(1)
+    hit = (best <= TOL_M + TOL_FRAC * d) & (pts[..., 2] >= FLOOR_Z) & (d < MAX_DEPTH - 1e-3)
+    return torch.where(hit, which + 1, 0).reshape(B, H, W)
+
+
 @torch.no_grad()
 def object_truth(depth: torch.Tensor, motion: torch.Tensor, partner_motion: torch.Tensor, props: torch.Tensor) -> dict[str, torch.Tensor]:
     """Which objects a real ego frame shows and where, from the simulator's geometry.
@@ -165,22 +178,27 @@ def object_truth(depth: torch.Tensor, motion: torch.Tensor, partner_motion: torc
     and ``pos`` (B, 5, 2) float (x, y) pixels, NaN unless visible (see the module docstring).
     """
     depth = _check_batch(depth, motion, partner_motion, props)
-    B, H, W = depth.shape
-    pts = lift_pixels(depth, motion)
-    excess = torch.cat([_prop_excess(pts, props), _partner_excess(pts, partner_motion)[:, None]], 1)  # (B, 5, N)
-    tol = TOL_M + TOL_FRAC * depth.reshape(B, 1, -1)
-    best, which = excess.min(1)
-    hit = (best <= tol[:, 0]) & (pts[..., 2] >= FLOOR_Z) & (depth.reshape(B, -1) < MAX_DEPTH - 1e-3)
-    labels = torch.where(hit, which + 1, 0).reshape(B, H, W)
+    labels = torch.cat(
+        [
+            _label_pixels(*(t[i : i + TRUTH_CHUNK] for t in (depth, motion, partner_motion, props)))
+            for i in range(0, depth.shape[0], TRUTH_CHUNK)
+        ]
+        or [torch.zeros(depth.shape, dtype=torch.long, device=depth.device)]
+    )
     out = objects_from_labels(labels)
     return {"labels": labels, "vis": out["vis"], "pos": out["pos"]}
 
 
 # ------------------------------------------------------------------------------ colours <-> slots
+@lru_cache(maxsize=65536)
+def _room_colours(seed: int) -> tuple[int, ...]:
+    return tuple(int(c) for c in generate_room(seed).prop_colour)
+
+
 def room_prop_colours(room_seeds) -> torch.Tensor:
-    """(B, 4) long: the colour (index into ``COLOUR_NAMES``) of each prop slot in each room."""
+    """(B, 4) long (CPU): the colour (index into ``COLOUR_NAMES``) of each prop slot in each room."""
     seeds = torch.as_tensor(room_seeds).reshape(-1).tolist()
-    return torch.tensor([[int(c) for c in generate_room(int(s)).prop_colour] for s in seeds], dtype=torch.long)
+    return torch.tensor([_room_colours(int(s)) for s in seeds], dtype=torch.long).reshape(-1, N_PROPS)
 
 
 def _check_colours(prop_colours: torch.Tensor, B: int) -> torch.Tensor:
