@@ -35,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo", "dreamgym.app.demo:run", "the end-to-end demo on the embedded default"),
     "train-wm": ("train_wm", "dreamgym.worldmodel.train:run", "train the world model on a dataset (data=DIR out=RUN); re-run to resume"),
     "eval-wm": ("eval_wm", "dreamgym.worldmodel.evaluate:run", "a world model vs the simulator on held-out rooms, beside baselines"),
+    "train-probe": (
+        "train_probe",
+        "dreamgym.worldmodel.probe_train:run",
+        "the frame probe of eval-wm's object and Frechet scores (data=[DIRS] out=DIR)",
+    ),
     "collect": ("collect", "dreamgym.rollouts.collect:run", "collect episodes into a resumable dataset (out=DIR)"),
     "video": ("video", "dreamgym.rollouts.video:run", "mp4 of a dataset episode: ego, overhead, occupancy"),
     "dataset verify": ("dataset", "dreamgym.rollouts.dataset:run_verify", "check every shard checksum of a dataset"),

@@ -27,6 +27,7 @@ SCHEMAS: dict[str, str] = {
     "view": "data:ViewConfig",
     "train_wm": "worldmodel:TrainWmConfig",
     "eval_wm": "worldmodel:EvalWmConfig",
+    "train_probe": "probe:TrainProbeConfig",
     "train_policy": "policies:TrainPolicyConfig",
     "eval_policy": "policies:EvalPolicyConfig",
     "train_vla": "policies:TrainVLAConfig",
