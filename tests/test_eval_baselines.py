@@ -62,8 +62,8 @@ def test_constant_velocity_is_exact_on_a_constant_velocity_body():
     eps = _constant_velocity_episode()
     starts = sample_starts(eps, [0], 3, 16, None)
     mods = ["motion", "partner_motion", "props"]
-    cv = evaluate_replay(ConstantVelocityBaseline(), eps, starts, 3, [1, 4, 16], mods, progress=False).values
-    hold = evaluate_replay(HoldLastBaseline(), eps, starts, 3, [1, 4, 16], mods, progress=False).values
+    cv = evaluate_replay(ConstantVelocityBaseline(), eps, starts, 3, [1, 4, 16], mods, progress=False)["model"].values
+    hold = evaluate_replay(HoldLastBaseline(), eps, starts, 3, [1, 4, 16], mods, progress=False)["model"].values
     for name, tol in (("root_trans_err_m", 1e-5), ("root_rot_err_rad", 2e-3), ("mpjpe_mm", 1e-2), ("partner_mpjpe_mm", 1e-2)):
         assert np.nanmax(cv[name]) < tol, name
         assert np.nanmean(hold[name][:, 2]) > 100 * tol, name
@@ -140,3 +140,26 @@ def test_the_geometric_baseline_uses_the_models_conditional_mean_motion():
     model = RecordsSampler(3, 16)
     GeometricBaseline(model).imagine(ctx, acts, modalities=list(MODALITIES))
     assert model.calls == [(1, 0.0, ("motion", "partner_motion", "props"))]
+
+
+def test_following_the_conditional_mean_dreams_what_the_standalone_baseline_dreams(walking_episode, tmp_path):
+    """The evaluation rolls the geometric baselines out in the conditional-mean arm's pass (the
+    model dreams its state first): the same values as rolling them out on their own."""
+    from test_eval_wm import _tiny_world_model
+
+    from dreamgym.worldmodel.baselines import state_pass_first
+    from dreamgym.worldmodel.model import WorldModel
+
+    model = WorldModel.from_pretrained(_tiny_world_model(tmp_path / "ck", 16))
+    eps = [walking_episode]
+    mods = list(MODALITIES)
+    assert state_pass_first(model, mods) and not state_pass_first(CopyLast(2, 16), mods)
+    starts = sample_starts(eps, [0], 2, 6, None)
+    common = dict(context=2, horizons=[1, 3, 6], modalities=mods, batch_size=4, progress=False, stop_after={"ego_rgb": 3, "ego_depth": 3})
+    mean = {"num_steps": 1, "init_noise": 0.0}
+    ridden = evaluate_replay(model, eps, starts, imagine_kwargs=mean, riders={"geo": GeometricBaseline(model)}, **common)["geo"]
+    alone = evaluate_replay(GeometricBaseline(model), eps, starts, **common)["model"]
+    assert set(ridden.values) == set(alone.values) and {"psnr_db", "occ_counts", "mpjpe_mm"} <= set(alone.values)
+    for name, v in alone.values.items():
+        np.testing.assert_allclose(ridden.values[name], v, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.isnan(alone.values["psnr_db"][:, 2]).all() and np.isfinite(alone.values["mpjpe_mm"][:, 0]).all()

@@ -197,9 +197,18 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
     model = CopyLast(context=3, resolution=16)
     horizons = [1, 4, 16, 64]
     res = evaluate(
-        model, eps, tmp_path, horizons=horizons, frame_horizon=16, starts_per_task=40, num_videos=2, counterfactual=None, resamples=200
+        model,
+        eps,
+        tmp_path,
+        horizons=horizons,
+        frame_horizon=16,
+        grid_horizon=16,
+        starts_per_task=40,
+        num_videos=2,
+        counterfactual=None,
+        resamples=200,
     )
-    assert set(res) == {"horizons", "frame_horizon", "tasks", "counterfactual", "notes"}
+    assert set(res) == {"horizons", "frame_horizon", "grid_horizon", "tasks", "counterfactual", "notes"}
     assert res["horizons"] == horizons and list(res["tasks"]) == ["reach"]
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(res))
@@ -215,6 +224,7 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
             assert s == m[metric], f"{name} {metric}: the copy-last stand-in must score exactly as the baseline"
     assert set(b["copy_last_frame"]) == {"psnr_db", "ssim", "depth_abs_err_m"}
     assert m["psnr_db"]["value"][3] is None and m["psnr_db"]["n"][3] == 0, "frames are dreamed up to frame_horizon=16 only"
+    assert m["occ_iou"]["value"][3] is None and m["mpjpe_mm"]["n"][3] == sec["num_samples"][3] > 0
     for j, h in enumerate(horizons):
         if h <= 16:
             assert m["psnr_db"]["value"][j] == pytest.approx(10 * math.log10(255**2 / h**2), rel=1e-5)
@@ -582,6 +592,7 @@ def test_eval_wm_command_on_a_collected_dataset(tiny_dataset, tmp_path):
             f"out={out}",
             "horizons=[1,4,8]",
             "frame_horizon=4",
+            "grid_horizon=4",
             "counterfactual.enabled=false",
             "starts_per_task=6",
             "num_videos=1",
@@ -590,7 +601,7 @@ def test_eval_wm_command_on_a_collected_dataset(tiny_dataset, tmp_path):
         ]
     )
     res = json.loads((out / "metrics.json").read_text())
-    assert list(res) == ["horizons", "frame_horizon", "tasks", "counterfactual", "notes"] and res["horizons"] == [1, 4, 8]
+    assert list(res) == ["horizons", "frame_horizon", "grid_horizon", "tasks", "counterfactual", "notes"] and res["horizons"] == [1, 4, 8]
     sec = res["tasks"]["reach"]
     model = sec["model"]["sampler"]
     for metric in (
@@ -605,7 +616,8 @@ def test_eval_wm_command_on_a_collected_dataset(tiny_dataset, tmp_path):
         "reward_abs_err",
     ):
         assert len(model[metric]["value"]) == 3, metric
-    assert model["psnr_db"]["value"][2] is None and model["mpjpe_mm"]["value"][2] is not None  # frames up to h = 4
+    assert model["psnr_db"]["value"][2] is None and model["occ_iou"]["value"][2] is None  # frames and grid up to h = 4
+    assert model["mpjpe_mm"]["value"][2] is not None
     want = {"copy_last_frame", "hold_pose", "static_occupancy", "constant_velocity", "reproject_only", "analytic_grid"}
     assert set(sec["baselines"]) == want
     assert sec["num_starts"] == 6 and sec["num_samples"][0] == 6 and sec["target_object"]
@@ -617,3 +629,40 @@ def test_eval_wm_command_on_a_collected_dataset(tiny_dataset, tmp_path):
         main(["eval-wm", f"checkpoint={bad}", f"data={tiny_dataset}", f"out={tmp_path / 'bad'}"])
     with pytest.raises(SystemExit, match="is not a dreamgym dataset"):
         main(["eval-wm", f"checkpoint={ck}", f"data=[{tiny_dataset},{tmp_path}]", f"out={tmp_path / 'bad'}"])
+
+
+@pytest.mark.slow
+def test_the_shipped_default_evaluates_with_its_sampler_and_a_generative_one(tmp_path):
+    """The embedded default on a few 32x32 push episodes: every arm runs; with a sampler that
+    starts from noise, the sampler and the conditional mean differ and best-of-N has a spread."""
+    import dataclasses
+
+    from dreamgym.app.cli import main
+    from dreamgym.worldmodel.evaluate import load_episodes
+    from dreamgym.worldmodel.model import load_default
+
+    data = tmp_path / "push32"
+    main(
+        [
+            "collect",
+            "task=push",
+            "steps=48",
+            "num_envs=2",
+            "round_steps=24",
+            "resolution=32",
+            "heldout_fraction=0.99",
+            f"out={data}",
+            "progress=false",
+        ]
+    )
+    eps = load_episodes(data, split="heldout")
+    model = load_default()
+    common = dict(horizons=[1, 2], starts_per_task=2, counterfactual=None, num_videos=0, resamples=50)
+    shipped = evaluate(model, eps, tmp_path / "shipped", **common)["tasks"]["push"]
+    assert {"reproject_only", "analytic_grid", "constant_velocity"} <= set(shipped["baselines"])
+    assert shipped["model"]["sampler"]["psnr_db"]["value"][0] > 10 and shipped["target_object"]
+    model.sampler = dataclasses.replace(model.sampler, num_steps=2, init_noise=1.0)
+    sec = evaluate(model, eps, tmp_path / "sampled", best_of=2, best_of_starts=1, best_of_batch=1, **common)["tasks"]["push"]
+    assert not sec["sampler_is_mean"] and sec["model"]["mean"] == shipped["model"]["mean"]
+    assert sec["model"]["sampler"]["psnr_db"] != sec["model"]["mean"]["psnr_db"]
+    assert sec["generative"]["frame_spread"]["value"][0] > 0 and sec["generative"]["num_starts"] == 1

@@ -229,16 +229,38 @@ class GeometricBaseline(torch.nn.Module):
         want = list(modalities) if modalities is not None else list(MODALITIES)
         extra = {} if partner_actions is None else {"partner_actions": partner_actions}
         state_ctx = {k: v for k, v in context.items() if k in (*STATE_KEYS, "instruction")}
-        out = self.model.imagine(state_ctx, actions, num_steps=1, init_noise=0.0, modalities=list(STATE_KEYS), generator=generator, **extra)
+        state = self.model.imagine(
+            state_ctx, actions, num_steps=1, init_noise=0.0, modalities=list(STATE_KEYS), generator=generator, **extra
+        )
+        return self.follow(context, state, want)
+
+    def follow(
+        self, context: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], modalities: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """The next step given the dreamed ``state`` of this step (``motion``, ``partner_motion``,
+        ``props``, reward): its state, and the frame (``ego_rgb``, ``ego_depth``) and grid
+        (``occupancy``) of geometry when ``modalities`` asks for them. A world model whose dream
+        runs the state pass first (``ego_warp`` / ``occupancy_warp``) dreams the same state as the
+        state-only pass ``imagine`` runs, so the evaluation can pass the model's own step here."""
+        want = list(modalities)
+        out = {k: v for k, v in state.items() if k in (*STATE_KEYS, "reward", "terminated")}
         last_motion = context["motion"][:, -1]
-        if "ego_rgb" in want or "ego_depth" in want:
+        if "ego_rgb" in want or "ego_depth" in want:  # both: the next reprojection needs this depth
             rgb, depth, _ = reproject_frame(context["ego_rgb"][:, -1], context["ego_depth"][:, -1], last_motion, out["motion"], context)
-            if "ego_rgb" in want:
-                out["ego_rgb"] = rgb.round().clamp(0, 255).to(torch.uint8)
-            if "ego_depth" in want:
-                out["ego_depth"] = depth.to(context["ego_depth"].dtype)
+            out["ego_rgb"] = rgb.round().clamp(0, 255).to(torch.uint8)
+            out["ego_depth"] = depth.to(context["ego_depth"].dtype)
+            want += [k for k in ("ego_rgb", "ego_depth") if k not in want]
         if "occupancy" in want:
             out["occupancy"] = carry_grid(
                 context["occupancy"][:, -1], last_motion, out["motion"], out["partner_motion"], self.voxel, context
             )
         return {k: v for k, v in out.items() if k in want or k in ("reward", "terminated")}
+
+
+def state_pass_first(model: Any, modalities: Sequence[str]) -> bool:
+    """Whether ``model`` dreams its state (bodies, props) in a pass of its own, before and without
+    the frames and grid, for every subset of ``modalities`` a rollout may ask for: then its state
+    is what ``imagine(modalities=["motion", "partner_motion", "props"])`` gives."""
+    c = getattr(model, "config", None)
+    frames = any(m in modalities for m in ("ego_rgb", "ego_depth"))
+    return bool(getattr(c, "ego_warp", False) or not frames) and bool(getattr(c, "occupancy_warp", False) or "occupancy" not in modalities)

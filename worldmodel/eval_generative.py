@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .eval_replay import FRAME_KEYS, StartRecord, _batch, imagine_rollout
+from .eval_replay import StartRecord, _batch, imagine_rollout
 
 if TYPE_CHECKING:
     from .eval_episodes import Episode
@@ -73,7 +73,7 @@ def best_of_n(
     modalities: Sequence[str],
     n: int,
     imagine_kwargs: dict[str, Any],
-    frame_horizon: int | None,
+    stop_after: dict[str, int | None] | None,
     batch_size: int = 4,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -95,16 +95,18 @@ def best_of_n(
             def on_step(h: int, pred: dict[str, torch.Tensor]) -> None:
                 if h not in horizons:
                     return
-                m = valid[:, h - 1].cpu().numpy().astype(bool)
+                b = next(iter(pred.values())).shape[0] // n  # the starts still rolling out
+                m = valid[:b, h - 1].cpu().numpy().astype(bool)
                 if not m.any():
                     return
-                for name, v in sample_values(pred, {k: fut[k][:, h - 1] for k in fut}, n).items():
-                    rec.put(name, rows[m], horizons.index(h), v[torch.as_tensor(m)])
+                for name, v in sample_values(pred, {k: fut[k][:b, h - 1] for k in fut}, n).items():
+                    rec.put(name, rows[:b][m], horizons.index(h), v[torch.as_tensor(m)])
 
-            late = (*FRAME_KEYS, "occupancy")  # after the frame horizon only the bodies are scored
-            imagine_rollout(
-                model, ctx, acts.repeat_interleave(n, 0), steps, modalities, None, gen, on_step, imagine_kwargs, frame_horizon, late
-            )
+            fh = (stop_after or {}).get("ego_rgb")
+            # the grid is not scored here: dreamed as in the arms while frames are, not after
+            stop = dict(stop_after or {}) | {"occupancy": min(x for x in (fh, (stop_after or {}).get("occupancy"), H) if x is not None)}
+            active = [sum(s.length >= h for s in chunk) * n for h in range(1, steps + 1)]
+            imagine_rollout(model, ctx, acts.repeat_interleave(n, 0), steps, modalities, None, gen, on_step, imagine_kwargs, stop, active)
     return rec
 
 

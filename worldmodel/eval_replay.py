@@ -7,7 +7,7 @@ statistics (``eval_stats``) resample starts, so nothing is averaged here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -90,12 +90,15 @@ def _batch(episodes: Sequence[Episode], starts: Sequence[Start], K: int, H: int,
     return context, stack(acts), future, stack(valid)
 
 
-def step_modalities(modalities: Sequence[str], h: int, frame_horizon: int | None, late_drop: Sequence[str] = FRAME_KEYS) -> list[str]:
-    """The modalities dreamed at step ``h``: those of ``late_drop`` (frames) only up to
-    ``frame_horizon`` (None: always)."""
-    if frame_horizon is None or h <= frame_horizon:
-        return list(modalities)
-    return [m for m in modalities if m not in late_drop]
+def step_modalities(modalities: Sequence[str], h: int, stop_after: Mapping[str, int | None] | None = None) -> list[str]:
+    """The modalities dreamed at step ``h``: a key of ``stop_after`` only up to its step (None: always)."""
+    stop = stop_after or {}
+    return [m for m in modalities if stop.get(m) is None or h <= stop[m]]
+
+
+def _take(x: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """The first ``n`` rows of every (B, ...) tensor."""
+    return {k: v[:n] for k, v in x.items()}
 
 
 def imagine_rollout(
@@ -108,17 +111,18 @@ def imagine_rollout(
     generator: torch.Generator | None,
     on_step: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
     imagine_kwargs: dict[str, Any] | None = None,
-    frame_horizon: int | None = None,
-    late_drop: Sequence[str] = FRAME_KEYS,
+    stop_after: Mapping[str, int | None] | None = None,
+    active: Sequence[int] | None = None,
 ) -> None:
     """Autoregressive rollout with ``model.imagine``: ``context`` (B, K, ...) per modality,
     ``actions`` (B, K+horizon-1, 6) where row ``j`` is the action after context row ``j`` (rows
     K.. are the future actions). ``context["partner_actions"]`` (B, K+horizon-1, 6), when present,
     holds the partner's commands aligned with ``actions``; a model conditioned on them
     (``config.partner_actions``) gets them. ``num_steps`` (None: the model's sampler) and
-    ``imagine_kwargs`` (e.g. ``init_noise``) go to every ``imagine`` call. Frames are dreamed up
-    to step ``frame_horizon`` (None: every step), the rest after (``late_drop``: what stops there). Calls ``on_step(h, prediction)``
-    for h = 1..horizon."""
+    ``imagine_kwargs`` (e.g. ``init_noise``) go to every ``imagine`` call. ``stop_after``: the last
+    step each key is dreamed (e.g. frames only up to h = 16; absent: every step). ``active``: how
+    many leading rows are still needed at each step (non-increasing; the others are dropped).
+    Calls ``on_step(h, prediction)`` for h = 1..horizon."""
     K = context[modalities[0]].shape[1]
     ctx = dict(context)
     pacts = ctx.pop("partner_actions", None)
@@ -131,14 +135,18 @@ def imagine_rollout(
     if num_steps is not None:
         kwargs["num_steps"] = num_steps
     for h in range(1, horizon + 1):
-        mods = step_modalities(modalities, h, frame_horizon, late_drop)
+        if active is not None and active[h - 1] < actions.shape[0]:
+            n = int(active[h - 1])
+            ctx, actions = _take(ctx, n), actions[:n]
+            pacts = None if pacts is None else pacts[:n]
+        mods = step_modalities(modalities, h, stop_after)
         extra = {} if pacts is None else {"partner_actions": pacts[:, h - 1 : h - 1 + K]}
         pred = model.imagine(ctx, actions[:, h - 1 : h - 1 + K], modalities=mods, generator=generator, **kwargs, **extra)
         missing = [m for m in mods if m not in pred]
         if missing:
             raise RuntimeError(f"{type(model).__name__}.imagine returned no {missing} (asked for {mods})")
         for m in mods:
-            want = context[m]
+            want = ctx[m]
             p = pred[m]
             if p.shape != want.shape[:1] + want.shape[2:] or p.dtype != want.dtype:
                 raise RuntimeError(
@@ -210,17 +218,23 @@ def evaluate_replay(
     keep: Iterable[int] = (),
     desc: str = "replay",
     imagine_kwargs: dict[str, Any] | None = None,
-    frame_horizon: int | None = None,
+    stop_after: Mapping[str, int | None] | None = None,
     video: Any | None = None,
     progress: bool = True,
-) -> StartRecord:
+    riders: Mapping[str, Any] | None = None,
+) -> dict[str, StartRecord]:
     """Roll ``model`` out from every start with the recorded actions and keep its per-start values
     at ``horizons`` (see ``imagine_rollout`` for ``num_steps``, ``imagine_kwargs`` and
-    ``frame_horizon``). ``video``: the video-object scorer (``eval_video.VideoScorer``) for dreamed
-    frames, or None. ``keep``: indices into ``starts`` whose predictions are kept (for videos)."""
+    ``stop_after``); a start's rollout stops at its last future step. ``video``: the video-object
+    scorer (``eval_video.VideoScorer``) for dreamed frames, or None. ``keep``: indices into
+    ``starts`` whose predictions are kept (for videos). ``riders``: name -> a baseline that follows
+    the model's dreamed state (``GeometricBaseline.follow``), rolled out in the same pass.
+
+    Returns the records: ``"model"``, then one per rider."""
     horizons = sorted(int(h) for h in horizons)
     H = max(horizons)
-    rec = StartRecord(horizons, len(starts))
+    riders = dict(riders or {})
+    recs = {name: StartRecord(horizons, len(starts)) for name in ("model", *riders)}
     keep = set(keep)
     kept: dict[int, dict[str, list]] = {}
     gen = torch.Generator(device=device).manual_seed(int(seed))
@@ -232,25 +246,41 @@ def evaluate_replay(
     bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=not progress)
     with torch.no_grad():
         for i in range(0, len(starts), batch_size):
-            chunk = list(starts[i : i + batch_size])
-            steps = max(s.length for s in chunk)
+            chunk = sorted(starts[i : i + batch_size], key=lambda s: -s.length)
+            if [s.length for s in chunk] != [s.length for s in starts[i : i + batch_size]]:
+                raise ValueError("evaluate_replay needs the starts sorted longest rollout first (as sample_starts returns them)")
+            steps = min(H, chunk[0].length)
+            active = [sum(s.length >= h for s in chunk) for h in range(1, steps + 1)]
             ctx, acts, fut, valid = _batch(episodes, chunk, context, steps, fut_keys, device)
             rows = np.arange(i, i + len(chunk))
             shown = [j for j in range(len(chunk)) if i + j in keep]
+            rctx = {name: dict(ctx) | r.scene_memory(ctx) for name, r in riders.items()}
 
             def on_step(h: int, pred: dict[str, torch.Tensor]) -> None:
-                if h in horizons:
-                    _score(rec, horizons.index(h), rows, pred, {k: v[:, h - 1] for k, v in fut.items()}, valid[:, h - 1], video)
+                n = next(iter(pred.values())).shape[0]
+                real = {k: v[:n, h - 1] for k, v in fut.items()}
+                scored = h in horizons
+                if scored:
+                    _score(recs["model"], horizons.index(h), rows[:n], pred, real, valid[:n, h - 1], video)
+                for name, r in riders.items():
+                    rc = _take(rctx[name], n)
+                    rp = r.follow(rc, pred, list(pred))
+                    for m in rp:
+                        if m in rc and m not in ("reward", "terminated"):
+                            rc[m] = torch.cat((rc[m][:, 1:], rp[m][:, None]), 1)
+                    rctx[name] = rc
+                    if scored:
+                        _score(recs[name], horizons.index(h), rows[:n], rp, real, valid[:n, h - 1], video)
                 for j in shown:
                     for k in modalities:
-                        if k in pred:
+                        if k in pred and j < n:
                             kept.setdefault(i + j, {}).setdefault(k, []).append(pred[k][j].cpu().numpy())
                 bar.update(1)
 
-            imagine_rollout(model, ctx, acts, steps, modalities, num_steps, gen, on_step, imagine_kwargs, frame_horizon)
+            imagine_rollout(model, ctx, acts, steps, modalities, num_steps, gen, on_step, imagine_kwargs, stop_after, active)
     bar.close()
-    rec.kept = {s: {k: np.stack(v) for k, v in d.items()} for s, d in kept.items()}
-    return rec
+    recs["model"].kept = {s: {k: np.stack(v) for k, v in d.items()} for s, d in kept.items()}
+    return recs
 
 
 def _score(

@@ -63,7 +63,7 @@ def write_plots(out: Path, result: dict, counterfactual: dict | None) -> list[Pa
         metrics = _metrics_of(section)
         cols = 4
         rows = max(1, -(-len(metrics) // cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), dpi=90, squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), dpi=72, squeeze=False)
         for ax, metric in zip(axes.flat, metrics):
             series = [(a, v[metric], 2.0) for a, v in section["model"].items() if metric in v]
             series += [(b, v[metric], 1.0) for b, v in section["baselines"].items() if metric in v]
@@ -288,8 +288,9 @@ def markdown_tables(result: dict) -> str:
     lines: list[str] = []
     for task, section in result["tasks"].items():
         lines += task_table(task, section, result["horizons"]) + [""]
-    if result.get("frame_horizon") is not None:
-        lines.append(f"Frames dreamed and scored up to h = {result['frame_horizon']}; the bodies, props and grid to the last horizon.")
+    for key, what in (("frame_horizon", "Frames"), ("grid_horizon", "The occupancy grid")):
+        if result.get(key) is not None:
+            lines.append(f"{what} dreamed and scored up to h = {result[key]} (the bodies and props to the last horizon).")
     lines += [f"- {n}" for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
 

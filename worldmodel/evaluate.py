@@ -10,7 +10,8 @@ at ``t0 + h`` for the horizons ``h`` (1, 4, 16, 64 steps at 20 Hz): the recorded
 simulator from the same start state under the same actions. Starts are drawn uniformly from every
 valid (episode, row) of a task (``eval_tasks``; ``starts_per_task``, seeded); a horizon is scored
 on the starts whose episode lasts that long, and its n is reported. Frames are dreamed and
-scored up to ``frame_horizon`` (the rest of the rollout dreams the bodies, props and grid).
+scored up to ``frame_horizon`` and the grid up to ``grid_horizon`` (the bodies and props to the
+last horizon); a rollout leaves its batch when its episode ends.
 
 **Arms**, all through the same replay code and the same starts:
 
@@ -57,7 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .baselines import BASELINE_MODALITIES, ConstantVelocityBaseline, GeometricBaseline, HoldLastBaseline
+from .baselines import BASELINE_MODALITIES, ConstantVelocityBaseline, GeometricBaseline, HoldLastBaseline, state_pass_first
 from .counterfactual import (
     SimBranches,
     action_sequences,
@@ -106,6 +107,7 @@ class EvalSettings:
 
     horizons: Sequence[int] = (1, 4, 16, 64)
     frame_horizon: int | None = None  # the last step whose frames are dreamed and scored (None: every step)
+    grid_horizon: int | None = None  # the same for the occupancy grid
     starts_per_task: int | None = 128
     batch_size: int = 16
     best_of: int = 8
@@ -125,8 +127,14 @@ class EvalSettings:
         self.horizons = sorted(int(h) for h in self.horizons)
         if not self.horizons or self.horizons[0] < 1:
             raise ValueError(f"horizons must be positive step counts, got {list(self.horizons)}")
-        if self.frame_horizon is not None and int(self.frame_horizon) < 0:
-            raise ValueError(f"frame_horizon must be >= 0 (0: no frames), got {self.frame_horizon}")
+        for name in ("frame_horizon", "grid_horizon"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: none; null: every step), got {getattr(self, name)}")
+
+    @property
+    def stop_after(self) -> dict[str, int | None]:
+        """The last step each of frames and grid is dreamed (None: every step)."""
+        return {"ego_rgb": self.frame_horizon, "ego_depth": self.frame_horizon, "occupancy": self.grid_horizon}
 
     @property
     def frame_horizons(self) -> list[int]:
@@ -148,6 +156,7 @@ class Arm:
     modalities: list[str]
     reports: dict[str, tuple[str, ...] | None]
     is_model: bool = False
+    follows: str | None = None  # a rider: rolled out in the pass of this arm, following its dreamed state
 
 
 def _sampler_is_mean(model: Any) -> bool:
@@ -184,7 +193,12 @@ def build_arms(model: Any, mse_model: Any | None, mods: list[str], episodes: Seq
         geo += list(FRAME_KEYS)
     if "motion" in mods and any(m in geo for m in ("ego_rgb", "occupancy")):
         reports = {k: BASELINE_MODALITIES[k] for k in ("reproject_only", "analytic_grid")}
-        arms.append(Arm("geometric", GeometricBaseline(model), {}, [m for m in ENV_OBS_KEYS + ("props",) if m in geo], reports))
+        geo = [m for m in ENV_OBS_KEYS + ("props",) if m in geo]
+        # the conditional-mean arm dreams exactly the state this baseline needs when the model
+        # dreams its state in a pass of its own: follow it there rather than dream it again
+        mean = "mean" if any(a.name == "mean" for a in arms) else "sampler"
+        follows = mean if state_pass_first(model, mods) and set(geo) <= set(mods) else None
+        arms.append(Arm("geometric", GeometricBaseline(model), {}, geo, reports, follows=follows))
     if mse_model is not None:
         arms.append(Arm("deterministic_mse", mse_model, {}, mods, {"deterministic_mse": None}))
     for a in arms:  # a report keeps only the modalities the arm dreams
@@ -278,9 +292,12 @@ def evaluate_task(
     records: dict[str, StartRecord] = {}
     seconds: dict[str, float] = {}
     for a in arms:
-        print(f"eval-wm {task}: {a.name} ({len(starts)} starts)", flush=True)
+        if a.follows is not None:
+            continue
+        riders = {r.name: r.model for r in arms if r.follows == a.name}
+        print(f"eval-wm {task}: {', '.join([a.name, *riders])} ({len(starts)} starts)", flush=True)
         t0 = time.perf_counter()
-        records[a.name] = evaluate_replay(
+        out = evaluate_replay(
             a.model,
             episodes,
             starts,
@@ -293,11 +310,14 @@ def evaluate_task(
             keep=keep if a.name == "sampler" else (),
             desc=f"{task} {a.name}",
             imagine_kwargs=a.kwargs,
-            frame_horizon=st.frame_horizon,
-            video=video if any(m == "ego_rgb" for m in a.modalities) else None,
+            stop_after=st.stop_after,
+            video=video if "ego_rgb" in a.modalities else None,
             progress=st.progress,
+            riders=riders,
         )
-        seconds[a.name] = time.perf_counter() - t0
+        records[a.name] = out["model"]
+        records |= {name: out[name] for name in riders}
+        seconds[a.name + "".join(f"+{r}" for r in riders)] = time.perf_counter() - t0
     frechet = video.frechet if video is not None else None
     metrics = {r: ArmMetrics(records[a.name], targets, real, frechet, keep_mods) for a in arms for r, keep_mods in a.reports.items()}
     summaries = {name: summarise(m, st.stats()) for name, m in metrics.items()}
@@ -414,6 +434,7 @@ def evaluate(
     result = {
         "horizons": st.horizons,
         "frame_horizon": st.frame_horizon,
+        "grid_horizon": st.grid_horizon,
         "tasks": sections,
         "counterfactual": _strip_points(cf_out),
         "notes": notes,
@@ -504,6 +525,7 @@ def run(cfg) -> int:
         data=data,
         horizons=list(cfg.horizons),
         frame_horizon=cfg.frame_horizon,
+        grid_horizon=cfg.grid_horizon,
         starts_per_task=cfg.starts_per_task,
         batch_size=int(cfg.batch_size),
         best_of=int(cfg.best_of),

@@ -118,6 +118,7 @@ class EvalWmConfig:
     out: str = setting()
     horizons: list[int] = setting(gt=0)
     frame_horizon: int | None = setting(ge=0)
+    grid_horizon: int | None = setting(ge=0)
     modalities: list[str] | None = setting(choices=modality_names)
     starts_per_task: int | None = setting(gt=0)
     batch_size: int = setting(gt=0)
