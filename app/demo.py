@@ -149,15 +149,7 @@ def write_report(cfg: DictConfig, out: Path, stages: Stages) -> str:
     if wm.exists():
         m = json.loads(wm.read_text())
         parts += ["", "## World model vs the simulator (held-out rooms)", ""]
-        hs = m["horizons"]
-        rows = []
-        for metric, vals in m["model"].items():
-            row = [metric] + [vals[i] if i < len(vals) else "" for i in range(len(hs))]
-            rows.append(row)
-            for name, b in m["baselines"].items():
-                if metric in b:
-                    rows.append([f"  {metric} ({name})"] + [b[metric][i] if i < len(b[metric]) else "" for i in range(len(hs))])
-        parts.append(_table(rows, ["metric"] + [f"h={h}" for h in hs]))
+        parts.append((out / "eval_wm" / "tables.md").read_text())
         parts.append("")
         for png in sorted((out / "eval_wm").glob("*.png")):
             parts.append(f"![{png.stem}]({png.relative_to(out)})")
@@ -239,7 +231,7 @@ def run(cfg: DictConfig) -> int:
             f"checkpoint={ckpt}",
             f"data={data}",
             f"out={out / 'eval_wm'}",
-            f"max_starts={int(cfg.eval_wm_starts)}",
+            f"starts_per_task={int(cfg.eval_wm_starts)}",
             "num_videos=2",
             *more("eval_wm"),
         )

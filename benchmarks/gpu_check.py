@@ -375,7 +375,7 @@ def _eval_args(ckpt: Path, data: Path, out: Path, device: str, sizes: dict) -> l
         f"out={out}",
         f"device={device}",
         f"horizons=[{hz}]",
-        f"max_starts={sizes['eval_starts']}",
+        f"starts_per_task={sizes['eval_starts']}",
         "counterfactual.enabled=false",
         "num_videos=0",
         "threads=8",
@@ -408,12 +408,14 @@ def stage_eval(fig: Figures, device: str, sizes: dict, work: Path) -> None:
         t0 = time.perf_counter()
         run(compose("eval_wm", _eval_args(ckpt, data, out, dev, sizes)[1:]))  # what `dreamgym eval-wm ...` runs, in this process (TF32 off)
         fig.set([dev, "wall_s"], time.perf_counter() - t0)
-        metrics[dev] = json.loads((out / "metrics.json").read_text())
-        fig.set([dev, "model"], metrics[dev]["model"])
-    fig.set(["horizons"], metrics["cpu"]["horizons"])
+        # the conditional-mean arm of every task: a function of the inputs alone
+        tasks = json.loads((out / "metrics.json").read_text())
+        metrics[dev] = {f"{t}/{k}": v["value"] for t, s in tasks["tasks"].items() for k, v in s["model"]["mean"].items()}
+        fig.set([dev, "model"], metrics[dev])
+    fig.set(["horizons"], tasks["horizons"])
     worst, bad = 0.0, []
-    for name, vals in metrics["cpu"]["model"].items():
-        for h, a, b in zip(metrics["cpu"]["horizons"], vals, metrics[device]["model"][name]):
+    for name, vals in metrics["cpu"].items():
+        for h, a, b in zip(tasks["horizons"], vals, metrics[device][name]):
             if a is None or b is None:
                 continue
             worst = max(worst, abs(a - b) / max(abs(a), 1e-12))

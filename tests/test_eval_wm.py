@@ -1,5 +1,6 @@
 """World-model evaluation: metrics against hand-computed values, the replay evaluation end to end
-with stand-in models, and counterfactual controllability (the speed benchmark: test_benchmarks.py)."""
+with stand-in models, and counterfactual controllability (the baselines: test_eval_baselines.py;
+the statistics and the sampling plan: test_eval_stats.py; the speed benchmark: test_benchmarks.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from dreamgym.envs.motion import JOINT_POS, ROOT_POS, ROOT_QUAT, quat_mul
 from dreamgym.worldmodel import metrics as M
 from dreamgym.worldmodel.baselines import HoldLastBaseline
+from dreamgym.worldmodel.eval_tasks import task_seed
 from dreamgym.worldmodel.evaluate import (
     Episode,
     action_sequences,
@@ -21,7 +23,7 @@ from dreamgym.worldmodel.evaluate import (
     counterfactual_scores,
     evaluate,
     model_spec,
-    plan_starts,
+    sample_starts,
     simulate_branches,
     simulate_episodes,
 )
@@ -46,7 +48,7 @@ class CopyLast(HoldLastBaseline):
 class Kinematic(CopyLast):
     """Follows its actions: the root walks and turns at the controller's commanded rates."""
 
-    def imagine(self, context, actions, num_steps=1, modalities=None, generator=None):
+    def imagine(self, context, actions, num_steps=1, modalities=None, generator=None, **sampler):
         out = super().imagine(context, actions, num_steps, modalities, generator)
         m = out["motion"].clone()
         a = actions[:, -1].float()
@@ -63,7 +65,7 @@ class Kinematic(CopyLast):
 class IgnoresActions(CopyLast):
     """Moves its root at random, whatever the action: no controllability."""
 
-    def imagine(self, context, actions, num_steps=1, modalities=None, generator=None):
+    def imagine(self, context, actions, num_steps=1, modalities=None, generator=None, **sampler):
         out = super().imagine(context, actions, num_steps, modalities, generator)
         step = torch.randn(actions.shape[0], 2, generator=generator) * 0.05
         out["motion"][:, :2] += step
@@ -161,9 +163,10 @@ def test_occupancy_iou_and_miou_on_known_grids():
 
 
 # ------------------------------------------------------------------------------------ replay
-def synthetic_episodes(lengths=(40, 12, 70), res: int = 16) -> list[Episode]:
+def synthetic_episodes(lengths=(40, 12, 70), res: int = 16, tasks=None) -> list[Episode]:
     """Episodes whose copy-last errors are known in closed form: frame t is flat grey level t
-    (PSNR at horizon h = 10 log10(255^2 / h^2)), the root walks 0.1 m and turns 0.01 rad per step."""
+    (PSNR at horizon h = 10 log10(255^2 / h^2)), the root walks 0.1 m and turns 0.01 rad per step,
+    the props drift 0.02 m per step along each axis. Rooms unknown (no target object)."""
     g = np.random.default_rng(0)
     eps = []
     for n, T in enumerate(lengths):
@@ -181,41 +184,16 @@ def synthetic_episodes(lengths=(40, 12, 70), res: int = 16) -> list[Episode]:
             "occupancy": occ.astype(np.uint8),
         }
         actions = g.uniform(-1, 1, (T, 6)).astype(np.float32)
+        task = "reach" if tasks is None else tasks[n]
         eps.append(
-            Episode(
-                obs, actions, room_seed=1000 + n, task="reach", name=f"synthetic{n}", instruction=n, rewards=(0.1 * t).astype(np.float32)
-            )
+            Episode(obs, actions, room_seed=-1, task=task, name=f"synthetic{n}", instruction=n, rewards=(0.1 * t).astype(np.float32))
         )
     return eps
 
 
-def test_plan_starts_counts_per_horizon():
-    eps = synthetic_episodes()
-    starts = plan_starts(eps, context=3, max_horizon=64, stride=10, per_episode=10, max_starts=None)
-    assert [s.length for s in starts] == sorted([s.length for s in starts], reverse=True)
-    # rows 2, 12, 22, ... of each episode that have a future step; lengths capped at 64
-    assert sorted((s.episode, s.t0, s.length) for s in starts) == [
-        (0, 2, 37),
-        (0, 12, 27),
-        (0, 22, 17),
-        (0, 32, 7),
-        (1, 2, 9),
-        (2, 2, 64),
-        (2, 12, 57),
-        (2, 22, 47),
-        (2, 32, 37),
-        (2, 42, 27),
-        (2, 52, 17),
-        (2, 62, 7),
-    ]
-    # A budget takes the starts that reach the largest horizon first, and caps each episode.
-    few = plan_starts(eps, context=3, max_horizon=16, stride=10, per_episode=2, max_starts=5)
-    assert len(few) == 5 and all(s.length == 16 for s in few[:4])
-    assert max(sum(s.episode == e for s in few) for e in range(3)) == 2
-
-
 def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_path):
-    eps = synthetic_episodes()
+    lengths = (40, 12, 70)
+    eps = synthetic_episodes(lengths)
     model = CopyLast(context=3, resolution=16)
     horizons = [1, 4, 16, 64]
     res = evaluate(
@@ -223,62 +201,158 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
         eps,
         tmp_path,
         horizons=horizons,
-        stride=10,
-        starts_per_episode=10,
-        max_starts=None,
+        frame_horizon=16,
+        grid_horizon=16,
+        starts_per_task=40,
         num_videos=2,
         counterfactual=None,
-        batch_size=4,
+        resamples=200,
     )
-    assert set(res) == {"horizons", "model", "baselines", "counterfactual"}
-    assert res["horizons"] == horizons
+    assert set(res) == {"horizons", "frame_horizon", "grid_horizon", "tasks", "counterfactual", "notes"}
+    assert res["horizons"] == horizons and list(res["tasks"]) == ["reach"]
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(res))
-    m, b = res["model"], res["baselines"]
-    assert set(b) == {"copy_last_frame", "hold_pose", "static_occupancy"}
-    # Starts whose episode is long enough: all 12 reach h=1 and 4, 9 reach 16, 1 reaches 64.
-    assert m["num_samples"] == [12, 12, 9, 1]
-    for name, vals in b.items():
-        assert set(vals) < set(m)
-        for metric, per_h in vals.items():
-            assert per_h == m[metric], f"{name} {metric}: the copy-last stand-in must score exactly as the baseline"
+    sec = res["tasks"]["reach"]
+    m, b = sec["model"]["sampler"], sec["baselines"]
+    assert sec["sampler_is_mean"] and sec["model"]["mean"] == m  # a stand-in without a sampler: one rollout
+    assert set(b) == {"copy_last_frame", "hold_pose", "static_occupancy", "constant_velocity", "reproject_only", "analytic_grid"}
+    # 40 of the 37 + 9 + 67 valid rows; horizon h is scored on the starts that last h steps
+    starts = sample_starts(eps, range(3), 3, 64, 40, task_seed(0, "reach"))
+    assert sec["num_starts"] == 40 and sec["num_samples"] == [sum(s.length >= h for s in starts) for h in horizons]
+    for name in ("copy_last_frame", "hold_pose", "static_occupancy"):
+        for metric, s in b[name].items():
+            assert s == m[metric], f"{name} {metric}: the copy-last stand-in must score exactly as the baseline"
+    assert set(b["copy_last_frame"]) == {"psnr_db", "ssim", "depth_abs_err_m"}
+    assert m["psnr_db"]["value"][3] is None and m["psnr_db"]["n"][3] == 0, "frames are dreamed up to frame_horizon=16 only"
+    assert m["occ_iou"]["value"][3] is None and m["mpjpe_mm"]["n"][3] == sec["num_samples"][3] > 0
     for j, h in enumerate(horizons):
-        assert m["psnr_db"][j] == pytest.approx(10 * math.log10(255**2 / h**2), rel=1e-5)
-        assert m["root_trans_err_m"][j] == pytest.approx(0.1 * h, rel=1e-4)
-        assert m["root_rot_err_rad"][j] == pytest.approx(0.01 * h, rel=1e-3)
-        assert m["depth_abs_err_m"][j] == pytest.approx(0.01 * h, rel=1e-3)
-        assert m["props_err_m"][j] == pytest.approx(0.02 * h * math.sqrt(3), rel=1e-4)
-        assert m["mpjpe_mm"][j] > 0 and 0 <= m["occ_iou"][j] <= 1 and 0 <= m["occ_miou"][j] <= 1
+        if h <= 16:
+            assert m["psnr_db"]["value"][j] == pytest.approx(10 * math.log10(255**2 / h**2), rel=1e-5)
+            assert m["psnr_db"]["n"][j] == sec["num_samples"][j]
+            # the camera does not move under a held pose: reprojecting the flat frame gives it back
+            assert b["reproject_only"]["psnr_db"]["value"][j] == pytest.approx(m["psnr_db"]["value"][j], rel=1e-5)
+            assert m["depth_abs_err_m"]["value"][j] == pytest.approx(0.01 * h, rel=1e-3)
+        assert m["root_trans_err_m"]["value"][j] == pytest.approx(0.1 * h, rel=1e-4)
+        assert m["root_rot_err_rad"]["value"][j] == pytest.approx(0.01 * h, rel=1e-3)
+        assert m["props_err_m"]["value"][j] == pytest.approx(0.02 * h * math.sqrt(3), rel=1e-4)
+        for metric, s in m.items():
+            lo, hi = s["ci"][j]
+            if s["value"][j] is not None:
+                assert lo - 1e-9 <= s["value"][j] <= hi + 1e-9, (metric, h)
     # The stand-in predicts reward 0; the reward of the transition into row t0 + h is 0.1 (t0 + h - 1).
-    starts = plan_starts(eps, 3, 64, 10, 10, None)
     for j, h in enumerate(horizons):
         want = [0.1 * (s.t0 + h - 1) for s in starts if s.length >= h]
-        assert m["reward_abs_err"][j] == pytest.approx(np.mean(want), rel=1e-5)
-    assert all("reward_abs_err" not in v for v in b.values())
-    # Occupancy IoU at h=1 from summed counts over the 12 starts, computed independently.
+        assert m["reward_abs_err"]["value"][j] == pytest.approx(np.mean(want), rel=1e-5)
+    # Occupancy IoU at h=1 from summed counts over all starts, computed independently; the per-start mean beside it.
     pred = torch.as_tensor(np.stack([eps[s.episode].obs["occupancy"][s.t0] for s in starts]))
     real = torch.as_tensor(np.stack([eps[s.episode].obs["occupancy"][s.t0 + 1] for s in starts]))
-    assert m["occ_iou"][0] == pytest.approx(M.iou_from_counts(M.occupancy_counts(pred, real))["occ_iou"])
+    assert m["occ_iou"]["value"][0] == pytest.approx(M.iou_from_counts(M.occupancy_counts(pred, real))["occ_iou"])
+    assert m["occ_iou_start"]["value"][0] == pytest.approx(float(M.occupancy_iou(pred, real).mean()), rel=1e-5)
+    # the model is a baseline here: it cannot beat the strongest one anywhere
+    cmp = sec["comparison"]["sampler"]
+    assert {"psnr_db", "mpjpe_mm", "partner_mpjpe_mm", "occ_iou", "occ_iou_start"} <= set(cmp)
+    assert not any(c["won"] for per_h in cmp.values() for c in per_h if c is not None)
+    assert cmp["psnr_db"][0]["diff"] == pytest.approx(0.0, abs=1e-9)
     assert res["counterfactual"] == {}
-    pngs = {p.name for p in tmp_path.glob("*.png")}
-    assert {"psnr_db.png", "ssim.png", "mpjpe_mm.png", "occ_iou.png", "occ_miou.png"} <= pngs
-    videos = sorted((tmp_path / "videos").glob("*.mp4"))
+    assert (tmp_path / "plots_reach.png").stat().st_size > 1000
+    videos = sorted((tmp_path / "videos" / "reach").glob("*.mp4"))
     assert len(videos) == 2 and all(v.stat().st_size > 1000 for v in videos)
     info = json.loads((tmp_path / "run_info.json").read_text())
-    assert info["num_samples_per_horizon"] == {"1": 12, "4": 12, "16": 9, "64": 1}
-    assert any("deterministic_mse" in n for n in info["notes"])
+    assert info["tasks"]["reach"]["num_samples_per_horizon"] == dict(zip(map(str, horizons), sec["num_samples"]))
+    assert any("deterministic_mse" in n for n in info["notes"]) and any("video-object metrics" in n for n in info["notes"])
+    tables = (tmp_path / "tables.md").read_text()
+    assert "### reach" in tables and "| ego RGB PSNR (dB) ↑ | sampler = mean |" in tables and "strongest baseline" in tables
+
+
+def test_eval_reports_each_task_on_its_own_starts(tmp_path):
+    eps = synthetic_episodes((30, 20, 40, 25), tasks=["social", "reach", "social", "reach"])
+    res = evaluate(
+        CopyLast(3),
+        eps,
+        tmp_path,
+        horizons=[1, 8],
+        modalities=["motion", "partner_motion"],
+        starts_per_task=10,
+        counterfactual=None,
+        num_videos=0,
+        resamples=50,
+    )
+    assert list(res["tasks"]) == ["reach", "social"]
+    for task, lengths in (("reach", (20, 25)), ("social", (30, 40))):
+        sec = res["tasks"][task]
+        assert sec["num_episodes"] == 2 and sec["num_starts"] == 10
+        assert sec["num_samples"][0] == 10 and sec["num_samples"][1] <= 10
+        assert set(sec["baselines"]) == {"hold_pose", "constant_velocity"}
+    assert res["tasks"]["reach"]["model"] != res["tasks"]["social"]["model"]
+    assert "### reach" in (tmp_path / "tables.md").read_text() and "### social" in (tmp_path / "tables.md").read_text()
 
 
 def test_eval_reports_an_mse_model_and_state_only_modalities(tmp_path):
     eps = synthetic_episodes(lengths=(30, 30))
     state = ["motion", "partner_motion", "props", "occupancy"]
     res = evaluate(
-        CopyLast(3), eps, tmp_path, horizons=[1, 8], mse_model=Kinematic(3), modalities=state, stride=8, num_videos=1, counterfactual=None
+        CopyLast(3),
+        eps,
+        tmp_path,
+        horizons=[1, 8],
+        mse_model=Kinematic(3),
+        modalities=state,
+        num_videos=1,
+        counterfactual=None,
+        resamples=50,
     )
-    assert "psnr_db" not in res["model"] and "mpjpe_mm" in res["model"]
-    assert set(res["baselines"]) == {"hold_pose", "static_occupancy", "deterministic_mse"}
-    assert res["baselines"]["deterministic_mse"]["root_trans_err_m"] != res["model"]["root_trans_err_m"]
-    assert list((tmp_path / "videos").glob("*.mp4")), "state-only runs still show occupancy videos"
+    sec = res["tasks"]["reach"]
+    assert "psnr_db" not in sec["model"]["sampler"] and "mpjpe_mm" in sec["model"]["sampler"]
+    assert set(sec["baselines"]) == {"hold_pose", "static_occupancy", "constant_velocity", "analytic_grid", "deterministic_mse"}
+    assert sec["baselines"]["deterministic_mse"]["root_trans_err_m"] != sec["model"]["sampler"]["root_trans_err_m"]
+    assert list((tmp_path / "videos" / "reach").glob("*.mp4")), "state-only runs still show occupancy videos"
+
+
+class NoisySampler(CopyLast):
+    """A stand-in with a sampler: its frames and partner get noise scaled by ``init_noise``."""
+
+    sampler = types.SimpleNamespace(num_steps=2, init_noise=1.0)
+
+    def imagine(self, context, actions, num_steps=None, modalities=None, generator=None, init_noise=None, **other):
+        out = super().imagine(context, actions, 1, modalities, generator)
+        noise = self.sampler.init_noise if init_noise is None else init_noise
+        if "ego_rgb" in out:
+            out["ego_rgb"] = (
+                (out["ego_rgb"].float() + 20 * noise * torch.randn(out["ego_rgb"].shape, generator=generator)).clamp(0, 255).to(torch.uint8)
+            )
+        if "partner_motion" in out:
+            out["partner_motion"] = out["partner_motion"] + 0.01 * noise * torch.randn(out["partner_motion"].shape, generator=generator)
+        return out
+
+
+def test_a_stochastic_sampler_is_reported_beside_the_conditional_mean_with_best_of_n(tmp_path):
+    eps = synthetic_episodes((30, 40))
+    res = evaluate(
+        NoisySampler(3),
+        eps,
+        tmp_path,
+        horizons=[1, 4],
+        starts_per_task=12,
+        best_of=4,
+        best_of_starts=5,
+        best_of_batch=2,
+        counterfactual=None,
+        num_videos=0,
+        resamples=100,
+    )
+    sec = res["tasks"]["reach"]
+    assert not sec["sampler_is_mean"] and set(sec["model"]) == {"sampler", "mean"}
+    # the conditional mean is copy-last here: noise only costs the sampler PSNR
+    assert sec["model"]["mean"]["psnr_db"] == sec["baselines"]["copy_last_frame"]["psnr_db"]
+    assert sec["model"]["sampler"]["psnr_db"]["value"][0] < sec["model"]["mean"]["psnr_db"]["value"][0]
+    gen = sec["generative"]
+    assert gen["best_of"] == 4 and gen["num_starts"] == 5
+    for j in range(2):
+        assert gen["best_psnr_db"]["value"][j] >= gen["sample_psnr_db"]["value"][j]
+        assert gen["best_partner_mpjpe_mm"]["value"][j] <= gen["sample_partner_mpjpe_mm"]["value"][j]
+        assert gen["frame_spread"]["value"][j] > 5 and gen["partner_spread_mm"]["value"][j] > 1
+        assert gen["mean_psnr_db"]["n"][j] == gen["best_psnr_db"]["n"][j] == 5
+    assert "best-of-4" in (tmp_path / "tables.md").read_text()
 
 
 def test_mismatched_checkpoint_and_dataset_name_both():
@@ -332,6 +406,75 @@ def test_counterfactual_scores_without_the_simulator():
     json.dumps(good), json.dumps(held), json.dumps(rnd)  # JSON-safe: no NaN
 
 
+def fake_video_metrics() -> tuple[types.ModuleType, types.ModuleType]:
+    """Test doubles of ``video_metrics`` and ``frame_probe`` for the synthetic episodes: the truth
+    sees every object while the real depth is under 1.5 m (frame t < 50); the probe sees them while
+    the frame is darker than grey level 50 -- on real frames the two agree."""
+    vm = types.ModuleType("dreamgym.worldmodel.video_metrics")
+    vm.OBJECT_NAMES = ("prop0", "prop1", "prop2", "prop3", "partner")
+
+    def probe_objects(probe, rgb):
+        level = rgb[:, 0, 0, 0].float()
+        vis = (level < 50)[:, None].expand(-1, 5)
+        pos = torch.stack((level, level), -1)[:, None].expand(-1, 5, 2)
+        return {"vis": vis, "pos": pos, "feats": torch.stack((level / 10, torch.ones_like(level)), -1)}
+
+    def object_truth(depth, motion, partner_motion, props):
+        d = depth[:, 0, 0, 0].float()
+        vis = (d < 1.5)[:, None].expand(-1, 5)
+        level = (d - 1) * 100
+        return {"labels": None, "vis": vis, "pos": torch.stack((level, level), -1)[:, None].expand(-1, 5, 2)}
+
+    def object_scores(seen, truth):
+        both = seen["vis"] & truth["vis"]
+        err = torch.where(both, (seen["pos"] - truth["pos"]).norm(dim=-1), torch.full(both.shape, float("nan")))
+        return {"tp": both, "fp": seen["vis"] & ~truth["vis"], "fn": ~seen["vis"] & truth["vis"], "pos_err_px": err}
+
+    vm.probe_objects, vm.object_truth, vm.object_scores = probe_objects, object_truth, object_scores
+    vm.frechet_distance = lambda a, b: float(((np.asarray(a).mean(0) - np.asarray(b).mean(0)) ** 2).sum())
+    fp = types.ModuleType("dreamgym.worldmodel.frame_probe")
+    fp.load_probe = lambda path=None: "probe"
+    return vm, fp
+
+
+def test_video_object_metrics_through_the_video_metrics_interface(tmp_path, monkeypatch):
+    import sys
+
+    vm, fp = fake_video_metrics()
+    monkeypatch.setitem(sys.modules, vm.__name__, vm)
+    monkeypatch.setitem(sys.modules, fp.__name__, fp)
+    eps = synthetic_episodes((40, 70), tasks=["social", "social"])
+    res = evaluate(
+        CopyLast(3),
+        eps,
+        tmp_path,
+        horizons=[1, 16],
+        starts_per_task=30,
+        counterfactual=None,
+        num_videos=0,
+        resamples=100,
+        frechet_resamples=20,
+    )
+    sec = res["tasks"]["social"]
+    assert sec["target_object"] == ["partner"]
+    real, model = sec["real_frames"], sec["model"]["sampler"]
+    assert real["vis_f_target"]["value"] == [1.0, 1.0] and real["pos_err_px_prop0"]["value"] == pytest.approx([0.0, 0.0], abs=1e-4)
+    for name in ("copy_last_frame", "reproject_only"):
+        b = sec["baselines"][name]
+        assert {"vis_f_target", "vis_f_partner", "pos_err_px_prop2", "frame_fd"} <= set(b)
+    assert "vis_f_target" not in sec["baselines"]["hold_pose"]
+    assert model["vis_f_partner"] == sec["baselines"]["copy_last_frame"]["vis_f_partner"]
+    # copy-last is one grey level darker per step: it shows objects the truth lost at t = 50
+    assert model["vis_f_partner"]["value"][1] < 1.0 and model["pos_err_px_partner"]["value"][1] == pytest.approx(
+        16 * math.sqrt(2), rel=1e-4
+    )
+    assert (
+        model["frame_fd"]["value"][1] == pytest.approx(1.6**2, rel=1e-5) and model["frame_fd"]["value"][0] < model["frame_fd"]["value"][1]
+    )
+    assert "visibility F-score, target object" in (tmp_path / "tables.md").read_text()
+    assert not any("video-object" in n for n in res["notes"])
+
+
 # ------------------------------------------------------------------------------------ with the simulator
 @pytest.fixture(scope="module")
 def sim_episodes():
@@ -374,7 +517,7 @@ def test_eval_end_to_end_on_simulated_episodes_with_counterfactuals(tmp_path):
         "horizon": 8,
         "sequences": {"forward": [1, 0, 0, 0, 0, 0], "turn_left": [0, 0, 1, 0, 0, 0], "stand": [0] * 6, "random": "random"},
     }
-    res = evaluate(Kinematic(3, 16), eps, tmp_path, horizons=[1, 4, 16], counterfactual=cf, stride=8, num_videos=1)
+    res = evaluate(Kinematic(3, 16), eps, tmp_path, horizons=[1, 4, 16], counterfactual=cf, starts_per_task=24, num_videos=1, resamples=100)
     c = res["counterfactual"]
     assert c["num_contexts"] == 2 and c["sequences"] == ["forward", "turn_left", "stand", "random"]
     assert c["replay_max_root_dev_m"] < 1e-4
@@ -382,7 +525,10 @@ def test_eval_end_to_end_on_simulated_episodes_with_counterfactuals(tmp_path):
     assert c["baselines"]["hold_pose"]["disp_corr_within_context"] is None
     assert (tmp_path / "counterfactual.png").exists()
     # The kinematic model moves the root the way the actions say: closer to the sim than holding still.
-    assert res["model"]["root_trans_err_m"][1] < res["baselines"]["hold_pose"]["root_trans_err_m"][1]
+    sec = res["tasks"]["reach"]
+    assert sec["model"]["sampler"]["root_trans_err_m"]["value"][1] < sec["baselines"]["hold_pose"]["root_trans_err_m"]["value"][1]
+    assert sec["comparison"]["sampler"]["root_trans_err_m"][1]["baseline"] in ("hold_pose", "constant_velocity")
+    assert len(sec["target_object"]) >= 1 and all(t.startswith("prop") for t in sec["target_object"])
 
 
 # ------------------------------------------------------------------------------------ command line
@@ -445,15 +591,19 @@ def test_eval_wm_command_on_a_collected_dataset(tiny_dataset, tmp_path):
             f"data={tiny_dataset}",
             f"out={out}",
             "horizons=[1,4,8]",
-            "num_steps=1",
+            "frame_horizon=4",
+            "grid_horizon=4",
             "counterfactual.enabled=false",
-            "max_starts=6",
-            "stride=6",
+            "starts_per_task=6",
             "num_videos=1",
+            "resamples=100",
+            "progress=false",
         ]
     )
     res = json.loads((out / "metrics.json").read_text())
-    assert list(res) == ["horizons", "model", "baselines", "counterfactual"] and res["horizons"] == [1, 4, 8]
+    assert list(res) == ["horizons", "frame_horizon", "grid_horizon", "tasks", "counterfactual", "notes"] and res["horizons"] == [1, 4, 8]
+    sec = res["tasks"]["reach"]
+    model = sec["model"]["sampler"]
     for metric in (
         "psnr_db",
         "ssim",
@@ -465,11 +615,54 @@ def test_eval_wm_command_on_a_collected_dataset(tiny_dataset, tmp_path):
         "occ_miou",
         "reward_abs_err",
     ):
-        assert len(res["model"][metric]) == 3, metric
-    assert set(res["baselines"]) == {"copy_last_frame", "hold_pose", "static_occupancy"}
-    assert res["model"]["num_samples"][0] >= 1
-    assert (out / "psnr_db.png").exists() and list((out / "videos").glob("*.mp4"))
+        assert len(model[metric]["value"]) == 3, metric
+    assert model["psnr_db"]["value"][2] is None and model["occ_iou"]["value"][2] is None  # frames and grid up to h = 4
+    assert model["mpjpe_mm"]["value"][2] is not None
+    want = {"copy_last_frame", "hold_pose", "static_occupancy", "constant_velocity", "reproject_only", "analytic_grid"}
+    assert set(sec["baselines"]) == want
+    assert sec["num_starts"] == 6 and sec["num_samples"][0] == 6 and sec["target_object"]
+    assert (out / "plots_reach.png").exists() and list((out / "videos" / "reach").glob("*.mp4"))
+    assert json.loads((out / "run_info.json").read_text())["data"] == str(tiny_dataset)
     # A checkpoint for 32x32 frames on 16x16 data: a clear error naming both.
     bad = _tiny_world_model(tmp_path / "ck32", 32)
     with pytest.raises(SystemExit, match=rf"checkpoint {bad} expects ego_rgb at 32x32 but dataset {tiny_dataset} holds 16x16"):
         main(["eval-wm", f"checkpoint={bad}", f"data={tiny_dataset}", f"out={tmp_path / 'bad'}"])
+    with pytest.raises(SystemExit, match="is not a dreamgym dataset"):
+        main(["eval-wm", f"checkpoint={ck}", f"data=[{tiny_dataset},{tmp_path}]", f"out={tmp_path / 'bad'}"])
+
+
+@pytest.mark.slow
+def test_the_shipped_default_evaluates_with_its_sampler_and_a_generative_one(tmp_path):
+    """The embedded default on a few 32x32 push episodes: every arm runs; with a sampler that
+    starts from noise, the sampler and the conditional mean differ and best-of-N has a spread."""
+    import dataclasses
+
+    from dreamgym.app.cli import main
+    from dreamgym.worldmodel.evaluate import load_episodes
+    from dreamgym.worldmodel.model import load_default
+
+    data = tmp_path / "push32"
+    main(
+        [
+            "collect",
+            "task=push",
+            "steps=48",
+            "num_envs=2",
+            "round_steps=24",
+            "resolution=32",
+            "heldout_fraction=0.99",
+            f"out={data}",
+            "progress=false",
+        ]
+    )
+    eps = load_episodes(data, split="heldout")
+    model = load_default()
+    common = dict(horizons=[1, 2], starts_per_task=2, counterfactual=None, num_videos=0, resamples=50)
+    shipped = evaluate(model, eps, tmp_path / "shipped", **common)["tasks"]["push"]
+    assert {"reproject_only", "analytic_grid", "constant_velocity"} <= set(shipped["baselines"])
+    assert shipped["model"]["sampler"]["psnr_db"]["value"][0] > 10 and shipped["target_object"]
+    model.sampler = dataclasses.replace(model.sampler, num_steps=2, init_noise=1.0)
+    sec = evaluate(model, eps, tmp_path / "sampled", best_of=2, best_of_starts=1, best_of_batch=1, **common)["tasks"]["push"]
+    assert not sec["sampler_is_mean"] and sec["model"]["mean"] == shipped["model"]["mean"]
+    assert sec["model"]["sampler"]["psnr_db"] != sec["model"]["mean"]["psnr_db"]
+    assert sec["generative"]["frame_spread"]["value"][0] > 0 and sec["generative"]["num_starts"] == 1

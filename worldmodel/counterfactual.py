@@ -13,7 +13,8 @@ import torch
 from dreamgym.envs.motion import ROOT_POS, yaw_of_quat
 
 from .data import props_from_qpos
-from .eval_replay import ENV_OBS_KEYS, _finite, imagine_rollout
+from .eval_replay import ENV_OBS_KEYS, imagine_rollout
+from .eval_stats import finite
 
 if TYPE_CHECKING:
     from .evaluate import Episode
@@ -144,7 +145,7 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float | None:
     na, nb = a.norm(), b.norm()
     if a.numel() < 2 or na < 1e-9 or nb < 1e-9:
         return None
-    return _finite(float((a * b).sum() / (na * nb)))
+    return finite(float((a * b).sum() / (na * nb)))
 
 
 def counterfactual_scores(

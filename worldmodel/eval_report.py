@@ -1,4 +1,4 @@
-"""eval-wm's output: plots, real | dream videos and the summary table."""
+"""eval-wm's output: plots, real | dream videos and the tables (``tables.md``, ready for EVAL.md)."""
 
 from __future__ import annotations
 
@@ -8,38 +8,84 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .eval_replay import HIGHER_IS_BETTER
+from .eval_summary import REPORT_ORDER, higher_is_better
 
 if TYPE_CHECKING:
-    from .eval_replay import Start
-    from .evaluate import Episode
+    from .eval_episodes import Episode
+    from .eval_tasks import Start
+
+LABELS = {
+    "psnr_db": "ego RGB PSNR (dB)",
+    "ssim": "ego RGB SSIM",
+    "depth_abs_err_m": "ego depth abs. error (m)",
+    "vis_f_target": "visibility F-score, target object",
+    "frame_fd": "frame Fréchet distance",
+    "mpjpe_mm": "agent MPJPE (mm)",
+    "root_trans_err_m": "agent root translation error (m)",
+    "root_rot_err_rad": "agent root rotation error (rad)",
+    "partner_mpjpe_mm": "partner MPJPE (mm)",
+    "partner_root_trans_err_m": "partner root translation error (m)",
+    "props_err_m": "props error (m)",
+    "occ_iou": "occupancy IoU (pooled)",
+    "occ_iou_start": "occupancy IoU (per start)",
+    "occ_miou": "occupancy mIoU (pooled)",
+    "reward_abs_err": "reward abs. error",
+}
 
 
-def write_plots(out: Path, horizons: Sequence[int], model: dict, baselines: dict, counterfactual: dict | None) -> list[Path]:
-    """One PNG per metric (model and baselines over horizons) and a counterfactual scatter plot."""
+def label(metric: str) -> str:
+    """A metric's name in the tables, with its direction."""
+    if metric.startswith("vis_f_") and metric not in LABELS:
+        name = f"visibility F-score, {metric[len('vis_f_') :]}"
+    elif metric.startswith("pos_err_px_"):
+        name = f"image-position error (px), {metric[len('pos_err_px_') :]}"
+    else:
+        name = LABELS.get(metric, metric)
+    return name + (" ↑" if higher_is_better(metric) else " ↓")
+
+
+def _metrics_of(section: dict) -> list[str]:
+    have = {m for arm in section["model"].values() for m in arm} | {m for b in section["baselines"].values() for m in b}
+    return [m for m in REPORT_ORDER if m in have]
+
+
+def write_plots(out: Path, result: dict, counterfactual: dict | None) -> list[Path]:
+    """One PNG per task (a panel per metric: the model arms and every baseline over horizons, with
+    their 95 % intervals) and a counterfactual scatter plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    names = [m for m in model if m != "num_samples"]
-    for metric in names:
-        fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=110)
-        series = [("model", model[metric])] + [(b, v[metric]) for b, v in baselines.items() if metric in v]
-        for label, ys in series:
-            pts = [(h, y) for h, y in zip(horizons, ys) if y is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=label, lw=2 if label == "model" else 1.2)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(list(horizons), [str(h) for h in horizons])
-        ax.set_xlabel("horizon (steps at 20 Hz)")
-        ax.set_ylabel(metric)
-        ax.set_title(metric + (" (higher is better)" if metric in HIGHER_IS_BETTER else " (lower is better)"), fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    horizons = result["horizons"]
+    for task, section in result["tasks"].items():
+        metrics = _metrics_of(section)
+        cols = 4
+        rows = max(1, -(-len(metrics) // cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), dpi=72, squeeze=False)
+        for ax, metric in zip(axes.flat, metrics):
+            series = [(a, v[metric], 2.0) for a, v in section["model"].items() if metric in v]
+            series += [(b, v[metric], 1.0) for b, v in section["baselines"].items() if metric in v]
+            for who, s, lw in series:
+                pts = [(h, y, c) for h, y, c in zip(horizons, s["value"], s["ci"]) if y is not None]
+                if not pts:
+                    continue
+                hs, ys, cis = zip(*pts)
+                ax.plot(hs, ys, marker="o", lw=lw, label=who)
+                lo = [c[0] if c[0] is not None else y for y, c in zip(ys, cis)]
+                hi = [c[1] if c[1] is not None else y for y, c in zip(ys, cis)]
+                ax.fill_between(hs, lo, hi, alpha=0.15)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(list(horizons), [str(h) for h in horizons])
+            ax.set_title(label(metric), fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        for ax in list(axes.flat)[len(metrics) :]:
+            ax.axis("off")
+        fig.suptitle(f"{task}: model vs baselines over horizons (steps at 20 Hz), 95 % intervals", fontsize=10)
         fig.tight_layout()
-        p = out / f"{metric}.png"
+        p = out / f"plots_{task}.png"
         fig.savefig(p)
         plt.close(fig)
         written.append(p)
@@ -134,7 +180,7 @@ def write_videos(out: Path, episodes: Sequence[Episode], starts: Sequence[Start]
         keys = [k for k in ("ego_rgb", "occupancy") if k in pred]
         if not keys:
             continue
-        L = s.length
+        L = min(s.length, *(len(pred[k]) for k in keys))  # frames may stop at the frame horizon
         ctx = {k: ep.obs[k][s.t0 - context + 1 : s.t0 + 1] for k in keys}
         real = {k: np.concatenate((ctx[k], ep.obs[k][s.t0 + 1 : s.t0 + 1 + L])) for k in keys}
         dream = {k: np.concatenate((ctx[k], pred[k][:L])) for k in keys}
@@ -147,24 +193,108 @@ def write_videos(out: Path, episodes: Sequence[Episode], starts: Sequence[Start]
     return written
 
 
-def _strip_points(cf: dict) -> dict:
-    """The counterfactual section without the raw points (they go to counterfactual_points.json)."""
-    if not isinstance(cf, dict):
-        return cf
-    return {k: _strip_points(v) for k, v in cf.items() if k != "_points"}
+def _num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3g}"
 
 
-def format_table(horizons: Sequence[int], model: dict, baselines: dict) -> str:
-    """A plain-text table: one row per metric, model then the baselines that report it."""
-    head = f"{'metric':<26}{'who':<20}" + "".join(f"{'h=' + str(h):>11}" for h in horizons)
-    lines = [head, "-" * len(head)]
-    fmt = lambda v: f"{v:>11.4g}" if v is not None else f"{'-':>11}"  # noqa: E731
-    for metric in model:
-        if metric == "num_samples":
-            continue
-        lines.append(f"{metric:<26}{'model':<20}" + "".join(fmt(v) for v in model[metric]))
-        for b, vals in baselines.items():
-            if metric in vals:
-                lines.append(f"{'':<26}{b:<20}" + "".join(fmt(v) for v in vals[metric]))
-    lines.append(f"{'num_samples':<26}{'':<20}" + "".join(f"{n:>11d}" for n in model["num_samples"]))
-    return "\n".join(lines)
+def _cell(s: dict, j: int) -> str:
+    v, (lo, hi) = s["value"][j], s["ci"][j]
+    return "–" if v is None else f"{_num(v)} [{_num(lo)}, {_num(hi)}]"
+
+
+def task_table(task: str, section: dict, horizons: Sequence[int]) -> list[str]:
+    """The markdown table of one task: per metric, each model arm (bold with ✓ where it beats the
+    strongest baseline with 95 % confidence, paired test) and the strongest baseline, by name."""
+    n = " / ".join(str(x) for x in section["num_samples"])
+    target = ", ".join(section.get("target_object") or []) or "none"
+    lines = [
+        f"### {task}",
+        "",
+        f"{section['num_starts']} starts drawn uniformly from {section['num_episodes']} held-out episodes; "
+        f"n per horizon {n}; target object {target}. Cells: value [95 % bootstrap interval]; "
+        "**bold ✓**: better than the strongest baseline (the best of all baselines at that metric and horizon) "
+        "by a paired bootstrap test at 95 %.",
+        "",
+        "| metric | | " + " | ".join(f"h = {h}" for h in horizons) + " |",
+        "|---|---|" + "---|" * len(horizons),
+    ]
+    for metric in _metrics_of(section):
+        first = True
+        for arm, summ in section["model"].items():
+            if metric not in summ or (arm == "mean" and section.get("sampler_is_mean")):
+                continue
+            cmp = section["comparison"].get(arm, {}).get(metric) or [None] * len(horizons)
+            cells = []
+            for j in range(len(horizons)):
+                c = _cell(summ[metric], j)
+                cells.append(f"**{c} ✓**" if cmp[j] is not None and cmp[j]["won"] else c)
+            who = "sampler = mean" if section.get("sampler_is_mean") else arm
+            lines.append(f"| {label(metric) if first else ''} | {who} | " + " | ".join(cells) + " |")
+            first = False
+        cmp = next((section["comparison"][a][metric] for a in section["comparison"] if metric in section["comparison"][a]), None)
+        if cmp is not None:
+            cells = []
+            for j, c in enumerate(cmp):
+                if c is None:
+                    cells.append("–")
+                else:
+                    cells.append(f"{c['baseline']} {_cell(section['baselines'][c['baseline']][metric], j)}")
+            lines.append(f"| {'' if not first else label(metric)} | strongest baseline | " + " | ".join(cells) + " |")
+    push = {k: v for k, v in (section.get("push") or {}).items() if not (k == "mean" and section.get("sampler_is_mean"))}
+    lines += _push_lines(push) + _generative_lines(section.get("generative"), horizons)
+    return lines
+
+
+def _push_lines(push: dict | None) -> list[str]:
+    if not push:
+        return []
+    first = next(iter(push.values()))
+    lines = [
+        "",
+        f"Pushes: over {first['horizon']}-step windows where the simulator moved a prop more than {first['threshold_m']} m "
+        f"({first['n_moved']} (start, prop) pairs of {first['n_windows']} windows):",
+        "",
+        "| arm | simulator (m) | dream (m) | dream / simulator | correlation |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, p in push.items():
+        r, c = p["ratio"], p["corr"]
+        lines.append(
+            f"| {arm} | {_num(p['sim_mean_m'])} | {_num(p['dream_mean_m'])} | {_num(r['value'])} [{_num(r['ci'][0])}, {_num(r['ci'][1])}] "
+            f"| {_num(c['value'])} [{_num(c['ci'][0])}, {_num(c['ci'][1])}] |"
+        )
+    return lines
+
+
+def _generative_lines(gen: dict | None, horizons: Sequence[int]) -> list[str]:
+    if not gen:
+        return []
+    lines = [
+        "",
+        f"Sampler, {gen['best_of']} samples from each of {gen['num_starts']} starts: best-of-{gen['best_of']}, one sample (mean over samples), "
+        "the conditional mean, and the spread across samples:",
+        "",
+        "| | " + " | ".join(f"h = {h}" for h in horizons) + " |",
+        "|---|" + "---|" * len(horizons),
+    ]
+    for name, s in gen.items():
+        if isinstance(s, dict):
+            lines.append(f"| {name} | " + " | ".join(_cell(s, j) for j in range(len(horizons))) + " |")
+    return lines
+
+
+def markdown_tables(result: dict) -> str:
+    """``tables.md``: one table per task, then the notes."""
+    lines: list[str] = []
+    for task, section in result["tasks"].items():
+        lines += task_table(task, section, result["horizons"]) + [""]
+    for key, what in (("frame_horizon", "Frames"), ("grid_horizon", "The occupancy grid")):
+        if result.get(key) is not None:
+            lines.append(f"{what} dreamed and scored up to h = {result[key]} (the bodies and props to the last horizon).")
+    lines += [f"- {n}" for n in result.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def format_table(result: dict) -> str:
+    """What eval-wm prints: the markdown tables."""
+    return markdown_tables(result)

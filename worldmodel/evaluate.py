@@ -1,53 +1,64 @@
-"""``dreamgym eval-wm``: a world model against the simulator's ground truth, beside trivial baselines.
+"""``dreamgym eval-wm``: a world model against the simulator's ground truth, per task, beside strong baselines.
 
-    dreamgym eval-wm checkpoint=<ckpt> data=<held-out dir> out=<dir> [mse_checkpoint=<ckpt>]
+    dreamgym eval-wm checkpoint=<ckpt> data=<dir or [dir, ...]> out=<dir> [mse_checkpoint=<ckpt>]
 
-**Replay.** Held-out episodes (rooms never seen in training) are replayed: at each evaluation
-start ``t0`` the model gets the real context (observations ``t0-K+1 .. t0``) and the episode's
-real actions, and rolls out autoregressively (each prediction is appended to the context, the
-oldest step dropped). The prediction for step ``t0 + h`` is compared with the recorded
-observation at ``t0 + h`` for the horizons ``h`` in ``horizons`` (1, 4, 16, 64 steps at 20 Hz):
-the recorded future *is* the simulator from the same start state with the same actions. A start
-counts at horizon ``h`` only if its episode lasts that long; ``num_samples`` says how many did.
+**Replay.** Held-out episodes (rooms never seen in training) are split by their task and
+replayed: at each start ``t0`` the model gets the real context (observations ``t0-K+1 .. t0``)
+and the episode's real actions (and the partner's recorded commands), and rolls out
+autoregressively. The prediction for step ``t0 + h`` is compared with the recorded observation
+at ``t0 + h`` for the horizons ``h`` (1, 4, 16, 64 steps at 20 Hz): the recorded future *is* the
+simulator from the same start state under the same actions. Starts are drawn uniformly from every
+valid (episode, row) of a task (``eval_tasks``; ``starts_per_task``, seeded); a horizon is scored
+on the starts whose episode lasts that long, and its n is reported. Frames are dreamed and
+scored up to ``frame_horizon`` and the grid up to ``grid_horizon`` (the bodies and props to the
+last horizon); a rollout leaves its batch when its episode ends.
 
-**Metrics** (``metrics``): ego-frame PSNR (dB) and SSIM, depth error (m) if depth is predicted,
-motion MPJPE (mm, joints in the root frame), root translation error (m) and rotation error (rad),
-the same for the partner, prop position error (m), occupancy IoU and mIoU (OccWorld's protocol).
+**Arms**, all through the same replay code and the same starts:
 
-**Baselines**, through the same code and starts: copy last frame, hold pose, static occupancy
-(``baselines.HoldLastBaseline``), and the deterministic (MSE-trained) version of the same network
-when ``mse_checkpoint`` is given.
+- the model with its shipped sampler (``model.sampler``: ``sampler``) and as the conditional
+  mean (one step, no initial noise: ``mean``); one rollout when the two are the same;
+- ``copy_last_frame``, ``hold_pose``, ``static_occupancy``: nothing changes;
+- ``constant_velocity``: both bodies at the velocity of the last two context steps;
+- ``reproject_only`` and ``analytic_grid``: the last real frame reprojected, and the real grid
+  carried, under the model's own dreamed motion, no network for them (``baselines``);
+- ``deterministic_mse``: the MSE-trained twin of the network (``mse_checkpoint``).
 
-**Counterfactual controllability.** From the same context, several action sequences (forward,
-backward, turn left/right, stand, random) are run in the simulator -- ``EgoRoomVecEnv`` restarted
-in the episode's room and brought to the context's state by replaying the episode's recorded
-actions from its reset (which also restores the controller's gait phase and the partner's
-script) -- and in the dream. Per sequence: the error of the dream's root displacement and heading
-change after ``counterfactual.horizon`` steps; overall: the correlation between the sim's and the
-dream's displacements, pooled and within a context (deviations from the context's mean over
-sequences: a model that ignores its actions scores ~0 there, or null when it predicts no spread).
+**Figures** (``eval_summary``, ``eval_stats``): each metric's value per horizon with a 95 %
+bootstrap interval over starts; for each model arm, metric and horizon the strongest baseline
+(the best of all baselines reporting it) and a paired bootstrap test, ``won`` only when the
+model is better with 95 % confidence. Metrics: frame PSNR (dB), SSIM, depth error (m); the
+video-object metrics when ``video_metrics`` is importable (``eval_video``: visibility F-score per
+object and of the task's target object, image-position error, frame Fréchet distance); agent
+MPJPE (mm), root translation (m) and rotation (rad) errors, the same for the partner; prop
+error (m); occupancy IoU and mIoU pooled over starts (OccWorld) and IoU per start; reward error.
+Per task also: over ``push.horizon``-step windows where the simulator moved a prop more than
+``push.threshold_m``, the dreamed / simulated displacement (ratio of means) and their
+correlation; and best-of-``best_of`` error and spread of the sampler (``eval_generative``).
 
-Writes ``metrics.json`` (keys ``horizons``, ``model``, ``baselines``, ``counterfactual``),
-``run_info.json`` (what was evaluated, how many samples, timing), one PNG per metric (model vs
-baselines over horizons), ``counterfactual.png`` and side-by-side videos ``videos/*.mp4``
-(left real, right dream: ego frame over the occupancy seen from above).
+**Counterfactual controllability** (``counterfactual``): from the same context, several action
+sequences run in the simulator (restarted in the episode's room and brought to the context's
+state by replaying the recorded actions) and in the dream (bodies only); the error of the
+dream's root displacement and heading change, and their correlation with the simulator's.
+
+Writes ``metrics.json`` (``horizons``, ``tasks: {task: {model, baselines, comparison, push,
+generative, ...}}``, ``counterfactual``, ``notes``), ``run_info.json`` (what was evaluated, n,
+timing), ``tables.md`` (one table per task, EVAL.md-ready), ``plots_<task>.png``,
+``counterfactual.png`` and real | dream videos ``videos/<task>/*.mp4``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dreamgym.rollouts.episodes import props_from_qpos
-
-from .baselines import MODALITIES, HoldLastBaseline
+from .baselines import BASELINE_MODALITIES, ConstantVelocityBaseline, GeometricBaseline, HoldLastBaseline, state_pass_first
 from .counterfactual import (
     SimBranches,
     action_sequences,
@@ -56,14 +67,22 @@ from .counterfactual import (
     run_counterfactual,
     simulate_branches,
 )
-from .eval_replay import ENV_OBS_KEYS, HIGHER_IS_BETTER, MODALITY_METRICS, Start, evaluate_replay, plan_starts, split_baseline
-from .eval_report import _strip_points, format_table, write_plots, write_videos
+from .eval_episodes import Episode, ModelSpec, check_compatible, load_episodes, model_spec, props_from_qpos, simulate_episodes
+from .eval_generative import GENERATIVE_METRICS, best_of_n, choose_subset
+from .eval_replay import ENV_OBS_KEYS, FRAME_KEYS, HIGHER_IS_BETTER, MODALITY_METRICS, StartRecord, evaluate_replay
+from .eval_report import format_table, markdown_tables, write_plots, write_videos
+from .eval_stats import interval, mean_of
+from .eval_summary import ArmMetrics, compare, push_displacement, summarise
+from .eval_tasks import OBJECT_NAMES, Start, sample_starts, split_by_task, target_object, task_seed
+from .eval_video import load_video_scorer
 
 __all__ = [
     "ENV_OBS_KEYS",
     "HIGHER_IS_BETTER",
     "MODALITY_METRICS",
+    "EvalSettings",
     "Episode",
+    "ModelSpec",
     "SimBranches",
     "Start",
     "action_sequences",
@@ -73,326 +92,397 @@ __all__ = [
     "evaluate",
     "load_episodes",
     "model_spec",
-    "plan_starts",
     "props_from_qpos",
+    "run",
+    "sample_starts",
     "simulate_branches",
     "simulate_episodes",
-    "run",
 ]
+STATE_KEYS = ("motion", "partner_motion", "props")
 
 
-# ---------------------------------------------------------------------------------------- episodes
-@dataclass
-class Episode:
-    """One recorded episode: observations and actions with a leading time axis T.
+@dataclasses.dataclass
+class EvalSettings:
+    """How much eval-wm does (the keys of ``configs/eval_wm.yaml`` of the same names)."""
 
-    ``obs`` holds env-dtype arrays (T, ...) per key, including ``props`` (T, 4, 3) (prop positions,
-    world, m). ``actions[t]`` is the action taken after observation t (the last row is unused).
-    ``first_step`` is the env step of row 0 since the episode's reset (0: recorded from its reset,
-    which the counterfactual replay needs).
-    """
+    horizons: Sequence[int] = (1, 4, 16, 64)
+    frame_horizon: int | None = None  # the last step whose frames are dreamed and scored (None: every step)
+    grid_horizon: int | None = None  # the same for the occupancy grid
+    starts_per_task: int | None = 128
+    batch_size: int = 16
+    best_of: int = 8
+    best_of_starts: int = 8
+    best_of_batch: int = 2
+    resamples: int = 1000
+    frechet_resamples: int = 50
+    probe: str | None = None
+    push_horizon: int = 16
+    push_threshold_m: float = 0.05
+    num_videos: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = True
 
-    obs: dict[str, np.ndarray]
-    actions: np.ndarray
-    room_seed: int
-    task: str
-    qpos: np.ndarray | None = None
-    first_step: int = 0
-    name: str = ""
-    instruction: int | None = None
-    rewards: np.ndarray | None = None  # (T,): reward of action t (the last row unused)
-    partner_actions: np.ndarray | None = None  # (T, 6): the partner's command after observation t
-
-    @classmethod
-    def from_tensors(cls, d: dict[str, Any], room_seed: int = -1, task: str = "", first_step: int = 0, name: str = "") -> Episode:
-        """From a dict of (T, ...) tensors or arrays with the observation keys, ``props`` (or
-        ``qpos``), ``actions`` and optionally ``instruction`` (T,) -- the in-memory episode format
-        of ``worldmodel.data``."""
-        arr = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in d.items()}
-        obs = {k: arr[k] for k in MODALITIES if k in arr}
-        if "props" not in obs and "qpos" in arr:
-            obs["props"] = props_from_qpos(arr["qpos"])
-        instr = arr.get("instruction")
-        instr = int(np.asarray(instr).reshape(-1)[0]) if instr is not None else None
-        rew = arr["rewards"].astype(np.float32) if "rewards" in arr else None
-        pa = arr["partner_actions"].astype(np.float32) if "partner_actions" in arr else None
-        return cls(obs, arr["actions"].astype(np.float32), int(room_seed), task, arr.get("qpos"), first_step, name, instr, rew, pa)
+    def __post_init__(self) -> None:
+        self.horizons = sorted(int(h) for h in self.horizons)
+        if not self.horizons or self.horizons[0] < 1:
+            raise ValueError(f"horizons must be positive step counts, got {list(self.horizons)}")
+        for name in ("frame_horizon", "grid_horizon"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: none; null: every step), got {getattr(self, name)}")
 
     @property
-    def length(self) -> int:
-        return int(self.actions.shape[0])
+    def stop_after(self) -> dict[str, int | None]:
+        """The last step each of frames and grid is dreamed (None: every step)."""
+        return {"ego_rgb": self.frame_horizon, "ego_depth": self.frame_horizon, "occupancy": self.grid_horizon}
+
+    @property
+    def frame_horizons(self) -> list[int]:
+        """The horizons whose frames are scored."""
+        return [h for h in self.horizons if self.frame_horizon is None or h <= self.frame_horizon]
+
+    def stats(self) -> dict[str, int]:
+        return {"resamples": self.resamples, "frechet_resamples": self.frechet_resamples, "seed": self.seed}
 
 
-def simulate_episodes(
-    task: str,
-    room_seeds: Sequence[int],
-    steps: int,
-    resolution: int = 64,
-    policy: str = "expert",
-    seed: int = 0,
-    obs_keys: Sequence[str] = (*ENV_OBS_KEYS, "instruction"),
-    noise: float = 0.3,
-) -> list[Episode]:
-    """Run ``EgoRoomVecEnv`` in ``room_seeds`` (one world each) for up to ``steps`` steps and record
-    each world's first episode (until it ends or ``steps``): a small ground-truth set for tests
-    and for checking the evaluation without a dataset. ``policy``: ``expert``, ``noisy`` (expert
-    plus Gaussian noise of std ``noise``) or ``random``."""
-    from dreamgym.envs.vec_env import EgoRoomVecEnv
+@dataclasses.dataclass
+class Arm:
+    """One rollout through the replay: ``reports`` maps each name it is reported under to the
+    modalities reported there (None: all)."""
 
-    B = len(room_seeds)
-    env = EgoRoomVecEnv(num_envs=B, task=task, resolution=resolution, seed=seed, obs_keys=list(obs_keys), return_tensors=True)
-    obs, _ = env.reset_tensors(room_seeds=list(room_seeds))
-    gen = torch.Generator().manual_seed(seed)
-    rows = {k: [v.clone()] for k, v in obs.items()}
-    qpos = [env.sim_state()["qpos"]]
-    acts, pacts, rews, alive_rows = [], [], [], [torch.ones(B, dtype=torch.bool)]
-    alive = torch.ones(B, dtype=torch.bool)
-    for _ in range(steps):
-        if policy == "random":
-            a = torch.rand(B, 6, generator=gen) * 2 - 1
-        else:
-            a = env.expert_actions().cpu()
-            if policy == "noisy":
-                a = (a + noise * torch.randn(B, 6, generator=gen)).clamp(-1, 1)
-            elif policy != "expert":
-                raise ValueError(f"policy must be expert, noisy or random, got {policy!r}")
-        obs, r, term, trunc, info = env.step_tensors(a)
-        pacts.append(env.core.partner_action.cpu().clone())
-        done = (term | trunc).cpu()
-        o, q = obs, env.sim_state()["qpos"]
-        rews.append(r.float().cpu())
-        if bool(done.any()):
-            o = {k: torch.where(_bcast(done, v), info["final_obs"][k], v) for k, v in obs.items()}
-            q = torch.where(done[:, None], info["final_state"]["qpos"], q)
-        acts.append(a)
-        for k, v in o.items():
-            rows[k].append(v.clone())
-        qpos.append(q.clone())
-        alive_rows.append(alive.clone())
-        alive = alive & ~done
-        if not bool(alive.any()):
-            break
-    env.close()
-    acts.append(torch.zeros(B, 6))
-    pacts.append(torch.zeros(B, 6))
-    rews.append(torch.zeros(B))
-    valid = torch.stack(alive_rows, 1)  # (B, T): row t belongs to the first episode
-    out = []
-    for i in range(B):
-        T = int(valid[i].sum())
-        ep_obs = {k: torch.stack(v, 1)[i, :T].cpu().numpy() for k, v in rows.items() if k in ENV_OBS_KEYS}
-        q = torch.stack(qpos, 1)[i, :T].cpu().numpy()
-        ep_obs["props"] = props_from_qpos(q)
-        a = torch.stack(acts, 1)[i, :T].cpu().numpy().astype(np.float32)
-        a[T - 1] = 0.0
-        rew = torch.stack(rews, 1)[i, :T].numpy().astype(np.float32)
-        rew[T - 1] = 0.0
-        instr = int(rows["instruction"][0][i]) if "instruction" in rows else None
-        pa = torch.stack(pacts, 1)[i, :T].numpy().astype(np.float32)
-        pa[T - 1] = 0.0
-        out.append(Episode(ep_obs, a, int(room_seeds[i]), task, q, 0, f"{task}_room{room_seeds[i]}", instr, rew, pa))
-    return out
+    name: str
+    model: Any
+    kwargs: dict[str, Any]
+    modalities: list[str]
+    reports: dict[str, tuple[str, ...] | None]
+    is_model: bool = False
+    follows: str | None = None  # a rider: rolled out in the pass of this arm, following its dreamed state
 
 
-def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view(-1, *([1] * (like.dim() - 1))).to(like.device)
+def _sampler_is_mean(model: Any) -> bool:
+    s = getattr(model, "sampler", None)
+    return s is None or (int(s.num_steps) == 1 and float(s.init_noise) == 0.0)
 
 
-def load_episodes(
-    path: str | Path | Sequence[str | Path], split: str = "heldout", keys: Sequence[str] | None = None, max_episodes: int | None = None
-) -> list[Episode]:
-    """Whole episodes of a dataset written by ``dreamgym collect`` (``rollouts``), from the rooms
-    of ``split`` (``heldout``: seeds never seen in training), read by ``rollouts.episodes`` (with
-    ``props`` and the partner's commands).
-
-    Each episode runs from its reset: rows 0..T hold observations 0..T (T is the final one),
-    ``actions`` row t the action after observation t (row T is zero, unused)."""
-    from dreamgym.rollouts.episodes import EpisodeReader, index_dataset
-
-    index = index_dataset(path, split=split, max_episodes=max_episodes)
-    if keys is None:
-        keys = sorted(set.intersection(*(set(m.data["env"]["obs_keys"]) for m in index.manifests)))
-    obs_keys = [k for k in keys if k in MODALITIES]
-    replay = all(r.task for r in index.episodes) and {"motion", "partner_motion"} <= set(obs_keys)
-    reader = EpisodeReader(index.episodes, [*obs_keys, "qpos", "props", *(["partner_actions"] if replay else [])])
-    out = []
-    for i, e in enumerate(index.episodes):
-        rows = reader.episode(i)
-        a = reader.attrs(i)
-        obs = {k: rows[k] for k in (*obs_keys, "props")}
-        task = str(a.get("task", "") or e.task)
-        name = f"{a.get('task', 'episode')}_room{e.room_seed}_{Path(e.shard).stem}_{e.group}"
-        instruction = e.instruction if e.instruction >= 0 else None
-        pacts = rows.get("partner_actions")
-        out.append(Episode(obs, rows["actions"], e.room_seed, task, rows["qpos"], 0, name, instruction, rows["rewards"], pacts))
-    reader.close()
-    if not out:
-        where = path if isinstance(path, (str, Path)) else ", ".join(map(str, path))
-        raise ValueError(f"dataset {where} has no {split} episodes (room seeds are split by a hash; collect more rooms)")
-    return out
-
-
-# ---------------------------------------------------------------------------------------- model
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the evaluation needs to know of a world model."""
-
-    context: int
-    resolution: tuple[int, int] | None
-    modalities: tuple[str, ...]
-
-
-def model_spec(model: Any) -> ModelSpec:
-    """Context length, the resolution of the frames it returns, and the observation keys it
-    predicts, from ``model.config`` (and ``model.output_keys()`` when it has one)."""
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        raise TypeError(f"{type(model).__name__} has no .config; expected a WorldModel")
-    get = (lambda n: cfg.get(n)) if isinstance(cfg, dict) else (lambda n: getattr(cfg, n, None))
-    K = get("context")
-    if K is None:
-        raise TypeError(f"{type(model).__name__}.config has no context length ('context')")
-    # ``resolution`` may be the internal (denoising) size; ``data_resolution`` is what it returns.
-    res = get("data_resolution") if get("data_resolution") is not None else get("resolution")
-    if res is not None:
-        res = (int(res), int(res)) if isinstance(res, (int, np.integer)) else tuple(int(x) for x in res)
-    if callable(getattr(model, "output_keys", None)):
-        mods = tuple(model.output_keys())
-    elif get("modalities") is not None:
-        mods = tuple(get("modalities"))
+def build_arms(model: Any, mse_model: Any | None, mods: list[str], episodes: Sequence[Episode]) -> list[Arm]:
+    """The model arms (sampler, mean) and every baseline arm that has something to report."""
+    has = set(episodes[0].obs)
+    if getattr(model, "sampler", None) is None:  # a model-like object without a sampler: one rollout
+        arms = [Arm("sampler", model, {}, mods, {"sampler": None, "mean": None}, True)]
+    elif _sampler_is_mean(model):
+        arms = [Arm("sampler", model, {}, mods, {"sampler": None, "mean": None}, True)]
     else:
-        mods = MODALITIES
-    unknown = [m for m in mods if m not in MODALITIES]
-    if unknown:
-        raise TypeError(f"{type(model).__name__} predicts unknown observation keys {unknown}; known: {list(MODALITIES)}")
-    return ModelSpec(int(K), res, tuple(m for m in MODALITIES if m in mods))
+        arms = [
+            Arm("sampler", model, {}, mods, {"sampler": None}, True),
+            Arm("mean", model, {"num_steps": 1, "init_noise": 0.0}, mods, {"mean": None}, True),
+        ]
+    arms.append(
+        Arm(
+            "hold_last",
+            HoldLastBaseline(),
+            {},
+            mods,
+            {k: BASELINE_MODALITIES[k] for k in ("copy_last_frame", "hold_pose", "static_occupancy")},
+        )
+    )
+    arms.append(
+        Arm("constant_velocity", ConstantVelocityBaseline(), {}, mods, {"constant_velocity": BASELINE_MODALITIES["constant_velocity"]})
+    )
+    geo = [m for m in mods if m in (*STATE_KEYS, "occupancy")]
+    if "ego_rgb" in mods and "ego_depth" in has:
+        geo += list(FRAME_KEYS)
+    if "motion" in mods and any(m in geo for m in ("ego_rgb", "occupancy")):
+        reports = {k: BASELINE_MODALITIES[k] for k in ("reproject_only", "analytic_grid")}
+        geo = [m for m in ENV_OBS_KEYS + ("props",) if m in geo]
+        # the conditional-mean arm dreams exactly the state this baseline needs when the model
+        # dreams its state in a pass of its own: follow it there rather than dream it again
+        mean = "mean" if any(a.name == "mean" for a in arms) else "sampler"
+        follows = mean if state_pass_first(model, mods) and set(geo) <= set(mods) else None
+        arms.append(Arm("geometric", GeometricBaseline(model), {}, geo, reports, follows=follows))
+    if mse_model is not None:
+        arms.append(Arm("deterministic_mse", mse_model, {}, mods, {"deterministic_mse": None}))
+    for a in arms:  # a report keeps only the modalities the arm dreams
+        a.reports = {r: v for r, v in a.reports.items() if v is None or set(v) & set(a.modalities)}
+    return [a for a in arms if a.reports]
 
 
-def check_compatible(spec: ModelSpec, episodes: Sequence[Episode], checkpoint: str, data: str) -> None:
-    """Raise ``ValueError`` naming both the checkpoint and the data when they do not fit."""
-    if not episodes:
-        raise ValueError(f"dataset {data} holds no held-out episodes")
-    have = set(episodes[0].obs)
-    missing = [m for m in spec.modalities if m not in have]
-    if missing:
-        raise ValueError(
-            f"checkpoint {checkpoint} models {list(spec.modalities)} but dataset {data} lacks {missing} "
-            f"(it holds {sorted(have)}); collect the data with those observation keys"
+# ---------------------------------------------------------------------------------------- per task
+def _starts_for(episodes: Sequence[Episode], idx: list[int], K: int, task: str, st: EvalSettings) -> tuple[list[Start], np.ndarray]:
+    starts = sample_starts(episodes, idx, K, max(st.horizons), st.starts_per_task, task_seed(st.seed, task))
+    targets = {}
+    for s in starts:
+        if s.episode not in targets:
+            t = target_object(episodes[s.episode])
+            targets[s.episode] = -1 if t is None else t
+    return starts, np.array([targets[s.episode] for s in starts], np.int64)
+
+
+def _generative(model, episodes, starts, K, mods, st: EvalSettings, mean_rec: StartRecord, notes: list[str], task: str) -> dict | None:
+    s = getattr(model, "sampler", None)
+    if st.best_of < 2 or st.best_of_starts < 1:
+        return None
+    if s is None or float(s.init_noise) == 0.0:
+        notes.append(
+            f"{task}: best-of-{st.best_of} skipped: the sampler starts from no noise (init_noise 0), so its samples are all the same"
         )
-    for m in ("ego_rgb", "ego_depth"):
-        if m in spec.modalities and spec.resolution is not None:
-            got = tuple(episodes[0].obs[m].shape[-2:])
-            if got != spec.resolution:
-                raise ValueError(
-                    f"checkpoint {checkpoint} expects {m} at {spec.resolution[0]}x{spec.resolution[1]} "
-                    f"but dataset {data} holds {got[0]}x{got[1]}; evaluate on data collected at resolution={spec.resolution[0]}"
-                )
-    longest = max(e.length for e in episodes)
-    if longest < spec.context + 1:
-        raise ValueError(
-            f"checkpoint {checkpoint} needs a context of {spec.context} steps plus one to predict, "
-            f"but the longest episode in dataset {data} has {longest} steps"
+        return None
+    sub = choose_subset(len(starts), st.best_of_starts, st.seed)
+    rec = best_of_n(
+        model,
+        episodes,
+        [starts[i] for i in sub],
+        K,
+        st.horizons,
+        mods,
+        st.best_of,
+        {},
+        st.frame_horizon,
+        st.best_of_batch,
+        st.seed,
+        st.device,
+    )
+    out: dict[str, Any] = {"best_of": st.best_of, "num_starts": len(sub)}
+    beside = {"mean_psnr_db": "psnr_db", "mean_partner_mpjpe_mm": "partner_mpjpe_mm"}
+    values = {m: rec.values[m] for m in GENERATIVE_METRICS if m in rec.values}
+    values |= {k: mean_rec.values[v][sub] for k, v in beside.items() if v in mean_rec.values}
+    for name, x in values.items():
+        per_h = [
+            interval(mean_of(x[np.isfinite(x[:, j]), j]), int(np.isfinite(x[:, j]).sum()), st.resamples, st.seed + j)
+            for j in range(len(st.horizons))
+        ]
+        out[name] = {"value": [r["value"] for r in per_h], "ci": [r["ci"] for r in per_h], "n": [r["n"] for r in per_h]}
+    return out
+
+
+def _push(records: dict, arms: list[Arm], episodes, starts, st: EvalSettings, notes: list[str], task: str) -> dict:
+    if st.push_horizon not in st.horizons:
+        notes.append(f"{task}: push displacement skipped: push.horizon {st.push_horizon} is not among horizons {st.horizons}")
+        return {}
+    j = st.horizons.index(st.push_horizon)
+    start_props = np.stack([episodes[s.episode].obs["props"][s.t0] for s in starts]).astype(np.float64)
+    real = np.stack([episodes[s.episode].obs["props"][min(s.t0 + st.push_horizon, episodes[s.episode].length - 1)] for s in starts]).astype(
+        np.float64
+    )
+    real[[s.length < st.push_horizon for s in starts]] = np.nan
+    out = {}
+    for a in arms:
+        for name, keep in a.reports.items():
+            if keep is None or "props" in keep:
+                r = push_displacement(records[a.name], start_props, real, j, st.push_threshold_m, st.stats())
+                if r is not None:
+                    out[name] = r
+    return out
+
+
+def evaluate_task(
+    task: str,
+    idx: list[int],
+    episodes: Sequence[Episode],
+    arms: list[Arm],
+    K: int,
+    mods: list[str],
+    st: EvalSettings,
+    video,
+    notes: list[str],
+) -> tuple[dict[str, Any], list[Start], dict[int, dict[str, np.ndarray]]]:
+    """One task's section of ``metrics.json``, its starts and the kept predictions (for videos)."""
+    starts, targets = _starts_for(episodes, idx, K, task, st)
+    keep = _video_starts(starts, st.num_videos)
+    real = video.real_frames(episodes, starts, st.horizons, st.batch_size, st.frame_horizon) if video is not None else None
+    records: dict[str, StartRecord] = {}
+    seconds: dict[str, float] = {}
+    for a in arms:
+        if a.follows is not None:
+            continue
+        riders = {r.name: r.model for r in arms if r.follows == a.name}
+        print(f"eval-wm {task}: {', '.join([a.name, *riders])} ({len(starts)} starts)", flush=True)
+        t0 = time.perf_counter()
+        out = evaluate_replay(
+            a.model,
+            episodes,
+            starts,
+            K,
+            st.horizons,
+            a.modalities,
+            batch_size=st.batch_size,
+            seed=st.seed,
+            device=st.device,
+            keep=keep if a.name == "sampler" else (),
+            desc=f"{task} {a.name}",
+            imagine_kwargs=a.kwargs,
+            stop_after=st.stop_after,
+            video=video if "ego_rgb" in a.modalities else None,
+            progress=st.progress,
+            riders=riders,
         )
+        records[a.name] = out["model"]
+        records |= {name: out[name] for name in riders}
+        seconds[a.name + "".join(f"+{r}" for r in riders)] = time.perf_counter() - t0
+    frechet = video.frechet if video is not None else None
+    metrics = {r: ArmMetrics(records[a.name], targets, real, frechet, keep_mods) for a in arms for r, keep_mods in a.reports.items()}
+    summaries = {name: summarise(m, st.stats()) for name, m in metrics.items()}
+    model_names = [r for a in arms if a.is_model for r in a.reports]
+    base_names = [r for a in arms if not a.is_model for r in a.reports]
+    n = [int(sum(s.length >= h for s in starts)) for h in st.horizons]
+    section: dict[str, Any] = {
+        "num_episodes": len(idx),
+        "num_starts": len(starts),
+        "num_samples": n,
+        "sampler_is_mean": "mean" in arms[0].reports,
+        "target_object": sorted({OBJECT_NAMES[t] for t in targets if t >= 0}),
+        "model": {m: summaries[m] for m in model_names},
+        "baselines": {b: summaries[b] for b in base_names},
+        "comparison": {m: compare(metrics[m], {b: metrics[b] for b in base_names}, summaries, st.stats()) for m in model_names},
+    }
+    if real is not None:
+        section["real_frames"] = summarise(ArmMetrics(real, targets), st.stats())
+    if "props" in mods:
+        section["push"] = _push(records, arms, episodes, starts, st, notes, task)
+    t0 = time.perf_counter()
+    gen = _generative(arms[0].model, episodes, starts, K, mods, st, records["mean" if "mean" in records else "sampler"], notes, task)
+    if gen is not None:
+        section["generative"] = gen
+        seconds["best_of"] = time.perf_counter() - t0
+    section["seconds"] = seconds
+    return section, starts, records["sampler"].kept
+
+
+def _video_starts(starts: Sequence[Start], num: int) -> list[int]:
+    """The longest rollouts, one per episode."""
+    keep, seen = [], set()
+    for j, s in enumerate(starts):
+        if len(keep) < num and s.episode not in seen:
+            keep.append(j)
+            seen.add(s.episode)
+    return keep
 
 
 # ---------------------------------------------------------------------------------------- driver
-def evaluate(
-    model: Any,
-    episodes: Sequence[Episode],
-    out: str | Path,
-    horizons: Sequence[int] = (1, 4, 16, 64),
-    mse_model: Any | None = None,
-    modalities: Sequence[str] | None = None,
-    num_steps: int = 1,
-    batch_size: int = 16,
-    stride: int = 16,
-    starts_per_episode: int = 4,
-    max_starts: int | None = 32,
-    num_videos: int = 3,
-    counterfactual: dict | None = None,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    checkpoint: str = "<model>",
-    data: str = "<episodes>",
-) -> dict[str, Any]:
-    """Evaluate ``model`` (and the baselines) on ``episodes`` and write everything into ``out``.
-
-    Returns the ``metrics.json`` content. ``counterfactual``: None to skip, else a dict with
-    ``num_contexts``, ``start`` (row t0; None: the context length, so the model sees K real steps
-    after the reset), ``horizon`` and ``sequences`` (name -> 6 numbers or ``random``)."""
-    t_start = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    spec = model_spec(model)
-    check_compatible(spec, episodes, checkpoint, data)
+def _modalities(model, spec: ModelSpec, episodes, modalities, checkpoint: str, data: str) -> list[str]:
     mods = [m for m in (modalities if modalities is not None else spec.modalities) if m in spec.modalities and m in episodes[0].obs]
     if modalities is not None and set(modalities) - set(mods):
         raise ValueError(
             f"modalities {sorted(set(modalities) - set(mods))} are not both predicted by checkpoint {checkpoint} and held by dataset {data}"
         )
-    notes = []
-    if mse_model is not None:
-        if getattr(getattr(mse_model, "config", None), "deterministic", True) is False:
-            notes.append(
-                "the mse_checkpoint's config has deterministic=false: it is not the MSE-trained baseline (train it with worldmodel=deterministic)"
-            )
-        mse_spec = model_spec(mse_model)
-        if mse_spec.context != spec.context or set(mods) - set(mse_spec.modalities):
-            raise ValueError(
-                f"the MSE model (context {mse_spec.context}, {list(mse_spec.modalities)}) does not match checkpoint {checkpoint} (context {spec.context}, {mods})"
-            )
-    K = spec.context
-    horizons = sorted(int(h) for h in horizons)
-    starts = plan_starts(episodes, K, max(horizons), stride, starts_per_episode, max_starts, seed)
-    if not starts:
-        raise ValueError(f"no evaluation start in dataset {data}: every episode is shorter than context {K} + 1")
-    # Videos: the longest rollouts, one per episode.
-    keep, seen = [], set()
-    for j, s in enumerate(starts):
-        if len(keep) < num_videos and s.episode not in seen:
-            keep.append(j)
-            seen.add(s.episode)
-    common = dict(context=K, horizons=horizons, modalities=mods, num_steps=num_steps, batch_size=batch_size, seed=seed, device=device)
-    print(f"eval-wm: {len(episodes)} episodes, {len(starts)} starts, context {K}, horizons {horizons}, modalities {mods}", flush=True)
-    res = evaluate_replay(model, episodes, starts, keep=keep, desc="model", **common)
-    hold = evaluate_replay(HoldLastBaseline(), episodes, starts, desc="hold-last", **common)
-    baselines = split_baseline(hold.metrics)
-    if mse_model is not None:
-        baselines["deterministic_mse"] = evaluate_replay(mse_model, episodes, starts, desc="mse", **common).metrics
-    else:
+    return mods
+
+
+def _check_mse(mse_model, spec: ModelSpec, mods: list[str], checkpoint: str, notes: list[str]) -> None:
+    if mse_model is None:
         notes.append("no deterministic (MSE-trained) checkpoint given (mse_checkpoint=...): baseline deterministic_mse not evaluated")
+        return
+    if getattr(getattr(mse_model, "config", None), "deterministic", True) is False:
+        notes.append(
+            "the mse_checkpoint's config has deterministic=false: it is not the MSE-trained baseline (train it with worldmodel=deterministic)"
+        )
+    mse_spec = model_spec(mse_model)
+    if mse_spec.context != spec.context or set(mods) - set(mse_spec.modalities):
+        raise ValueError(
+            f"the MSE model (context {mse_spec.context}, {list(mse_spec.modalities)}) does not match checkpoint {checkpoint} (context {spec.context}, {mods})"
+        )
 
-    cf_out = run_counterfactual(counterfactual, episodes, model, mse_model, spec, mods, num_steps, seed, device, notes)
 
-    result = {"horizons": horizons, "model": res.metrics, "baselines": baselines, "counterfactual": _strip_points(cf_out)}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+def evaluate(
+    model: Any,
+    episodes: Sequence[Episode],
+    out: str | Path,
+    mse_model: Any | None = None,
+    modalities: Sequence[str] | None = None,
+    counterfactual: dict | None = None,
+    checkpoint: str = "<model>",
+    data: str | Sequence[str] = "<episodes>",
+    **settings: Any,
+) -> dict[str, Any]:
+    """Evaluate ``model`` (and the baselines) on ``episodes``, task by task, and write everything into ``out``.
+
+    ``settings``: the fields of ``EvalSettings``. Returns the ``metrics.json`` content.
+    ``counterfactual``: None to skip, else a dict with ``num_contexts``, ``start`` (row t0; None:
+    the context length), ``horizon`` and ``sequences`` (name -> 6 numbers or ``random``)."""
+    t_start = time.perf_counter()
+    st = EvalSettings(**settings)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data_name = data if isinstance(data, str) else ", ".join(map(str, data))
+    spec = model_spec(model)
+    check_compatible(spec, episodes, checkpoint, data_name)
+    mods = _modalities(model, spec, episodes, modalities, checkpoint, data_name)
+    notes: list[str] = []
+    _check_mse(mse_model, spec, mods, checkpoint, notes)
+    K = spec.context
+    video, why = load_video_scorer(st.probe, episodes) if "ego_rgb" in mods else (None, None)
+    if why:
+        notes.append(why)
+    arms = build_arms(model, mse_model, mods, episodes)
+    tasks = split_by_task(episodes)
+    print(
+        f"eval-wm: {len(episodes)} episodes in tasks {list(tasks)}, context {K}, horizons {st.horizons}, modalities {mods}, arms {[a.name for a in arms]}",
+        flush=True,
+    )
+    sections, timing, videos = {}, {}, []
+    for task, idx in tasks.items():
+        if not any(episodes[i].length >= K + 1 for i in idx):
+            notes.append(f"{task}: no start (every episode is shorter than the context {K} + 1)")
+            continue
+        t0 = time.perf_counter()
+        sections[task], starts, kept = evaluate_task(task, idx, episodes, arms, K, mods, st, video, notes)
+        videos += write_videos(out / "videos" / task, episodes, starts, kept, K)
+        timing[task] = time.perf_counter() - t0
+    if not sections:
+        raise ValueError(f"no evaluation start in dataset {data_name}: every episode is shorter than context {K} + 1")
+    state_mods = [m for m in mods if m in STATE_KEYS]
+    cf_out = run_counterfactual(counterfactual, episodes, model, mse_model, spec, state_mods, None, st.seed, st.device, notes)
+    result = {
+        "horizons": st.horizons,
+        "frame_horizon": st.frame_horizon,
+        "grid_horizon": st.grid_horizon,
+        "tasks": sections,
+        "counterfactual": _strip_points(cf_out),
+        "notes": notes,
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
     if cf_out:
         (out / "counterfactual_points.json").write_text(
             json.dumps({k: v.get("_points") for k, v in [("model", cf_out["model"])] + list(cf_out["baselines"].items())})
         )
-    plots = write_plots(out, horizons, res.metrics, baselines, cf_out or None)
-    videos = write_videos(out / "videos", episodes, starts, res.kept, K)
+    (out / "tables.md").write_text(markdown_tables(result))
+    plots = write_plots(out, result, cf_out or None)
+    data_dirs = [data] if isinstance(data, str) else [str(d) for d in data]
     info = {
         "checkpoint": checkpoint,
-        "data": data,
+        "data": data_dirs[0] if data_dirs else None,  # the viewer opens one dataset: the first
+        "datasets": data_dirs,
         "mse_checkpoint": getattr(mse_model, "_eval_source", None),
         "episodes": len(episodes),
-        "starts": len(starts),
-        "num_samples_per_horizon": dict(zip(map(str, horizons), res.metrics["num_samples"])),
+        "tasks": {
+            t: {
+                "episodes": s["num_episodes"],
+                "starts": s["num_starts"],
+                "num_samples_per_horizon": dict(zip(map(str, st.horizons), s["num_samples"])),
+                "seconds": timing[t],
+            }
+            for t, s in sections.items()
+        },
         "context": K,
         "modalities": mods,
-        "num_steps": num_steps,
-        "seed": seed,
+        "arms": {a.name: list(a.reports) for a in arms},
+        "settings": {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dataclasses.asdict(st).items()},
         "seconds": time.perf_counter() - t_start,
         "plots": [p.name for p in plots],
         "videos": [str(p.relative_to(out)) for p in videos],
         "notes": notes,
     }
     (out / "run_info.json").write_text(json.dumps(info, indent=2))
-    print(format_table(horizons, res.metrics, baselines), flush=True)
+    print(format_table(result), flush=True)
     for n in notes:
         print("note:", n, flush=True)
     return result
+
+
+def _strip_points(cf: dict) -> dict:
+    """The counterfactual section without the raw points (they go to counterfactual_points.json)."""
+    if not isinstance(cf, dict):
+        return cf
+    return {k: _strip_points(v) for k, v in cf.items() if k != "_points"}
 
 
 def _load_model(path: str, device: str):
@@ -406,40 +496,49 @@ def _load_model(path: str, device: str):
 
 def run(cfg) -> int:
     """``dreamgym eval-wm``: see the module docstring and ``configs/eval_wm.yaml``."""
+    from omegaconf import OmegaConf
+
     torch.set_num_threads(int(cfg.threads))
     if cfg.checkpoint is None or cfg.data is None:
-        raise SystemExit("dreamgym eval-wm: give checkpoint=<dir or .safetensors> and data=<held-out dataset dir>")
+        raise SystemExit("dreamgym eval-wm: give checkpoint=<dir or .safetensors> and data=<held-out dataset dir, or a list>")
+    data = OmegaConf.to_container(cfg.data, resolve=True) if OmegaConf.is_config(cfg.data) else cfg.data
+    data = str(data) if isinstance(data, (str, Path)) else [str(d) for d in data]
     try:
         model = _load_model(str(cfg.checkpoint), cfg.device)
         mse = _load_model(str(cfg.mse_checkpoint), cfg.device) if cfg.get("mse_checkpoint") else None
-        episodes = load_episodes(cfg.data, split=cfg.split, max_episodes=int(cfg.max_episodes) if cfg.get("max_episodes") else None)
-        check_compatible(model_spec(model), episodes, str(cfg.checkpoint), str(cfg.data))
+        episodes = load_episodes(data, split=cfg.split, max_episodes=int(cfg.max_episodes) if cfg.get("max_episodes") else None)
+        name = data if isinstance(data, str) else ", ".join(data)
+        check_compatible(model_spec(model), episodes, str(cfg.checkpoint), name)
         if mse is not None:
-            check_compatible(model_spec(mse), episodes, str(cfg.mse_checkpoint), str(cfg.data))
+            check_compatible(model_spec(mse), episodes, str(cfg.mse_checkpoint), name)
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise SystemExit(f"dreamgym eval-wm: {e}") from None
-    cf = None
-    if cfg.counterfactual.enabled:
-        from omegaconf import OmegaConf
-
-        cf = OmegaConf.to_container(cfg.counterfactual, resolve=True)
+    cf = OmegaConf.to_container(cfg.counterfactual, resolve=True) if cfg.counterfactual.enabled else None
     evaluate(
         model,
         episodes,
         cfg.out,
-        horizons=list(cfg.horizons),
         mse_model=mse,
         modalities=list(cfg.modalities) if cfg.modalities is not None else None,
-        num_steps=int(cfg.num_steps),
-        batch_size=int(cfg.batch_size),
-        stride=int(cfg.stride),
-        starts_per_episode=int(cfg.starts_per_episode),
-        max_starts=cfg.max_starts,
-        num_videos=int(cfg.num_videos),
         counterfactual=cf,
+        checkpoint=str(cfg.checkpoint),
+        data=data,
+        horizons=list(cfg.horizons),
+        frame_horizon=cfg.frame_horizon,
+        grid_horizon=cfg.grid_horizon,
+        starts_per_task=cfg.starts_per_task,
+        batch_size=int(cfg.batch_size),
+        best_of=int(cfg.best_of),
+        best_of_starts=int(cfg.best_of_starts),
+        best_of_batch=int(cfg.best_of_batch),
+        resamples=int(cfg.resamples),
+        frechet_resamples=int(cfg.frechet_resamples),
+        probe=cfg.probe,
+        push_horizon=int(cfg.push.horizon),
+        push_threshold_m=float(cfg.push.threshold_m),
+        num_videos=int(cfg.num_videos),
         seed=int(cfg.seed),
         device=cfg.device,
-        checkpoint=str(cfg.checkpoint),
-        data=str(cfg.data),
+        progress=bool(cfg.progress),
     )
     return 0

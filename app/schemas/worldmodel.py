@@ -104,32 +104,52 @@ class Counterfactual:
 
 
 @dataclass
+class PushWindows:
+    """``push:`` of ``configs/eval_wm.yaml``: the windows of the push-displacement figures."""
+
+    horizon: int = setting(gt=0)
+    threshold_m: float = setting(gt=0)
+
+
+@dataclass
 class EvalWmConfig:
     """``configs/eval_wm.yaml``"""
 
     checkpoint: str | None = setting(exists=True)
     mse_checkpoint: str | None = setting(exists=True)
-    data: str | None = setting()
+    data: Any = setting()  # a dataset directory or a list of them
     split: str = setting(choices=SPLITS)
     out: str = setting()
     horizons: list[int] = setting(gt=0)
+    frame_horizon: int | None = setting(ge=0)
+    grid_horizon: int | None = setting(ge=0)
     modalities: list[str] | None = setting(choices=modality_names)
-    num_steps: int = setting(gt=0)
+    starts_per_task: int | None = setting(gt=0)
     batch_size: int = setting(gt=0)
-    stride: int = setting(gt=0)
-    starts_per_episode: int = setting(gt=0)
-    max_starts: int | None = setting(gt=0)
+    best_of: int = setting(ge=1)
+    best_of_starts: int = setting(ge=0)
+    best_of_batch: int = setting(gt=0)
+    resamples: int = setting(ge=0)
+    frechet_resamples: int = setting(ge=0)
+    probe: str | None = setting(exists=True)
+    push: PushWindows = group(PushWindows)
     max_episodes: int | None = setting(gt=0)
     num_videos: int = setting(ge=0)
     seed: int = setting(ge=0)
     device: str = setting(device=True)
     threads: int = setting(ge=1)
+    progress: bool = setting()
     counterfactual: Counterfactual = group(Counterfactual)
     path: str | None = setting()
 
     def check(self) -> None:
-        require(self, "checkpoint", hint="give checkpoint=<dir or .safetensors> and data=<held-out dataset dir>")
-        require(self, "data", hint="give checkpoint=<dir or .safetensors> and data=<held-out dataset dir>")
-        check_dataset("data", self.data)
+        hint = "give checkpoint=<dir or .safetensors> and data=<held-out dataset dir, or [dir, dir, ...]>"
+        require(self, "checkpoint", hint=hint)
+        require(self, "data", hint=hint)
+        dirs = self.data if isinstance(self.data, (list, tuple)) else [self.data]
+        if not dirs or not all(isinstance(d, str) for d in dirs):
+            raise BadValue("data", f"data={self.data!r} is not a dataset directory or a list of them; {hint}")
+        for d in dirs:
+            check_dataset("data", d)
         if not self.horizons:
             raise BadValue("horizons", "horizons=[] has no horizon; give some, e.g. horizons=[1,4,16,64]")
