@@ -413,7 +413,8 @@ def fake_video_metrics() -> tuple[types.ModuleType, types.ModuleType]:
     vm = types.ModuleType("dreamgym.worldmodel.video_metrics")
     vm.OBJECT_NAMES = ("prop0", "prop1", "prop2", "prop3", "partner")
 
-    def probe_objects(probe, rgb):
+    def probe_objects(probe, rgb, prop_colours):
+        assert prop_colours.shape == (rgb.shape[0], 4)
         level = rgb[:, 0, 0, 0].float()
         vis = (level < 50)[:, None].expand(-1, 5)
         pos = torch.stack((level, level), -1)[:, None].expand(-1, 5, 2)
@@ -434,6 +435,7 @@ def fake_video_metrics() -> tuple[types.ModuleType, types.ModuleType]:
     vm.frechet_distance = lambda a, b: float(((np.asarray(a).mean(0) - np.asarray(b).mean(0)) ** 2).sum())
     fp = types.ModuleType("dreamgym.worldmodel.frame_probe")
     fp.load_probe = lambda path=None: "probe"
+    fp.room_prop_colours = lambda seeds: torch.zeros(len(seeds), 4, dtype=torch.long)
     return vm, fp
 
 

@@ -48,12 +48,17 @@ class VideoScorer:
         self.metrics = metrics
         self.probe = probe
 
-    def score(self, rgb: torch.Tensor, real: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def prop_colours(self, room_seeds: Sequence[int]) -> torch.Tensor:
+        """(B, 4): the colour of each prop slot in each room (the probe sees colours, not slots)."""
+        return importlib.import_module(PROBE_MODULE).room_prop_colours(list(room_seeds))
+
+    def score(self, rgb: torch.Tensor, real: dict[str, torch.Tensor], prop_colours: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-frame values of ``rgb`` (B, 3, H, W) uint8 against the real step ``real`` (its depth,
-        both bodies and the props): ``vis_tp``, ``vis_fp``, ``vis_fn`` (B, 5) as 0/1,
-        ``pos_err_px`` (B, 5) (NaN unless both see the object) and the probe's ``feats`` (B, F)."""
+        both bodies and the props) in rooms whose props have ``prop_colours`` (B, 4):
+        ``vis_tp``, ``vis_fp``, ``vis_fn`` (B, 5) as 0/1, ``pos_err_px`` (B, 5) (NaN unless both
+        see the object) and the probe's ``feats`` (B, F)."""
         vm = self.metrics
-        seen = vm.probe_objects(self.probe, rgb)
+        seen = vm.probe_objects(self.probe, rgb, prop_colours)
         truth = vm.object_truth(*(real[k] for k in TRUTH_KEYS))
         s = vm.object_scores(seen, truth)
         return {
@@ -90,7 +95,8 @@ class VideoScorer:
                     continue
                 rows = [(episodes[s.episode], s.t0 + h) for s, k in zip(chunk, ok) if k]
                 real = {k: torch.as_tensor(np.stack([ep.obs[k][t] for ep, t in rows])) for k in ("ego_rgb", *TRUTH_KEYS)}
-                for name, v in self.score(real["ego_rgb"], real).items():
+                cols = self.prop_colours([ep.room_seed for ep, _ in rows])
+                for name, v in self.score(real["ego_rgb"], real, cols).items():
                     rec.put(name, np.arange(i, i + len(chunk))[ok], j, v)
         return rec
 
