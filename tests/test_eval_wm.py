@@ -4,6 +4,7 @@ the statistics and the sampling plan: test_eval_stats.py; the speed benchmark: t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import types
@@ -446,6 +447,7 @@ def test_video_object_metrics_through_the_video_metrics_interface(tmp_path, monk
     monkeypatch.setitem(sys.modules, vm.__name__, vm)
     monkeypatch.setitem(sys.modules, fp.__name__, fp)
     eps = synthetic_episodes((40, 70), tasks=["social", "social"])
+    eps = [dataclasses.replace(e, room_seed=i) for i, e in enumerate(eps)]  # the probe maps colours to slots by room
     res = evaluate(
         CopyLast(3),
         eps,

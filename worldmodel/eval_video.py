@@ -114,6 +114,12 @@ def load_video_scorer(probe: str | None, episodes: Sequence[Episode]) -> tuple[V
     names = tuple(getattr(vm, "OBJECT_NAMES", OBJECT_NAMES))
     if names != OBJECT_NAMES:
         raise RuntimeError(f"{VIDEO_MODULE}.OBJECT_NAMES is {names}, but the evaluation reports {OBJECT_NAMES}")
+    unknown = sum(1 for ep in episodes if ep.room_seed < 0)
+    if unknown:
+        return None, (
+            f"video-object metrics skipped: {unknown} episode(s) have no room seed, so the frame probe cannot tell "
+            "their props apart (it sees colours, and each room colours its props)"
+        )
     missing = [k for k in ("ego_rgb", *TRUTH_KEYS) if k not in episodes[0].obs]
     if missing:
         return None, f"video-object metrics skipped: the data has no {missing} (the objects' truth needs them)"
