@@ -91,8 +91,6 @@ class UNetBranch(nn.Module):
         self.downsampling = 2 ** (len(channels) - 1)
 
     def encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        if _channels_last(x):
-            x = x.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(x)
         skips: tuple[torch.Tensor, ...] = (h,)
         for blk in self.down:
@@ -104,28 +102,8 @@ class UNetBranch(nn.Module):
         for blk in self.up:
             res = skips[-len(blk.resnets) :]
             skips = skips[: -len(blk.resnets)]
-            h = _up_block(blk, h, res, emb) if h.is_contiguous(memory_format=torch.channels_last) else blk(h, res, emb)
-        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
-
-
-def _channels_last(x: torch.Tensor) -> bool:
-    """Whether to run a U-Net in channels-last layout: on the CPU, where oneDNN's convolutions
-    take it without reordering each input (a quarter faster here), and in inference only, so
-    that training keeps the layout its numbers were measured with."""
-    return x.device.type == "cpu" and not torch.is_grad_enabled()
-
-
-def _up_block(blk: nn.Module, h: torch.Tensor, res: tuple[torch.Tensor, ...], emb: torch.Tensor) -> torch.Tensor:
-    """``diffusers``' ``UpBlock2D.forward`` (as configured here: no FreeU) keeping the channels-last
-    layout: its ``Upsample2D`` makes the tensor NCHW-contiguous before interpolating at a batch
-    of 64 or more (a workaround for a CUDA kernel), which would send the rest of the decoder
-    back to NCHW."""
-    for resnet in blk.resnets:
-        h = resnet(torch.cat([h, res[-1]], dim=1), emb)
-        res = res[:-1]
-    for up in blk.upsamplers or ():
-        h = up.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
-    return h
+            h = blk(h, res, emb)
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class AdaLNBlock(nn.Module):
