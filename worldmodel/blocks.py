@@ -131,23 +131,9 @@ class AdaLNBlock(nn.Module):
             mod = mod.index_select(1, cond_index)
         s1, b1, g1, s2, b2, g2 = mod.chunk(6, dim=-1)
         h = self.norm1(x) * (1 + s1) + b1
-        x = x + (1 + g1) * self._attention(h)
+        x = x + (1 + g1) * self.attn(h, h, h, need_weights=False)[0]
         h = self.norm2(x) * (1 + s2) + b2
         return x + (1 + g2) * self.mlp(h)
-
-    def _attention(self, h: torch.Tensor) -> torch.Tensor:
-        """Self-attention of ``self.attn``'s weights. With gradients, ``nn.MultiheadAttention``
-        itself; without, the same projections around ``scaled_dot_product_attention`` (the
-        computation ``nn.MultiheadAttention`` trains with; its inference fast path is a slower
-        kernel on the CPU)."""
-        a = self.attn
-        if torch.is_grad_enabled() or a.training:
-            return a(h, h, h, need_weights=False)[0]
-        B, T, d = h.shape
-        qkv = F.linear(h, a.in_proj_weight, a.in_proj_bias).view(B, T, 3, a.num_heads, d // a.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, heads, T, d / heads) each
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, d)
-        return a.out_proj(out)
 
 
 class TokenTransformer(nn.Module):
