@@ -91,8 +91,6 @@ class UNetBranch(nn.Module):
         self.downsampling = 2 ** (len(channels) - 1)
 
     def encode(self, x: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        if _channels_last(x):
-            x = x.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(x)
         skips: tuple[torch.Tensor, ...] = (h,)
         for blk in self.down:
@@ -104,28 +102,8 @@ class UNetBranch(nn.Module):
         for blk in self.up:
             res = skips[-len(blk.resnets) :]
             skips = skips[: -len(blk.resnets)]
-            h = _up_block(blk, h, res, emb) if h.is_contiguous(memory_format=torch.channels_last) else blk(h, res, emb)
-        return self.conv_out(F.silu(self.norm_out(h))).contiguous()
-
-
-def _channels_last(x: torch.Tensor) -> bool:
-    """Whether to run a U-Net in channels-last layout: on the CPU, where oneDNN's convolutions
-    take it without reordering each input (a quarter faster here), and in inference only, so
-    that training keeps the layout its numbers were measured with."""
-    return x.device.type == "cpu" and not torch.is_grad_enabled()
-
-
-def _up_block(blk: nn.Module, h: torch.Tensor, res: tuple[torch.Tensor, ...], emb: torch.Tensor) -> torch.Tensor:
-    """``diffusers``' ``UpBlock2D.forward`` (as configured here: no FreeU) keeping the channels-last
-    layout: its ``Upsample2D`` makes the tensor NCHW-contiguous before interpolating at a batch
-    of 64 or more (a workaround for a CUDA kernel), which would send the rest of the decoder
-    back to NCHW."""
-    for resnet in blk.resnets:
-        h = resnet(torch.cat([h, res[-1]], dim=1), emb)
-        res = res[:-1]
-    for up in blk.upsamplers or ():
-        h = up.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
-    return h
+            h = blk(h, res, emb)
+        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class AdaLNBlock(nn.Module):
@@ -153,23 +131,9 @@ class AdaLNBlock(nn.Module):
             mod = mod.index_select(1, cond_index)
         s1, b1, g1, s2, b2, g2 = mod.chunk(6, dim=-1)
         h = self.norm1(x) * (1 + s1) + b1
-        x = x + (1 + g1) * self._attention(h)
+        x = x + (1 + g1) * self.attn(h, h, h, need_weights=False)[0]
         h = self.norm2(x) * (1 + s2) + b2
         return x + (1 + g2) * self.mlp(h)
-
-    def _attention(self, h: torch.Tensor) -> torch.Tensor:
-        """Self-attention of ``self.attn``'s weights. With gradients, ``nn.MultiheadAttention``
-        itself; without, the same projections around ``scaled_dot_product_attention`` (the
-        computation ``nn.MultiheadAttention`` trains with; its inference fast path is a slower
-        kernel on the CPU)."""
-        a = self.attn
-        if torch.is_grad_enabled() or a.training:
-            return a(h, h, h, need_weights=False)[0]
-        B, T, d = h.shape
-        qkv = F.linear(h, a.in_proj_weight, a.in_proj_bias).view(B, T, 3, a.num_heads, d // a.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, heads, T, d / heads) each
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, d)
-        return a.out_proj(out)
 
 
 class TokenTransformer(nn.Module):
