@@ -255,10 +255,11 @@ def evaluate_replay(
             rows = np.arange(i, i + len(chunk))
             shown = [j for j in range(len(chunk)) if i + j in keep]
             rctx = {name: dict(ctx) | r.scene_memory(ctx) for name, r in riders.items()}
+            colours = video.colours([episodes[s.episode].room_seed for s in chunk]) if video is not None else None
 
             def on_step(h: int, pred: dict[str, torch.Tensor]) -> None:
                 n = next(iter(pred.values())).shape[0]
-                real = {k: v[:n, h - 1] for k, v in fut.items()}
+                real = {k: v[:n, h - 1] for k, v in fut.items()} | ({} if colours is None else {"prop_colours": colours[:n]})
                 scored = h in horizons
                 if scored:
                     _score(recs["model"], horizons.index(h), rows[:n], pred, real, valid[:n, h - 1], video)
