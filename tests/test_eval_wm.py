@@ -4,7 +4,6 @@ the statistics and the sampling plan: test_eval_stats.py; the speed benchmark: t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import types
@@ -332,7 +331,8 @@ def test_a_stochastic_sampler_is_reported_beside_the_conditional_mean_with_best_
         NoisySampler(3),
         eps,
         tmp_path,
-        horizons=[1, 4],
+        horizons=[1, 4, 8],
+        frame_horizon=4,
         starts_per_task=12,
         best_of=4,
         best_of_starts=5,
@@ -348,6 +348,7 @@ def test_a_stochastic_sampler_is_reported_beside_the_conditional_mean_with_best_
     assert sec["model"]["sampler"]["psnr_db"]["value"][0] < sec["model"]["mean"]["psnr_db"]["value"][0]
     gen = sec["generative"]
     assert gen["best_of"] == 4 and gen["num_starts"] == 5
+    assert gen["frame_spread"]["value"][2] is None and gen["partner_spread_mm"]["value"][2] > 1  # frames up to h = 4
     for j in range(2):
         assert gen["best_psnr_db"]["value"][j] >= gen["sample_psnr_db"]["value"][j]
         assert gen["best_partner_mpjpe_mm"]["value"][j] <= gen["sample_partner_mpjpe_mm"]["value"][j]
@@ -433,10 +434,10 @@ def fake_video_metrics() -> tuple[types.ModuleType, types.ModuleType]:
         return {"tp": both, "fp": seen["vis"] & ~truth["vis"], "fn": ~seen["vis"] & truth["vis"], "pos_err_px": err}
 
     vm.probe_objects, vm.object_truth, vm.object_scores = probe_objects, object_truth, object_scores
+    vm.room_prop_colours = lambda seeds: torch.zeros(len(seeds), 4, dtype=torch.long)
     vm.frechet_distance = lambda a, b: float(((np.asarray(a).mean(0) - np.asarray(b).mean(0)) ** 2).sum())
     fp = types.ModuleType("dreamgym.worldmodel.frame_probe")
     fp.load_probe = lambda path=None: "probe"
-    fp.room_prop_colours = lambda seeds: torch.zeros(len(seeds), 4, dtype=torch.long)
     return vm, fp
 
 
@@ -447,7 +448,8 @@ def test_video_object_metrics_through_the_video_metrics_interface(tmp_path, monk
     monkeypatch.setitem(sys.modules, vm.__name__, vm)
     monkeypatch.setitem(sys.modules, fp.__name__, fp)
     eps = synthetic_episodes((40, 70), tasks=["social", "social"])
-    eps = [dataclasses.replace(e, room_seed=i) for i, e in enumerate(eps)]  # the probe maps colours to slots by room
+    for i, e in enumerate(eps):
+        e.room_seed = 900 + i  # the probe reads a room's prop colours
     res = evaluate(
         CopyLast(3),
         eps,
@@ -477,6 +479,12 @@ def test_video_object_metrics_through_the_video_metrics_interface(tmp_path, monk
     )
     assert "visibility F-score, target object" in (tmp_path / "tables.md").read_text()
     assert not any("video-object" in n for n in res["notes"])
+    for e in eps:
+        e.room_seed = -1
+    notes = evaluate(
+        CopyLast(3), eps, tmp_path / "unknown", horizons=[1], starts_per_task=4, counterfactual=None, num_videos=0, resamples=10
+    )["notes"]
+    assert any("rooms are unknown" in n for n in notes)
 
 
 # ------------------------------------------------------------------------------------ with the simulator

@@ -255,14 +255,14 @@ def evaluate_replay(
             rows = np.arange(i, i + len(chunk))
             shown = [j for j in range(len(chunk)) if i + j in keep]
             rctx = {name: dict(ctx) | r.scene_memory(ctx) for name, r in riders.items()}
-            cols = None if video is None else video.prop_colours([episodes[s.episode].room_seed for s in chunk])
+            colours = video.colours([episodes[s.episode].room_seed for s in chunk]) if video is not None else None
 
             def on_step(h: int, pred: dict[str, torch.Tensor]) -> None:
                 n = next(iter(pred.values())).shape[0]
-                real = {k: v[:n, h - 1] for k, v in fut.items()}
+                real = {k: v[:n, h - 1] for k, v in fut.items()} | ({} if colours is None else {"prop_colours": colours[:n]})
                 scored = h in horizons
                 if scored:
-                    _score(recs["model"], horizons.index(h), rows[:n], pred, real, valid[:n, h - 1], video, cols)
+                    _score(recs["model"], horizons.index(h), rows[:n], pred, real, valid[:n, h - 1], video)
                 for name, r in riders.items():
                     rc = _take(rctx[name], n)
                     rp = r.follow(rc, pred, list(pred))
@@ -271,7 +271,7 @@ def evaluate_replay(
                             rc[m] = torch.cat((rc[m][:, 1:], rp[m][:, None]), 1)
                     rctx[name] = rc
                     if scored:
-                        _score(recs[name], horizons.index(h), rows[:n], rp, real, valid[:n, h - 1], video, cols)
+                        _score(recs[name], horizons.index(h), rows[:n], rp, real, valid[:n, h - 1], video)
                 for j in shown:
                     for k in modalities:
                         if k in pred and j < n:
@@ -285,17 +285,9 @@ def evaluate_replay(
 
 
 def _score(
-    rec: StartRecord,
-    j: int,
-    rows: np.ndarray,
-    pred: dict[str, torch.Tensor],
-    real: dict[str, torch.Tensor],
-    mask: torch.Tensor,
-    video: Any,
-    cols: torch.Tensor | None = None,
+    rec: StartRecord, j: int, rows: np.ndarray, pred: dict[str, torch.Tensor], real: dict[str, torch.Tensor], mask: torch.Tensor, video: Any
 ) -> None:
-    """Put the values of one predicted step (the batch's starts ``rows``; ``mask``: those that
-    reach it; ``cols``: the batch's prop colours, for the video scorer)."""
+    """Put the values of one predicted step (the batch's starts ``rows``; ``mask``: those that reach it)."""
     if not bool(mask.any()):
         return
     m = mask.cpu().numpy().astype(bool)
@@ -306,5 +298,5 @@ def _score(
     if "props" in p:
         rec.put("props", rows[m], j, p["props"].float())
     if video is not None and "ego_rgb" in p:
-        for name, v in video.score(p["ego_rgb"], r, cols[: len(mask)][mask.cpu()]).items():
+        for name, v in video.score(p["ego_rgb"], r).items():
             rec.put(name, rows[m], j, v)

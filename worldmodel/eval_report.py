@@ -80,7 +80,8 @@ def write_plots(out: Path, result: dict, counterfactual: dict | None) -> list[Pa
             ax.set_xticks(list(horizons), [str(h) for h in horizons])
             ax.set_title(label(metric), fontsize=8)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6)
         for ax in list(axes.flat)[len(metrics) :]:
             ax.axis("off")
         fig.suptitle(f"{task}: model vs baselines over horizons (steps at 20 Hz), 95 % intervals", fontsize=10)

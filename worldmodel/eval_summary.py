@@ -103,6 +103,8 @@ class ArmMetrics:
         if metric.startswith("pos_err_px_"):
             return S.mean_of(v["pos_err_px"][rows, j, OBJECT_NAMES.index(metric[len("pos_err_px_") :])])
         if metric == "frame_fd":
+            if len(rows) < 2:  # a covariance needs two frames
+                return lambda idx: np.full(len(idx), np.nan)
             return S.set_statistic(self.frechet, v["feats"][rows, j], self.real.values["feats"][rows, j])
         return S.mean_of(v[metric][rows, j])
 

@@ -41,24 +41,25 @@ class VideoScorer:
     """Scores dreamed frames against the simulator's objects with a frame probe.
 
     ``metrics``: the ``video_metrics`` module (``probe_objects``, ``object_truth``,
-    ``object_scores``, ``frechet_distance``); ``probe``: what ``load_probe`` returned.
+    ``object_scores``, ``frechet_distance``, ``room_prop_colours``); ``probe``: what
+    ``load_probe`` returned.
     """
 
     def __init__(self, metrics: Any, probe: Any):
         self.metrics = metrics
         self.probe = probe
 
-    def prop_colours(self, room_seeds: Sequence[int]) -> torch.Tensor:
-        """(B, 4): the colour of each prop slot in each room (the probe sees colours, not slots)."""
-        return importlib.import_module(PROBE_MODULE).room_prop_colours(list(room_seeds))
+    def colours(self, room_seeds: Sequence[int]) -> torch.Tensor:
+        """(B, 4) the colour of each prop slot in each room: which prop a colour in a frame is."""
+        return torch.as_tensor(self.metrics.room_prop_colours(list(room_seeds)))
 
-    def score(self, rgb: torch.Tensor, real: dict[str, torch.Tensor], prop_colours: torch.Tensor) -> dict[str, torch.Tensor]:
+    def score(self, rgb: torch.Tensor, real: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-frame values of ``rgb`` (B, 3, H, W) uint8 against the real step ``real`` (its depth,
-        both bodies and the props) in rooms whose props have ``prop_colours`` (B, 4):
-        ``vis_tp``, ``vis_fp``, ``vis_fn`` (B, 5) as 0/1, ``pos_err_px`` (B, 5) (NaN unless both
-        see the object) and the probe's ``feats`` (B, F)."""
+        both bodies, the props and ``prop_colours`` (B, 4), see ``colours``): ``vis_tp``,
+        ``vis_fp``, ``vis_fn`` (B, 5) as 0/1, ``pos_err_px`` (B, 5) (NaN unless both see the
+        object) and the probe's ``feats`` (B, F)."""
         vm = self.metrics
-        seen = vm.probe_objects(self.probe, rgb, prop_colours)
+        seen = vm.probe_objects(self.probe, rgb, real["prop_colours"])
         truth = vm.object_truth(*(real[k] for k in TRUTH_KEYS))
         s = vm.object_scores(seen, truth)
         return {
@@ -95,8 +96,8 @@ class VideoScorer:
                     continue
                 rows = [(episodes[s.episode], s.t0 + h) for s, k in zip(chunk, ok) if k]
                 real = {k: torch.as_tensor(np.stack([ep.obs[k][t] for ep, t in rows])) for k in ("ego_rgb", *TRUTH_KEYS)}
-                cols = self.prop_colours([ep.room_seed for ep, _ in rows])
-                for name, v in self.score(real["ego_rgb"], real, cols).items():
+                real["prop_colours"] = self.colours([ep.room_seed for ep, _ in rows])
+                for name, v in self.score(real["ego_rgb"], real).items():
                     rec.put(name, np.arange(i, i + len(chunk))[ok], j, v)
         return rec
 
@@ -114,17 +115,13 @@ def load_video_scorer(probe: str | None, episodes: Sequence[Episode]) -> tuple[V
     names = tuple(getattr(vm, "OBJECT_NAMES", OBJECT_NAMES))
     if names != OBJECT_NAMES:
         raise RuntimeError(f"{VIDEO_MODULE}.OBJECT_NAMES is {names}, but the evaluation reports {OBJECT_NAMES}")
-    unknown = sum(1 for ep in episodes if ep.room_seed < 0)
-    if unknown:
-        return None, (
-            f"video-object metrics skipped: {unknown} episode(s) have no room seed, so the frame probe cannot tell "
-            "their props apart (it sees colours, and each room colours its props)"
-        )
     missing = [k for k in ("ego_rgb", *TRUTH_KEYS) if k not in episodes[0].obs]
     if missing:
         return None, f"video-object metrics skipped: the data has no {missing} (the objects' truth needs them)"
+    if any(e.room_seed < 0 for e in episodes):
+        return None, "video-object metrics skipped: some episodes' rooms are unknown (room_seed < 0), so their props' colours are"
     try:
         loaded = fp.load_probe(probe)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError) as e:  # a missing or damaged probe file
         return None, f"video-object metrics skipped: the frame probe {probe or '(shipped)'} cannot be loaded ({e})"
     return VideoScorer(vm, loaded), None

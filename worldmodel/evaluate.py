@@ -106,13 +106,13 @@ class EvalSettings:
     """How much eval-wm does (the keys of ``configs/eval_wm.yaml`` of the same names)."""
 
     horizons: Sequence[int] = (1, 4, 16, 64)
-    frame_horizon: int | None = None  # the last step whose frames are dreamed and scored (None: every step)
-    grid_horizon: int | None = None  # the same for the occupancy grid
+    frame_horizon: int | None = 16  # the last step whose frames are dreamed and scored (None: every step)
+    grid_horizon: int | None = 16  # the same for the occupancy grid
     starts_per_task: int | None = 128
-    batch_size: int = 16
+    batch_size: int = 128
     best_of: int = 8
     best_of_starts: int = 8
-    best_of_batch: int = 2
+    best_of_batch: int = 8
     resamples: int = 1000
     frechet_resamples: int = 50
     probe: str | None = None
@@ -236,7 +236,7 @@ def _generative(model, episodes, starts, K, mods, st: EvalSettings, mean_rec: St
         mods,
         st.best_of,
         {},
-        st.frame_horizon,
+        st.stop_after,
         st.best_of_batch,
         st.seed,
         st.device,
