@@ -1018,9 +1018,6 @@ def test_the_shipped_model_dreams_its_reference():
     assert sorted(got) == sorted(want)
     for k, v in want.items():
         if v.is_floating_point():
-            # depth in metres up to 10: the reprojection's splat sums in another order than when
-            # the reference was recorded (float32 rounding, well under a millimetre)
-            tol = 1e-4 if k.endswith("ego_depth") else 1e-5
-            assert torch.allclose(got[k], v, rtol=0, atol=tol), (k, float((got[k] - v).abs().max()))
+            assert torch.allclose(got[k], v, rtol=0, atol=1e-5), (k, float((got[k] - v).abs().max()))
         else:
             assert torch.equal(got[k], v), k
