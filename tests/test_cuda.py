@@ -170,10 +170,6 @@ def test_vec_env_refuses_cuda_in_one_line_where_there_is_none():
 
 
 @no_cuda
-@pytest.mark.xfail(
-    strict=False,
-    reason="DreamVecEnv loads the model on the device first: torch's 'Torch not compiled with CUDA enabled' (worldmodel/dream_env.py)",
-)
 def test_dream_env_refuses_cuda_in_one_line_where_there_is_none():
     from dreamgym.worldmodel.dream_env import DreamVecEnv
 

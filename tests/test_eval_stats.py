@@ -121,3 +121,14 @@ def test_push_displacement_is_a_ratio_of_means_with_its_correlation():
     assert r["n_windows"] == 5 and r["n_moved"] == 5
     assert r["ratio"]["value"] == pytest.approx(0.5) and r["corr"]["value"] == pytest.approx(1.0)
     assert r["sim_mean_m"] == pytest.approx(np.mean(np.linspace(0.1, 0.6, n)[:5]))
+
+
+def test_a_statistic_that_resampling_biases_gets_an_interval_around_its_estimate():
+    # the share of distinct starts: 1 on the data, about 0.63 on every bootstrap resample
+    distinct = lambda idx: np.array([len(np.unique(r)) / idx.shape[1] for r in idx])  # noqa: E731
+    plain = S.interval(distinct, 200, 300, 0)
+    assert plain["value"] == 1.0 and plain["ci"][1] < 0.7, "the percentile interval misses the estimate"
+    fixed = S.interval(distinct, 200, 300, 0, recentre=True)
+    assert fixed["ci"][0] < 1.0 < fixed["ci"][1] and fixed["ci"][1] - fixed["ci"][0] < 0.2
+    test = S.paired_test(distinct, lambda idx: 0.5 * distinct(idx), 200, True, 300, 0, recentre=True)
+    assert test["won"] and test["ci"][0] < test["diff"] == 0.5 < test["ci"][1]

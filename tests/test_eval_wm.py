@@ -260,6 +260,10 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info["tasks"]["reach"]["num_samples_per_horizon"] == dict(zip(map(str, horizons), sec["num_samples"]))
     assert any("deterministic_mse" in n for n in info["notes"]) and any("video-object metrics" in n for n in info["notes"])
+    per_start = np.load(tmp_path / "per_start" / "reach.npz")
+    assert per_start["t0"].shape == (40,) and list(per_start["horizons"]) == horizons
+    assert float(np.nanmean(per_start["sampler/psnr_db"][:, 1])) == pytest.approx(m["psnr_db"]["value"][1], rel=1e-5)
+    assert per_start["geometric/occ_counts"].shape[:2] == (40, 4)
     tables = (tmp_path / "tables.md").read_text()
     assert "### reach" in tables and "| ego RGB PSNR (dB) ↑ | sampler = mean |" in tables and "strongest baseline" in tables
 
@@ -477,7 +481,8 @@ def test_video_object_metrics_through_the_video_metrics_interface(tmp_path, monk
     assert (
         model["frame_fd"]["value"][1] == pytest.approx(1.6**2, rel=1e-5) and model["frame_fd"]["value"][0] < model["frame_fd"]["value"][1]
     )
-    assert "visibility F-score, target object" in (tmp_path / "tables.md").read_text()
+    tables = (tmp_path / "tables.md").read_text()
+    assert "visibility F-score, target object" in tables and "| | real frames (probe) | 1 [1, 1] |" in tables
     assert not any("video-object" in n for n in res["notes"])
     for e in eps:
         e.room_seed = -1

@@ -241,6 +241,9 @@ def task_table(task: str, section: dict, horizons: Sequence[int]) -> list[str]:
                 else:
                     cells.append(f"{c['baseline']} {_cell(section['baselines'][c['baseline']][metric], j)}")
             lines.append(f"| {'' if not first else label(metric)} | strongest baseline | " + " | ".join(cells) + " |")
+        ceiling = (section.get("real_frames") or {}).get(metric)
+        if ceiling is not None:  # the probe on the real frames: what a perfect dream would score
+            lines.append("| | real frames (probe) | " + " | ".join(_cell(ceiling, j) for j in range(len(horizons))) + " |")
     push = {k: v for k, v in (section.get("push") or {}).items() if not (k == "mean" and section.get("sampler_is_mean"))}
     lines += _push_lines(push) + _generative_lines(section.get("generative"), horizons)
     return lines
@@ -299,3 +302,20 @@ def markdown_tables(result: dict) -> str:
 def format_table(result: dict) -> str:
     """What eval-wm prints: the markdown tables."""
     return markdown_tables(result)
+
+
+def write_per_start(path: Path, episodes: Sequence[Episode], starts: Sequence[Start], targets: np.ndarray, records: dict) -> Path:
+    """Every arm's per-start values in one ``.npz``: ``<arm>/<value>`` (starts, horizons, ...) and
+    the starts (``episode`` names, ``t0``, ``length``, ``target``; ``horizons``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{arm}/{name}": v.astype(np.float32) for arm, rec in records.items() for name, v in rec.values.items()}
+    first = next(iter(records.values()))
+    arrays |= {
+        "episode": np.array([episodes[s.episode].name or str(s.episode) for s in starts]),
+        "t0": np.array([s.t0 for s in starts]),
+        "length": np.array([s.length for s in starts]),
+        "target": np.asarray(targets),
+        "horizons": np.array(first.horizons),
+    }
+    np.savez_compressed(path, **arrays)
+    return path

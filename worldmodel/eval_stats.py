@@ -14,6 +14,11 @@ starts at once; the point estimate is the statistic on ``arange(n)``.
   difference of the two statistics under the *same* resamples (for a mean this is the bootstrap
   of the per-start paired differences). ``won`` when the 95 % interval of the difference lies
   wholly on the better side; ``p`` is the two-sided bootstrap p-value (twice the smaller tail).
+
+A Fréchet distance is biased under resampling with replacement (a resample repeats frames, which
+raises the distance between the sets), so its percentile interval can miss the estimate: its
+bootstrap values are first shifted to have the estimate as their mean (``recentre``), which keeps
+their spread.
 """
 
 from __future__ import annotations
@@ -45,17 +50,29 @@ def _percentiles(vals: np.ndarray) -> list[float | None]:
     return [float(lo), float(hi)]
 
 
-def interval(stat: Statistic, n: int, resamples: int, seed: int) -> dict:
-    """``{"value", "ci": [lo, hi], "n"}`` of ``stat`` over n starts (None where undefined)."""
+def _recentred(value: float, boot: np.ndarray) -> np.ndarray:
+    """The bootstrap values shifted so that their mean is the estimate: the spread of a statistic
+    that resampling biases, without the bias."""
+    return boot - (boot[np.isfinite(boot)].mean() - value) if np.isfinite(boot).any() else boot
+
+
+def interval(stat: Statistic, n: int, resamples: int, seed: int, recentre: bool = False) -> dict:
+    """``{"value", "ci": [lo, hi], "n"}`` of ``stat`` over n starts (None where undefined).
+    ``recentre``: the percentiles of the recentred bootstrap values (see ``_recentred``)."""
     if n == 0:
         return {"value": None, "ci": [None, None], "n": 0}
     value = finite(stat(np.arange(n)[None])[0])
-    ci = _percentiles(stat(bootstrap_indices(n, resamples, seed))) if value is not None and resamples > 0 else [None, None]
-    return {"value": value, "ci": ci, "n": int(n)}
+    if value is None or resamples <= 0:
+        return {"value": value, "ci": [None, None], "n": int(n)}
+    boot = stat(bootstrap_indices(n, resamples, seed))
+    return {"value": value, "ci": _percentiles(_recentred(value, boot) if recentre else boot), "n": int(n)}
 
 
-def paired_test(stat_model: Statistic, stat_base: Statistic, n: int, higher_is_better: bool, resamples: int, seed: int) -> dict:
-    """Model minus baseline on the same n starts: ``{"diff", "ci", "p", "won", "n"}``."""
+def paired_test(
+    stat_model: Statistic, stat_base: Statistic, n: int, higher_is_better: bool, resamples: int, seed: int, recentre: bool = False
+) -> dict:
+    """Model minus baseline on the same n starts: ``{"diff", "ci", "p", "won", "n"}`` (``recentre``:
+    as for ``interval``)."""
     if n < 2:
         return {"diff": None, "ci": [None, None], "p": None, "won": False, "n": int(n)}
     full = np.arange(n)[None]
@@ -63,6 +80,8 @@ def paired_test(stat_model: Statistic, stat_base: Statistic, n: int, higher_is_b
     idx = bootstrap_indices(n, resamples, seed)
     d = stat_model(idx) - stat_base(idx)
     d = d[np.isfinite(d)]
+    if recentre and diff is not None and len(d):
+        d = _recentred(diff, d)
     if diff is None or len(d) == 0:
         return {"diff": diff, "ci": [None, None], "p": None, "won": False, "n": int(n)}
     lo, hi = _percentiles(d)

@@ -120,7 +120,9 @@ def summarise(arm: ArmMetrics, settings: Mapping[str, int]) -> dict[str, dict[st
         vals, cis, ns = [], [], []
         for j in range(len(arm.rec.horizons)):
             rows = np.flatnonzero(arm.present(m, j))
-            r = S.interval(arm.statistic(m, j, rows), len(rows), _resamples(m, settings), int(settings["seed"]) + j)
+            r = S.interval(
+                arm.statistic(m, j, rows), len(rows), _resamples(m, settings), int(settings["seed"]) + j, recentre=m == "frame_fd"
+            )
             vals.append(r["value"])
             cis.append(r["ci"])
             ns.append(r["n"])
@@ -152,6 +154,7 @@ def compare(
                 hib,
                 _resamples(m, settings),
                 int(settings["seed"]) + 1000 + j,
+                recentre=m == "frame_fd",
             )
             per_h.append({"baseline": best, "baseline_value": best_value} | test)
         if any(x is not None for x in per_h):

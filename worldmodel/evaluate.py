@@ -43,7 +43,9 @@ dream's root displacement and heading change, and their correlation with the sim
 Writes ``metrics.json`` (``horizons``, ``tasks: {task: {model, baselines, comparison, push,
 generative, ...}}``, ``counterfactual``, ``notes``), ``run_info.json`` (what was evaluated, n,
 timing), ``tables.md`` (one table per task, EVAL.md-ready), ``plots_<task>.png``,
-``counterfactual.png`` and real | dream videos ``videos/<task>/*.mp4``.
+``counterfactual.png``, real | dream videos ``videos/<task>/*.mp4`` and every per-start value
+``per_start/<task>.npz`` (``<arm>/<value>`` arrays (starts, horizons, ...), NaN where not scored,
+beside each start's ``episode``, ``t0``, ``length`` and ``target``), for analyses after the run.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ from .counterfactual import (
 from .eval_episodes import Episode, ModelSpec, check_compatible, load_episodes, model_spec, props_from_qpos, simulate_episodes
 from .eval_generative import GENERATIVE_METRICS, best_of_n, choose_subset
 from .eval_replay import ENV_OBS_KEYS, FRAME_KEYS, HIGHER_IS_BETTER, MODALITY_METRICS, StartRecord, evaluate_replay
-from .eval_report import format_table, markdown_tables, write_plots, write_videos
+from .eval_report import format_table, markdown_tables, write_per_start, write_plots, write_videos
 from .eval_stats import interval, mean_of
 from .eval_summary import ArmMetrics, compare, push_displacement, summarise
 from .eval_tasks import OBJECT_NAMES, Start, sample_starts, split_by_task, target_object, task_seed
@@ -284,8 +286,9 @@ def evaluate_task(
     st: EvalSettings,
     video,
     notes: list[str],
-) -> tuple[dict[str, Any], list[Start], dict[int, dict[str, np.ndarray]]]:
-    """One task's section of ``metrics.json``, its starts and the kept predictions (for videos)."""
+) -> tuple[dict[str, Any], list[Start], dict[str, StartRecord], np.ndarray]:
+    """One task's section of ``metrics.json``, its starts, every arm's per-start record (``real``:
+    the real frames', when the video-object metrics run) and each start's target object."""
     starts, targets = _starts_for(episodes, idx, K, task, st)
     keep = _video_starts(starts, st.num_videos)
     real = video.real_frames(episodes, starts, st.horizons, st.batch_size, st.frame_horizon) if video is not None else None
@@ -344,7 +347,7 @@ def evaluate_task(
         section["generative"] = gen
         seconds["best_of"] = time.perf_counter() - t0
     section["seconds"] = seconds
-    return section, starts, records["sampler"].kept
+    return section, starts, records | ({"real": real} if real is not None else {}), targets
 
 
 def _video_starts(starts: Sequence[Start], num: int) -> list[int]:
@@ -424,8 +427,9 @@ def evaluate(
             notes.append(f"{task}: no start (every episode is shorter than the context {K} + 1)")
             continue
         t0 = time.perf_counter()
-        sections[task], starts, kept = evaluate_task(task, idx, episodes, arms, K, mods, st, video, notes)
-        videos += write_videos(out / "videos" / task, episodes, starts, kept, K)
+        sections[task], starts, records, targets = evaluate_task(task, idx, episodes, arms, K, mods, st, video, notes)
+        videos += write_videos(out / "videos" / task, episodes, starts, records["sampler"].kept, K)
+        write_per_start(out / "per_start" / f"{task}.npz", episodes, starts, targets, records)
         timing[task] = time.perf_counter() - t0
     if not sections:
         raise ValueError(f"no evaluation start in dataset {data_name}: every episode is shorter than context {K} + 1")
