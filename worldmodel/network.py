@@ -26,7 +26,7 @@ from dreamgym.envs.motion import MOTION_DIM
 from . import data as D
 from . import edm
 from . import render as R
-from .blocks import GridTokens, TokenTransformer, UNetBranch, fourier_embedding
+from .blocks import GridTokens, TokenTransformer, UNetBranch, fourier_embedding, segment_index
 from .config import ArchitectureConfig
 from .warp import warp_frame
 
@@ -394,7 +394,7 @@ class WorldModelNetwork(nn.Module):
             return x[m] * edm.expand(pre[m][2], x[m])
 
         # state tokens
-        toks, conds = [], []
+        toks = []
         for m, ctx_key in (("motion", "motion_ctx"), ("partner_motion", "partner_ctx")):
             r_in, j_in = D.motion_tokens(scaled(m))  # (B, 7), (B, 22, 10)
             r_ctx, j_ctx = D.motion_tokens(ctx[ctx_key])  # (B, K, 7), (B, K, 22, 10)
@@ -412,10 +412,8 @@ class WorldModelNetwork(nn.Module):
                 root = root + self.pact_root(ctx["partner_feats"])[:, None]
                 joints = joints + self.pact_joint(ctx["partner_feats"])[:, None]
             toks += [root, joints]
-            conds.append(mod_cond[m][:, None].expand(B, 23, -1))
         pr = self.in_props(torch.cat([scaled("props"), ctx["props_ctx"].transpose(1, 2).flatten(2)], -1))
         toks.append(pr)
-        conds.append(mod_cond["props"][:, None].expand(B, D.N_PROPS, -1))
         state = torch.cat(toks, 1) + self.state_pos
         # U-Net encoders
         enc = {}
@@ -435,10 +433,12 @@ class WorldModelNetwork(nn.Module):
                 grid_toks.append(self.grid[m].tokens(h))
             else:
                 grid_toks.append(self.absent[m][None].expand(B, -1, -1))
-            conds.append(mod_cond[m][:, None].expand(B, n_grid, -1))
         tokens = torch.cat([g[:, None], state, *grid_toks], 1)
-        cond = torch.cat([g[:, None], *conds], 1)
-        out = self.transformer(tokens, cond)
+        # one conditioning row per run of tokens that share it (global, each modality): the
+        # transformer modulates once per row instead of once per token (the same numbers)
+        rows = torch.stack([g, *(mod_cond[m] for m in ("motion", "partner_motion", "props", *self.branches))], 1)
+        lengths = (1, 23, 23, D.N_PROPS, *(n_grid for _ in self.branches))
+        out = self.transformer(tokens, rows, segment_index(lengths, tokens.device))
         s0 = 1
         st = out[:, s0 : s0 + self.n_state_tokens]
         Fout: dict[str, torch.Tensor] = {}

@@ -196,8 +196,15 @@ class SamplingMixin:
                 {m: torch.full_like(zeros, c.sigma_max) for m in gen_order},
             )
         noise = {m: torch.randn(shapes[m], generator=generator, device=self.device) * s.init_noise for m in gen_order}
-        x0 = edm.sample(denoise, noise, s.num_steps, self.edm_for(s))
-        if c.state_prior and s.num_steps == 1 and s.init_noise == 0.0:
+        mean_bodies = c.state_prior and s.num_steps == 1 and s.init_noise == 0.0
+        # what the step keeps of the denoiser's output: not the bodies of a one-step mean (the
+        # prior's, below), nor the props of a props network model (``_decode_step`` moves them)
+        replaced = ({"motion", "partner_motion"} if mean_bodies else set()) | ({"props"} if c.props_dynamics else set())
+        if set(gen_order) <= replaced:  # nothing: the network need not run (a state step of the shipped model)
+            x0 = {m: torch.zeros(shapes[m], device=self.device) for m in gen_order}
+        else:
+            x0 = edm.sample(denoise, noise, s.num_steps, self.edm_for(s))
+        if mean_bodies:
             # the one-step conditional-mean estimate of the bodies is the prior's regression:
             # trained on far more samples than the denoiser at sigma_max, and steadier over
             # long dreams (held-out 64-step agent MPJPE 85 vs 125 mm with the denoiser's)
