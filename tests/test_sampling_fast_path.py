@@ -1,6 +1,5 @@
-"""The sampler's fast path: a state-only step of the one-step mean sampler runs no denoiser (its
-equality with the full path is also covered by test_the_shipped_model_dreams_its_reference, whose
-state outputs take this path)."""
+"""The sampler's fast path: a state-only step of the one-step mean sampler runs no denoiser, and
+dreams the state recorded for the shipped weights (``mean.*`` of tests/data/wm_default_reference)."""
 
 from __future__ import annotations
 
@@ -26,11 +25,16 @@ def test_a_state_step_of_the_shipped_sampler_runs_no_denoiser():
     try:
         state = {k: inp[k] for k in ("motion", "partner_motion", "props", "instruction")}
         out = m.imagine(
-            state, inp["actions"][:, :2], partner_actions=inp["partner_actions"][:, :2], modalities=["motion", "partner_motion", "props"]
+            state,
+            inp["actions"][:, :2],
+            num_steps=1,
+            init_noise=0.0,
+            partner_actions=inp["partner_actions"][:, :2],
+            modalities=["motion", "partner_motion", "props"],
         )
         assert not calls
         for k in ("motion", "partner_motion", "props"):
-            assert torch.allclose(out[k], ref[f"imagine.{k}"], rtol=0, atol=1e-5), k
+            assert torch.allclose(out[k], ref[f"mean.{k}"], rtol=0, atol=1e-5), k
         m.imagine(state, inp["actions"][:, :2], num_steps=3, init_noise=1.0, modalities=["motion"])
         assert calls  # a sampled step still denoises
     finally:

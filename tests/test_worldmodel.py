@@ -988,32 +988,24 @@ def test_draw_noise_reads_a_training_config_a_noise_config_or_a_mapping():
 
 # ----------------------------------------------------------------------------- the shipped model
 def test_the_shipped_model_dreams_its_reference():
-    """The shipped default's dream on two held-out reach32 windows equals the one recorded when the
-    configs were split (tests/data/wm_default_reference.safetensors: inputs and outputs)."""
+    """The shipped default's dream on two held-out windows equals the one recorded with these
+    weights (tests/data/wm_default_reference.safetensors, written by make_wm_default_reference.py:
+    inputs and outputs, each call with its own fixed generator)."""
+    import importlib.util
+
     from safetensors.torch import load_file
 
     from dreamgym.worldmodel.model import load_default
 
-    ref = load_file(str(Path(__file__).parent / "data" / "wm_default_reference.safetensors"))
+    here = Path(__file__).parent / "data"
+    spec = importlib.util.spec_from_file_location("make_wm_default_reference", here / "make_wm_default_reference.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    ref = load_file(str(here / "wm_default_reference.safetensors"))
     inp = {k.split(".", 1)[1]: v for k, v in ref.items() if k.startswith("input.")}
     m = load_default()
     assert m.sampler == SamplerConfig() and m.config == ArchitectureConfig()
-    ctx = {k: inp[k] for k in ("ego_rgb", "ego_depth", "motion", "partner_motion", "props", "occupancy", "instruction")}
-    a, pa = inp["actions"], inp["partner_actions"]
-    got = {f"imagine.{k}": v for k, v in m.imagine(ctx, a[:, :2], partner_actions=pa[:, :2]).items()}
-    r = m.imagine(
-        ctx,
-        a[:, :2],
-        num_steps=3,
-        init_noise=1.0,
-        partner_actions=pa[:, :2],
-        modalities=["motion", "partner_motion", "props"],
-        generator=torch.Generator().manual_seed(3),
-    )
-    got |= {f"imagine3.{k}": v for k, v in r.items()}
-    state = {k: ctx[k] for k in ("motion", "partner_motion", "props", "instruction")}
-    r = m.rollout(state, a[:, 1:], past_actions=a[:, :1], partner_actions=pa, modalities=["motion", "partner_motion", "props"])
-    got |= {f"rollout.{k}": v for k, v in r.items()}
+    got = maker.reference_outputs(m, inp)
     want = {k: v for k, v in ref.items() if not k.startswith("input.")}
     assert sorted(got) == sorted(want)
     for k, v in want.items():

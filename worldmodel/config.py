@@ -142,6 +142,12 @@ class SamplerConfig:
     init_noise: float = 0.0
     sigma_min: float = 0.002  # the schedule's lowest noise level (Karras et al.'s rho schedule)
     rho: float = 7.0
+    # The ego frames' and the occupancy grid's own pass (a model that dreams the state first, then
+    # the frames and grid given it): its steps and initial noise (None: num_steps and init_noise).
+    # 1 and 0: the conditional-mean frame and grid given the sampled bodies -- the samples differ
+    # where the bodies do and stay sharp, at the cost of one frame-network call per step.
+    frame_num_steps: int | None = None
+    frame_init_noise: float | None = None
     # A predicted prop displacement under this (metres per step) is dropped (0: off): props sit
     # still on almost every step and a regression's small drift on a resting prop compounds.
     props_rest_threshold: float = 0.0002
@@ -253,6 +259,8 @@ RANGES: dict[type, dict[str, Rule]] = {
         "init_noise": _at_least(0.0),
         "sigma_min": _POSITIVE,
         "rho": _POSITIVE,
+        "frame_num_steps": ((lambda v: v is None or v >= 1), "an integer >= 1, or null"),
+        "frame_init_noise": ((lambda v: v is None or v >= 0.0), "a number >= 0.0, or null"),
         "props_rest_threshold": _at_least(0.0),
         "props_contact_radius": _at_least(0.0),
     },

@@ -28,14 +28,28 @@ class SamplingMixin:
         self, sampler: SamplerConfig | None = None, num_steps: int | None = None, init_noise: float | None = None
     ) -> SamplerConfig:
         """The sampler of one call: ``sampler`` (default: the model's), with ``num_steps`` and
-        ``init_noise`` replaced where given (checked like any config)."""
+        ``init_noise`` replaced where given (checked like any config). Given, they set every pass's
+        (the frame pass's ``frame_*`` settings are cleared): ``num_steps=1, init_noise=0`` is the
+        conditional mean throughout."""
         s = self.sampler if sampler is None else sampler
         if sampler is not None:
             check_sampler(self.config, s, "sampler")
         over = {k: v for k, v in (("num_steps", num_steps), ("init_noise", init_noise)) if v is not None}
-        if not over or all(getattr(s, k) == v for k, v in over.items()):
+        if not over:
+            return s
+        over |= {"frame_num_steps": None, "frame_init_noise": None}
+        if all(getattr(s, k) == v for k, v in over.items()):
             return s
         return dataclasses.replace(s, **over)
+
+    @staticmethod
+    def frame_sampler(s: SamplerConfig) -> SamplerConfig:
+        """The sampler of the frame and grid pass (given the dreamed state): ``s`` with its
+        ``frame_num_steps`` / ``frame_init_noise`` where set."""
+        over = {
+            k: v for k, v in (("num_steps", s.frame_num_steps), ("init_noise", s.frame_init_noise)) if v is not None and getattr(s, k) != v
+        }
+        return dataclasses.replace(s, **over) if over else s
 
     def _check_context(self, context: Mapping[str, torch.Tensor], actions: torch.Tensor, branches: Sequence[str]) -> None:
         c, K = self.config, self.config.context
@@ -158,6 +172,8 @@ class SamplingMixin:
             first = self._imagine(context, actions, s, list(D.STATE_MODALITIES), generator, state_given, partner_actions)
             given |= {k: first[k] for k in D.STATE_MODALITIES}
             gen_mods -= set(D.STATE_MODALITIES)
+        if not gen_mods & set(D.STATE_MODALITIES):  # the frame and grid pass, given the state
+            s = self.frame_sampler(s)
         ctx = self.encode_context(context, actions, branches, partner_actions=partner_actions)
         if c.ego_warp and "ego" in branches and "motion" in given:
             self.frame_base(ctx, given["motion"], next_partner=given.get("partner_motion"))
@@ -185,10 +201,19 @@ class SamplingMixin:
         shapes = self._target_shapes(B)
         zeros = torch.zeros(B, device=self.device)
 
+        # a sampled state_prior model: the first step's estimate of the bodies (at sigma_max) is the
+        # prior's regression, as in the one-step mean, and the later steps sample around it
+        prior_first = [m for m in ("motion", "partner_motion") if c.state_prior and m in gen_order]
+        calls = [0]
+
         def denoise(x: dict[str, torch.Tensor], sig: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             xx = dict(x) | dict(clean)
             ss = dict(sig) | {m: zeros for m in clean}
-            return {m: v for m, v in self.denoise(ctx, xx, ss).items() if m in x}
+            out = {m: v for m, v in self.denoise(ctx, xx, ss).items() if m in x}
+            if calls[0] == 0:
+                out |= {m: ctx[f"prior_{m}"] for m in prior_first}
+            calls[0] += 1
+            return out
 
         if c.deterministic:
             return denoise(
