@@ -66,3 +66,27 @@ def test_a_sampled_step_differs_by_its_noise_in_the_bodies_and_frames_follow_the
     noisy = m.imagine(ctx, a, partner_actions=pa, sampler=dataclasses.replace(s, num_steps=1), modalities=["motion", "partner_motion"])
     for k in ("motion", "partner_motion"):
         assert torch.allclose(noisy[k], mean[k], atol=1e-5), k
+
+
+def test_sample_agent_false_keeps_the_agent_at_its_mean_and_samples_the_partner():
+    from dreamgym.worldmodel.model import load_default
+
+    m = load_default()
+    inp = _inputs()
+    state = {k: inp[k] for k in ("motion", "partner_motion", "props", "instruction")}
+    a, pa = inp["actions"][:, :2], inp["partner_actions"][:, :2]
+    s = SamplerConfig(num_steps=2, init_noise=1.0, sigma_min=0.5, sample_agent=False)
+    keys = ["motion", "partner_motion", "props"]
+    one, two = (
+        m.imagine(state, a, partner_actions=pa, sampler=s, modalities=keys, generator=torch.Generator().manual_seed(i)) for i in (0, 1)
+    )
+    mean = m.imagine(state, a, partner_actions=pa, num_steps=1, init_noise=0.0, modalities=keys)
+    assert torch.allclose(one["motion"], mean["motion"], atol=1e-5) and torch.allclose(two["motion"], mean["motion"], atol=1e-5)
+    assert not torch.allclose(one["partner_motion"], two["partner_motion"])
+
+
+def test_sample_agent_false_needs_a_state_prior():
+    from dreamgym.worldmodel.config import ArchitectureConfig, check_sampler
+
+    with pytest.raises(ConfigError, match="sample_agent"):
+        check_sampler(ArchitectureConfig(state_prior=0, props_dynamics=0), SamplerConfig(sample_agent=False))

@@ -148,6 +148,10 @@ class SamplerConfig:
     # where the bodies do and stay sharp, at the cost of one frame-network call per step.
     frame_num_steps: int | None = None
     frame_init_noise: float | None = None
+    # false: the agent's own next body is its conditional mean (the state prior's regression; it
+    # follows the agent's action) and only the partner, the props and the rest are sampled given
+    # it. Needs a ``state_prior`` model.
+    sample_agent: bool = True
     # A predicted prop displacement under this (metres per step) is dropped (0: off): props sit
     # still on almost every step and a regression's small drift on a resting prop compounds.
     props_rest_threshold: float = 0.0002
@@ -329,6 +333,8 @@ def check_sampler(arch: ArchitectureConfig, sampler: SamplerConfig, source: str 
     """The rule between a sampler and the architecture it samples: sigma_min < sigma_max."""
     if not sampler.sigma_min < arch.sigma_max:
         raise ConfigError(source, "sigma_min", sampler.sigma_min, f"a number below the architecture's sigma_max ({arch.sigma_max})")
+    if not sampler.sample_agent and not arch.state_prior:
+        raise ConfigError(source, "sample_agent", False, "true for a model without a state_prior (the agent's mean comes from the prior)")
 
 
 # ----------------------------------------------------------------------------- checking
