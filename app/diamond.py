@@ -71,7 +71,8 @@ def _policy_cfg(cfg: DictConfig, out: Path, world_model: Path, steps: int, init:
             "num_envs": int(cfg.num_envs),
             "obs_keys": list(cfg.obs_keys),
             "seed": seed,
-            "num_denoising_steps": int(cfg.num_denoising_steps),
+            "num_denoising_steps": cfg.get("num_denoising_steps"),  # None: the world model's own sampler
+            "init_noise": cfg.get("init_noise"),
             "horizon": cfg.horizon,
             "reward_source": cfg.reward_source,
             "init": str(init) if init else None,
@@ -234,6 +235,7 @@ def diamond(cfg: DictConfig | dict) -> dict[str, Any]:
             "dream_start_steps": int(meta["real_env_steps"]),
             "dream_train_return": meta["train_return_recent"],
             "dream_train_success": meta["train_success_recent"],
+            "sampler": meta.get("sampler"),  # what the policy's dream was sampled with
             "wall_s": {"collect": t_collect, "world_model": t_wm, "policy": time.time() - tic},
             "world_model": str(world_model),
             "policy": str(policy_zip),
@@ -250,10 +252,12 @@ def diamond(cfg: DictConfig | dict) -> dict[str, Any]:
         it += 1
     if policy_path is None:
         raise ValueError(f"budget={budget} real steps is too small for one iteration (collect_envs={cfg.collect_envs}, context {K})")
-    return _summary(cfg, out, it, used, policy_path, world_model, time.time() - t0)
+    return _summary(cfg, out, it, used, policy_path, world_model, time.time() - t0, log[-1].get("sampler"))
 
 
-def _summary(cfg: DictConfig, out: Path, iterations: int, used: int, policy_path: Path, world_model: Any, wall_s: float) -> dict[str, Any]:
+def _summary(
+    cfg: DictConfig, out: Path, iterations: int, used: int, policy_path: Path, world_model: Any, wall_s: float, sampler: Any = None
+) -> dict[str, Any]:
     """The run's result, with the policy's held-out evaluation in the real simulator; written to ``summary.json``."""
     summary: dict[str, Any] = {
         "task": cfg.task,
@@ -262,6 +266,7 @@ def _summary(cfg: DictConfig, out: Path, iterations: int, used: int, policy_path
         "iterations": iterations,
         "policy": str(policy_path),
         "world_model": str(world_model),
+        "sampler": sampler,  # what the last policy's dream was sampled with
         "wall_s": wall_s,
     }
     if int(cfg.eval_episodes) > 0:

@@ -74,7 +74,8 @@ def _dataset_items(root: Path, split: str, episodes: list[int] | None, max_episo
     return len(entries) * len(SIDES), items()
 
 
-def _bundle_items(bundle_path: Path, streams: list[str]) -> tuple[float, int, Iterator[Item]]:
+def _bundle_items(bundle_path: Path, streams: list[str]) -> tuple[float, int, Iterator[Item], dict[str, Any] | None]:
+    """fps, count, the items of ``streams`` and the sampler the bundle's dream was sampled with (None: no dream exported)."""
     from .viewer.bundle import Bundle
 
     bundle = Bundle.load(bundle_path)
@@ -85,7 +86,8 @@ def _bundle_items(bundle_path: Path, streams: list[str]) -> tuple[float, int, It
             for side, key in SIDES.items():
                 yield e["name"], s, side, (lambda e=e, s=s, key=key: bundle.array(e, s, key)), e["streams"][s].get("dream_start")
 
-    return bundle.fps, len(todo) * len(SIDES), items()
+    dreamed = any(s == "dream" for _, s in todo)
+    return bundle.fps, len(todo) * len(SIDES), items(), bundle.index.get("sampler") if dreamed else None
 
 
 def run(cfg) -> int:
@@ -124,6 +126,7 @@ def run(cfg) -> int:
             fps = dataset_fps(src.data)
             total, items = _dataset_items(src.data, split, episodes, max_episodes)
             described_source = {"kind": src.kind, "path": str(src.path), "data": str(src.data)}
+            sampler = None  # recorded motion only
         else:
             if src.kind == "bundle":
                 resolved_path = src.path
@@ -136,14 +139,15 @@ def run(cfg) -> int:
                     episodes=episodes,
                     max_episodes=max_episodes,
                     dream_steps=cfg.get("dream_steps"),
-                    num_steps=int(cfg.num_steps),
+                    num_steps=cfg.get("num_steps"),  # None: the world model's own sampler
+                    init_noise=cfg.get("init_noise"),
                     seed=int(cfg.seed),
                     device=cfg.device,
                     dataset_default_dream=False,
                     progress=bool(cfg.progress),
                 )
                 resolved_path = resolved.path
-            fps, total, items = _bundle_items(resolved_path, streams)
+            fps, total, items, sampler = _bundle_items(resolved_path, streams)
             described_source = {"kind": src.kind, "path": str(src.path), "bundle": str(resolved_path)}
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise SystemExit(f"dreamgym export: {e}") from None
@@ -176,6 +180,7 @@ def run(cfg) -> int:
         "fps": fps,
         "frame": "SMPL-X (x left, y up, z forward), metres",
         "bvh_units_per_metre": float(cfg.bvh_units_per_metre),
+        "sampler": sampler,  # what the exported dream was sampled with (None: no dream)
         "episodes": written,
     }
     atomic_write_bytes(out / "export.json", json.dumps(index, indent=1).encode())

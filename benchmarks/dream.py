@@ -16,7 +16,9 @@ Actions are uniform random. A step of B worlds counts as B transitions. Episode 
 dream env draws from the simulator, K-1 real steps each) fall outside the timed window. The world
 model is ``checkpoint``'s, the shipped default, or -- when neither exists -- the default
 architecture (``configs/worldmodel/default.yaml``) with random weights: speed does not depend on
-the weights. ``summary.dream_over_sim`` is the state-only ratio of the medians at the largest B (64 by default).
+the weights. It dreams with its own sampler (``sampler.json``) unless ``num_denoising_steps`` or
+``init_noise`` override it; ``summary.sampler`` (and each dream arm's ``sampler``) says which.
+``summary.dream_over_sim`` is the state-only ratio of the medians at the largest B (64 by default).
 """
 
 from __future__ import annotations
@@ -51,8 +53,18 @@ def bench_model(checkpoint: Any, resolution: int) -> tuple[Any, str]:
     ).eval(), "configs/worldmodel/default.yaml (random weights)"
 
 
-def dream_rate(model: Any, B: int, task: str, obs_keys: Sequence[str], num_steps: int, timing: Timing, seed: int) -> dict[str, Any]:
-    """``DreamVecEnv`` transitions/s at B worlds generating what ``obs_keys`` need."""
+def dream_rate(
+    model: Any,
+    B: int,
+    task: str,
+    obs_keys: Sequence[str],
+    num_steps: int | None,
+    timing: Timing,
+    seed: int,
+    init_noise: float | None = None,
+) -> dict[str, Any]:
+    """``DreamVecEnv`` transitions/s at B worlds generating what ``obs_keys`` need, and the
+    ``sampler`` it dreamed with (``num_steps`` and ``init_noise`` None: the model's own)."""
     from dreamgym.policies.train import dream_modalities
     from dreamgym.worldmodel.dream_env import DreamVecEnv
 
@@ -63,13 +75,15 @@ def dream_rate(model: Any, B: int, task: str, obs_keys: Sequence[str], num_steps
         modalities=dream_modalities(obs_keys),
         obs_keys=obs_keys,
         num_denoising_steps=num_steps,
+        init_noise=init_noise,
         seed=seed,
         return_tensors=True,
     )
     env.reset_tensors(seed=seed)
     gen = torch.Generator().manual_seed(seed)
     try:
-        return timed(lambda: env.step_tensors(torch.rand(B, 6, generator=gen) * 2 - 1), timing, per_call=B, unit="transitions_per_s")
+        r = timed(lambda: env.step_tensors(torch.rand(B, 6, generator=gen) * 2 - 1), timing, per_call=B, unit="transitions_per_s")
+        return r | {"sampler": env.sampler_info}
     finally:
         env.close()
 
@@ -91,15 +105,17 @@ def bench(
     checkpoint: Any = None,
     batch_sizes: Sequence[int] = (1, 16, 64),
     task: str = "reach",
-    num_denoising_steps: int = 1,
+    num_denoising_steps: int | None = None,
     frames: bool = True,
     timing: Timing | None = None,
     seed: int = 0,
     resolution: int = 32,
     progress: Callable[[str], None] = print,
     run: BenchRun | None = None,
+    init_noise: float | None = None,
 ) -> dict[str, Any]:
-    """Arms ``sim_<obs>_B<B>`` and ``dream_<obs>_B<B>`` (see the module docstring); returns the JSON-ready result."""
+    """Arms ``sim_<obs>_B<B>`` and ``dream_<obs>_B<B>`` (see the module docstring); returns the JSON-ready result.
+    ``num_denoising_steps`` and ``init_noise`` None: the world model's own sampler."""
     timing = timing or Timing()
     run = run or BenchRun("dream", {"checkpoint": checkpoint, "batch_sizes": list(batch_sizes), "task": task})
     model, source = bench_model(checkpoint, resolution)
@@ -114,7 +130,8 @@ def bench(
             progress(f"B={B} {name}: dream ...")
             d = run.add(
                 f"dream_{name}_B{B}",
-                dream_rate(model, B, task, keys, num_denoising_steps, timing, seed) | {"batch_size": B, "observations": list(keys)},
+                dream_rate(model, B, task, keys, num_denoising_steps, timing, seed, init_noise)
+                | {"batch_size": B, "observations": list(keys)},
             )
             ratio[name][str(B)] = d["median"] / s["median"]
             progress(f"  dream {d['median']:.1f} vs simulator {s['median']:.1f} transitions/s ({ratio[name][str(B)]:.2f}x)")
@@ -125,7 +142,9 @@ def bench(
         "ratio_batch_size": int(top),
         "dream_over_sim_by_batch": ratio,
         "task": task,
-        "num_denoising_steps": int(num_denoising_steps),
+        "num_denoising_steps": num_denoising_steps,  # as asked (None: the model's own); what ran is `sampler`
+        "init_noise": init_noise,
+        "sampler": d["sampler"],
         "world_model": {
             "source": source,
             "sha256": hash_path(source) if Path(source).exists() else None,
@@ -147,12 +166,13 @@ def run(cfg: DictConfig) -> int:
         cfg.checkpoint,
         [int(b) for b in cfg.batch_sizes],
         cfg.task,
-        int(cfg.num_denoising_steps),
+        cfg.num_denoising_steps,
         bool(cfg.frames),
         Timing.from_cfg(cfg),
         int(cfg.seed),
         int(cfg.resolution),
         run=bench_run,
+        init_noise=cfg.get("init_noise"),
     )
     path = bench_run.write(cfg.out)
     s = r["summary"]

@@ -32,6 +32,7 @@ call, which a rare episode start inside the window does not move.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -276,7 +277,7 @@ def stage_dream(fig: Figures, device: str, sizes: dict, work: Path) -> None:
         "frames": (state + ["ego_rgb", "ego_depth"], ["motion", "partner_motion", "ego_rgb", "ego_depth"]),
     }
     fig.set(["resolution"], res)
-    fig.set(["num_denoising_steps"], 1)
+    fig.set(["sampler"], model.sampler.to_dict())  # the dream env samples as the model's own sampler says
     for B in sizes["batches"]:
         for name, (keys, mods) in sets.items():
             t0 = time.perf_counter()
@@ -393,7 +394,7 @@ def stage_eval(fig: Figures, device: str, sizes: dict, work: Path) -> None:
     # the shipped weights with the sampler's initial noise at 0: the prediction is then a function
     # of the inputs alone, so the two devices must agree up to floating point
     model = load_world_model(None, "cpu")
-    model.config.init_noise = 0.0
+    model.sampler = dataclasses.replace(model.sampler, init_noise=0.0)  # saved as its sampler.json
     ckpt = work / "wm_init_noise_0"
     model.save_pretrained(ckpt)
     torch.backends.cudnn.allow_tf32 = False

@@ -114,7 +114,8 @@ def run(cfg: DictConfig) -> int:
     for ck in list(cfg.checkpoints or [None]):
         path = Path(ck) if ck is not None else DEFAULT_CHECKPOINT
         name = "default" if ck is None else str(ck)
-        scores = bench_run.add(name, score(WorldModel.from_pretrained(path), rec, horizon, stride) | {"checkpoint": str(path)})
+        wm = WorldModel.from_pretrained(path)  # dreams with its own sampler, recorded beside its scores
+        scores = bench_run.add(name, score(wm, rec, horizon, stride) | {"checkpoint": str(path), "sampler": wm.sampler.to_dict()})
         models[name] = {
             "sha256": hash_path(path),
             "moved_dream_over_real": scores["moved_dream_mean_m"] / scores["moved_real_mean_m"] if scores["moved_windows"] else None,

@@ -48,7 +48,8 @@ def _train_cfg(cfg: DictConfig, env: str, out: Path, steps: int, checkpoint: Any
         "num_envs": int(cfg.num_envs[env]),
         "obs_keys": list(cfg.obs_keys),
         "seed": int(cfg.seed),
-        "num_denoising_steps": int(cfg.num_denoising_steps),
+        "num_denoising_steps": cfg.get("num_denoising_steps"),  # None: the world model's own sampler
+        "init_noise": cfg.get("init_noise"),
         "progress": bool(cfg.progress),
         "num_threads": int(cfg.threads),
         "checkpoint_every": int(cfg.checkpoint_every),
@@ -149,7 +150,8 @@ def evaluation_stage(run: BenchRun, cfg: DictConfig, policies: dict[str, Any], w
             task=cfg.task,
             episodes=int(cfg.value_gap_episodes),
             seed=int(cfg.eval_seed),
-            num_denoising_steps=int(cfg.num_denoising_steps),
+            num_denoising_steps=cfg.get("num_denoising_steps"),
+            init_noise=cfg.get("init_noise"),
             progress=bool(cfg.progress),
         )
         run.add(arm, {"scores": r, "wall_s": time.time() - tic})
@@ -171,6 +173,7 @@ def transfer_summary(cfg: DictConfig, arms: dict[str, Any], n_real: int) -> dict
     out["dream_predicted_success"] = in_dream["success_rate"]
     out["expert_dream_success"] = expert_dream["success_rate"]
     out["expert_dream_return"] = expert_dream["mean_return"]
+    out["sampler"] = in_dream.get("sampler")  # what the value gap's dream was sampled with
     r10 = scores["real10x"]["success_rate"]
     out["dream_over_real10x_success"] = scores["dream"]["success_rate"] / r10 if r10 > 0 else None
     out["goal_met"] = bool(scores["dream"]["success_rate"] >= 0.8 * r10)

@@ -11,7 +11,9 @@ Measures, in one run:
 - **dreaming**: transitions/s of ``WorldModel.imagine`` at each batch size B and number of
   denoising steps, with every modality (``frames``), with frames skipped (``state_only``: body
   motion, props, occupancy) and with frames and occupancy skipped (``body_only``). A call on B
-  worlds counts as B transitions.
+  worlds counts as B transitions. Each arm keeps the model's own initial noise and records its
+  ``sampler``; the model's own step count is timed too when ``num_steps`` leaves it out, and its
+  arms say ``own_sampler`` (``summary.sampler``: the model's sampler).
 - **baseline**: ``EgoRoomVecEnv`` steps/s at the same B (ego frames rendered, and state-only
   observations, which skip rendering; the simulator has no cheaper mode for ``body_only``), so
   ``summary.dream_over_sim`` has dream / sim for each dreaming arm (medians).
@@ -177,12 +179,19 @@ def measure_train(run: BenchRun, train_step, train_loss_name: str | None, window
     progress(f"  {r['median']:.1f} samples/s")
 
 
+def own_sampler(model) -> Any:
+    """The model's own ``SamplerConfig`` (None for a model without ``sampler_for``)."""
+    return getattr(model, "sampler", None) if callable(getattr(model, "sampler_for", None)) else None
+
+
 def measure_dream(run: BenchRun, model, windows, K: int, batch_sizes: Sequence[int], num_steps: Sequence[int], timing: Timing, progress):
     """Arms ``dream_<modalities>_B<B>_steps<n>`` and their ratios to the simulator in ``run.summary``."""
     full = list(model_spec(model).modalities)
     state = [m for m in STATE_KEYS if m in full]
     sets = {"frames": full, "state_only": state, "body_only": [m for m in BODY_KEYS if m in full]}
     ratios = run.summary.setdefault("dream_over_sim", {})
+    own = own_sampler(model)  # one of the arms
+    sweep = [int(s) for s in num_steps] + ([int(own.num_steps)] if own is not None and int(own.num_steps) not in num_steps else [])
     for B in batch_sizes:
         w = tile(windows, B)
         ctx_all = {k: w[k][:, :K] for k in full if k in w} | {"instruction": w["instruction"]}
@@ -191,11 +200,13 @@ def measure_dream(run: BenchRun, model, windows, K: int, batch_sizes: Sequence[i
             if not mods or (mods_name != "frames" and mods == full) or (mods_name == "body_only" and mods == state):
                 continue
             ctx = {k: v for k, v in ctx_all.items() if k in mods or k == "instruction"}
-            for steps in num_steps:
+            for steps in sweep:
                 progress(f"dream B={B} steps={steps} {mods_name} ...")
-                name = f"{mods_name}_B{B}_steps{int(steps)}"
-                r = sampling_rate(model, ctx, actions, int(steps), mods, timing)
-                run.add(f"dream_{name}", r | {"batch_size": B, "num_steps": int(steps), "modalities": mods_name})
+                name = f"{mods_name}_B{B}_steps{steps}"
+                r = sampling_rate(model, ctx, actions, steps, mods, timing) | {"batch_size": B, "num_steps": steps, "modalities": mods_name}
+                if own is not None:
+                    r |= {"sampler": model.sampler_for(None, steps).to_dict(), "own_sampler": steps == int(own.num_steps)}
+                run.add(f"dream_{name}", r)
                 sim = run.arms.get(f"sim_{'frames' if mods_name == 'frames' else 'state_only'}_B{B}")
                 if sim is not None:
                     ratios[name] = r["median"] / sim["median"]
@@ -252,7 +263,8 @@ def bench(
     if hasattr(model, "eval"):
         model.eval()
     measure_dream(run, model, windows, K, batch_sizes, num_steps, timing, progress)
-    run.summary |= {"model": info, "task": task}
+    own = own_sampler(model)
+    run.summary |= {"model": info, "task": task, "sampler": own.to_dict() if own is not None else None}
     return run.result()
 
 
@@ -321,5 +333,8 @@ def format_summary(r: dict) -> str:
         sim_s = f"{sim['median']:>10.1f}" if sim else f"{'-':>10}"
         ratio = ratios.get(name[len("dream_") :])
         ratio_s = f"{ratio:>7.2f}" if ratio is not None else f"{'-':>7}"
-        lines.append(f"{row['batch_size']:>4} {row['num_steps']:>5} {row['modalities']:>11} {row['median']:>10.1f} {sim_s} {ratio_s}")
+        steps = f"{row['num_steps']}{'*' if row.get('own_sampler') else ''}"
+        lines.append(f"{row['batch_size']:>4} {steps:>5} {row['modalities']:>11} {row['median']:>10.1f} {sim_s} {ratio_s}")
+    if any(row.get("own_sampler") for row in arms.values()):
+        lines.append("* the model's own sampler (its sampler.json)")
     return "\n".join(lines)

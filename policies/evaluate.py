@@ -253,16 +253,19 @@ def evaluate_in_dream(
     task: str = "reach",
     episodes: int = 64,
     seed: int = 0,
-    num_denoising_steps: int = 1,
+    num_denoising_steps: int | None = None,
     horizon: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
     allow_pickle: bool = False,
+    init_noise: float | None = None,
     **dream_kwargs: Any,
 ) -> dict[str, Any]:
-    """The return and success the dream predicts for ``policy`` (one episode per dreamed world).
+    """The return and success the dream predicts for ``policy`` (one episode per dreamed world),
+    and the ``sampler`` it was dreamed with.
 
-    The starts are the dream env's own (real contexts drawn by ``DreamVecEnv``).
+    The starts are the dream env's own (real contexts drawn by ``DreamVecEnv``);
+    ``num_denoising_steps`` and ``init_noise`` None: the world model's own sampler.
     """
     from dreamgym.worldmodel.dream_env import DreamVecEnv
 
@@ -275,6 +278,7 @@ def evaluate_in_dream(
         task=task,
         obs_keys=keys,
         num_denoising_steps=num_denoising_steps,
+        init_noise=init_noise,
         horizon=horizon,
         device=device,
         seed=seed,
@@ -283,7 +287,7 @@ def evaluate_in_dream(
     )
     res = run_episodes(env, {"policy": (pol, torch.arange(episodes))}, seed=seed, progress=progress)["policy"]
     env.close()
-    return summarize(res["returns"], res["successes"], res["lengths"]) | {"wall_s": time.time() - t0}
+    return summarize(res["returns"], res["successes"], res["lengths"]) | {"sampler": env.sampler_info, "wall_s": time.time() - t0}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -296,15 +300,16 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown key(s) {unknown}; eval-policy reads {sorted(base)}")
     if cfg.env not in ("real", "dream"):
         raise ConfigError(f"env={cfg.env!r}: expected one of ['real', 'dream']")
-    for key, low in (("episodes", 1), ("max_worlds", 1), ("seed", 0), ("num_denoising_steps", 1), ("num_threads", 1)):
+    for key, low in (("episodes", 1), ("max_worlds", 1), ("seed", 0), ("num_threads", 1)):
         v = cfg.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ConfigError(f"{key}={v!r}: expected a whole number >= {low}")
     for key in ("allow_pickle", "deterministic", "progress"):
         if cfg.get(key) not in (True, False):
             raise ConfigError(f"{key}={cfg.get(key)!r}: expected true or false")
-    from .train import check_device
+    from .train import check_device, check_sampler_keys
 
+    check_sampler_keys(cfg)
     check_device(cfg.device)
 
 
@@ -347,7 +352,8 @@ def _evaluate(cfg: DictConfig, spec: str) -> dict[str, Any]:
         task=cfg.task,
         episodes=int(cfg.episodes),
         seed=int(cfg.seed),
-        num_denoising_steps=int(cfg.num_denoising_steps),
+        num_denoising_steps=cfg.num_denoising_steps,
+        init_noise=cfg.get("init_noise"),
         device=cfg.device,
         progress=bool(cfg.progress),
         allow_pickle=bool(cfg.allow_pickle),

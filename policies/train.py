@@ -62,12 +62,14 @@ def make_env(
     obs_keys: Sequence[str] = ("task_obs", "motion"),
     seed: int = 0,
     checkpoint: Any = None,
-    num_denoising_steps: int = 1,
+    num_denoising_steps: int | None = None,
     horizon: int | None = None,
     reward_source: str = "task",
     device: str | torch.device = "cpu",
+    init_noise: float | None = None,
 ):
-    """A batched env of the shared step API: ``real`` (``EgoRoomVecEnv``) or ``dream`` (``DreamVecEnv``)."""
+    """A batched env of the shared step API: ``real`` (``EgoRoomVecEnv``) or ``dream`` (``DreamVecEnv``;
+    ``num_denoising_steps`` and ``init_noise`` None: the world model's own sampler)."""
     keys = tuple(obs_keys)
     if env == "real":
         from dreamgym.envs.vec_env import EgoRoomVecEnv
@@ -84,6 +86,7 @@ def make_env(
             obs_keys=keys,
             horizon=horizon,
             num_denoising_steps=num_denoising_steps,
+            init_noise=init_noise,
             reward_source=reward_source,
             device=device,
             seed=seed,
@@ -99,6 +102,15 @@ def _whole(cfg: DictConfig, key: str, low: int, none_ok: bool = False) -> None:
         return
     if isinstance(v, bool) or not isinstance(v, int) or v < low:
         raise ConfigError(f"{key}={v!r}: expected a whole number >= {low}{' or null' if none_ok else ''}")
+
+
+def check_sampler_keys(cfg: DictConfig) -> None:
+    """``num_denoising_steps`` (null or a whole number >= 1) and ``init_noise`` (null or a number >= 0):
+    null is the world model's own sampler."""
+    _whole(cfg, "num_denoising_steps", 1, none_ok=True)
+    z = OmegaConf.select(cfg, "init_noise")
+    if z is not None and (isinstance(z, bool) or not isinstance(z, (int, float)) or not z >= 0):
+        raise ConfigError(f"init_noise={z!r}: expected a number >= 0 or null (the world model's own sampler)")
 
 
 def _choice(cfg: DictConfig, key: str, allowed: Sequence[Any]) -> None:
@@ -129,11 +141,12 @@ def check_config(cfg: DictConfig) -> None:
     _choice(cfg, "reward_source", ("task", "learned"))
     for key in ("progress", "allow_pickle", "restart"):
         _choice(cfg, key, (True, False))
-    for key, low in (("steps", 1), ("num_envs", 1), ("seed", 0), ("num_denoising_steps", 1), ("stats_steps", 0)):
+    for key, low in (("steps", 1), ("num_envs", 1), ("seed", 0), ("stats_steps", 0)):
         _whole(cfg, key, low)
     for key in ("checkpoint_every", "log_every", "num_threads"):
         _whole(cfg, key, 1)
     _whole(cfg, "horizon", 1, none_ok=True)
+    check_sampler_keys(cfg)
     check_device(cfg.device)
     try:
         check_obs_keys(list(cfg.obs_keys) if cfg.obs_keys is not None else [])
@@ -330,10 +343,11 @@ def _train(cfg: DictConfig, folder: RunFolder, rec: dict[str, Any], ckpt: Path |
         obs_keys,
         int(cfg.seed),
         cfg.checkpoint,
-        int(cfg.num_denoising_steps),
+        cfg.num_denoising_steps,
         cfg.horizon,
         str(cfg.reward_source),
         cfg.device,
+        cfg.init_noise,
     )
     venv = VecMonitor(SB3VecEnv(env))
     fresh = ckpt is None and cfg.init is None
@@ -355,6 +369,7 @@ def _train(cfg: DictConfig, folder: RunFolder, rec: dict[str, Any], ckpt: Path |
             # the dream's: the simulator steps its start source ran (none for dataset starts), over resumes too
             "real_env_steps": done if cfg.env == "real" else cb.real_steps_before + int(env.real_steps),
             "starts": None if cfg.env == "real" else env.starts_info,
+            "sampler": None if cfg.env == "real" else env.sampler_info,  # what each step was dreamed with
             "episodes": cb.episodes,
             "train_return_recent": mean,
             "train_success_recent": float(sum(model.ep_success_buffer) / len(model.ep_success_buffer)) if model.ep_success_buffer else None,

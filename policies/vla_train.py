@@ -263,7 +263,8 @@ def finetune_dream(policy: VLAPolicy, world_model, buffer: Buffer, cfg, rng: np.
             task=task,
             obs_keys=OBS_KEYS,
             resolution=cfg.resolution,
-            num_denoising_steps=cfg.dream_denoising_steps,
+            num_denoising_steps=cfg.get("dream_denoising_steps"),  # None: the world model's own sampler
+            init_noise=cfg.get("dream_init_noise"),
             horizon=cfg.dream_horizon,
             seed=int(rng.integers(10**9)),
             return_tensors=True,
@@ -321,6 +322,7 @@ def finetune_dream(policy: VLAPolicy, world_model, buffer: Buffer, cfg, rng: np.
             )
         stats[task] = {
             "dreamed_transitions": transitions,
+            "sampler": env.sampler_info,
             "mean_dream_return_per_iteration": [round(x, 4) for x in returns_log],
             "return_spread_within_groups": round(float(np.mean(spread_log)), 4),
             "dream_seconds": round(time.time() - t0, 1),

@@ -12,6 +12,7 @@ import torch
 from dreamgym.benchmarks import runner
 from dreamgym.benchmarks.runner import BenchRun, Timing, cache_key, code_version, source_hash, summarise, timed
 from dreamgym.worldmodel.baselines import HoldLastBaseline
+from dreamgym.worldmodel.model import WorldModel
 
 LAYOUT = {"benchmark", "created", "code", "machine", "config", "arms", "summary", "keys", "reused", "wall_s"}
 
@@ -294,6 +295,9 @@ def test_bench_wm_times_a_checkpoint_beside_the_simulator(tmp_path, tiny_world_m
     ratio = r["summary"]["dream_over_sim"]["frames_B2_steps1"]
     assert ratio == pytest.approx(arms["dream_frames_B2_steps1"]["median"] / arms["sim_frames_B2"]["median"])
     assert r["summary"]["source"] == str(tiny_world_model)
+    own = WorldModel.from_pretrained(tiny_world_model).sampler
+    assert r["summary"]["sampler"] == own.to_dict() and own.num_steps == 1  # the swept step count is the model's own
+    assert arms["dream_frames_B2_steps1"]["own_sampler"] and arms["dream_frames_B2_steps1"]["sampler"] == own.to_dict()
 
 
 def test_bench_dream_times_the_dream_env_beside_the_simulator(tmp_path, tiny_world_model):
@@ -303,6 +307,8 @@ def test_bench_dream_times_the_dream_env_beside_the_simulator(tmp_path, tiny_wor
     assert s["ratio_batch_size"] == 2
     assert s["dream_over_sim"] == pytest.approx(r["arms"]["dream_state_only_B2"]["median"] / r["arms"]["sim_state_only_B2"]["median"])
     assert s["world_model"]["sha256"] == runner.hash_path(tiny_world_model)
+    own = WorldModel.from_pretrained(tiny_world_model).sampler.to_dict()
+    assert s["num_denoising_steps"] is None and s["sampler"] == own and r["arms"]["dream_frames_B1"]["sampler"] == own
 
 
 def test_bench_push_scores_a_world_model_beside_hold_pose(tmp_path, tiny_world_model):
@@ -310,7 +316,7 @@ def test_bench_push_scores_a_world_model_beside_hold_pose(tmp_path, tiny_world_m
     hold, model = r["arms"]["hold_pose"], r["arms"][str(tiny_world_model)]
     assert hold["props_windows"] == model["props_windows"] > 0
     assert hold["moved_dream_mean_m"] in (0.0, None) and hold["moved_corr"] is None
-    assert model["all_err_m"] >= 0
+    assert model["all_err_m"] >= 0 and model["sampler"] == WorldModel.from_pretrained(tiny_world_model).sampler.to_dict()
     assert r["summary"]["models"][str(tiny_world_model)]["sha256"] == runner.hash_path(tiny_world_model)
 
 

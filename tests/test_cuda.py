@@ -112,8 +112,7 @@ def test_dream_env_on_cuda_agrees_with_cpu():
     B, steps = 4, 4
     runs = {}
     for device in ("cpu", "cuda"):
-        env = DreamVecEnv(None, num_envs=B, task="reach", device=device, seed=3, return_tensors=True)
-        env.model.config.init_noise = 0.0
+        env = DreamVecEnv(None, num_envs=B, task="reach", device=device, seed=3, return_tensors=True, init_noise=0.0)
         obs, _ = env.reset_tensors(seed=3)
         rec = [obs["motion"].cpu()]
         for a in _same_actions(B, steps, seed=4):

@@ -186,13 +186,15 @@ def test_same_sb3_policy_runs_in_real_and_dream_envs(tiny_wm):
 @pytest.mark.parametrize("env,algo", [("real", "ppo"), ("dream", "sac")])
 def test_train_policy_gives_a_loadable_checkpoint(tmp_path, tiny_wm, env, algo):
     from dreamgym.policies.train import train_policy
+    from dreamgym.worldmodel.model import WorldModel
 
     path = train_policy(_train_cfg(env, tmp_path / "run", algo, checkpoint=tiny_wm if env == "dream" else None))
     meta = json.loads((path.parent / "policy.json").read_text())
     assert meta["family"] == "sb3" and meta["algo"] == algo and meta["steps"] >= 64 and meta["obs_keys"] == OBS_KEYS
     if env == "real":
-        assert meta["real_env_steps"] == meta["steps"]
+        assert meta["real_env_steps"] == meta["steps"] and meta["sampler"] is None
     else:  # every simulator step run for the dream's starts (K = 2: one per start), whole batches of B
+        assert meta["sampler"] == WorldModel.from_pretrained(tiny_wm).sampler.to_dict()  # the model's own: nothing overrode it
         assert meta["real_env_steps"] == meta["starts"]["real_steps"] >= B + meta["episodes"]
         assert meta["real_env_steps"] % B == 0 and meta["starts"]["kind"] == "simulator"
     assert list((tmp_path / "run" / "tb").iterdir())  # tensorboard logs
@@ -243,6 +245,7 @@ def test_diamond_runs_on_the_shipped_default(tmp_path):
     s = diamond(compose("diamond", over))
     assert s["iterations"] == 1 and s["real_steps_used"] <= 40
     wm = WorldModel.from_pretrained(s["world_model"])
+    assert s["sampler"] == wm.sampler.to_dict(), "the policy dreamed with the updated model's own sampler"
     shipped = WorldModel.from_pretrained(DEFAULT_CHECKPOINT)
     assert wm.config == shipped.config and wm.config.partner_actions and wm.config.state_prior
     assert any(not torch.equal(v, shipped.state_dict()[k]) for k, v in wm.state_dict().items() if v.is_floating_point())

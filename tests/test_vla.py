@@ -207,6 +207,7 @@ def test_train_vla_runs_bc_and_the_grouped_dream_stage_end_to_end(tmp_path):
     assert final.config.info["stage"] == "bc+dream_awr"
     stats = final.config.info["dream"]
     assert set(stats) == {"reach", "push"} and all(s["dreamed_transitions"] > 0 for s in stats.values())
+    assert all(s["sampler"] == WorldModel.from_pretrained(wm).sampler.to_dict() for s in stats.values())  # the model's own
     assert not torch.equal(bc.head[-1].weight, final.head[-1].weight)  # the dream stage changed the policy
     assert len(json.loads((out / "train_rooms.json").read_text())) >= 4
     log = (out / "train_log.txt").read_text()

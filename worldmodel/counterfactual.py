@@ -149,9 +149,10 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float | None:
 
 
 def counterfactual_scores(
-    sim: SimBranches, model: Any, names: Sequence[str], modalities: Sequence[str], num_steps: int, seed: int, device
+    sim: SimBranches, model: Any, names: Sequence[str], modalities: Sequence[str], num_steps: int | None, seed: int, device
 ) -> dict[str, Any]:
-    """Dream the same branches with ``model`` and compare displacements with the simulator's."""
+    """Dream the same branches with ``model`` (``num_steps`` None: its own sampler) and compare
+    displacements with the simulator's."""
     S = len(names)
     N = len(sim.episodes)
     Hc = sim.actions.shape[1]
@@ -230,7 +231,7 @@ def run_counterfactual(
     mse_model: Any | None,
     spec: Any,
     mods: Sequence[str],
-    num_steps: int,
+    num_steps: int | None,
     seed: int,
     device: str | torch.device,
     notes: list[str],

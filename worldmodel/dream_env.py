@@ -20,6 +20,10 @@ command is computed from the script and the dreamed bodies (``envs.partner.partn
 a world model conditioned on the partner's commands (``config.partner_actions``) gets it, so the
 dreamed partner does what ``infos["partner_behaviour"]`` says. Episodes truncate at ``horizon`` steps.
 
+Each step is sampled as the world model's own sampler says (its ``sampler.json``: the sampler that
+``eval-wm`` scored), unless ``num_denoising_steps`` or ``init_noise`` override it; ``sampler``
+names the one in use.
+
 A world whose prediction is not finite is terminated with ``infos["dream_error"]`` set for it; the
 others go on.
 """
@@ -27,6 +31,7 @@ others go on.
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +50,7 @@ from dreamgym.envs.occupancy import GridSpec
 from dreamgym.envs.spaces import IMAGE_KEYS, OBS_KEYS, action_space, check_obs_keys, observation_space
 from dreamgym.envs.tasks import INSTRUCTIONS, EpisodeParams, Task, WorldState, make_task
 
+from .config import SamplerConfig
 from .protocol import DreamModel
 from .starts import CONTEXT_POLICIES, Starts, StartSource, StartSpec, make_start_source
 
@@ -56,6 +62,17 @@ STATE_KEYS = ("motion", "partner_motion", "props")
 _INSTRUCTION_TEXT = np.array(INSTRUCTIONS, dtype=object)
 _BEHAVIOUR_NAMES = np.array(P.BEHAVIOURS, dtype=object)
 _UTTERANCE_TEXT = np.array(P.UTTERANCES, dtype=object)
+
+
+def _sampler_overrides(num_denoising_steps: Any, init_noise: Any) -> tuple[int | None, float | None]:
+    """The dream env's sampler overrides, checked: None (the model's own) or a whole number >= 1,
+    and None or a number >= 0."""
+    n, z = num_denoising_steps, init_noise
+    if n is not None and (isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1):
+        raise ValueError(f"num_denoising_steps={n!r}: expected a whole number >= 1, or None for the world model's own sampler")
+    if z is not None and (isinstance(z, bool) or not isinstance(z, numbers.Real) or not z >= 0):
+        raise ValueError(f"init_noise={z!r}: expected a number >= 0, or None for the world model's own sampler")
+    return (None if n is None else int(n)), (None if z is None else float(z))
 
 
 def load_world_model(world_model=None, device: str | torch.device = "cpu") -> DreamModel:
@@ -113,7 +130,10 @@ class DreamVecEnv(VectorEnv):
             generated or computed by the task.
         resolution: the ego resolution the caller expects; must match the model's.
         horizon: steps after which a dreamed episode truncates (default: the task's max_steps).
-        num_denoising_steps: sampler steps per transition (1-3 for RL).
+        num_denoising_steps: sampler steps per transition (default None: the world model's own
+            sampler, ``model.sampler``, the one ``eval-wm`` scored).
+        init_noise: the sampler's initial-noise scale (default None: the model's own); with
+            ``num_denoising_steps=1``, 0 gives the conditional-mean estimate instead of a sample.
         reward_source: ``"task"`` (the task's functions on predicted state) or ``"learned"``.
         context_policy: how the K-1 real steps of simulator starts are chosen (``noisy_expert``
             by default, or ``expert``, ``random``, ``still``).
@@ -131,6 +151,7 @@ class DreamVecEnv(VectorEnv):
     Attributes:
         real_steps: simulator steps spent on starts so far (0 with recorded starts).
         starts_info: where the starts come from (``StartSource.describe()``).
+        sampler: the ``SamplerConfig`` each step is dreamed with (None for a model that has none).
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.SAME_STEP}
@@ -144,7 +165,8 @@ class DreamVecEnv(VectorEnv):
         obs_keys: Sequence[str] | None = None,
         resolution: int | None = None,
         horizon: int | None = None,
-        num_denoising_steps: int = 1,
+        num_denoising_steps: int | None = None,
+        init_noise: float | None = None,
         reward_source: str = "task",
         context_policy: str | None = None,
         device: str | torch.device = "cpu",
@@ -173,7 +195,10 @@ class DreamVecEnv(VectorEnv):
         self.task = make_task(task) if isinstance(task, str) else task
         self.reward_source = reward_source
         self.horizon = int(horizon or self.task.max_steps)
-        self.num_steps = int(num_denoising_steps)
+        self.num_steps, self.init_noise = _sampler_overrides(num_denoising_steps, init_noise)
+        # only what the caller overrides goes to ``imagine``: the rest is the model's own sampler
+        self._sampling = {k: v for k, v in (("num_steps", self.num_steps), ("init_noise", self.init_noise)) if v is not None}
+        _ = self.sampler  # the model's own check of the overrides, before any work
         self.gen_keys, self.obs_keys = self._choose_keys(modalities, obs_keys)
         self.resolution = (int(cfg.data_resolution), int(cfg.data_resolution))
         occ = cfg.occupancy_shape
@@ -244,6 +269,19 @@ class DreamVecEnv(VectorEnv):
     def starts_info(self) -> dict[str, Any]:
         """Where the starts come from: ``kind`` (``simulator`` or ``dataset``), ``real_steps`` and the source's settings."""
         return self.starts.describe()
+
+    @property
+    def sampler(self) -> SamplerConfig | None:
+        """The sampler each step is dreamed with: the model's own (``model.sampler_for``) with this
+        env's overrides; None for a model without one (it samples its own way)."""
+        pick = getattr(self.model, "sampler_for", None)
+        return pick(None, self.num_steps, self.init_noise) if callable(pick) else None
+
+    @property
+    def sampler_info(self) -> dict[str, Any] | None:
+        """``sampler`` as a JSON-ready dict (what a run records as ``sampler``)."""
+        s = self.sampler
+        return None if s is None else s.to_dict()
 
     def _model_inputs(self) -> set[str]:
         keys = set(STATE_KEYS)
@@ -346,7 +384,7 @@ class DreamVecEnv(VectorEnv):
         context = dict(self._ctx) | self._memory
         context["instruction"] = self._params.instruction
         extra = {"partner_actions": pacts} if self.model.config.partner_actions else {}
-        pred = self.model.imagine(context, acts, num_steps=self.num_steps, modalities=self.gen_keys, generator=self._gen, **extra)
+        pred = self.model.imagine(context, acts, modalities=self.gen_keys, generator=self._gen, **self._sampling, **extra)
         bad = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         for k in self.gen_keys:
             v = pred[k]
@@ -487,6 +525,9 @@ class DreamEnv(gym.Env):
     ``starts="dataset:<dir>[:<split>]"`` takes a window of a recorded episode (train split by
     default; ``heldout`` or ``all``), costing no new real steps. ``vec.real_steps`` counts the
     simulator steps spent, ``vec.starts_info`` names the source.
+
+    **Sampling**: each step as the world model's own sampler says (its ``sampler.json``), unless
+    ``num_denoising_steps`` or ``init_noise`` override it (``vec.sampler`` names the one in use).
 
     **Seeding**: ``reset(seed=s)`` reseeds the starts and the sampler noise.
 

@@ -54,7 +54,8 @@ class DreamModel(Protocol):
         context: Mapping[str, torch.Tensor],
         actions: torch.Tensor,
         *,
-        num_steps: int = 1,
+        num_steps: int | None = None,
+        init_noise: float | None = None,
         modalities: Sequence[str] | None = None,
         generator: torch.Generator | None = None,
         partner_actions: torch.Tensor | None = None,
@@ -65,6 +66,7 @@ class DreamModel(Protocol):
         ``instruction`` (B,)); ``actions`` (B, K, 6), the last row being the action applied now;
         ``partner_actions`` (B, K, 6), given when ``config.partner_actions``. Returns the
         generated keys (B, ...) in env dtypes, ``reward`` (B,), ``terminated`` (B,) bool and,
-        when the model learned it, ``success`` (B,) bool.
+        when the model learned it, ``success`` (B,) bool. ``num_steps`` and ``init_noise`` come
+        only when the user overrides the model's own sampler (None: sample as the model does).
         """
         ...

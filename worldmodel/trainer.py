@@ -82,6 +82,8 @@ class TrainerOptions:
     log_every: int = 20  # tensorboard scalars every this many steps
     eval_every: int = 500  # held-out metrics every this many steps (0: never)
     eval_batch: int = 32
+    # a training-time check that follows the loss, not what users dream (eval-wm and the dream
+    # env use the model's own sampler): one denoising step is enough and cheap
     eval_num_steps: int = 1
     ckpt_every: int = 500
     keep_checkpoints: int = 2

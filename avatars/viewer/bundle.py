@@ -8,10 +8,11 @@ dreamed motion)::
 
 ``viewer.json`` holds ``format``/``format_version``, ``fps``, the skeleton (joint names and
 parents), colours, the occupancy grid (shape (Z, X, Y), voxel size, class names), where the
-bundle came from (``source``: data, checkpoint and the settings it was built with), ``notes``,
-and per episode its task, instruction, room (floor, walls, furniture, mat, props, in the viewer
-frame) and its streams, ``real`` and, with a world model, ``dream``. A stream lists its arrays as
-``{"file", "dtype", "shape"}``; T below is the stream's frame count:
+bundle came from (``source``: data, checkpoint and the settings it was built with), the
+``sampler`` its dream was sampled with (None without a dream), ``notes``, and per episode its task,
+instruction, room (floor, walls, furniture, mat, props, in the viewer frame) and its streams,
+``real`` and, with a world model, ``dream``. A stream lists its arrays as ``{"file", "dtype",
+"shape"}``; T below is the stream's frame count:
 
 ==================  ==============  ===================================================================
 key                 shape, dtype    meaning
@@ -77,7 +78,8 @@ class BundleSettings:
     episodes: list[int] | None = None
     max_episodes: int | None = 8
     dream_steps: int | None = None  # None: to the end of each episode
-    num_steps: int = 3  # denoising steps per dreamed step
+    num_steps: int | None = None  # denoising steps per dreamed step (None: the model's own sampler)
+    init_noise: float | None = None  # the sampler's initial-noise scale (None: the model's own)
     seed: int = 0
 
     def key(self) -> dict[str, Any]:
@@ -176,14 +178,16 @@ def dream_episodes(
     model: Any,
     episodes: Sequence[DatasetEpisode],
     steps: int | None = None,
-    num_steps: int = 3,
+    num_steps: int | None = None,
     seed: int = 0,
     modalities: Sequence[str] | None = None,
+    init_noise: float | None = None,
 ) -> list[Dream]:
     """Dream each episode from its first K observations with its recorded actions.
 
-    ``steps``: dreamed steps per episode (None: to its end). Episodes that dream the same number
-    of steps roll out together as one batch (B first), which is much faster than one at a time.
+    ``steps``: dreamed steps per episode (None: to its end). ``num_steps`` and ``init_noise``
+    override the model's own sampler (None: as it samples). Episodes that dream the same number of
+    steps roll out together as one batch (B first), which is much faster than one at a time.
     """
     import torch
 
@@ -224,7 +228,8 @@ def dream_episodes(
             context,
             actions[:, t0 : t0 + H],
             past_actions=actions[:, :t0],
-            num_steps=int(num_steps),
+            num_steps=num_steps,
+            init_noise=init_noise,
             modalities=gen_mods,
             generator=generator,
             **extra,
@@ -318,7 +323,7 @@ def build_bundle(
         while batch := list(itertools.islice(chosen, max(1, int(batch_size)))):
             dreams = [None] * len(batch)
             if model is not None:
-                dreams = dream_episodes(model, batch, settings.dream_steps, settings.num_steps, settings.seed)
+                dreams = dream_episodes(model, batch, settings.dream_steps, settings.num_steps, settings.seed, None, settings.init_noise)
             for ep, dream in zip(batch, dreams):
                 entry = _episode_entry(ep)
                 entry["room"] = room_description(entry["room_seed"]) if entry["room_seed"] >= 0 else None
@@ -356,6 +361,7 @@ def build_bundle(
             },
             "source": settings.key(),
             "model": None if model is None else {"context": int(model.config.context), "modalities": list(model.output_keys())},
+            "sampler": dream_sampler(model, settings),
             "notes": notes,
             "episodes": episodes,
         }
@@ -369,6 +375,12 @@ def build_bundle(
     for n in notes[len(initial_notes) :]:
         log(f"note: {n}")
     return out
+
+
+def dream_sampler(model: Any | None, settings: BundleSettings) -> dict[str, Any] | None:
+    """The sampler ``model`` dreams a bundle of ``settings`` with, JSON-ready (None: no model, or one without a sampler)."""
+    pick = getattr(model, "sampler_for", None)
+    return pick(None, settings.num_steps, settings.init_noise).to_dict() if callable(pick) else None
 
 
 def _colours() -> dict[str, Any]:
@@ -466,21 +478,23 @@ def resolve_bundle(
     episodes: Sequence[int] | None = None,
     max_episodes: int | None = 8,
     dream_steps: int | None = None,
-    num_steps: int = 3,
+    num_steps: int | None = None,
     seed: int = 0,
     device: str = "cpu",
     rebuild: bool = False,
     dataset_default_dream: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    init_noise: float | None = None,
 ) -> Resolved:
     """The viewer bundle for ``path`` (a dataset, an eval-wm run, a checkpoint or a bundle).
 
     ``checkpoint``: ``auto`` (a run's own checkpoint; for a dataset the embedded default
     ``worldmodel/default`` when it exists, fits the data and ``dataset_default_dream`` is set),
     ``none`` (real episodes only) or a checkpoint path. ``out``: where to write the bundle (default:
-    ``<run>/viewer`` for a run, a temporary folder otherwise). A bundle already at the target
-    built with the same settings is reused unless ``rebuild``.
+    ``<run>/viewer`` for a run, a temporary folder otherwise). ``num_steps``, ``init_noise``: the
+    dream's sampler overrides (None: the model's own). A bundle already at the target built with
+    the same settings and sampler is reused unless ``rebuild``.
     """
     import tempfile
 
@@ -503,9 +517,8 @@ def resolve_bundle(
     ckpt, explicit = _choose_checkpoint(checkpoint, src, dataset_default_dream, notes)
     if split == "auto":
         split = "heldout" if src.kind == "run" else "all"
-    settings = BundleSettings(
-        str(data_path), ckpt, split, list(episodes) if episodes is not None else None, max_episodes, dream_steps, num_steps, seed
-    )
+    chosen = list(episodes) if episodes is not None else None
+    settings = BundleSettings(str(data_path), ckpt, split, chosen, max_episodes, dream_steps, num_steps, init_noise, seed)
     temporary = False
     if out:
         target = Path(out).expanduser()
@@ -514,13 +527,6 @@ def resolve_bundle(
     else:
         target = Path(tempfile.mkdtemp(prefix="dreamgym-view-")) / "bundle"
         temporary = True
-    if not rebuild and (target / BUNDLE_INDEX).is_file():
-        try:
-            if Bundle.load(target).index.get("source") == settings.key():
-                log(f"reusing the viewer bundle {target} (rebuild=true to build it again)")
-                return Resolved(target, temporary, notes)
-        except ValueError:
-            pass
     model = None
     if ckpt is not None:
         model = _load_model(ckpt, device)
@@ -533,6 +539,14 @@ def resolve_bundle(
                 notes.append(f"no dream: {e}")
                 model = None
                 settings.checkpoint = None
+    if not rebuild and (target / BUNDLE_INDEX).is_file():  # the sampler too: a checkpoint's sampler.json may change
+        try:
+            index = Bundle.load(target).index
+            if index.get("source") == settings.key() and index.get("sampler") == dream_sampler(model, settings):
+                log(f"reusing the viewer bundle {target} (rebuild=true to build it again)")
+                return Resolved(target, temporary, notes)
+        except ValueError:
+            pass
     for n in notes:
         log(f"note: {n}")
     log(

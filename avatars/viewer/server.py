@@ -215,7 +215,8 @@ def run(cfg) -> int:
             episodes=list(cfg.episodes) if cfg.get("episodes") is not None else None,
             max_episodes=cfg.get("max_episodes"),
             dream_steps=cfg.get("dream_steps"),
-            num_steps=int(cfg.num_steps),
+            num_steps=cfg.get("num_steps"),  # None: the world model's own sampler
+            init_noise=cfg.get("init_noise"),
             seed=int(cfg.seed),
             device=cfg.device,
             rebuild=bool(cfg.rebuild),
