@@ -90,3 +90,19 @@ def test_sample_agent_false_needs_a_state_prior():
 
     with pytest.raises(ConfigError, match="sample_agent"):
         check_sampler(ArchitectureConfig(state_prior=0, props_dynamics=0), SamplerConfig(sample_agent=False))
+
+
+def test_an_older_sampler_json_samples_as_it_did(tmp_path):
+    """A format-3 sampler.json predates the frame pass's settings and sample_agent: it loads with
+    one schedule for every modality, the agent sampled too, whatever the current defaults are."""
+    import json
+    import shutil
+
+    from dreamgym.worldmodel.checkpoint import read_configs
+    from dreamgym.worldmodel.model import DEFAULT_CHECKPOINT
+
+    shutil.copy(DEFAULT_CHECKPOINT / "config.json", tmp_path / "config.json")
+    old = {"format_version": 3, "num_steps": 3, "init_noise": 1.0, "sigma_min": 0.002, "rho": 7.0}
+    (tmp_path / "sampler.json").write_text(json.dumps(old))
+    _, s = read_configs(tmp_path / "config.json")
+    assert (s.num_steps, s.frame_num_steps, s.frame_init_noise, s.sample_agent) == (3, None, None, True)

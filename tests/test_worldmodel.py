@@ -855,8 +855,8 @@ def test_a_loaded_checkpoint_is_checked_like_a_built_config(tmp_path):
         ({"sigma_max": -5}, r"config\.json: sigma_max = -5.0 is invalid \(expected a number > 0\)"),
         ({"context": "abc"}, r"config\.json: context = 'abc' is invalid \(expected an integer >= 1\)"),
         ({"heads": 5}, r"config\.json: heads = 5 is invalid \(expected a divisor of dim \(32\)\)"),
-        ({"format_version": 99}, r"config\.json: format_version 99 is newer than this dreamgym reads \(up to 3\)"),
-        ({"format_version": "2"}, r"config\.json: format_version = '2' is invalid \(expected an integer from 1 to 3\)"),
+        ({"format_version": 99}, r"config\.json: format_version 99 is newer than this dreamgym reads \(up to 4\)"),
+        ({"format_version": "2"}, r"config\.json: format_version = '2' is invalid \(expected an integer from 1 to 4\)"),
     ):
         (d / "config.json").write_text(json.dumps(good | change))
         with pytest.raises(ValueError, match=message) as e:
@@ -908,13 +908,15 @@ def test_upgrade_splits_the_format_1_config_into_architecture_and_sampler():
 
 def test_a_format_1_checkpoint_loads_as_it_was_saved(tmp_path):
     """A checkpoint saved with one format-1 config.json (no sampler.json) loads to the same model."""
-    from dreamgym.worldmodel.config import FORMAT1_DEFAULTS
+    from dreamgym.worldmodel.config import FORMAT1_DEFAULTS, SAMPLER_BEFORE_4
 
-    m = tiny_model(state_prior=16, sampler=dict(init_noise=0.5)).eval()
+    # a format-1 model sampled every modality in one schedule, the agent included
+    m = tiny_model(state_prior=16, sampler=dict(init_noise=0.5, **SAMPLER_BEFORE_4)).eval()
     d = m.save_pretrained(tmp_path / "ck")
     (d / "sampler.json").unlink()
     old = {"format_version": 1, **m.config.to_dict(), **m.sampler.to_dict(), "learn_success": False, "root_loss_weight": 10.0}
-    del old["num_steps"]  # format 1 had no sampler steps
+    for k in ("num_steps", *SAMPLER_BEFORE_4):  # format 1 had no sampler steps, nor the later fields
+        del old[k]
     assert set(old) <= set(FORMAT1_DEFAULTS) | {"format_version"}
     (d / "config.json").write_text(json.dumps(old))
     back = WorldModel.from_pretrained(d)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import FORMAT_VERSION, ArchitectureConfig, SamplerConfig, check_sampler, format_version, upgrade
+from .config import FORMAT_VERSION, ArchitectureConfig, SamplerConfig, check_sampler, format_version, upgrade, upgrade_sampler
 
 CONFIG_NAME = "config.json"
 SAMPLER_NAME = "sampler.json"
@@ -77,8 +77,9 @@ def read_configs(config: Path) -> tuple[ArchitectureConfig, SamplerConfig]:
     sampler_file = config.parent / SAMPLER_NAME
     if sampler_file.exists():
         raw = _read_json(sampler_file)
-        format_version(raw, str(sampler_file))
-        sampler_d, source = {k: v for k, v in raw.items() if k != "format_version"}, str(sampler_file)
+        version = format_version(raw, str(sampler_file))
+        sampler_d = upgrade_sampler({k: v for k, v in raw.items() if k != "format_version"}, version)
+        source = str(sampler_file)
     sampler = SamplerConfig.from_dict(sampler_d, source=source)
     check_sampler(arch, sampler, source)
     return arch, sampler

@@ -15,9 +15,10 @@ Every field is checked when a config is built, from code or from a file (``from_
 its range, and the rules between fields. A bad value raises ``ConfigError`` (a ``ValueError``) in
 one line that names the source, the key, the value and what is allowed.
 
-On disk (format 2) ``config.json`` holds ``format_version`` and the architecture, ``sampler.json``
-``format_version`` and the sampler. ``upgrade`` turns a format-1 ``config.json`` (one file that
-mixed all three) into the two.
+On disk (format 2 and later) ``config.json`` holds ``format_version`` and the architecture,
+``sampler.json`` ``format_version`` and the sampler. ``upgrade`` turns a format-1 ``config.json``
+(one file that mixed all three) into the two; ``upgrade_sampler`` gives an older ``sampler.json``
+the settings that reproduce how it sampled.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from . import data as D
 
 # Version of the on-disk layout of config.json / sampler.json. A checkpoint of an older version is
 # upgraded on load (``upgrade``); a newer one is refused.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 class ConfigError(ValueError):
@@ -491,8 +492,8 @@ def format_version(d: Mapping[str, Any], source: str) -> int:
 def upgrade(d: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A ``config.json`` of any format up to ``FORMAT_VERSION`` -> (architecture dict, sampler dict).
 
-    Format 3 is returned as it is, format 2 with ``ego_render: false`` (which it predates; the
-    sampler of both lives in ``sampler.json``: the second dict is empty).
+    Formats 3 and 4 are returned as they are, format 2 with ``ego_render: false`` (which it
+    predates; the sampler of all three lives in ``sampler.json``: the second dict is empty).
     Format 1 is split: keys the file lacks take ``FORMAT1_DEFAULTS``, the training keys are dropped,
     and a model with a success head (``learn_success: true``) is refused. Unknown keys are named.
     """
@@ -500,7 +501,7 @@ def upgrade(d: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str
         raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
     version = format_version(d, source)
     body = {k: v for k, v in d.items() if k != "format_version"}
-    if version == FORMAT_VERSION:
+    if version >= 3:  # format 4 changed the sampler only
         return body, {}
     if version == 2:  # format 3 added ego_render; a format-2 model has none
         return {"ego_render": False} | body, {}
@@ -513,4 +514,14 @@ def upgrade(d: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str
     arch_keys = {f.name for f in dataclasses.fields(ArchitectureConfig)}
     arch = {k: v for k, v in full.items() if k in arch_keys}
     sampler = {k: v for k, v in full.items() if k in _sampler_field_names()}
-    return arch, sampler
+    return arch, upgrade_sampler(sampler, 1)
+
+
+# Format 4 added the frame pass's own steps and noise and ``sample_agent``: an older sampler
+# sampled every modality in one schedule, the agent included.
+SAMPLER_BEFORE_4: dict[str, Any] = {"frame_num_steps": None, "frame_init_noise": None, "sample_agent": True}
+
+
+def upgrade_sampler(d: Mapping[str, Any], version: int) -> dict[str, Any]:
+    """A ``sampler.json``'s fields (format ``version``) -> those of this format, sampling as before."""
+    return (SAMPLER_BEFORE_4 | dict(d)) if version < 4 else dict(d)
