@@ -40,7 +40,12 @@ from .reliability_cases import Case, all_cases
 B = 8  # worlds in every env these inputs are made with (Warp compiles its kernels once)
 COLLECT = [f"num_envs={B}", "steps=64", "round_steps=8", "resolution=8", "obs_keys=[motion,partner_motion,task_obs]"]
 COLLECT += ["shard_episodes=2", "heldout_fraction=0.3", "progress=false"]
-STATE_WM = ["worldmodel.modalities=[motion,partner_motion,props]", "worldmodel.ego_warp=false", "worldmodel.occupancy_warp=false"]
+STATE_WM = [
+    "worldmodel.modalities=[motion,partner_motion,props]",
+    "worldmodel.ego_warp=false",
+    "worldmodel.occupancy_warp=false",
+    "worldmodel.ego_render=false",
+]
 STATE_WM += ["worldmodel.context=2", "worldmodel.dim=32", "worldmodel.depth=1", "worldmodel.heads=2", "worldmodel.reward_hidden=32"]
 STATE_WM += ["worldmodel.state_prior=32", "worldmodel.props_dynamics=16", "prior_rollout=2", "prior_batch=8", "steps=2", "batch_size=4"]
 STATE_WM += ["stats_windows=16", "eval_every=0", "ckpt_every=2", "warmup_steps=1", "progress=false", "num_threads=1"]

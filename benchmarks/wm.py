@@ -126,7 +126,7 @@ def default_train_step(model: torch.nn.Module, train_cfg: Mapping[str, Any] | No
 
 
 def sampling_rate(
-    model, ctx: dict[str, torch.Tensor], actions: torch.Tensor, num_steps: int, modalities: Sequence[str] | None, timing: Timing
+    model, ctx: dict[str, torch.Tensor], actions: torch.Tensor, num_steps: int | None, modalities: Sequence[str] | None, timing: Timing
 ) -> dict[str, Any]:
     """Transitions/s of ``model.imagine`` on a (B, K, ...) context (a call on B worlds counts B)."""
     gen = torch.Generator().manual_seed(0)
@@ -203,9 +203,16 @@ def measure_dream(run: BenchRun, model, windows, K: int, batch_sizes: Sequence[i
             for steps in sweep:
                 progress(f"dream B={B} steps={steps} {mods_name} ...")
                 name = f"{mods_name}_B{B}_steps{steps}"
-                r = sampling_rate(model, ctx, actions, steps, mods, timing) | {"batch_size": B, "num_steps": steps, "modalities": mods_name}
+                is_own = own is not None and steps == int(own.num_steps)
+                # the model's own step count runs its whole sampler (num_steps given would set every pass's)
+                call_steps = None if is_own else steps
+                r = sampling_rate(model, ctx, actions, call_steps, mods, timing) | {
+                    "batch_size": B,
+                    "num_steps": steps,
+                    "modalities": mods_name,
+                }
                 if own is not None:
-                    r |= {"sampler": model.sampler_for(None, steps).to_dict(), "own_sampler": steps == int(own.num_steps)}
+                    r |= {"sampler": model.sampler_for(None, call_steps).to_dict(), "own_sampler": is_own}
                 run.add(f"dream_{name}", r)
                 sim = run.arms.get(f"sim_{'frames' if mods_name == 'frames' else 'state_only'}_B{B}")
                 if sim is not None:

@@ -291,13 +291,23 @@ def test_bench_wm_times_a_checkpoint_beside_the_simulator(tmp_path, tiny_world_m
         *TINY_TIMING,
     )
     arms = r["arms"]
-    assert {"train", "sim_frames_B2", "sim_state_only_B2", "dream_frames_B2_steps1", "dream_state_only_B2_steps1"} <= set(arms)
+    own = WorldModel.from_pretrained(tiny_world_model).sampler
+    assert own.num_steps == 2  # not in the sweep: its arm is timed too
+    names = {
+        "train",
+        "sim_frames_B2",
+        "sim_state_only_B2",
+        "dream_frames_B2_steps1",
+        "dream_state_only_B2_steps1",
+        "dream_frames_B2_steps2",
+    }
+    assert names <= set(arms)
     ratio = r["summary"]["dream_over_sim"]["frames_B2_steps1"]
     assert ratio == pytest.approx(arms["dream_frames_B2_steps1"]["median"] / arms["sim_frames_B2"]["median"])
     assert r["summary"]["source"] == str(tiny_world_model)
-    own = WorldModel.from_pretrained(tiny_world_model).sampler
-    assert r["summary"]["sampler"] == own.to_dict() and own.num_steps == 1  # the swept step count is the model's own
-    assert arms["dream_frames_B2_steps1"]["own_sampler"] and arms["dream_frames_B2_steps1"]["sampler"] == own.to_dict()
+    assert r["summary"]["sampler"] == own.to_dict()
+    assert arms["dream_frames_B2_steps2"]["own_sampler"] and arms["dream_frames_B2_steps2"]["sampler"] == own.to_dict()
+    assert not arms["dream_frames_B2_steps1"]["own_sampler"]
 
 
 def test_bench_dream_times_the_dream_env_beside_the_simulator(tmp_path, tiny_world_model):

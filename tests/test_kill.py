@@ -195,6 +195,7 @@ def tiny_wm(tmp_path_factory):
         context=2,
         modalities=["motion", "partner_motion", "props"],
         ego_warp=False,
+        ego_render=False,
         occupancy_warp=False,
         state_prior=0,
         props_dynamics=0,

@@ -23,6 +23,8 @@ from dreamgym.worldmodel.config import SamplerConfig
 from dreamgym.worldmodel.model import WorldModel, load_default
 
 STATE = ["motion", "partner_motion", "props"]
+# explicit steps or noise set every pass's: the frame pass's own settings are cleared
+NO_FRAME_PASS = {"frame_num_steps": None, "frame_init_noise": None}
 
 
 def noisy(sampler: SamplerConfig) -> SamplerConfig:
@@ -73,7 +75,8 @@ def test_the_dream_env_dreams_with_the_models_own_sampler(model, calls):
     assert [c["sampler"] for c in calls] == [model.sampler]
     assert torch.equal(obs["motion"], calls[0]["out"]["motion"])
     # the noise is real: another seed dreams another step
-    assert not torch.equal(_again(model, calls[0], seed=7, sampler=model.sampler)["motion"], calls[0]["out"]["motion"])
+    # (the partner's body is sampled; the agent's follows its action when sample_agent is false)
+    assert not torch.equal(_again(model, calls[0], seed=7, sampler=model.sampler)["partner_motion"], calls[0]["out"]["partner_motion"])
     env.close()
 
 
@@ -83,13 +86,14 @@ def test_one_step_from_no_noise_is_the_conditional_mean(model, calls):
     env = DreamVecEnv(
         model, num_envs=2, task="reach", obs_keys=["motion", "task_obs"], seed=0, return_tensors=True, num_denoising_steps=1, init_noise=0
     )
-    mean = dataclasses.replace(model.sampler, num_steps=1, init_noise=0.0)
+    mean = dataclasses.replace(model.sampler, num_steps=1, init_noise=0.0, **NO_FRAME_PASS)
     assert env.sampler == mean and model.sampler.num_steps == 2, "the override is the env's, not the model's"
     env.reset_tensors(seed=0)
     env.step_tensors(torch.zeros(2, 6))
     assert [c["sampler"] for c in calls] == [mean]
     for seed in (1, 2):  # the mean does not depend on the noise
-        assert torch.equal(_again(model, calls[0], seed, num_steps=1, init_noise=0.0)["motion"], calls[0]["out"]["motion"])
+        again = _again(model, calls[0], seed, num_steps=1, init_noise=0.0)
+        assert all(torch.equal(again[k], calls[0]["out"][k]) for k in ("motion", "partner_motion"))
     env.close()
 
 
@@ -134,7 +138,7 @@ def test_the_viewers_dream_uses_the_models_own_sampler(model, calls):
     assert dream_sampler(model, BundleSettings("data")) == model.sampler.to_dict()
     calls.clear()
     dream_episodes(model, episodes, steps=1, modalities=STATE, num_steps=1, init_noise=0.0)
-    assert [c["sampler"] for c in calls] == [dataclasses.replace(model.sampler, num_steps=1, init_noise=0.0)]
+    assert [c["sampler"] for c in calls] == [dataclasses.replace(model.sampler, num_steps=1, init_noise=0.0, **NO_FRAME_PASS)]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +166,7 @@ def test_view_and_export_default_to_the_models_own_sampler(noisy_run, tmp_path, 
     mean = tmp_path / "mean"
     assert main(["export", f"data={run}", f"out={mean}", "progress=false", "dream_steps=2", "num_steps=1", "init_noise=0"]) == 0
     assert json.loads((mean / "export.json").read_text())["sampler"] == dataclasses.asdict(
-        dataclasses.replace(sampler, num_steps=1, init_noise=0.0)
+        dataclasses.replace(sampler, num_steps=1, init_noise=0.0, **NO_FRAME_PASS)
     )
     # the viewer passes its null defaults through (its bundle is the one above)
     seen = {}

@@ -756,9 +756,9 @@ def test_config_defaults_are_the_shipped_model_and_the_yaml_files():
     from dreamgym.worldmodel.model import DEFAULT_CHECKPOINT
 
     shipped = json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())
-    assert shipped.pop("format_version") == 2 and ArchitectureConfig.from_dict(shipped) == ArchitectureConfig()
+    assert shipped.pop("format_version") == 4 and ArchitectureConfig.from_dict(shipped) == ArchitectureConfig()
     sampler = json.loads((DEFAULT_CHECKPOINT / "sampler.json").read_text())
-    assert sampler.pop("format_version") == 2 and SamplerConfig.from_dict(sampler) == SamplerConfig()
+    assert sampler.pop("format_version") == 4 and SamplerConfig.from_dict(sampler) == SamplerConfig()
     configs = Path(__file__).resolve().parent.parent / "configs"
     wm = OmegaConf.to_container(OmegaConf.load(configs / "worldmodel" / "default.yaml"))
     assert ArchitectureConfig.from_dict(wm) == ArchitectureConfig()
@@ -867,7 +867,7 @@ def test_a_loaded_checkpoint_is_checked_like_a_built_config(tmp_path):
     for change, message in (
         ({"num_steps": 0}, r"sampler\.json: num_steps = 0 is invalid \(expected an integer >= 1\)"),
         ({"sigma_min": 25.0}, r"sampler\.json: sigma_min = 25.0 is invalid \(expected a number below the architecture's sigma_max"),
-        ({"format_version": 4}, r"sampler\.json: format_version 4 is newer than this dreamgym reads"),
+        ({"format_version": 5}, r"sampler\.json: format_version 5 is newer than this dreamgym reads"),
         ({"heun": True}, r"sampler\.json: unknown sampler config fields \['heun'\]"),
     ):
         (d / "sampler.json").write_text(json.dumps(sampler | change))
@@ -880,12 +880,14 @@ def test_a_loaded_checkpoint_is_checked_like_a_built_config(tmp_path):
 
 # ----------------------------------------------------------------------------- format 1 -> 2
 def test_upgrade_splits_the_format_1_config_into_architecture_and_sampler():
-    from dreamgym.worldmodel.config import FORMAT1_DEFAULTS, upgrade
+    from dreamgym.worldmodel.config import FORMAT1_DEFAULTS, SAMPLER_BEFORE_4, upgrade
 
     old = json.loads((Path(__file__).parent / "data" / "wm_default_config_format1.json").read_text())
     assert old["format_version"] == 1
     arch, sampler = upgrade(old, "old/config.json")
-    assert ArchitectureConfig.from_dict(arch) == ArchitectureConfig() and SamplerConfig.from_dict(sampler) == SamplerConfig()
+    # the format-1 default: today's architecture without the later options, its sampler as it sampled
+    assert ArchitectureConfig.from_dict(arch) == ArchitectureConfig(ego_render=False)
+    assert SamplerConfig.from_dict(sampler) == SamplerConfig(num_steps=1, init_noise=0.0, sigma_min=0.002, **SAMPLER_BEFORE_4)
     # a file written before an option existed has the architecture from before it
     bare = {k: old[k] for k in ("format_version", "resolution", "data_resolution", "context", "frame_channels", "dim")}
     arch, sampler = upgrade(bare, "older/config.json")
@@ -899,7 +901,9 @@ def test_upgrade_splits_the_format_1_config_into_architecture_and_sampler():
         False,
     )
     assert (a.context, a.dim, a.depth, a.occupancy_channels) == (2, 96, FORMAT1_DEFAULTS["depth"], FORMAT1_DEFAULTS["occupancy_channels"])
-    assert s == SamplerConfig(init_noise=1.0, props_rest_threshold=0.0, props_contact_radius=0.0)
+    assert s == SamplerConfig(
+        num_steps=1, init_noise=1.0, sigma_min=0.002, props_rest_threshold=0.0, props_contact_radius=0.0, **SAMPLER_BEFORE_4
+    )
     with pytest.raises(ValueError, match=r"^old/config\.json: learn_success = True is invalid \(expected false"):
         upgrade(old | {"learn_success": True}, "old/config.json")
     with pytest.raises(ValueError, match=r"^old/config\.json: unknown world-model config fields \['colour'\] \(format 1\)"):
@@ -911,7 +915,7 @@ def test_a_format_1_checkpoint_loads_as_it_was_saved(tmp_path):
     from dreamgym.worldmodel.config import FORMAT1_DEFAULTS, SAMPLER_BEFORE_4
 
     # a format-1 model sampled every modality in one schedule, the agent included
-    m = tiny_model(state_prior=16, sampler=dict(init_noise=0.5, **SAMPLER_BEFORE_4)).eval()
+    m = tiny_model(state_prior=16, sampler=dict(num_steps=1, init_noise=0.5, **SAMPLER_BEFORE_4)).eval()
     d = m.save_pretrained(tmp_path / "ck")
     (d / "sampler.json").unlink()
     old = {"format_version": 1, **m.config.to_dict(), **m.sampler.to_dict(), "learn_success": False, "root_loss_weight": 10.0}

@@ -89,8 +89,8 @@ class ArchitectureConfig:
     # (``render``): the next grid (the last one carried to the next bodies) ray-cast into the next
     # head pose as classes and depth, painted from a colour memory of a real frame; where the
     # reprojection leaves a hole, the painted render fills the base. Needs ``ego_warp``,
-    # ``occupancy_warp`` and the occupancy modality. (The shipped default predates it: false.)
-    ego_render: bool = False
+    # ``occupancy_warp`` and the occupancy modality.
+    ego_render: bool = True
     # A deterministic prior for the bodies' next change: an MLP over the whole flattened context
     # regresses the conditional mean of both bodies' normalised changes, and the diffusion denoises
     # the residual around it (the prior is also an input of the body tokens). The token
@@ -136,23 +136,25 @@ class ArchitectureConfig:
 class SamplerConfig:
     """How a dream is sampled and decoded; changes no weights."""
 
-    num_steps: int = 1  # denoising steps per dreamed step (1: the RL setting; more for viewing)
+    num_steps: int = 2  # denoising steps of the state pass per dreamed step (1 with init_noise 0: the mean)
     # Scale of the initial noise. 1: a diffusion sample. 0 with one step: D(0; sigma_max), the
     # network's estimate of the conditional mean -- the lowest expected error per step, and what a
     # reward-maximising RL user usually wants.
-    init_noise: float = 0.0
-    sigma_min: float = 0.002  # the schedule's lowest noise level (Karras et al.'s rho schedule)
+    init_noise: float = 1.0
+    # the schedule's lowest noise level (Karras et al.'s rho schedule); with 2 steps, the one noise
+    # level a sample is drawn at after the first step's estimate (its temperature)
+    sigma_min: float = 0.5
     rho: float = 7.0
     # The ego frames' and the occupancy grid's own pass (a model that dreams the state first, then
     # the frames and grid given it): its steps and initial noise (None: num_steps and init_noise).
     # 1 and 0: the conditional-mean frame and grid given the sampled bodies -- the samples differ
     # where the bodies do and stay sharp, at the cost of one frame-network call per step.
-    frame_num_steps: int | None = None
-    frame_init_noise: float | None = None
-    # false: the agent's own next body is its conditional mean (the state prior's regression; it
-    # follows the agent's action) and only the partner, the props and the rest are sampled given
-    # it. Needs a ``state_prior`` model.
-    sample_agent: bool = True
+    frame_num_steps: int | None = 1
+    frame_init_noise: float | None = 0.0
+    # false: the agent's own next body is its conditional mean (it follows the agent's action: the
+    # state prior's regression, or the denoiser's one-step estimate for a model without a prior)
+    # and only the partner, the props and the rest are sampled given it.
+    sample_agent: bool = False
     # A predicted prop displacement under this (metres per step) is dropped (0: off): props sit
     # still on almost every step and a regression's small drift on a resting prop compounds.
     props_rest_threshold: float = 0.0002
@@ -334,8 +336,6 @@ def check_sampler(arch: ArchitectureConfig, sampler: SamplerConfig, source: str 
     """The rule between a sampler and the architecture it samples: sigma_min < sigma_max."""
     if not sampler.sigma_min < arch.sigma_max:
         raise ConfigError(source, "sigma_min", sampler.sigma_min, f"a number below the architecture's sigma_max ({arch.sigma_max})")
-    if not sampler.sample_agent and not arch.state_prior:
-        raise ConfigError(source, "sample_agent", False, "true for a model without a state_prior (the agent's mean comes from the prior)")
 
 
 # ----------------------------------------------------------------------------- checking
@@ -514,7 +514,7 @@ def upgrade(d: Mapping[str, Any], source: str) -> tuple[dict[str, Any], dict[str
     arch_keys = {f.name for f in dataclasses.fields(ArchitectureConfig)}
     arch = {k: v for k, v in full.items() if k in arch_keys}
     sampler = {k: v for k, v in full.items() if k in _sampler_field_names()}
-    return arch, upgrade_sampler(sampler, 1)
+    return arch, upgrade_sampler({"num_steps": 1} | sampler, 1)  # format 1 left the steps to the caller (1 by default)
 
 
 # Format 4 added the frame pass's own steps and noise and ``sample_agent``: an older sampler

@@ -224,10 +224,10 @@ class DreamVecEnv(VectorEnv):
             wanted = [k for k in available if obs_keys is None or k in obs_keys]
             if any(k in IMAGE_KEYS for k in wanted):  # the frame branch reads (and so makes) all its channels
                 wanted += [k for k in IMAGE_KEYS if k in available]
-                if getattr(self.model.config, "ego_render", False) and "occupancy" in available:
-                    wanted.append("occupancy")  # its frames are drawn from the dreamed grid too
         else:
             wanted = list(modalities)
+        if any(k in IMAGE_KEYS for k in wanted) and getattr(self.model.config, "ego_render", False) and "occupancy" in available:
+            wanted.append("occupancy")  # its frames are drawn from the dreamed grid too
         gen = list(dict.fromkeys([*STATE_KEYS, *wanted]))
         missing = [k for k in gen if k not in available]
         if missing:

@@ -220,10 +220,17 @@ class SamplingMixin:
                 {m: torch.zeros(shapes[m], device=self.device) for m in gen_order},
                 {m: torch.full_like(zeros, c.sigma_max) for m in gen_order},
             )
-        if not s.sample_agent and "motion" in gen_order and c.state_prior:
+        if not s.sample_agent and "motion" in gen_order and s.init_noise > 0:
             # the agent's body is its conditional mean, a condition of everything sampled
-            clean = dict(clean) | {"motion": ctx["prior_motion"]}
-            return self._sample(ctx, clean, [m for m in gen_order if m != "motion"], s, generator) | {"motion": ctx["prior_motion"]}
+            if c.state_prior:
+                agent = ctx["prior_motion"]
+            else:
+                agent = denoise(
+                    {m: torch.zeros(shapes[m], device=self.device) for m in gen_order},
+                    {m: torch.full_like(zeros, c.sigma_max) for m in gen_order},
+                )["motion"]
+            rest = [m for m in gen_order if m != "motion"]
+            return self._sample(ctx, dict(clean) | {"motion": agent}, rest, s, generator) | {"motion": agent}
         noise = {m: torch.randn(shapes[m], generator=generator, device=self.device) * s.init_noise for m in gen_order}
         mean_bodies = c.state_prior and s.num_steps == 1 and s.init_noise == 0.0
         # what the step keeps of the denoiser's output: not the bodies of a one-step mean (the

@@ -224,6 +224,8 @@ def _config_without(missing: Sequence[str], cfg: Any) -> list[str]:
         out.append("worldmodel.ego_warp=false")
     if cfg.occupancy_warp and "occupancy" in missing:
         out.append("worldmodel.occupancy_warp=false")
+    if getattr(cfg, "ego_render", False) and ({"ego_rgb", "ego_depth", "occupancy"} & set(missing)):
+        out.append("worldmodel.ego_render=false")  # it draws the grid into the frames: it needs both
     if "partner_actions" in missing:
         out.append("worldmodel.partner_actions=false")
     return out
