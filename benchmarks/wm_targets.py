@@ -43,11 +43,15 @@ def _paired(z: Any, metric: str, j: int, seed: int, arm: str = REPROJECT_ARM, hi
     return S.paired_test(S.mean_of(a[rows]), S.mean_of(b[rows]), len(rows), higher_is_better, 1000, seed)
 
 
-def check(eval_dir: Path) -> dict[str, Any]:
-    """Every target of the world model on the eval-wm output in ``eval_dir``."""
+def check(eval_dir: Path, mid: int = 4, long: int = 16) -> dict[str, Any]:
+    """Every target of the world model on the eval-wm output in ``eval_dir`` (the targets' horizons
+    4 and 16: ``mid`` and ``long``, which the eval must have scored)."""
     d = json.loads((eval_dir / "metrics.json").read_text())
     H = list(d["horizons"])
-    j4, j16 = H.index(4), H.index(16)
+    missing = [h for h in (mid, long) if h not in H]
+    if missing:
+        raise ValueError(f"{eval_dir}: the eval has horizons {H}, not {missing}")
+    j4, j16 = H.index(mid), H.index(long)
     out: dict[str, Any] = {"eval": str(eval_dir), "horizons": H, "tasks": {}}
     for t in TASKS:
         r = d["tasks"].get(t)

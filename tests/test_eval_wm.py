@@ -640,6 +640,16 @@ def test_eval_wm_command_on_a_collected_dataset(tiny_dataset, tmp_path):
     assert sec["num_starts"] == 6 and sec["num_samples"][0] == 6 and sec["target_object"]
     assert (out / "plots_reach.png").exists() and list((out / "videos" / "reach").glob("*.mp4"))
     assert json.loads((out / "run_info.json").read_text())["data"] == str(tiny_dataset)
+    # the targets' check on this output: the paired tests against reproject-only read its per-start records
+    from dreamgym.benchmarks.wm_targets import check
+
+    t = check(out, mid=1, long=4)["tasks"]["reach"]
+    psnr = t["psnr_db_vs_reproject_only"]["tests"]["h4"]
+    got = model["psnr_db"]["value"][1] - sec["baselines"]["reproject_only"]["psnr_db"]["value"][1]
+    assert psnr["n"] == sec["num_samples"][1] and psnr["diff"] == pytest.approx(got)
+    assert isinstance(t["occupancy_iou_h16"]["met"], bool) and "push_displacement" not in t
+    with pytest.raises(ValueError, match=r"the eval has horizons \[1, 4, 8\], not \[16\]"):
+        check(out)
     # A checkpoint for 32x32 frames on 16x16 data: a clear error naming both.
     bad = _tiny_world_model(tmp_path / "ck32", 32)
     with pytest.raises(SystemExit, match=rf"checkpoint {bad} expects ego_rgb at 32x32 but dataset {tiny_dataset} holds 16x16"):
