@@ -206,13 +206,20 @@ class SamplingMixin:
         prior_first = [m for m in ("motion", "partner_motion") if c.state_prior and m in gen_order]
         calls = [0]
 
+        # what the step keeps of the denoiser's output: not the props of a props network model
+        # (``_decode_step`` moves them)
+        discarded = {"props"} if c.props_dynamics else set()
+
         def denoise(x: dict[str, torch.Tensor], sig: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            first, calls[0] = calls[0] == 0, calls[0] + 1
+            if first and set(x) <= set(prior_first) | discarded:
+                # nothing of the first call would be kept: no network needed (a sampled state step)
+                return {m: ctx[f"prior_{m}"] if m in prior_first else torch.zeros_like(v) for m, v in x.items()}
             xx = dict(x) | dict(clean)
             ss = dict(sig) | {m: zeros for m in clean}
             out = {m: v for m, v in self.denoise(ctx, xx, ss).items() if m in x}
-            if calls[0] == 0:
+            if first:
                 out |= {m: ctx[f"prior_{m}"] for m in prior_first}
-            calls[0] += 1
             return out
 
         if c.deterministic:
@@ -235,7 +242,7 @@ class SamplingMixin:
         mean_bodies = c.state_prior and s.num_steps == 1 and s.init_noise == 0.0
         # what the step keeps of the denoiser's output: not the bodies of a one-step mean (the
         # prior's, below), nor the props of a props network model (``_decode_step`` moves them)
-        replaced = ({"motion", "partner_motion"} if mean_bodies else set()) | ({"props"} if c.props_dynamics else set())
+        replaced = ({"motion", "partner_motion"} if mean_bodies else set()) | discarded
         if set(gen_order) <= replaced:  # nothing: the network need not run (a state step of the shipped model)
             x0 = {m: torch.zeros(shapes[m], device=self.device) for m in gen_order}
         else:
