@@ -546,7 +546,7 @@ def resolve_bundle(
                 log(f"reusing the viewer bundle {target} (rebuild=true to build it again)")
                 return Resolved(target, temporary, notes)
         except ValueError:
-            pass
+            pass  # an unreadable bundle is not reused: it is built again below
     for n in notes:
         log(f"note: {n}")
     log(
