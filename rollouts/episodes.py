@@ -209,6 +209,10 @@ def stored_keys(keys: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+class MissingKeyError(LookupError):
+    """A key asked of an ``EpisodeReader`` that the episode does not store (nor derive)."""
+
+
 class EpisodeReader:
     """Reads rows of a dataset's episodes: the observation keys, ``qpos``/``qvel`` and derived keys
     asked for (``keys``), and always the step keys, in the row layout (see the module docstring).
@@ -223,7 +227,7 @@ class EpisodeReader:
         if cache_bytes is not None and int(cache_bytes) < 0:
             raise ValueError(f"cache_bytes must be >= 0 or None (no limit), got {cache_bytes}")
         self.refs = list(episodes)
-        self.keys = tuple(keys)
+        self.keys = tuple(k for k in keys if k not in STEP_KEYS)  # the step keys are always read
         read = stored_keys(self.keys)
         self._state = tuple(k for k in read if k in STATE_KEYS)
         self._obs = tuple(k for k in read if k not in STATE_KEYS)
@@ -335,6 +339,10 @@ class EpisodeReader:
         if found is None:
             g = f[self.refs[e].group]
             obs = g["observations"]
+            unknown = [k for k in self._obs if k not in obs] + [k for k in self._state if k not in g]
+            if unknown:
+                have = sorted(obs) + sorted(k for k in STATE_KEYS if k in g) + sorted(DERIVED_KEYS)
+                raise MissingKeyError(f"{self.refs[e].shard} {self.refs[e].group} does not store {unknown}; it has {have}")
             found = {k: obs[k] for k in self._obs}
             found.update({k: g[k] for k in (*self._state, *STEP_KEYS) if k not in FLAG_KEYS})
             if "partner_actions" in self.keys:

@@ -144,6 +144,16 @@ def test_windows_with_the_final_observation_and_derived_keys(dataset):
         assert np.array_equal(last[k].numpy(), whole[k][-3:]), k
 
 
+def test_asking_for_a_key_the_data_lacks_names_it_and_asking_for_a_step_key_reads_it(dataset):
+    from dreamgym.rollouts.episodes import MissingKeyError
+
+    ref = index_dataset(dataset, "train").episodes[0]
+    with pytest.raises(MissingKeyError, match=r"does not store \['speed'\]; it has \[.*'motion'"):
+        EpisodeReader([ref], ["motion", "speed"]).episode(0)
+    rows = EpisodeReader([ref], ["motion", "actions", "rewards"]).episode(0)  # the step keys are always read
+    assert rows["actions"].shape == (ref.steps + 1, 6) and rows["motion"].shape[0] == ref.steps + 1
+
+
 def test_capped_cache_reads_the_same_windows(dataset):
     keys = ["ego_rgb", "motion", "partner_motion", "props", "partner_actions"]
     full = WindowDataset(dataset, context=2, horizon=1, split="all", keys=keys, cache_bytes=None, include_final=True)
