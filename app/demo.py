@@ -188,6 +188,7 @@ def world_model(cfg: DictConfig, data: Path, out: Path, overrides: list[str]) ->
     steps = int(cfg.wm_steps)
     args = [f"data={data}", f"out={out}", f"steps={steps}", f"seed={int(cfg.seed)}", f"eval_every={steps}"]
     args += [f"ckpt_every={max(50, steps // 4)}", f"warmup_steps={min(200, max(1, steps // 4))}", *([f"init={init}"] if init else [])]
+    args.append(f"props_rollout_steps={min(3000, steps)}")  # the props rollout stage, as long as the fine-tuning
     train_wm(compose("train_wm", [*args, *overrides]))
     return {"checkpoint": str(out / "final"), "trained_steps": steps, "init": str(init) if init else None}
 

@@ -48,6 +48,7 @@ STATE_WM = [
 ]
 STATE_WM += ["worldmodel.context=2", "worldmodel.dim=32", "worldmodel.depth=1", "worldmodel.heads=2", "worldmodel.reward_hidden=32"]
 STATE_WM += ["worldmodel.state_prior=32", "worldmodel.props_dynamics=16", "prior_rollout=2", "prior_batch=8", "steps=2", "batch_size=4"]
+STATE_WM += ["props_rollout_steps=3", "props_rollout_horizon=2", "props_rollout_batch=4"]
 STATE_WM += ["stats_windows=16", "eval_every=0", "ckpt_every=2", "warmup_steps=1", "progress=false", "num_threads=1"]
 POLICY = ["env=real", f"num_envs={B}", "steps=64", "stats_steps=2", "ppo.n_steps=8", "ppo.batch_size=32", "ppo.n_epochs=1"]
 POLICY += ["obs_keys=[task_obs]", "checkpoint_every=1000", "num_threads=1", "progress=false"]

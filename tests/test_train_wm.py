@@ -38,6 +38,9 @@ TINY_OVERRIDES = [
     "worldmodel.reward_hidden=32",
     "worldmodel.state_prior=32",
     "worldmodel.props_dynamics=16",
+    "props_rollout_steps=3",
+    "props_rollout_horizon=2",
+    "props_rollout_batch=4",
     "prior_rollout=2",
     "prior_batch=8",
 ]

@@ -58,6 +58,9 @@ TINY_OVERRIDES = [
     "worldmodel.reward_hidden=32",
     "worldmodel.state_prior=32",
     "worldmodel.props_dynamics=16",
+    "props_rollout_steps=3",
+    "props_rollout_horizon=2",
+    "props_rollout_batch=4",
     "worldmodel.occupancy_warp=true",
     "prior_rollout=2",
 ]

@@ -200,7 +200,7 @@ class NoiseConfig:
 class TrainingConfig:
     """One world-model training run (``train-wm``, the DIAMOND-style loop, the demo, benchmarks)."""
 
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 16  # global, split across processes
     prior_batch: int = 512  # state-only windows per step for the state prior's regression (0: the main batch)
     prior_rollout: int = 8  # the prior also learns from 1..prior_rollout steps it dreamed itself (0: never)
@@ -215,6 +215,14 @@ class TrainingConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     stats_windows: int = 2000  # training windows used for the normalisation statistics
     seed: int = 0
+    # After the main steps, a props_dynamics model's props network alone learns from its own
+    # rollouts: it dreams ``props_rollout_horizon`` steps of props under the recorded bodies and
+    # learns from the error of every dreamed position (``worldmodel/props_stage.py``; 0 steps: no
+    # stage). Pushes dreamed step by step otherwise fall behind the simulator's.
+    props_rollout_steps: int = 3000
+    props_rollout_horizon: int = 16
+    props_rollout_batch: int = 64
+    props_rollout_lr: float = 1.0e-3
 
     def __post_init__(self) -> None:
         check_fields(self, type(self).__name__)
@@ -289,6 +297,10 @@ RANGES: dict[type, dict[str, Rule]] = {
         "root_loss_weight": _POSITIVE,
         "stats_windows": _at_least(1),
         "seed": _at_least(0),
+        "props_rollout_steps": _at_least(0),
+        "props_rollout_horizon": _at_least(1),
+        "props_rollout_batch": _at_least(1),
+        "props_rollout_lr": _POSITIVE,
     },
 }
 

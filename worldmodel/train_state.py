@@ -39,12 +39,14 @@ CKPT_DIR = "checkpoints"
 RUN_RECORD = "run.json"
 RESULTS = ("final", "final_raw")
 # What a run leaves in its folder; all of it moves aside when a new run starts there.
-RUN_FILES = (RUN_RECORD, CKPT_DIR, *RESULTS, "metrics.jsonl", "heldout.jsonl", "tb", "train_config.yaml")
+PROPS_STAGE_LOG = "props_stage.jsonl"  # the props rollout stage's losses (``props_stage.py``)
+RUN_FILES = (RUN_RECORD, CKPT_DIR, *RESULTS, "metrics.jsonl", "heldout.jsonl", PROPS_STAGE_LOG, "tb", "train_config.yaml")
 # Version of what one training step does; a run resumes only under the version that started it.
 TRAINER_VERSION = 1
 # Settings a resumed run may change: a longer run continues a shorter one exactly (the learning-rate
-# schedule is a warm-up only).
-RESUMABLE_CHANGES = ("steps",)
+# schedule is a warm-up only), and the props rollout stage runs after the main steps (it is redone
+# from its start when a run resumes).
+RESUMABLE_CHANGES = ("steps", "props_rollout_steps", "props_rollout_horizon", "props_rollout_batch", "props_rollout_lr")
 
 
 class ResumeMismatchError(ValueError):

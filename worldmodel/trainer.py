@@ -25,6 +25,9 @@ One step (read ``Trainer._step`` top to bottom):
   5. logs: ``metrics.jsonl`` and tensorboard (losses per modality; held-out one-step metrics
      against the copy-last / hold-pose / static-occupancy baselines, and a frame grid).
 
+After the main steps a ``props_dynamics`` model's props network alone learns from its own
+multi-step rollouts (``props_rollout_steps``; ``worldmodel/props_stage.py``).
+
 A model whose normalisation statistics are not fitted yet gets them from ``stats_windows``
 training windows first; a pretrained one keeps its own.
 
@@ -55,6 +58,7 @@ from .config import TrainingConfig
 from .model import DEFAULT_CHECKPOINT, WorldModel
 from .train_state import (
     EMA,
+    PROPS_STAGE_LOG,
     RUN_RECORD,
     ResumeMismatchError,
     latest_checkpoint,
@@ -277,7 +281,26 @@ class Trainer:
             if o.stop_after is not None and done >= int(o.stop_after):
                 break
         bar.close()
+        if done >= tc.steps and self.cfg.props_dynamics and tc.props_rollout_steps and acc.is_main_process:
+            self._props_stage(writer)
         return self._finish(done, writer)
+
+    def _props_stage(self, writer) -> None:
+        """The props network's rollout stage (``worldmodel/props_stage.py``), after the main steps."""
+        from .props_stage import train_props_rollouts
+
+        path = self.out / PROPS_STAGE_LOG
+        path.write_text("")  # a re-run redoes the stage from its start
+
+        def log(entry: dict) -> None:
+            with open(path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            if writer is not None:
+                writer.add_scalar("props_rollout/loss", entry["props_rollout_loss"], entry["props_rollout_step"])
+
+        print(f"{self.o.name}: props rollout stage, {self.tc.props_rollout_steps} steps of {self.tc.props_rollout_horizon}-step rollouts")
+        self.props_stage = train_props_rollouts(self.raw, self.ema.shadow, self.windows, self.tc, log)
+        print(f"{self.o.name}: props rollout stage done in {self.props_stage['seconds']:.0f} s (loss {self.props_stage['final_loss']:.4f})")
 
     # ------------------------------------------------------------------ set-up
     def _open_data(self) -> None:
@@ -484,11 +507,11 @@ def state_finetune_config(
 ) -> TrainingConfig:
     """The ``TrainingConfig`` of a short fine-tuning on state-only data (the DIAMOND-style loop's
     world-model update, ``bench transfer``): the frame and occupancy branches never run (the data
-    hold no frames), no warm-up, the state prior on the main batch, fewer sigma_max samples than a
-    full run. ``noise`` and ``more`` override any of it (``TrainingConfig`` field names)."""
+    hold no frames), no warm-up, the state prior on the main batch, no props rollout stage, fewer
+    sigma_max samples than a full run. ``noise`` and ``more`` override any of it (``TrainingConfig`` field names)."""
     from .config import NoiseConfig
 
     preset = {"p_clean": 0.1, "p_sigma_max": 0.15, "p_skip_frames": 1.0, "p_skip_occupancy": 1.0}
     base = dict(steps=int(steps), batch_size=int(batch_size), lr=float(lr), ema_decay=float(ema_decay), warmup_steps=0, prior_batch=0)
-    base |= {"prior_rollout": 0, "seed": int(seed)} | more
+    base |= {"prior_rollout": 0, "props_rollout_steps": 0, "seed": int(seed)} | more
     return TrainingConfig(**base, noise=NoiseConfig(**(preset | dict(noise or {}))))
