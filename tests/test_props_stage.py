@@ -49,13 +49,17 @@ def test_the_stage_learns_from_its_rollouts_into_the_raw_and_the_ema_weights_and
         before = _stage_loss(m, eps, 6)
         ema = EMA(m, 0.99)
         logged = []
-        summary = train_props_rollouts(m, ema.shadow, src, tc, logged.append)
+        summary = train_props_rollouts(m, ema.shadow, src, tc, logged.append, heldout=src)
         results.append((m, ema, before, summary, logged))
     (m, ema, before, summary, logged), (m2, *_rest) = results
     after = _stage_loss(m, eps, 6)
     assert after < 0.5 * before, f"the rollout error should fall: {before:.4f} -> {after:.4f}"
     assert summary["steps"] == 60 and summary["push_windows"] > 0 and summary["windows"] == 4 * (24 - 8 + 1)
     assert [e["props_rollout_step"] for e in logged] == [60] and logged[0]["props_rollout_loss"] > 0
+    # the pushed prop slides 0.09-0.16 m over a window: the stage carries it further than before
+    held = summary["heldout_rollouts"]
+    assert held["before"]["n_moved"] == held["after"]["n_moved"] > 0
+    assert abs(held["after"]["ratio"] - 1) < abs(held["before"]["ratio"] - 1), held
     for k, v in m.props_net.state_dict().items():
         assert torch.equal(ema.shadow[f"props_net.{k}"], v), "the EMA weights hold the stage's result"
         assert torch.equal(m2.props_net.state_dict()[k], v), "the stage is a pure function of its seed"
@@ -72,7 +76,7 @@ def test_train_wm_runs_the_stage_after_the_main_steps_and_again_when_resumed(tmp
     m = tiny_model(state_prior=16, props_dynamics=16)
     final = train_world_model(m, src, tc, tmp_path / "run", options=opts)
     lines = [json.loads(s) for s in (tmp_path / "run" / "props_stage.jsonl").read_text().splitlines()]
-    assert [e["props_rollout_step"] for e in lines] == [20]
+    assert [e.get("props_rollout_step") for e in lines] == [20, None] and lines[-1]["summary"]["steps"] == 20
     from dreamgym.worldmodel.model import WorldModel
 
     first = WorldModel.from_pretrained(final).props_net.state_dict()
@@ -80,6 +84,6 @@ def test_train_wm_runs_the_stage_after_the_main_steps_and_again_when_resumed(tmp
     final = train_world_model(tiny_model(state_prior=16, props_dynamics=16), src, tc, tmp_path / "run", options=opts)
     again = WorldModel.from_pretrained(final).props_net.state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
-    assert len((tmp_path / "run" / "props_stage.jsonl").read_text().splitlines()) == 1
+    assert len((tmp_path / "run" / "props_stage.jsonl").read_text().splitlines()) == 2
     # the short state-only fine-tunings of the DIAMOND-style loop have no stage
     assert state_finetune_config(10, 4).props_rollout_steps == 0

@@ -72,16 +72,44 @@ def _batch(ds: Any, moved: np.ndarray, n: int, g: np.random.Generator) -> dict[s
     return {key: torch.stack([it[key] for it in items]).float() for key in STAGE_KEYS}
 
 
+@torch.no_grad()
+def rollout_score(
+    net: Callable[[torch.Tensor], torch.Tensor], ds: Any, horizon: int, device: Any, threshold: float = 0.05
+) -> dict[str, Any]:
+    """How far ``net``'s props rollouts under the recorded bodies carry the props the simulator
+    moved more than ``threshold`` m over the whole window (windows of ``ds``, every 4th start):
+    the ratio of mean dreamed to recorded displacement, their Pearson correlation and the count."""
+    real, dream = [], []
+    for lo in range(0, len(ds), 4 * 256):
+        items = [ds[i] for i in range(lo, min(len(ds), lo + 4 * 256), 4)]
+        b = {k: torch.stack([it[k] for it in items]).float().to(device) for k in STAGE_KEYS}
+        out = rollout_props(net, b["motion"], b["partner_motion"], b["props"], horizon)
+        real.append((b["props"][:, -1, :, :2] - b["props"][:, 1, :, :2]).norm(dim=-1).flatten().cpu())
+        dream.append((out[:, -1, :, :2] - b["props"][:, 1, :, :2]).norm(dim=-1).flatten().cpu())
+    r, d = (torch.cat(real), torch.cat(dream)) if real else (torch.zeros(0), torch.zeros(0))
+    k = r > threshold
+    n = int(k.sum())
+    corr = float(np.corrcoef(r[k].numpy(), d[k].numpy())[0, 1]) if n > 2 else None
+    return {"n_moved": n, "ratio": float(d[k].mean() / r[k].mean()) if n else None, "corr": corr}
+
+
 def train_props_rollouts(
-    model: Any, ema_shadow: dict[str, torch.Tensor], windows: Any, tc: TrainingConfig, log: Callable[[dict], None]
+    model: Any,
+    ema_shadow: dict[str, torch.Tensor],
+    windows: Any,
+    tc: TrainingConfig,
+    log: Callable[[dict], None],
+    heldout: Any = None,
 ) -> dict[str, Any]:
     """Run the stage on ``model`` (a ``props_dynamics`` ``WorldModel``) with windows from the
     source ``windows``; writes the trained props network into ``model`` and ``ema_shadow``.
-    ``log`` gets one dict per logged step. Returns the stage's summary."""
+    ``log`` gets one dict per logged step. Returns the stage's summary, with ``rollout_score``
+    on the ``heldout`` source's windows before and after the stage where one is given."""
     H, S = int(tc.props_rollout_horizon), int(tc.props_rollout_steps)
     ds = windows.windows(2 + H, STAGE_KEYS)
     if len(ds) == 0:
         raise ValueError(f"{windows.name}: no episode holds {2 + H} steps for the props rollout stage (props_rollout_horizon={H})")
+    held = heldout.windows(2 + H, STAGE_KEYS) if heldout is not None else None
     t0 = time.time()
     moved = _moved(ds)
     dev = model.device
@@ -93,6 +121,7 @@ def train_props_rollouts(
     def fn(f: torch.Tensor) -> torch.Tensor:
         return net((f - mean) / std)
 
+    before = rollout_score(fn, held, H, dev) if held is not None and len(held) else None
     opt = torch.optim.Adam(net.parameters(), lr=float(tc.props_rollout_lr))
     g = np.random.default_rng(int(tc.seed) * 9_973 + 17)
     losses = []
@@ -113,6 +142,7 @@ def train_props_rollouts(
         if (step + 1) % 100 == 0 or step + 1 == S:
             log({"props_rollout_step": step + 1, "props_rollout_loss": float(np.mean(losses[-100:]))})
     net.eval()
+    after = rollout_score(fn, held, H, dev) if before is not None else None
     trained = {f"props_net.{k}": v.detach() for k, v in net.state_dict().items()}
     model.load_state_dict(trained, strict=False)
     for k, v in trained.items():
@@ -123,5 +153,6 @@ def train_props_rollouts(
         "windows": len(ds),
         "push_windows": int(moved.sum()),
         "final_loss": float(np.mean(losses[-100:])) if losses else None,
+        "heldout_rollouts": {"before": before, "after": after} if before is not None else None,
         "seconds": round(time.time() - t0, 1),
     }

@@ -299,7 +299,9 @@ class Trainer:
                 writer.add_scalar("props_rollout/loss", entry["props_rollout_loss"], entry["props_rollout_step"])
 
         print(f"{self.o.name}: props rollout stage, {self.tc.props_rollout_steps} steps of {self.tc.props_rollout_horizon}-step rollouts")
-        self.props_stage = train_props_rollouts(self.raw, self.ema.shadow, self.windows, self.tc, log)
+        self.props_stage = train_props_rollouts(self.raw, self.ema.shadow, self.windows, self.tc, log, self.heldout)
+        with open(path, "a") as f:
+            f.write(json.dumps({"summary": self.props_stage}) + "\n")
         print(f"{self.o.name}: props rollout stage done in {self.props_stage['seconds']:.0f} s (loss {self.props_stage['final_loss']:.4f})")
 
     # ------------------------------------------------------------------ set-up
