@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,8 +329,11 @@ def policy_specs(cfg: DictConfig, task: str) -> dict[str, str]:
     return {n: s for n, s in specs.items() if n in set(only)}
 
 
-def bench(cfg: DictConfig, run: BenchRun | None = None) -> dict[str, Any]:
-    """Both arms of every task (``configs/bench/verdict.yaml``); returns the JSON-ready result."""
+def bench(cfg: DictConfig, run: BenchRun | None = None, on_task: Callable[[BenchRun], Any] | None = None) -> dict[str, Any]:
+    """Both arms of every task (``configs/bench/verdict.yaml``); returns the JSON-ready result.
+
+    ``on_task(run)`` is called after each task, with the summary of the tasks done so far (the
+    entry point writes the JSON then, so a long run leaves its finished tasks behind)."""
     from dreamgym.worldmodel.dream_env import DEFAULT_CHECKPOINT, load_world_model
 
     run = run or BenchRun("verdict", cfg)
@@ -340,22 +343,25 @@ def bench(cfg: DictConfig, run: BenchRun | None = None) -> dict[str, Any]:
             raise ValueError(f"a rank correlation needs at least 3 policies, got {len(specs)} for {task} ({sorted(specs)})")
     source = Path(cfg.checkpoint) if cfg.checkpoint is not None else DEFAULT_CHECKPOINT
     model = load_world_model(source)
-    tasks = {}
+    tasks: dict[str, Any] = {}
     for task, specs in ladders.items():
         sim = run.add(f"{task}_sim", sim_arm(task, specs, cfg))
         dream = run.add(f"{task}_dream", dream_arm(task, specs, cfg, model))
         tasks[task] = task_verdict(sim["policies"], dream["policies"], cfg)
         _print_task(task, tasks[task])
-    run.summary = {
-        "tasks": tasks,
-        "all_targets_met": all(t["target_met"] for t in tasks.values()),
-        "target": f"spearman_success >= {float(cfg.target)} per task",
-        "reference": f"WorldGym: Pearson {WORLDGYM_PEARSON} between world-model and real success",
-        "policies": ladders,
-        "episodes_per_policy": int(cfg.episodes),
-        "world_model": {"source": str(source), "sha256": hash_path(source)},
-        "sampler": next((run.arms[f"{t}_dream"]["sampler"] for t in tasks), None),
-    }
+        run.summary = {
+            "tasks": tasks,
+            "complete": len(tasks) == len(ladders),
+            "all_targets_met": all(t["target_met"] for t in tasks.values()),
+            "target": f"spearman_success >= {float(cfg.target)} per task",
+            "reference": f"WorldGym: Pearson {WORLDGYM_PEARSON} between world-model and real success",
+            "policies": ladders,
+            "episodes_per_policy": int(cfg.episodes),
+            "world_model": {"source": str(source), "sha256": hash_path(source)},
+            "sampler": next((run.arms[f"{t}_dream"]["sampler"] for t in tasks), None),
+        }
+        if on_task is not None:
+            on_task(run)
     return run.result()
 
 
@@ -373,7 +379,7 @@ def run(cfg: DictConfig) -> int:
     """Entry point of ``dreamgym bench verdict``."""
     torch.set_num_threads(int(cfg.threads))
     bench_run = BenchRun("verdict", OmegaConf.to_container(cfg, resolve=True))
-    s = bench(cfg, bench_run)["summary"]
+    s = bench(cfg, bench_run, on_task=lambda r: r.write(cfg.out))["summary"]
     path = bench_run.write(cfg.out)
     print(f"bench verdict: all targets met: {s['all_targets_met']}; {path}", flush=True)
     return 0

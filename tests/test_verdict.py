@@ -183,7 +183,7 @@ def test_bench_verdict_measures_every_policy_in_both_envs_on_the_same_rooms(tmp_
     dream = r["arms"]["reach_dream"]
     assert dream["horizon"] == 11 and dream["observations"] == ["task_obs"] and dream["start_real_steps"] > 0
     t = r["summary"]["tasks"]["reach"]
-    assert t["paired_rooms"] is True and set(t["policies"]) == names
+    assert t["paired_rooms"] is True and set(t["policies"]) == names and r["summary"]["complete"] is True
     assert isinstance(t["target_met"], bool) and t["target"] == 0.9
     for key in ("spearman_success", "spearman_return", "pearson_return"):
         assert t[key] is None or -1.0 <= t[key] <= 1.0
