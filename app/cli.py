@@ -99,6 +99,11 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "dreamgym.benchmarks.transfer:run",
         "policy trained in imagination vs PPO with 10x real steps, random, expert (real-env success)",
     ),
+    "verdict": (
+        "bench/verdict",
+        "dreamgym.benchmarks.verdict:run",
+        "does the dream rank policies as the simulator does? Spearman per task, sim vs dream success",
+    ),
     "reliability": (
         "bench/reliability",
         "dreamgym.app.reliability:run",

@@ -116,6 +116,7 @@ class EgoRoomCore:
         self._box_geoms_np = self.box_geoms.cpu().numpy()
         self.box_half = torch.as_tensor(self.mjm.geom_size[self._box_geoms_np], dtype=torch.float32, device=dev).repeat(B, 1, 1)
         self.occupancy = OccupancyGrid(grid, dev)
+        self.observe_occupancy = True  # off: ``observe`` skips the grid (most of a state-only step's cost)
         self.grid = grid
         self.state: WorldState | None = None
         self.prev_state: WorldState | None = None
@@ -176,7 +177,8 @@ class EgoRoomCore:
     # ------------------------------------------------------------------ observation
     def observe(self, sim: SimFrame, worlds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Update the state from ``sim`` (all worlds, or only the rows in ``worlds``) and return the
-        state-based observation parts: motion, partner_motion, occupancy, task_obs, instruction."""
+        state-based observation parts: motion, partner_motion, occupancy (if ``observe_occupancy``),
+        task_obs, instruction."""
         aj = sim.xpos[:, self._agent_bodies]
         pj = sim.xpos[:, self._partner_bodies]
         aq = sim.xquat[:, self._agent_bodies]
@@ -202,24 +204,21 @@ class EgoRoomCore:
             room_half=self.room_half.clone(),
             step=self.steps.clone(),
         )
-        occ = self.occupancy(
-            state.agent_pos,
-            state.agent_yaw,
-            sim.geom_xpos[:, self.box_geoms].float(),
-            sim.geom_xmat[:, self.box_geoms].reshape(self.B, -1, 3, 3).float(),
-            self.box_half,
-            self.box_is_ball,
-            self.box_class,
-            state.agent_joints,
-            state.partner_joints,
-        )
-        obs = {
-            "motion": motion,
-            "partner_motion": pmotion,
-            "occupancy": occ,
-            "task_obs": self.task.task_obs(state, self.params),
-            "instruction": self.params.instruction.clone(),
-        }
+        obs = {"motion": motion, "partner_motion": pmotion}
+        if self.observe_occupancy:
+            obs["occupancy"] = self.occupancy(
+                state.agent_pos,
+                state.agent_yaw,
+                sim.geom_xpos[:, self.box_geoms].float(),
+                sim.geom_xmat[:, self.box_geoms].reshape(self.B, -1, 3, 3).float(),
+                self.box_half,
+                self.box_is_ball,
+                self.box_class,
+                state.agent_joints,
+                state.partner_joints,
+            )
+        obs["task_obs"] = self.task.task_obs(state, self.params)
+        obs["instruction"] = self.params.instruction.clone()
         new_joints = torch.stack((aj, pj), 1).float()
         if worlds is None or self.state is None:
             self.prev_state = state if self.state is None else self.state

@@ -96,6 +96,7 @@ class EgoRoomVecEnv(VectorEnv):
         self.render_mode = render_mode
         self.grid = GridSpec(tuple(int(x) for x in occupancy_size), float(occupancy_voxel))
         self.core = EgoRoomCore(task, B, self.device, self.grid)
+        self.core.observe_occupancy = "occupancy" in self.obs_keys  # the grid costs more than the physics
         self.single_observation_space = observation_space(self.resolution, self.grid, self.obs_keys)
         self.single_action_space = action_space()
         self.observation_space = batch_space(self.single_observation_space, B)

@@ -123,12 +123,14 @@ def run_episodes(
     seed: int | None = None,
     deterministic: bool = True,
     progress: bool = False,
+    max_steps: int | None = None,
 ) -> dict[str, dict[str, list]]:
     """Play one episode in every world of ``env``; policy ``name`` drives rows ``groups[name][1]``.
 
     Works with any batched env of the shared step API (``EgoRoomVecEnv`` with ``room_seeds``,
-    ``DreamVecEnv`` with ``seed``). Returns per group the lists ``returns``, ``successes``,
-    ``lengths`` and ``room_seeds`` (row order).
+    ``DreamVecEnv`` with ``seed``). With ``max_steps``, an episode still running after that many
+    steps is cut there (truncated: not a success). Returns per group the lists ``returns``,
+    ``successes``, ``lengths`` and ``room_seeds`` (row order).
     """
     B = env.num_envs
     rows_all = torch.cat([r for _, r in groups.values()])
@@ -154,7 +156,9 @@ def run_episodes(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=B, desc="episodes", dynamic_ncols=True)
-    while not bool(finished.all()):
+    steps = 0
+    while not bool(finished.all()) and (max_steps is None or steps < max_steps):
+        steps += 1
         actions = torch.zeros(B, 6, device=dev)
         for name, (policy, rows) in groups.items():
             sub = {k: v[rows.to(v.device)] for k, v in obs.items()}
@@ -201,13 +205,17 @@ def evaluate_policies(
     device: str | torch.device = "cpu",
     progress: bool = True,
     allow_pickle: bool = False,
+    per_episode: bool = False,
+    max_steps: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score several policies in the real simulator on the same held-out rooms, in one batch.
 
     Each policy plays ``episodes`` episodes (rounded up to fill the last wave evenly) in rooms
     ``heldout_rooms(episodes, seed)``. Returns ``{name: summary}`` (see ``summarize``) with
-    ``rooms`` and ``wall_s``. ``allow_pickle`` lets checkpoint paths be Stable-Baselines3 zips
-    (see ``load_policy``: loading one runs whatever code it holds).
+    ``rooms`` and ``wall_s``, and with ``per_episode`` the lists ``returns``, ``successes``,
+    ``lengths`` and ``room_seeds`` too. ``max_steps`` cuts episodes short (see ``run_episodes``).
+    ``allow_pickle`` lets checkpoint paths be Stable-Baselines3 zips (see ``load_policy``: loading
+    one runs whatever code it holds).
     """
     from dreamgym.envs.vec_env import EgoRoomVecEnv
 
@@ -227,7 +235,7 @@ def evaluate_policies(
     for w in range(waves):
         wave_rooms = rooms[w * per_wave : (w + 1) * per_wave]
         groups = {name: (p, torch.arange(i * per_wave, (i + 1) * per_wave)) for i, (name, p) in enumerate(pols.items())}
-        res = run_episodes(env, groups, room_seeds=wave_rooms * n_pol, deterministic=deterministic, progress=progress)
+        res = run_episodes(env, groups, room_seeds=wave_rooms * n_pol, deterministic=deterministic, progress=progress, max_steps=max_steps)
         for name in pols:
             for k in acc[name]:
                 acc[name][k] += res[name][k]
@@ -235,10 +243,8 @@ def evaluate_policies(
     wall = time.time() - t0
     out = {}
     for name, a in acc.items():
-        out[name] = summarize(a["returns"], a["successes"], a["lengths"]) | {
-            "rooms": f"held-out room seeds {rooms[0]}..{rooms[-1]}",
-            "wall_s": wall,
-        }
+        where = {"rooms": f"held-out room seeds {rooms[0]}..{rooms[-1]}", "wall_s": wall}
+        out[name] = summarize(a["returns"], a["successes"], a["lengths"]) | where | (a if per_episode else {})
     return out
 
 

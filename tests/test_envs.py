@@ -332,6 +332,18 @@ def test_vec_env_worlds_are_different_rooms(vec_env_factory):
     assert abs(float(sizes[1, w0, 1]) - (scene.generate_room(4).half_extent[1] + 2 * scene.WALL_THICK)) < 1e-5
 
 
+def test_a_state_only_vec_env_skips_the_grid_and_steps_the_same(vec_env_factory):
+    keys = ["motion", "partner_motion", "task_obs"]
+    lean = vec_env_factory(num_envs=2, task="avoid", obs_keys=keys, return_tensors=True)
+    full = vec_env_factory(num_envs=2, task="avoid", obs_keys=[*keys, "occupancy"], return_tensors=True)
+    assert not lean.core.observe_occupancy and full.core.observe_occupancy
+    a, b = lean.reset_tensors(seed=5)[0], full.reset_tensors(seed=5)[0]
+    for act in _random_actions(6, seed=2):
+        a, ra, *_ = lean.step_tensors(torch.as_tensor(act).repeat(2, 1))
+        b, rb, *_ = full.step_tensors(torch.as_tensor(act).repeat(2, 1))
+        assert torch.equal(ra, rb) and all(torch.equal(a[k], b[k]) for k in keys)
+
+
 def test_vec_env_auto_resets_each_world(vec_env_factory):
     env = vec_env_factory(num_envs=2, task="reach", obs_keys=STATE_KEYS, return_tensors=False)
     obs, info = env.reset(seed=40)

@@ -4,7 +4,8 @@ A dream env starts each episode from K real observations (the world model's cont
 episode's bookkeeping (the room's task parameters, the partner's script and its progress). A
 *start source* provides them:
 
-- ``SimulatorStarts``: fresh rooms in a batched ``EgoRoomVecEnv``, K-1 steps of a context policy.
+- ``SimulatorStarts``: fresh rooms (random training rooms, or the room seeds it is given) in a
+  batched ``EgoRoomVecEnv``, K-1 steps of a context policy.
   Every simulator step it runs is counted in ``real_steps`` (the real experience a dream-trained
   policy spent, as the DIAMOND-style loop accounts for it).
 - ``DatasetStarts``: K-step windows of the episodes of a ``dreamgym collect`` directory (its train,
@@ -116,6 +117,19 @@ class StartSource(Protocol):
 
 
 # ----------------------------------------------------------------------------------- simulator
+def _check_rooms(rooms: Sequence[int] | None) -> list[int] | None:
+    """``rooms`` as a list of whole-number room seeds >= 0, or None; refuses an empty or bad list."""
+    if rooms is None:
+        return None
+    out = list(rooms)
+    if not out:
+        raise ValueError("rooms=[] gives no room to start in; pass room seeds, or None for random training rooms")
+    bad = [r for r in out if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 0]
+    if bad:
+        raise ValueError(f"rooms must be whole-number room seeds >= 0, got {bad[:3]}")
+    return [int(r) for r in out]
+
+
 class SimulatorStarts:
     """Fresh simulator rooms, each run K-1 steps by a context policy (``noisy_expert`` by default).
 
@@ -123,20 +137,34 @@ class SimulatorStarts:
     ``EgoRoomVecEnv``; a world whose episode ends within those steps is dropped. A reseed to the seed
     of the last reseed hands out that seed's first batch again instead of re-running the simulator
     (the same starts, no new real steps).
+
+    The rooms are random training rooms (seeds below 2**31 - 1) unless ``rooms`` lists the room
+    seeds to use: they are handed out in that order, cyclically, and every reseed starts again at
+    the first, so a dream can begin in the same (e.g. held-out) rooms as a simulator evaluation.
     """
 
-    def __init__(self, policy: str = "noisy_expert", noise: float = 0.3, pool: int | None = None, seed: int | None = None):
+    def __init__(
+        self,
+        policy: str = "noisy_expert",
+        noise: float = 0.3,
+        pool: int | None = None,
+        seed: int | None = None,
+        rooms: Sequence[int] | None = None,
+    ):
         if policy not in CONTEXT_POLICIES:
             raise ValueError(f"unknown context policy {policy!r}; valid: {list(CONTEXT_POLICIES)}")
         if pool is not None and int(pool) < 1:
             raise ValueError(f"pool must be at least 1, got {pool}")
+        self.rooms = _check_rooms(rooms)
+        self._room_cursor = 0
         self.policy, self.noise, self.pool = policy, float(noise), pool
         self.real_steps = 0
         self.env = None
         self.spec: StartSpec | None = None
         self._buffer: Starts | None = None
         self._next = 0
-        self._first: tuple[int | None, Starts, dict, torch.Tensor] | None = None  # (seed, batch, rng state, gen state)
+        # (seed, batch, rng state, gen state, room cursor) after the first batch of that seed
+        self._first: tuple[int | None, Starts, dict, torch.Tensor, int] | None = None
         self._seed: int | None = None
         self.reseed(seed)
 
@@ -167,6 +195,7 @@ class SimulatorStarts:
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else int(seed))
         self._buffer, self._next = None, 0
+        self._room_cursor = 0
         if self._first is not None and (seed is None or self._first[0] != seed):
             self._first = None
 
@@ -182,7 +211,8 @@ class SimulatorStarts:
         return Starts.cat(parts)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "simulator", "context_policy": self.policy, "noise": self.noise, "real_steps": self.real_steps}
+        rooms = None if self.rooms is None else {"count": len(self.rooms), "first": self.rooms[0], "last": self.rooms[-1]}
+        return {"kind": "simulator", "context_policy": self.policy, "noise": self.noise, "rooms": rooms, "real_steps": self.real_steps}
 
     def close(self) -> None:
         if self.env is not None:
@@ -191,15 +221,23 @@ class SimulatorStarts:
     def _batch(self) -> Starts:
         """A new batch of starts, or the first batch of this seed again (see the class docstring)."""
         if self._first is not None and self._first[0] == self._seed and self._buffer is None:
-            _, batch, rng_state, gen_state = self._first
+            _, batch, rng_state, gen_state, self._room_cursor = self._first
             self.rng.bit_generator.state = rng_state
             self.gen.set_state(gen_state)
             return batch
         first = self._buffer is None
         batch = self._run()
         if first and self._seed is not None:
-            self._first = (self._seed, batch, self.rng.bit_generator.state, self.gen.get_state())
+            self._first = (self._seed, batch, self.rng.bit_generator.state, self.gen.get_state(), self._room_cursor)
         return batch
+
+    def _room_seeds(self, n: int) -> list[int]:
+        """The next ``n`` rooms: from ``rooms`` in order (cyclically), else random training rooms."""
+        if self.rooms is None:
+            return [int(s) for s in self.rng.integers(2**31 - 1, size=n)]
+        at = self._room_cursor
+        self._room_cursor = (at + n) % len(self.rooms)
+        return [self.rooms[(at + i) % len(self.rooms)] for i in range(n)]
 
     def _props(self) -> torch.Tensor:
         from .data import props_from_qpos
@@ -222,7 +260,7 @@ class SimulatorStarts:
         if self.env is None or self.spec is None:
             raise RuntimeError("SimulatorStarts.draw called before bind")
         env, K = self.env, self.spec.context
-        seeds = [int(s) for s in self.rng.integers(2**31 - 1, size=env.num_envs)]
+        seeds = self._room_seeds(env.num_envs)
         obs, _ = env.reset_tensors(room_seeds=seeds)
         frames = [dict(obs, props=self._props())]
         acts, pacts, alive = [], [], torch.ones(env.num_envs, dtype=torch.bool)

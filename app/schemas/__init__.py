@@ -43,6 +43,7 @@ SCHEMAS: dict[str, str] = {
     "bench/push": "bench:BenchPushConfig",
     "bench/vla": "bench:BenchVLAConfig",
     "bench/transfer": "bench:BenchTransferConfig",
+    "bench/verdict": "bench:BenchVerdictConfig",
     "bench/reliability": "bench:BenchReliabilityConfig",
 }
 

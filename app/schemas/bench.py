@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .data import COMPRESSIONS, check_policy_mix
@@ -230,3 +231,88 @@ class BenchReliabilityConfig:
     workdir: str | None = setting()
     cases: list[str] | None = setting()
     path: str | None = setting()
+
+
+def _context_policies() -> tuple[str, ...]:
+    from dreamgym.worldmodel.starts import CONTEXT_POLICIES
+
+    return CONTEXT_POLICIES
+
+
+def _check_policy_specs(name: str, specs: dict[str, Any], builtins: bool, tasks: list[str]) -> None:
+    """Each of ``specs`` (name -> spec, or for the ladder name -> task -> spec, covering ``tasks``)
+    a built-in policy (when ``builtins``) or an existing path."""
+    flat = {}
+    for key, spec in specs.items():
+        if builtins and isinstance(spec, dict):
+            missing = [t for t in tasks if t not in spec]
+            if missing:
+                raise BadValue(f"{name}.{key}", f"{name}.{key} gives no spec for {missing}; give one per task, or one spec for all")
+            flat |= {f"{key}.{t}": s for t, s in spec.items()}
+        else:
+            flat[key] = spec
+    _check_specs(name, flat, builtins)
+
+
+def _check_specs(name: str, specs: dict[str, Any], builtins: bool) -> None:
+    from dreamgym.policies.base import load_policy
+
+    for key, spec in specs.items():
+        where = f"{name}.{key}"
+        if not isinstance(spec, str) or not spec:
+            raise BadValue(where, f"{where}={spec!r} is not a policy; give expert[:noise=X], random[:hold=N] or a checkpoint path")
+        if spec.split(":")[0] in ("expert", "random"):
+            if not builtins:
+                raise BadValue(where, f"{where}={spec}: extra_policies are trained checkpoints; put built-ins in policies")
+            try:
+                load_policy(spec)
+            except ValueError as e:
+                raise BadValue(where, f"{where}={spec}: {e}") from None
+        elif not Path(spec).exists():
+            also = " or a built-in (expert[:noise=X], random[:hold=N])" if builtins else ""
+            raise BadValue(where, f"{where}={spec}: no such file or directory; give a train-policy run folder{also}")
+
+
+@dataclass
+class BenchVerdictConfig:
+    """``configs/bench/verdict.yaml``"""
+
+    out: str | None = setting()
+    tasks: list[str] = setting(choices=task_names)
+    policies: dict[str, Any] = setting()
+    extra_policies: dict[str, Any] = setting()
+    only: list[str] | None = setting()
+    episodes: int = setting(gt=0)
+    max_steps: dict[str, Any] = setting()
+    seed: int = setting(ge=0)
+    checkpoint: str | None = setting(exists=True)
+    context_policy: str = setting(choices=_context_policies)
+    num_denoising_steps: int | None = setting(gt=0)  # null: the world model's own sampler (its sampler.json)
+    init_noise: float | None = setting(ge=0)
+    max_worlds: int = setting(ge=1)
+    bootstrap: int = setting(gt=0)
+    target: float = setting(ge=-1, le=1)
+    threads: int = setting(ge=1)
+    progress: bool = setting()
+    path: str | None = setting()
+
+    def check(self) -> None:
+        _nonempty("tasks", self.tasks, "[reach,push]")
+        _check_policy_specs("policies", dict(self.policies), builtins=True, tasks=self.tasks)
+        _check_policy_specs("extra_policies", dict(self.extra_policies), builtins=False, tasks=self.tasks)
+        for task, cap in self.max_steps.items():
+            if task not in task_names():
+                raise BadValue(f"max_steps.{task}", f"max_steps.{task}: no such task; choose from {', '.join(task_names())}")
+            # >= 2: the dream's K-1 = 1 context step and at least one dreamed step
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 2):
+                raise BadValue(f"max_steps.{task}", f"max_steps.{task}={cap}: expected a whole number >= 2, or null for the task's own")
+        both = sorted(set(self.policies) & set(self.extra_policies))
+        if both:
+            raise BadValue("extra_policies", f"extra_policies: {both} are named in policies too; give each policy one name")
+        names = [*self.policies, *self.extra_policies]
+        unknown = sorted(set(self.only or ()) - set(names))
+        if unknown:
+            raise BadValue("only", f"only: {unknown} are not named in policies or extra_policies; choose from {', '.join(names)}")
+        n = len(set(self.only)) if self.only is not None else len(names)
+        if n < 3:
+            raise BadValue("only" if self.only is not None else "policies", f"{n} policies chosen; a rank correlation needs at least 3")
