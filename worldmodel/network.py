@@ -15,7 +15,8 @@ decoding and checkpoints on top, in their own modules) and defines:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,15 @@ from . import render as R
 from .blocks import GridTokens, TokenTransformer, UNetBranch, fourier_embedding, segment_index
 from .config import ArchitectureConfig
 from .warp import warp_frame
+
+_STATE_TOKENS = {"motion": (1, 24), "partner_motion": (24, 47), "props": (47, 47 + D.N_PROPS)}  # token rows after the global one
+
+
+@functools.cache
+def state_token_index(modalities: tuple[str, ...], device: torch.device) -> torch.Tensor:
+    """(T',) long: the transformer rows of the body/prop ``modalities``' tokens (made once per device)."""
+    return torch.cat([torch.arange(*_STATE_TOKENS[m]) for m in modalities]).to(device)
+
 
 OBS_KEYS = ("ego_rgb", "ego_depth", "motion", "partner_motion", "props", "occupancy")
 # Scene memory of an ``ego_warp`` dream (see ``WorldModel.scene_memory``): a real frame, its depth
@@ -369,13 +379,23 @@ class WorldModelNetwork(nn.Module):
         return emb
 
     def denoise(
-        self, ctx: Mapping[str, torch.Tensor], x: Mapping[str, torch.Tensor], sigma: Mapping[str, torch.Tensor]
+        self,
+        ctx: Mapping[str, torch.Tensor],
+        x: Mapping[str, torch.Tensor],
+        sigma: Mapping[str, torch.Tensor],
+        outputs: Collection[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """D(x; sigma) for every modality in ``x`` (normalised changes); sigma (B,) per modality, 0 = clean.
 
-        The U-Net branches whose modality is not in ``x`` are absent (not run).
+        The U-Net branches whose modality is not in ``x`` are absent (not run). ``outputs`` (default
+        every modality of ``x``): the modalities whose estimates the caller reads, the only ones
+        returned; when they are body or prop modalities only, the transformer's last block computes
+        their tokens only (every token still attended to), and the other heads do not run.
         """
         c = self.config
+        want = set(x) if outputs is None else set(outputs) & set(x)
+        if not want:
+            return {}
         B = ctx["motion_ctx"].shape[0]
         pre = {m: edm.precondition(sigma[m], c.sigma_data) for m in x}
         zero = torch.zeros(B, device=self.device)
@@ -438,26 +458,33 @@ class WorldModelNetwork(nn.Module):
         # transformer modulates once per row instead of once per token (the same numbers)
         rows = torch.stack([g, *(mod_cond[m] for m in ("motion", "partner_motion", "props", *self.branches))], 1)
         lengths = (1, 23, 23, D.N_PROPS, *(n_grid for _ in self.branches))
-        out = self.transformer(tokens, rows, segment_index(lengths, tokens.device))
+        keep = None
+        if not want & set(self.branches):  # body/prop tokens only: the last block computes no others
+            keep = state_token_index(tuple(sorted(want)), tokens.device)
+        out = self.transformer(tokens, rows, segment_index(lengths, tokens.device), keep)
+        if keep is not None:  # back to the full layout (the unread rows stay zero and are never used)
+            out = out.new_zeros(B, tokens.shape[1], out.shape[-1]).index_copy(1, keep, out)
         s0 = 1
         st = out[:, s0 : s0 + self.n_state_tokens]
         Fout: dict[str, torch.Tensor] = {}
         i = 0
         for m in ("motion", "partner_motion"):
-            root, joints = st[:, i], st[:, i + 1 : i + 23]
-            Fout[m] = D.motion_from_tokens(self.out_root[m](root), self.out_joint[m](joints))
+            if m in want:
+                root, joints = st[:, i], st[:, i + 1 : i + 23]
+                Fout[m] = D.motion_from_tokens(self.out_root[m](root), self.out_joint[m](joints))
             i += 23
-        Fout["props"] = self.out_props(st[:, i : i + D.N_PROPS])
+        if "props" in want:
+            Fout["props"] = self.out_props(st[:, i : i + D.N_PROPS])
         body = st.mean(1)
         gi = s0 + self.n_state_tokens
         for m in self.branches:
-            if m in enc:
+            if m in enc and m in want:
                 h, skips = enc[m]
                 h = h + self.grid[m].grid(out[:, gi : gi + n_grid], h.shape[-2:])
                 Fout[m] = self.branches[m].decode(h, skips, mod_cond[m] + self.up_emb[m](body))
             gi += n_grid
         res = {}
-        for m in x:
+        for m in (m for m in x if m in want):
             c_skip, c_out, _, _ = pre[m]
             res[m] = edm.expand(c_skip, x[m]) * x[m] + edm.expand(c_out, x[m]) * Fout[m]
             if m in mu:

@@ -217,7 +217,11 @@ class SamplingMixin:
                 return {m: ctx[f"prior_{m}"] if m in prior_first else torch.zeros_like(v) for m, v in x.items()}
             xx = dict(x) | dict(clean)
             ss = dict(sig) | {m: zeros for m in clean}
-            out = {m: v for m, v in self.denoise(ctx, xx, ss).items() if m in x}
+            # the last call computes only what the step keeps (a discarded estimate is zero: never
+            # read); earlier calls' estimates are all next inputs of the sampler
+            last = c.deterministic or calls[0] == s.num_steps
+            out = self.denoise(ctx, xx, ss, outputs=[m for m in x if not (last and m in discarded)])
+            out = {m: out[m] if m in out else torch.zeros_like(v) for m, v in x.items()}
             if first:
                 out |= {m: ctx[f"prior_{m}"] for m in prior_first}
             return out
