@@ -304,3 +304,18 @@ def test_checked_values_reach_the_command_typed(monkeypatch, tmp_path, tiny_data
     cfg = seen["cfg"]
     assert cfg.episode == 1 and cfg.fps == 10.0 and isinstance(cfg.fps, float) and cfg.path == str(tiny_dataset)
     assert json.loads(json.dumps(dict(cfg)))["size"] == 256
+
+
+def test_cache_mb_zero_passes_the_schema_and_a_negative_one_does_not(fake_dataset, tmp_path):
+    """``cache_mb=0`` (every window read from disk) is a setting the trainer accepts; the schema agrees."""
+    from dreamgym.app.schemas import check
+
+    schema = schema_of("train_wm")
+
+    def checked(value: str) -> None:
+        check(compose("train_wm", [f"cache_mb={value}", f"data={fake_dataset}", f"out={tmp_path / 'run'}"], schema))
+
+    checked("0")
+    checked("null")
+    with pytest.raises(UserError, match="cache_mb=-1 is out of range"):
+        checked("-1")

@@ -57,7 +57,7 @@ class TrainWmConfig:
     props_rollout_horizon: int = setting(gt=0)
     props_rollout_batch: int = setting(gt=0)
     props_rollout_lr: float = setting(gt=0)
-    cache_mb: int | None = setting(gt=0)
+    cache_mb: int | None = setting(ge=0)
     num_workers: int = setting(ge=0)
     seed: int = setting(ge=0)
     device: str = setting(device=True)
