@@ -14,6 +14,8 @@ from dreamgym.policies.social import SocialAvatarPolicy
 from dreamgym.policies.social_scenes import SocialSceneTask
 from dreamgym.policies.social_train import evaluate, load_motion_encoder
 
+SHIPPED_SOCIAL = Path(__file__).resolve().parent.parent / "policies" / "checkpoints" / "social"
+
 
 def run(cfg) -> int:
     """``dreamgym avatar-demo out=DIR``: a scripted conversation, the avatar responding, video + motions + metrics."""
@@ -22,7 +24,8 @@ def run(cfg) -> int:
     torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = Path(cfg.checkpoint)
+    # "default": the shipped avatar, beside the installed package (not relative to the working directory)
+    ckpt = SHIPPED_SOCIAL if cfg.checkpoint == "default" else Path(cfg.checkpoint)
     pol = SocialAvatarPolicy.from_pretrained(ckpt)
     fe = load_motion_encoder(ckpt)
     seq = [getattr(P, b.upper()) for b in cfg.conversation]

@@ -319,3 +319,15 @@ def test_cache_mb_zero_passes_the_schema_and_a_negative_one_does_not(fake_datase
     checked("null")
     with pytest.raises(UserError, match="cache_mb=-1 is out of range"):
         checked("-1")
+
+
+def test_avatar_demo_finds_the_shipped_avatar_from_any_directory(tmp_path, monkeypatch):
+    """The default ``checkpoint=default`` is the avatar beside the installed package, not a path
+    relative to where the command runs."""
+    from dreamgym.app.avatar_demo import SHIPPED_SOCIAL
+    from dreamgym.app.schemas import check
+
+    monkeypatch.chdir(tmp_path)
+    cfg = compose("avatar_demo", [f"out={tmp_path / 'out'}"], schema_of("avatar_demo"))
+    check(cfg)
+    assert cfg.checkpoint == "default" and (SHIPPED_SOCIAL / "config.json").is_file()

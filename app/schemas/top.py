@@ -119,7 +119,7 @@ class AvatarDemoConfig:
     """``configs/avatar_demo.yaml``"""
 
     out: str = setting()
-    checkpoint: str = setting(exists=True)
+    checkpoint: str = setting(exists=True, keywords=("default",))
     num_threads: int = setting(ge=1)
     conversation: list[str] = setting(choices=behaviour_names)
     segment: int = setting(gt=0)
