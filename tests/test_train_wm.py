@@ -201,6 +201,23 @@ def test_a_dataset_larger_than_the_cache_trains_as_the_uncapped_run(dataset, tmp
 
 
 # ----------------------------------------------------------------------------- resumes
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(dataset, tmp_path):
+    """A run killed after logging steps its last checkpoint does not hold re-logs them on resume;
+    TensorBoard purges the first copies, so each step's loss appears once."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    train(_cfg(dataset, out, "steps=4", "log_every=1"))
+    shutil.rmtree(out / "checkpoints" / "step_00000004")  # as if killed after step 4 was logged
+    shutil.rmtree(out / "final")
+    train(_cfg(dataset, out, "steps=4", "log_every=1"))
+    acc = EventAccumulator(str(out / "tb"), purge_orphaned_data=True)
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/lr")] == [1, 2, 3, 4]
+
+
 def test_resume_refuses_other_data_or_settings_and_continues_a_longer_run(dataset, tmp_path):
     out = tmp_path / "run"
     train(_cfg(dataset, out, "steps=2"))

@@ -369,7 +369,9 @@ class Trainer:
             return None
         from torch.utils.tensorboard import SummaryWriter
 
-        return SummaryWriter(str(self.out / "tb"))
+        # a resumed run purges what a killed one logged after its last checkpoint (steps > start),
+        # so TensorBoard shows each step once
+        return SummaryWriter(str(self.out / "tb"), purge_step=start + 1 if start > 0 else None)
 
     def _heldout_batch(self) -> dict[str, torch.Tensor] | None:
         if self.held is None or len(self.held) == 0:
