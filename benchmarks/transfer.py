@@ -21,9 +21,9 @@ The dream arm runs first, since N is known only when its training has counted it
 ``num_envs.real``), so a simulator arm may get up to one rollout more than its budget; the JSON
 reports the steps each arm actually used (this favours the simulator arms).
 
-How N is chosen: the issue asks for N per task such that ``real_n`` is clearly below ``real_10n``
-(the regime where a world model should help). With the shipped world model N is fixed by its
-data, so the bench reports per cell whether that held (``regime_ok``: ``real_10n`` succeeds
+How N is chosen: the comparison means most where ``real_n`` is clearly below ``real_10n`` (the
+regime where a world model should help), so N would be chosen per task to be there. With the
+shipped world model N is fixed by its data, so the bench reports per cell whether that held (``regime_ok``: ``real_10n`` succeeds
 more often than ``real_n``, McNemar exact p < ``regime_alpha``); another N is a world model trained
 on other data, given per task with ``per_task.<task>.checkpoint`` and ``.wm_data_steps``.
 
