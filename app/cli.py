@@ -97,7 +97,7 @@ BENCHES: dict[str, tuple[str, str, str]] = {
     "transfer": (
         "bench/transfer",
         "dreamgym.benchmarks.transfer:run",
-        "policy trained in imagination vs PPO with 10x real steps, random, expert (real-env success)",
+        "PPO in the dream vs PPO in the simulator on N and 10 N real steps, expert, random: every task, state and pixels",
     ),
     "verdict": (
         "bench/verdict",

@@ -1,217 +1,530 @@
-"""``dreamgym bench transfer task=reach``: does a policy trained only in imagination work in the simulator?
+"""``dreamgym bench transfer``: does a policy trained only in imagination work in the simulator, at
+equal real experience?
 
-With N real simulator steps behind the world model (its training data; ``wm_data_steps``, plus
-``collect_steps`` more when the bench fine-tunes it first), the bench trains
+A **cell** is a task (``tasks``: reach, push, social, avoid) and a policy input (``inputs``, each
+named in ``obs_keys``): ``state`` reads ``[task_obs]``; ``pixels`` reads ``[ego_rgb, motion,
+instruction]`` -- the head camera, the body's own motion and the instruction, so the policy knows
+its task, and no ``task_obs``. In each cell five arms, every one trained or measured in the run:
 
-  (a) ``dream``: PPO only in ``DreamVecEnv`` on that world model (``dream_steps`` dreamed steps);
-  (b) ``real10x``: the same PPO in ``EgoRoomVecEnv`` with ``real_multiplier`` x N real steps;
+- ``dream``: PPO only in ``DreamVecEnv`` on the world model (``checkpoint``, default the shipped
+  one), ``dream_steps`` dreamed steps. Its real experience is **N** = ``wm_data_steps`` (the real
+  steps the world model was trained on: 64,000 for the shipped one, 16,000 per task, see
+  ``worldmodel/default/TRAINING.md``; every task's N counts all of them, as the model needs them
+  all) plus the K-1 simulator steps that started each dreamed episode, counted during training
+  (``dream_start_steps``);
+- ``real_n``: the same PPO in ``EgoRoomVecEnv`` with N real steps;
+- ``real_10n``: the same with ``real_multiplier`` x N (10 N);
+- ``expert``: the scripted expert; ``random``: random actions.
 
-and scores them beside (c) ``random`` and (d) the scripted ``expert`` in the real simulator, all
-four in one batch on the same held-out rooms (``evaluate_policies``). The **value gap** is the
-return the dream predicts for (a) (``evaluate_in_dream``, episodes starting from real contexts)
-minus its real return. The goal: ``dream_success >= 0.8 * real10x_success``. As a diagnostic of the
-world model, the scripted expert is also run in the dream (``expert_dream_success``): a world model
-that does not follow the controls shows up there first.
+The dream arm runs first, since N is known only when its training has counted its start steps;
+``real_n`` and ``real_10n`` then train on that N. PPO trains in whole rollouts (``ppo.n_steps`` x
+``num_envs.real``), so a simulator arm may get up to one rollout more than its budget; the JSON
+reports the steps each arm actually used (this favours the simulator arms).
 
-The real steps (a) consumes beyond N -- the K-1 simulator steps that start each dreamed episode --
-are reported as ``dream_start_steps``. The trained stages (the fine-tuned world model, the two
-policies) are kept in ``run_dir/<arm>/<key>/``; with ``reuse`` a re-run skips a stage only when the
-code version, the stage's config and its inputs (the world model's files) give the same key, and
-the JSON's ``reused`` names the file and the key each skipped stage came from. The evaluations
-always run. Everything goes to the JSON ``out`` (default ``benchmarks/results/transfer.json``).
+How N is chosen: the comparison means most where ``real_n`` is clearly below ``real_10n`` (the
+regime where a world model should help), so N would be chosen per task to be there. With the
+shipped world model N is fixed by its data, so the bench reports per cell whether that held (``regime_ok``: ``real_10n`` succeeds
+more often than ``real_n``, McNemar exact p < ``regime_alpha``); another N is a world model trained
+on other data, given per task with ``per_task.<task>.checkpoint`` and ``.wm_data_steps``.
+
+All arms of a cell are scored in one batch on the same held-out rooms
+(``policies.evaluate.evaluate_policies``, ``eval_episodes`` each): success with its 95 % Wilson
+interval, mean return with its 95 % t-interval; the dream against ``real_n`` and against
+``real_10n`` room by room (McNemar's exact test on success, paired bootstrap intervals of the
+success and the return difference; ``benchmarks/transfer_stats.py``). The targets
+(``targets``): ``dream >= real_n`` in every cell, ``dream >= 0.8 real_10n`` for state on every
+task and for pixels on reach and push, on the success rates (``target_met``). The **value gap**
+is the return the dream predicts for the dream policy minus its real return: the dream policy is
+dreamed from the same held-out rooms (K-1 steps of ``context_policy``, then dreamed to the same
+episode length), and the expert beside it as a diagnostic of the world model
+(``expert_dream_success``: a dream that does not follow the controls fails the expert first).
+
+Stages (each trained policy, the real evaluation and the dreamed one) are kept in
+``run_dir/<task>_<input>/<arm>/<key>/``, the key a hash of the code version, the stage's config
+and its inputs (the world model's files, the evaluated policies' files). With ``reuse`` a re-run
+skips a finished stage and the JSON's ``reused`` names its key; a PPO stage killed midway resumes
+from its last checkpoint (``checkpoint_every``; ``train-policy``'s own resume). ``reuse=false``
+trains every stage afresh.
+
+``scale`` multiplies the training budgets (dream steps, N and 10 N) for quick runs; the
+evaluation episodes are set by ``eval_episodes`` and ``value_gap_episodes`` alone. A run at
+``scale != 1`` is no comparison at equal real experience (``full_scale: false`` in the JSON).
+
+Each cell's JSON is written as soon as it finishes, ``<out stem>_<task>_<input>.json`` beside
+``out`` (default ``benchmarks/results/transfer_<task>_<input>.json``), and the overview ``out``
+(``benchmarks/results/transfer.json``) after every cell, with each cell's headline figures and
+``complete`` (all planned cells done).
+
+    dreamgym bench transfer [tasks=[reach]] [inputs=[state]] [only_arms=[dream,real_n]] [scale=0.01]
 """
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dreamgym.benchmarks.runner import BenchRun
+from dreamgym.benchmarks import transfer_stats as stats
+from dreamgym.benchmarks.runner import RESULTS_DIR, BenchRun, hash_path
+
+ARMS = ("dream", "real_n", "real_10n", "expert", "random")
+TRAINED = {"dream": "dream", "real_n": "real", "real_10n": "real"}  # arm -> env it trains in
+PER_TASK_KEYS = ("checkpoint", "wm_data_steps", "dream_steps")
 
 
-def _train_cfg(cfg: DictConfig, env: str, out: Path, steps: int, checkpoint: Any) -> DictConfig:
+class TransferConfigError(ValueError):
+    """A bad value of ``configs/bench/transfer.yaml``; ``key`` names it."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One task and one policy input, with the world model and the budgets that cell uses."""
+
+    task: str
+    inputs: str
+    obs_keys: tuple[str, ...]
+    checkpoint: str | None
+    wm_data_steps: int
+    dream_steps: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}_{self.inputs}"
+
+    def world_model_path(self) -> Path:
+        from dreamgym.worldmodel.dream_env import DEFAULT_CHECKPOINT
+
+        return Path(self.checkpoint) if self.checkpoint is not None else DEFAULT_CHECKPOINT
+
+
+# ------------------------------------------------------------------------------ the config
+def _get(cfg: Any, key: str) -> Any:
+    v = getattr(cfg, key)
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+
+def _list(values: Any) -> str:
+    return "[" + ",".join(map(str, values)) + "]"
+
+
+def _count(key: str, v: Any, low: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise TransferConfigError(key, f"{key}={v!r}: expected a whole number >= {low}")
+    return v
+
+
+def check_config(cfg: Any) -> None:
+    """Refuse, in one line naming the key, a task, input, arm or per-task override this bench does not know."""
+    from dreamgym.envs.spaces import check_obs_keys
+    from dreamgym.envs.tasks import TASKS
+
+    tasks, inputs, obs_keys = list(_get(cfg, "tasks")), list(_get(cfg, "inputs")), dict(_get(cfg, "obs_keys"))
+    for key, values, known in (("tasks", tasks, sorted(TASKS)), ("inputs", inputs, list(obs_keys))):
+        if not values:
+            raise TransferConfigError(key, f"{key}=[] measures nothing; choose from {', '.join(known)}")
+        bad = [v for v in values if v not in known]
+        if bad:
+            raise TransferConfigError(key, f"{key}={_list(values)}: {_list(bad)} unknown; choose from {', '.join(known)}")
+    for name in inputs:
+        try:
+            check_obs_keys(list(obs_keys[name] or []))
+        except ValueError as e:
+            raise TransferConfigError(f"obs_keys.{name}", f"obs_keys.{name}={_list(obs_keys[name] or [])}: {e}") from None
+    only = _get(cfg, "only_arms")
+    if only is not None:
+        bad = [a for a in only if a not in ARMS]
+        if bad or not only:
+            raise TransferConfigError("only_arms", f"only_arms={_list(only)}: choose a non-empty subset of {', '.join(ARMS)}")
+        if {"real_n", "real_10n"} & set(only) and "dream" not in only:
+            raise TransferConfigError(
+                "only_arms",
+                f"only_arms={_list(only)}: the simulator arms' budget N is counted by the dream arm; add dream (a finished one is reused)",
+            )
+    scale = _get(cfg, "scale")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise TransferConfigError("scale", f"scale={scale!r}: expected a number > 0 (1: the full budgets)")
+    for task, over in dict(_get(cfg, "per_task") or {}).items():
+        if task not in TASKS:
+            raise TransferConfigError(f"per_task.{task}", f"per_task.{task}: no such task; choose from {', '.join(sorted(TASKS))}")
+        bad = sorted(set(over or {}) - set(PER_TASK_KEYS))
+        if bad:
+            raise TransferConfigError(
+                f"per_task.{task}", f"per_task.{task}: {_list(bad)} unknown; a task may set {', '.join(PER_TASK_KEYS)}"
+            )
+        for key in ("wm_data_steps", "dream_steps"):
+            if key in (over or {}):
+                _count(f"per_task.{task}.{key}", over[key])
+        ck = (over or {}).get("checkpoint")
+        if ck is not None and not Path(str(ck)).exists():
+            raise TransferConfigError(f"per_task.{task}.checkpoint", f"per_task.{task}.checkpoint={ck}: no such world-model folder")
+
+
+def cells(cfg: DictConfig) -> list[Cell]:
+    """The planned cells, every task x every input, with their per-task overrides."""
+    check_config(cfg)
+    out = []
+    for task in cfg.tasks:
+        over = dict((cfg.get("per_task") or {}).get(task) or {})
+        ck = over.get("checkpoint", cfg.checkpoint)
+        for name in cfg.inputs:
+            out.append(
+                Cell(
+                    task=str(task),
+                    inputs=str(name),
+                    obs_keys=tuple(cfg.obs_keys[name]),
+                    checkpoint=None if ck is None else str(ck),
+                    wm_data_steps=int(over.get("wm_data_steps", cfg.wm_data_steps)),
+                    dream_steps=int(over.get("dream_steps", cfg.dream_steps)),
+                )
+            )
+    return out
+
+
+def arms_of(cfg: DictConfig) -> list[str]:
+    """The arms to run (``only_arms``, or all), in the order they run."""
+    only = cfg.get("only_arms")
+    return [a for a in ARMS if only is None or a in set(only)]
+
+
+def scaled(cfg: DictConfig, steps: float) -> int:
+    """A training budget times ``scale`` (at least one step)."""
+    return max(1, math.ceil(float(cfg.scale) * float(steps)))
+
+
+def episode_steps(task: str, cfg: DictConfig) -> int:
+    """Steps of an evaluation episode: the task's ``max_steps``, or ``eval_max_steps`` if fewer."""
+    from dreamgym.envs.tasks import make_task
+
+    own, cap = make_task(task).max_steps, cfg.get("eval_max_steps")
+    return own if cap is None else min(own, int(cap))
+
+
+def cell_paths(out: Any) -> tuple[Path, Callable[[Cell], Path]]:
+    """The overview's path (``out``, default ``benchmarks/results/transfer.json``) and each cell's beside it."""
+    overview = Path(out) if out else RESULTS_DIR / "transfer.json"
+    return overview, lambda cell: overview.with_name(f"{overview.stem}_{cell.name}.json")
+
+
+# ------------------------------------------------------------------------------ stages
+def _train_cfg(cfg: DictConfig, cell: Cell, env: str, steps: int) -> DictConfig:
     from dreamgym.configs import compose
 
-    base = compose("train_policy", [])
     over = {
         "env": env,
-        "task": cfg.task,
-        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "task": cell.task,
+        "checkpoint": cell.checkpoint if env == "dream" else None,
         "algo": "ppo",
-        "out": str(out),
+        "out": ".",
         "steps": int(steps),
         "num_envs": int(cfg.num_envs[env]),
-        "obs_keys": list(cfg.obs_keys),
+        "obs_keys": list(cell.obs_keys),
         "seed": int(cfg.seed),
-        "num_denoising_steps": cfg.get("num_denoising_steps"),  # None: the world model's own sampler
-        "init_noise": cfg.get("init_noise"),
+        "num_denoising_steps": cfg.get("num_denoising_steps") if env == "dream" else None,  # None: the model's own sampler
+        "init_noise": cfg.get("init_noise") if env == "dream" else None,
         "progress": bool(cfg.progress),
         "num_threads": int(cfg.threads),
         "checkpoint_every": int(cfg.checkpoint_every),
     }
-    merged = OmegaConf.merge(base, over, {"ppo": cfg.ppo})
+    merged = OmegaConf.merge(compose("train_policy", []), over, {"ppo": cfg.ppo})
     assert isinstance(merged, DictConfig)
     return merged
 
 
-def _world_model_path(world_model: Any) -> Path:
-    """The folder of a world model given as a path, or the shipped default for None."""
-    from dreamgym.worldmodel.model import DEFAULT_CHECKPOINT
-
-    return Path(world_model) if world_model is not None else DEFAULT_CHECKPOINT
-
-
-# ------------------------------------------------------------------------------ stages
-def world_model_stage(run: BenchRun, cfg: DictConfig) -> tuple[Any, int]:
-    """With ``collect_steps > 0``: collect fresh real steps and fine-tune the world model on them
-    (arm ``world_model``, cached by key). Returns the world model of arm (a) and N, its real steps."""
-    from dreamgym.policies.base import load_policy
-    from dreamgym.policies.collect import collect_with_policy
-    from dreamgym.worldmodel.trainer import TrainerOptions, state_finetune_config, train_world_model
-    from dreamgym.worldmodel.windows import EpisodeSource
-
-    n_real = int(cfg.wm_data_steps)
-    if int(cfg.collect_steps) <= 0:
-        return cfg.checkpoint, n_real
-    keys = ("task", "collect_policy", "collect_steps", "collect_envs", "collect_noise", "wm_steps", "wm_batch_size", "seed")
-    whole = OmegaConf.to_container(cfg, resolve=True)
-    stage_cfg = {k: whole[k] for k in keys}
-    inputs = {"init": _world_model_path(cfg.checkpoint)}
-    if Path(str(cfg.collect_policy)).exists():
-        inputs["collect_policy"] = Path(str(cfg.collect_policy))
-
-    def measure(wm_dir: Path) -> dict[str, Any]:
-        tic = time.time()
-        eps, stats = collect_with_policy(
-            load_policy(str(cfg.collect_policy), task=cfg.task, seed=int(cfg.seed)),
-            cfg.task,
-            int(cfg.collect_steps),
-            int(cfg.collect_envs),
-            int(cfg.seed) + 11,
-            float(cfg.collect_noise),
-        )
-        train_world_model(
-            cfg.checkpoint,
-            EpisodeSource(eps, name="bench transfer: collected episodes"),
-            state_finetune_config(int(cfg.wm_steps), int(cfg.wm_batch_size), seed=int(cfg.seed)),
-            wm_dir,
-            options=TrainerOptions(name="bench transfer: world model", eval_every=0, progress=bool(cfg.progress), resume=False),
-        )
-        return {"checkpoint": str(wm_dir / "final"), "collected": stats, "wall_s": time.time() - tic}
-
-    arm = run.cached("world_model", measure, config=stage_cfg, inputs=inputs)
-    return arm["checkpoint"], n_real + int(cfg.collect_steps) // int(cfg.collect_envs) * int(cfg.collect_envs)
-
-
-def policy_stage(run: BenchRun, cfg: DictConfig, arm: str, env: str, steps: int, world_model: Any) -> tuple[Path, dict[str, Any]]:
-    """Train PPO for arm ``arm`` (``dream`` or ``real10x``) in ``env`` for ``steps`` steps, cached
-    by key (the training config, and the world model's files for the dream)."""
+def train_stage(run: BenchRun, cfg: DictConfig, cell: Cell, arm: str, steps: int) -> dict[str, Any]:
+    """PPO for ``arm`` in its env for ``steps`` steps, cached by key (the training config, and
+    the world model's files for the dream). Returns the stage's figures with ``policy``, its folder."""
     from dreamgym.policies.train import train_policy
 
-    train_cfg = _train_cfg(cfg, env, Path("."), steps, world_model)
-    stage_cfg = {k: v for k, v in OmegaConf.to_container(train_cfg, resolve=True).items() if k not in ("out", "progress")}
-    inputs = {"world_model": _world_model_path(world_model)} if env == "dream" else {}
+    env = TRAINED[arm]
+    train_cfg = _train_cfg(cfg, cell, env, steps)
+    stage_cfg = {k: v for k, v in OmegaConf.to_container(train_cfg, resolve=True).items() if k not in ("out", "progress", "num_threads")}
+    inputs = {"world_model": cell.world_model_path()} if env == "dream" else {}
 
-    def measure(out: Path) -> dict[str, Any]:
-        tic = time.time()
-        train_cfg.out = str(out)
+    def measure(folder: Path) -> dict[str, Any]:
+        if not run.reuse:  # measure afresh: train-policy would return a finished run, or resume a killed one
+            for p in folder.iterdir():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        train_cfg.out = str(folder)
         policy = train_policy(train_cfg)
-        return {"policy": str(policy), "training": json.loads((policy.parent / "policy.json").read_text()), "wall_s": time.time() - tic}
+        meta = json.loads((policy.parent / "policy.json").read_text())
+        keep = ("steps", "real_env_steps", "episodes", "train_return_recent", "train_success_recent", "sampler", "starts", "wall_s")
+        return {"env": env, "budget": int(steps), **{k: meta.get(k) for k in keep}}
 
     r = run.cached(arm, measure, config=stage_cfg, inputs=inputs)
-    return Path(r["policy"]), r["training"]
+    return r | {"policy": str(run.arm_dir(arm, run.keys[arm]))}
 
 
-def evaluation_stage(run: BenchRun, cfg: DictConfig, policies: dict[str, Any], world_model: Any) -> None:
-    """Arms ``eval_real`` (all four policies in one batch on the same held-out rooms),
-    ``dream_predicted`` (policy (a) in its dream) and ``expert_in_dream`` (the diagnostic)."""
-    from dreamgym.policies.evaluate import evaluate_in_dream, evaluate_policies
+def _policy_files(folder: str) -> dict[str, Path]:
+    return {"weights": Path(folder) / "policy.safetensors", "config": Path(folder) / "policy.json"}
 
-    tic = time.time()
-    scores = evaluate_policies(
-        policies,
-        task=cfg.task,
-        episodes=int(cfg.eval_episodes),
-        seed=int(cfg.eval_seed),
-        max_worlds=int(cfg.eval_max_worlds),
-        progress=bool(cfg.progress),
-    )
-    run.add("eval_real", {"scores": scores, "wall_s": time.time() - tic})
-    for arm, policy in (("dream_predicted", policies["dream"]), ("expert_in_dream", "expert")):
+
+def real_eval_stage(run: BenchRun, cfg: DictConfig, cell: Cell, policies: Mapping[str, str]) -> dict[str, Any]:
+    """Every arm's policy in one batch on the same held-out rooms (``eval_real``, cached by key:
+    the evaluation's config and the trained policies' files)."""
+    from dreamgym.policies.evaluate import evaluate_policies
+
+    max_steps = episode_steps(cell.task, cfg)
+    stage_cfg = {
+        "task": cell.task,
+        "policies": {a: p if a in ("expert", "random") else "trained" for a, p in policies.items()},
+        "episodes": int(cfg.eval_episodes),
+        "seed": int(cfg.eval_seed),
+        "max_worlds": int(cfg.eval_max_worlds),
+        "max_steps": max_steps,
+    }
+    inputs = {f"{a}_{k}": p for a, f in policies.items() if a in TRAINED for k, p in _policy_files(f).items()}
+
+    def measure(folder: Path) -> dict[str, Any]:
         tic = time.time()
-        r = evaluate_in_dream(
-            policy,
-            world_model=world_model,
-            task=cfg.task,
-            episodes=int(cfg.value_gap_episodes),
+        scores = evaluate_policies(
+            dict(policies),
+            task=cell.task,
+            episodes=int(cfg.eval_episodes),
             seed=int(cfg.eval_seed),
-            num_denoising_steps=cfg.get("num_denoising_steps"),
-            init_noise=cfg.get("init_noise"),
+            max_worlds=int(cfg.eval_max_worlds),
             progress=bool(cfg.progress),
+            per_episode=True,
+            max_steps=max_steps,
         )
-        run.add(arm, {"scores": r, "wall_s": time.time() - tic})
+        for s in scores.values():
+            s.pop("wall_s", None)
+        return {"scores": scores, "max_steps": max_steps, "wall_s": time.time() - tic}
+
+    return run.cached("eval_real", measure, config=stage_cfg, inputs=inputs)
 
 
-def transfer_summary(cfg: DictConfig, arms: dict[str, Any], n_real: int) -> dict[str, Any]:
-    """Success and return of each policy in the simulator, the value gap, the goal and the budgets."""
-    scores, in_dream = arms["eval_real"]["scores"], arms["dream_predicted"]["scores"]
-    expert_dream = arms["expert_in_dream"]["scores"]
-    dream_meta, real_meta = arms["dream"]["training"], arms["real10x"]["training"]
-    out: dict[str, Any] = {}
-    for name in ("dream", "real10x", "random", "expert"):
-        s = scores[name]
-        out |= {f"{name}_success": s["success_rate"], f"{name}_success_ci95": s["success_ci95"]}
-        out |= {f"{name}_return": s["mean_return"], f"{name}_return_ci95": s["return_ci95"]}
-    out["value_gap"] = in_dream["mean_return"] - scores["dream"]["mean_return"]
-    out["dream_predicted_return"] = in_dream["mean_return"]
-    out["dream_predicted_return_ci95"] = in_dream["return_ci95"]
-    out["dream_predicted_success"] = in_dream["success_rate"]
-    out["expert_dream_success"] = expert_dream["success_rate"]
-    out["expert_dream_return"] = expert_dream["mean_return"]
-    out["sampler"] = in_dream.get("sampler")  # what the value gap's dream was sampled with
-    r10 = scores["real10x"]["success_rate"]
-    out["dream_over_real10x_success"] = scores["dream"]["success_rate"] / r10 if r10 > 0 else None
-    out["goal_met"] = bool(scores["dream"]["success_rate"] >= 0.8 * r10)
+def dream_eval_stage(run: BenchRun, cfg: DictConfig, cell: Cell, dream_policy: str, model: Any) -> dict[str, Any]:
+    """The dream policy and the expert in the dream, from the real evaluation's held-out rooms
+    (``eval_dream``, cached by key: the config, the world model's and the policy's files)."""
+    from dreamgym.policies.evaluate import evaluate_in_dream, heldout_rooms
+    from dreamgym.worldmodel.starts import SimulatorStarts
+
+    n, seed = int(cfg.value_gap_episodes), int(cfg.eval_seed)
+    horizon = episode_steps(cell.task, cfg) - (int(model.config.context) - 1)
+    if horizon < 1:
+        raise ValueError(f"eval_max_steps={cfg.eval_max_steps} leaves no dreamed step after the world model's K-1 context steps")
+    stage_cfg = {
+        "task": cell.task,
+        "episodes": n,
+        "seed": seed,
+        "horizon": horizon,
+        "context_policy": str(cfg.context_policy),
+        "num_denoising_steps": cfg.get("num_denoising_steps"),
+        "init_noise": cfg.get("init_noise"),
+    }
+    inputs = {"world_model": cell.world_model_path(), **{f"dream_{k}": p for k, p in _policy_files(dream_policy).items()}}
+
+    def measure(folder: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        t0 = time.time()
+        for name, spec in (("dream", dream_policy), ("expert", "expert")):
+            tic = time.time()
+            starts = SimulatorStarts(str(cfg.context_policy), rooms=heldout_rooms(n, seed), seed=seed)
+            r = evaluate_in_dream(
+                spec,
+                world_model=model,
+                task=cell.task,
+                episodes=n,
+                seed=seed,
+                num_denoising_steps=cfg.get("num_denoising_steps"),
+                init_noise=cfg.get("init_noise"),
+                horizon=horizon,
+                progress=bool(cfg.progress),
+                starts=starts,
+            )
+            out[name] = r | {"wall_s": time.time() - tic}
+        return {"policies": out, "horizon": horizon, "context_policy": str(cfg.context_policy), "wall_s": time.time() - t0}
+
+    return run.cached("eval_dream", measure, config=stage_cfg, inputs=inputs)
+
+
+# ------------------------------------------------------------------------------ one cell
+def _check_world_model(cell: Cell, model: Any) -> None:
+    """A pixel policy sees the dream's frames in training and the simulator's in evaluation: the same size."""
+    from dreamgym.envs.spaces import DEFAULT_RESOLUTION, IMAGE_KEYS
+
+    res = int(model.config.data_resolution)
+    if any(k in IMAGE_KEYS for k in cell.obs_keys) and res != DEFAULT_RESOLUTION:
+        raise ValueError(
+            f"the world model {cell.world_model_path()} dreams {res}x{res} frames but the simulator renders "
+            f"{DEFAULT_RESOLUTION}x{DEFAULT_RESOLUTION}; input {cell.inputs} needs a world model trained at {DEFAULT_RESOLUTION}"
+        )
+
+
+def run_cell(cfg: DictConfig, cell: Cell, run: BenchRun) -> dict[str, Any]:
+    """Train (or reuse) the cell's arms, score them, and put the cell's figures in ``run.summary``."""
+    from dreamgym.worldmodel.dream_env import load_world_model
+
+    arms = arms_of(cfg)
+    model = load_world_model(cell.world_model_path()) if "dream" in arms else None
+    if model is not None:
+        _check_world_model(cell, model)
+    trained: dict[str, dict[str, Any]] = {}
+    n_real = None
+    if "dream" in arms:
+        trained["dream"] = train_stage(run, cfg, cell, "dream", scaled(cfg, cell.dream_steps))
+        n_real = cell.wm_data_steps + int(trained["dream"]["real_env_steps"])
+    for arm, mult in (("real_n", 1), ("real_10n", int(cfg.real_multiplier))):
+        if arm in arms:
+            assert n_real is not None  # check_config: the simulator arms come with the dream arm
+            trained[arm] = train_stage(run, cfg, cell, arm, scaled(cfg, mult * n_real))
+    policies = {a: (trained[a]["policy"] if a in trained else a) for a in arms}
+    real = real_eval_stage(run, cfg, cell, policies)
+    dream = dream_eval_stage(run, cfg, cell, trained["dream"]["policy"], model) if "dream" in arms else None
+    run.summary = cell_summary(cfg, cell, real["scores"], trained, dream, n_real)
+    return run.summary
+
+
+def cell_summary(
+    cfg: DictConfig,
+    cell: Cell,
+    scores: Mapping[str, Any],
+    trained: Mapping[str, Any],
+    dream: Mapping[str, Any] | None,
+    n_real: int | None,
+) -> dict[str, Any]:
+    """A cell's figures: each arm's success and return with intervals, the paired comparisons,
+    the regime, the targets, the value gap and the budgets."""
+    B, seed = int(cfg.bootstrap), int(cfg.eval_seed)
+    figures = {a: stats.arm_figures(s) for a, s in scores.items()}
+    comparisons = {
+        f"dream_vs_{o}": stats.compare(scores["dream"], scores[o], B, seed) for o in ("real_n", "real_10n") if {"dream", o} <= set(scores)
+    }
+    regime = (
+        stats.regime(scores["real_n"], scores["real_10n"], float(cfg.regime_alpha), B, seed)
+        if {"real_n", "real_10n"} <= set(scores)
+        else None
+    )
+    targets = stats.targets({a: f["success"] for a, f in figures.items()}, cell.task, cell.inputs, OmegaConf.to_container(cfg.targets))
+    out: dict[str, Any] = {
+        "task": cell.task,
+        "input": cell.inputs,
+        "obs_keys": list(cell.obs_keys),
+        "arms": figures,
+        "comparisons": comparisons,
+        "regime": regime,
+        "regime_ok": None if regime is None else regime["ok"],
+        "targets": targets,
+        "target_met": all(t["met"] for t in targets.values()) if targets else None,
+        "paired_rooms": len({tuple(s["room_seeds"]) for s in scores.values()}) == 1,
+        "full_scale": float(cfg.scale) == 1.0,
+    }
+    if dream is not None:
+        d, e = dream["policies"]["dream"], dream["policies"]["expert"]
+        out |= {
+            "value_gap": d["mean_return"] - figures["dream"]["return"],
+            "dream_predicted_return": d["mean_return"],
+            "dream_predicted_return_ci95": d["return_ci95"],
+            "dream_predicted_success": d["success_rate"],
+            "expert_dream_success": e["success_rate"],
+            "expert_dream_return": e["mean_return"],
+            "sampler": d.get("sampler"),
+        }
     out["budgets"] = {
-        "world_model_real_steps": n_real,
-        "world_model_data": f"{cfg.wm_data_steps} steps behind {cfg.checkpoint or 'the shipped default'}"
-        + (f" + {n_real - int(cfg.wm_data_steps)} collected by {cfg.collect_policy} for fine-tuning" if int(cfg.collect_steps) > 0 else ""),
-        "dream_env_steps": int(dream_meta["steps"]),
-        "dream_start_steps": int(dream_meta["real_env_steps"]),
-        "real10x_real_steps": int(real_meta["steps"]),
+        "world_model": str(cell.world_model_path()),
+        "world_model_sha256": hash_path(cell.world_model_path()) if "dream" in trained else None,
+        "wm_data_steps": cell.wm_data_steps,
+        "dream_start_steps": int(trained["dream"]["real_env_steps"]) if "dream" in trained else None,
+        "n_real_steps": n_real,
         "real_multiplier": int(cfg.real_multiplier),
-        "eval_episodes_per_policy": scores["dream"]["episodes"],
-        "value_gap_episodes": in_dream["episodes"],
+        "scale": float(cfg.scale),
+        "steps": {a: int(t["steps"]) for a, t in trained.items()},  # as trained: whole PPO rollouts
+        "budget": {a: int(t["budget"]) for a, t in trained.items()},
+        "real_steps": {a: int(t["real_env_steps"]) for a, t in trained.items()},
+        "eval_episodes_per_arm": figures[next(iter(figures))]["episodes"],
+        "value_gap_episodes": int(cfg.value_gap_episodes) if dream is not None else None,
     }
     return out
 
 
-def bench(cfg: DictConfig, run: BenchRun | None = None) -> dict[str, Any]:
-    """Run the four arms as configured (``configs/bench/transfer.yaml``); returns the JSON-ready result."""
-    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    run = run or BenchRun("transfer", cfg, cache_dir=cfg.run_dir, reuse=bool(cfg.reuse))
-    world_model, n_real = world_model_stage(run, cfg)
-    dream_policy, _ = policy_stage(run, cfg, "dream", "dream", int(cfg.dream_steps), world_model)
-    real_policy, _ = policy_stage(run, cfg, "real10x", "real", int(cfg.real_multiplier) * n_real, None)
-    evaluation_stage(run, cfg, {"dream": dream_policy, "real10x": real_policy, "random": "random", "expert": "expert"}, world_model)
-    run.summary = transfer_summary(cfg, run.arms, n_real)
-    return run.result()
+def headline(s: Mapping[str, Any], path: Path, run: BenchRun) -> dict[str, Any]:
+    """A cell's line in the overview."""
+    return {
+        "file": str(path),
+        "success": {a: f["success"] for a, f in s["arms"].items()},
+        "success_ci95": {a: f["success_ci95"] for a, f in s["arms"].items()},
+        "return": {a: f["return"] for a, f in s["arms"].items()},
+        "mcnemar_p": {k: c["mcnemar"]["p"] for k, c in s["comparisons"].items()},
+        "n_real_steps": s["budgets"]["n_real_steps"],
+        "dream_start_steps": s["budgets"]["dream_start_steps"],
+        "regime_ok": s["regime_ok"],
+        "targets": {k: t["met"] for k, t in s["targets"].items()},
+        "target_met": s["target_met"],
+        "value_gap": s.get("value_gap"),
+        "full_scale": s["full_scale"],
+        "reused": sorted(run.reused),
+        "wall_s": run.result()["wall_s"],
+    }
+
+
+# ------------------------------------------------------------------------------ the bench
+def bench(
+    cfg: DictConfig, overview: BenchRun | None = None, on_cell: Callable[[BenchRun, BenchRun, Cell], Any] | None = None
+) -> dict[str, Any]:
+    """Every planned cell (``configs/bench/transfer.yaml``); returns the overview's JSON-ready result.
+
+    ``on_cell(overview, cell_run, cell)`` is called after each cell (the entry point writes both
+    JSON files then, so a long run leaves its finished cells behind)."""
+    plan = cells(cfg)
+    whole = OmegaConf.to_container(cfg, resolve=True)
+    overview = overview or BenchRun("transfer", whole)
+    done: dict[str, Any] = {}
+    _, cell_path = cell_paths(cfg.get("out"))
+    for cell in plan:
+        run = BenchRun("transfer", whole | {"cell": asdict(cell)}, cache_dir=Path(cfg.run_dir) / cell.name, reuse=bool(cfg.reuse))
+        s = run_cell(cfg, cell, run)
+        done[cell.name] = headline(s, cell_path(cell), run)
+        overview.arms[cell.name] = done[cell.name]
+        overview.keys |= {f"{cell.name}/{a}": k for a, k in run.keys.items()}
+        overview.reused |= {f"{cell.name}/{a}": r for a, r in run.reused.items()}
+        met = [h["target_met"] for h in done.values() if h["target_met"] is not None]
+        overview.summary = {
+            "done": list(done),
+            "planned": [c.name for c in plan],
+            "complete": len(done) == len(plan),
+            "all_targets_met": bool(met) and all(met) and len(done) == len(plan),
+            "arms": arms_of(cfg),
+            "target_met": {name: h["target_met"] for name, h in done.items()},
+            "regime_ok": {name: h["regime_ok"] for name, h in done.items()},
+            "full_scale": float(cfg.scale) == 1.0,
+        }
+        _print_cell(cell, s)
+        if on_cell is not None:
+            on_cell(overview, run, cell)
+    return overview.result()
+
+
+def _print_cell(cell: Cell, s: Mapping[str, Any]) -> None:
+    rows = ", ".join(f"{a} {f['success']:.2f}" for a, f in s["arms"].items())
+    n = s["budgets"]["n_real_steps"]
+    print(
+        f"bench transfer ({cell.name}): success {rows}; N {n}; regime ok: {s['regime_ok']}; target met: {s['target_met']}"
+        + (f"; value gap {s['value_gap']:+.2f}" if "value_gap" in s else ""),
+        flush=True,
+    )
 
 
 def run(cfg: DictConfig) -> int:
     """Entry point of ``dreamgym bench transfer``."""
     torch.set_num_threads(int(cfg.threads))
-    bench_run = BenchRun("transfer", cfg, cache_dir=cfg.run_dir, reuse=bool(cfg.reuse))
-    s = bench(cfg, bench_run)["summary"]
-    path = bench_run.write(cfg.out)
-    print(
-        f"bench transfer ({cfg.task}): success dream {s['dream_success']:.2f}, real10x {s['real10x_success']:.2f}, "
-        f"random {s['random_success']:.2f}, expert {s['expert_success']:.2f}; value gap {s['value_gap']:+.2f}; "
-        f"goal met: {s['goal_met']}; reused: {sorted(bench_run.reused) or 'nothing'}; {path}"
-    )
+    overview_path, cell_path = cell_paths(cfg.get("out"))
+
+    def write(overview: BenchRun, cell_run: BenchRun, cell: Cell) -> None:
+        cell_run.write(cell_path(cell))
+        overview.write(overview_path)
+
+    s = bench(cfg, on_cell=write)["summary"]
+    print(f"bench transfer: {len(s['done'])} cells, complete: {s['complete']}, all targets met: {s['all_targets_met']}; {overview_path}")
     return 0

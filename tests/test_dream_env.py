@@ -58,6 +58,26 @@ def test_frames_and_occupancy_are_generated_when_asked(tiny_checkpoint):
     assert obs["occupancy"].shape == (2, 8, 32, 32) and obs["occupancy"].max() <= 4
 
 
+@pytest.mark.parametrize("frames", [["ego_rgb"], ["ego_depth"]])
+def test_one_frame_key_generates_every_frame_channel_and_returns_only_it(tiny_checkpoint, frames):
+    # the pixel policy's input: the frame branch makes rgb and depth together, so asking for one
+    # must dream both (it crashed with "context is missing ['ego_depth']") and return the one asked for
+    keys = [*frames, "motion", "instruction"]
+    env = DreamVecEnv(tiny_checkpoint, num_envs=2, task="reach", seed=0, modalities=["motion", "partner_motion", *frames], obs_keys=keys)
+    assert {"ego_rgb", "ego_depth"} <= set(env.gen_keys)
+    assert set(env.single_observation_space.spaces) == set(keys)
+    obs, _ = env.reset_tensors(seed=0)
+    for _ in range(2):
+        obs, r, term, trunc, _ = env.step_tensors(torch.zeros(2, 6))
+    assert set(obs) == set(keys) and r.shape == (2,)
+    other = ({"ego_rgb", "ego_depth"} - set(frames)).pop()
+    assert other not in obs
+    if "ego_rgb" in frames:
+        assert obs["ego_rgb"].shape == (2, 3, 32, 32) and obs["ego_rgb"].dtype == torch.uint8
+    else:
+        assert obs["ego_depth"].shape == (2, 1, 32, 32) and obs["ego_depth"].dtype == torch.float32
+
+
 def test_bad_actions_give_the_real_env_errors(dream):
     dream.reset_tensors(seed=0)
     with pytest.raises(ValueError, match=r"shape \(6,\), expected \(3, 6\)"):

@@ -124,7 +124,9 @@ class DreamVecEnv(VectorEnv):
         modalities: observation keys to generate (default: what ``obs_keys`` needs, or everything
             the model generates when ``obs_keys`` is None too). State keys (``motion``,
             ``partner_motion``) are always generated; fewer modalities make imagination much cheaper
-            (``["motion", "partner_motion"]`` skips the frame and occupancy branches).
+            (``["motion", "partner_motion"]`` skips the frame and occupancy branches). Any frame
+            key (``ego_rgb`` or ``ego_depth``) generates every frame channel, since the frame
+            branch makes them together; only the keys in ``obs_keys`` are returned.
         obs_keys: observation keys returned (default: the generated ones plus ``task_obs`` and
             ``instruction``; with the shipped model, all of the real env's keys); each must be
             generated or computed by the task.
@@ -222,10 +224,10 @@ class DreamVecEnv(VectorEnv):
             obs_keys = check_obs_keys(obs_keys)
         if modalities is None:
             wanted = [k for k in available if obs_keys is None or k in obs_keys]
-            if any(k in IMAGE_KEYS for k in wanted):  # the frame branch reads (and so makes) all its channels
-                wanted += [k for k in IMAGE_KEYS if k in available]
         else:
             wanted = list(modalities)
+        if any(k in IMAGE_KEYS for k in wanted):  # the frame branch reads (and so makes) all its channels
+            wanted += [k for k in IMAGE_KEYS if k in available]
         if any(k in IMAGE_KEYS for k in wanted) and getattr(self.model.config, "ego_render", False) and "occupancy" in available:
             wanted.append("occupancy")  # its frames are drawn from the dreamed grid too
         gen = list(dict.fromkeys([*STATE_KEYS, *wanted]))

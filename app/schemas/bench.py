@@ -181,12 +181,27 @@ class BenchVLAConfig:
         _nonempty("tasks", self.tasks, "[reach,push]")
 
 
+def _context_policies() -> tuple[str, ...]:
+    from dreamgym.worldmodel.starts import CONTEXT_POLICIES
+
+    return CONTEXT_POLICIES
+
+
 @dataclass
 class TransferEnvs:
-    """``num_envs:`` of ``configs/bench/transfer.yaml``: worlds per arm."""
+    """``num_envs:`` of ``configs/bench/transfer.yaml``: worlds per training env."""
 
     dream: int = setting(ge=1)
     real: int = setting(ge=1)
+
+
+@dataclass
+class TransferTargets:
+    """``targets:`` of ``configs/bench/transfer.yaml``."""
+
+    over_real_n: float = setting(ge=0)
+    over_real_10n: float = setting(ge=0)
+    real_10n_inputs: dict[str, Any] = setting()
 
 
 @dataclass
@@ -197,30 +212,41 @@ class BenchTransferConfig:
     out: str | None = setting()
     run_dir: str = setting()
     reuse: bool = setting()
-    task: str = setting(choices=task_names)
+    tasks: list[str] = setting()
+    inputs: list[str] = setting()
+    obs_keys: dict[str, Any] = setting()
+    only_arms: list[str] | None = setting()
+    scale: float = setting(gt=0)
     checkpoint: str | None = setting(exists=True)
-    wm_data_steps: int = setting(gt=0)
-    collect_steps: int = setting(ge=0)
-    collect_policy: str = setting()
-    collect_noise: float = setting(ge=0)
-    collect_envs: int = setting(ge=1)
-    wm_steps: int = setting(gt=0)
-    wm_batch_size: int = setting(gt=0)
+    wm_data_steps: int = setting(ge=0)
     dream_steps: int = setting(gt=0)
+    per_task: dict[str, Any] = setting()
     real_multiplier: int = setting(ge=1)
     num_envs: TransferEnvs = group(TransferEnvs)
-    obs_keys: list[str] = setting(choices=obs_key_names)
     num_denoising_steps: int | None = setting(gt=0)  # null: the world model's own sampler (its sampler.json)
     init_noise: float | None = setting(ge=0)
+    checkpoint_every: int = setting(gt=0)
     eval_episodes: int = setting(gt=0)
     eval_max_worlds: int = setting(ge=1)
+    eval_max_steps: int | None = setting(ge=2)  # the dream's K-1 = 1 context step and at least one dreamed step
     eval_seed: int = setting(ge=0)
     value_gap_episodes: int = setting(gt=0)
-    checkpoint_every: int = setting(gt=0)
+    context_policy: str = setting(choices=_context_policies)
+    bootstrap: int = setting(gt=0)
+    regime_alpha: float = setting(gt=0, lt=1)
+    targets: TransferTargets = group(TransferTargets)
     seed: int = setting(ge=0)
     threads: int = setting(ge=1)
     progress: bool = setting()
     path: str | None = setting()
+
+    def check(self) -> None:
+        from dreamgym.benchmarks.transfer import TransferConfigError, check_config
+
+        try:
+            check_config(self)
+        except TransferConfigError as e:
+            raise BadValue(e.key, str(e)) from None
 
 
 @dataclass
@@ -231,12 +257,6 @@ class BenchReliabilityConfig:
     workdir: str | None = setting()
     cases: list[str] | None = setting()
     path: str | None = setting()
-
-
-def _context_policies() -> tuple[str, ...]:
-    from dreamgym.worldmodel.starts import CONTEXT_POLICIES
-
-    return CONTEXT_POLICIES
 
 
 def _check_policy_specs(name: str, specs: dict[str, Any], builtins: bool, tasks: list[str]) -> None:
