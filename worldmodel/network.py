@@ -16,7 +16,7 @@ decoding and checkpoints on top, in their own modules) and defines:
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -378,6 +378,34 @@ class WorldModelNetwork(nn.Module):
             emb = emb + self.partner_action_mlp(ctx["partner_feats"])
         return emb
 
+    def _state_tokens(
+        self, ctx: Mapping[str, torch.Tensor], scaled: Callable[[str], torch.Tensor], mu: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """The body and prop tokens (B, 50, d): each body's root and 22 joints (its noisy input
+        ``scaled(m)``, the prior's estimate, the context, the actions), then the four props."""
+        c = self.config
+        toks = []
+        for m, ctx_key in (("motion", "motion_ctx"), ("partner_motion", "partner_ctx")):
+            r_in, j_in = D.motion_tokens(scaled(m))  # (B, 7), (B, 22, 10)
+            r_ctx, j_ctx = D.motion_tokens(ctx[ctx_key])  # (B, K, 7), (B, K, 22, 10)
+            if c.state_prior:
+                r_mu, j_mu = D.motion_tokens(mu[m] if m in mu else ctx[f"prior_{m}"].detach())
+                r_in, j_in = torch.cat([r_in, r_mu], -1), torch.cat([j_in, j_mu], -1)
+            root = self.in_root[m](torch.cat([r_in, r_ctx.flatten(1)], -1))[:, None]
+            joints = self.in_joint[m](torch.cat([j_in, j_ctx.transpose(1, 2).flatten(2)], -1))
+            if m == "motion" and c.action_tokens:
+                a = ctx["actions"]
+                acts = torch.cat([a[:, -1], a.flatten(1)], dim=1)
+                root = root + self.act_root(acts)[:, None]
+                joints = joints + self.act_joint(acts)[:, None]
+            if m == "partner_motion" and c.partner_actions:
+                root = root + self.pact_root(ctx["partner_feats"])[:, None]
+                joints = joints + self.pact_joint(ctx["partner_feats"])[:, None]
+            toks += [root, joints]
+        pr = self.in_props(torch.cat([scaled("props"), ctx["props_ctx"].transpose(1, 2).flatten(2)], -1))
+        toks.append(pr)
+        return torch.cat(toks, 1) + self.state_pos
+
     def denoise(
         self,
         ctx: Mapping[str, torch.Tensor],
@@ -413,28 +441,7 @@ class WorldModelNetwork(nn.Module):
         def scaled(m: str) -> torch.Tensor:
             return x[m] * edm.expand(pre[m][2], x[m])
 
-        # state tokens
-        toks = []
-        for m, ctx_key in (("motion", "motion_ctx"), ("partner_motion", "partner_ctx")):
-            r_in, j_in = D.motion_tokens(scaled(m))  # (B, 7), (B, 22, 10)
-            r_ctx, j_ctx = D.motion_tokens(ctx[ctx_key])  # (B, K, 7), (B, K, 22, 10)
-            if c.state_prior:
-                r_mu, j_mu = D.motion_tokens(mu[m] if m in mu else ctx[f"prior_{m}"].detach())
-                r_in, j_in = torch.cat([r_in, r_mu], -1), torch.cat([j_in, j_mu], -1)
-            root = self.in_root[m](torch.cat([r_in, r_ctx.flatten(1)], -1))[:, None]
-            joints = self.in_joint[m](torch.cat([j_in, j_ctx.transpose(1, 2).flatten(2)], -1))
-            if m == "motion" and c.action_tokens:
-                a = ctx["actions"]
-                acts = torch.cat([a[:, -1], a.flatten(1)], dim=1)
-                root = root + self.act_root(acts)[:, None]
-                joints = joints + self.act_joint(acts)[:, None]
-            if m == "partner_motion" and c.partner_actions:
-                root = root + self.pact_root(ctx["partner_feats"])[:, None]
-                joints = joints + self.pact_joint(ctx["partner_feats"])[:, None]
-            toks += [root, joints]
-        pr = self.in_props(torch.cat([scaled("props"), ctx["props_ctx"].transpose(1, 2).flatten(2)], -1))
-        toks.append(pr)
-        state = torch.cat(toks, 1) + self.state_pos
+        state = self._state_tokens(ctx, scaled, mu)
         # U-Net encoders
         enc = {}
         n_grid = c.grid_tokens**2
