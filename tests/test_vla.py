@@ -167,9 +167,10 @@ def test_shipped_parser_reads_unseen_combinations_and_paraphrases():
     assert all(p["colour"] == r[2] and p["task"] == r[1] for p, r in zip(parsed, rows))
 
 
-def test_train_vla_runs_bc_and_the_grouped_dream_stage_end_to_end(tmp_path):
+def test_train_vla_runs_bc_and_the_grouped_dream_stage_on_both_tasks(tmp_path):
     """A tiny `dreamgym train-vla`: DAgger BC with the parser and keypoint losses, then group-relative
-    AWR in a dream (an untrained world model), checkpoints for both stages and the training rooms."""
+    AWR in a dream (an untrained world model) on reach and push, interleaved; checkpoints for both
+    stages, the training rooms (real and dreamed starts) and the real / dreamed counts."""
     import json
 
     from dreamgym.app.cli import main
@@ -182,36 +183,51 @@ def test_train_vla_runs_bc_and_the_grouped_dream_stage_end_to_end(tmp_path):
         WorldModelConfig(resolution=16, data_resolution=32, frame_channels=[8, 16], occupancy_channels=[8, 16], dim=32, depth=1, heads=2)
     ).save_pretrained(wm)
     out = tmp_path / "vla"
-    assert (
-        main(
-            [
-                "train-vla",
-                f"out={out}",
-                "rounds=2",
-                "steps_per_round=3",
-                "num_envs=2",
-                "updates_per_round=3",
-                "batch=8",
-                f"world_model={wm}",
-                "dream_envs=4",
-                "dream_group=2",
-                "dream_iterations=1",
-                "dream_horizon=2",
-                "dream_updates=2",
-                "dream_tasks=[reach,push]",
-            ]
-        )
-        == 0
-    )
+    args = ["rounds=2", "steps_per_round=3", "num_envs=2", "updates_per_round=3", "batch=8", f"world_model={wm}"]
+    args += ["dream_envs=4", "dream_group=2", "dream_iterations=2", "dream_horizon.reach=2", "dream_horizon.push=3", "dream_updates=2"]
+    assert main(["train-vla", f"out={out}", *args]) == 0
     bc, final = VLAPolicy.from_pretrained(out / "bc"), VLAPolicy.from_pretrained(out / "final")
     assert final.config.info["stage"] == "bc+dream_awr"
     stats = final.config.info["dream"]
-    assert set(stats) == {"reach", "push"} and all(s["dreamed_transitions"] > 0 for s in stats.values())
+    assert set(stats) == {"reach", "push"}  # the default dream_tasks
+    # at most horizon x worlds per iteration; every iteration dreams at least one step per world
+    assert 2 * 4 <= stats["reach"]["dreamed_transitions"] <= 2 * 4 * 2
+    assert 2 * 4 <= stats["push"]["dreamed_transitions"] <= 2 * 4 * 3
+    assert all(len(s["success"]) == 2 and len(s["max_prop_displacement"]) == 2 for s in stats.values())
     assert all(s["sampler"] == WorldModel.from_pretrained(wm).sampler.to_dict() for s in stats.values())  # the model's own
     assert not torch.equal(bc.head[-1].weight, final.head[-1].weight)  # the dream stage changed the policy
-    assert len(json.loads((out / "train_rooms.json").read_text())) >= 4
+    exp = json.loads((out / "experience.json").read_text())
+    assert exp == final.config.info["experience"]
+    assert exp["real"]["bc_collection_steps"] == 2 * 3 * 2 * 2  # rounds x steps x worlds x tasks
+    assert exp["real"]["bc_samples"] == bc.config.info["bc_samples"] <= exp["real"]["bc_collection_steps"]
+    # each start costs K - 1 = 1 real step (the untrained model's context is 2); at least one start per group and iteration
+    assert all(n >= 2 * 2 for n in exp["real"]["dream_start_steps"].values())
+    assert exp["real"]["total"] == exp["real"]["bc_collection_steps"] + sum(exp["real"]["dream_start_steps"].values())
+    assert exp["dreamed"]["total"] == stats["reach"]["dreamed_transitions"] + stats["push"]["dreamed_transitions"]
+    assert exp["dreamed_over_real"] == round(exp["dreamed"]["total"] / exp["real"]["total"], 3)
+    rooms = set(json.loads((out / "train_rooms.json").read_text()))
+    assert len(rooms) >= 4 + 2 * 2 * 2  # the BC rooms and every dreamed start's room
     log = (out / "train_log.txt").read_text()
     assert "parse" in log and "keypoints" in log
+    assert "dream push iteration 2/2" in log and "a prop moved" in log and "experience:" in log
+
+
+def test_group_advantages_credit_the_rewards_after_each_action():
+    from dreamgym.policies.vla_dream import group_advantages
+
+    # two groups of two worlds, three steps; world 1 ended after step 0 (zeros after)
+    R = torch.tensor([[0.0, 1.0, 2.0, 2.0], [1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    ep = group_advantages(R, 2, "episode")
+    # returns (2, 1) and (2, 2): the first group z-scored, the second all zero
+    s = torch.tensor([2.0, 1.0]).std() + 1e-3
+    assert torch.allclose(ep[:, 0], torch.full((3,), 0.5 / s)) and torch.allclose(ep[:, 1], -ep[:, 0])
+    assert torch.allclose(ep[:, 2:], torch.zeros(3, 2))
+    rtg = group_advantages(R, 2, "reward_to_go")
+    # step 0: to-go 2 vs 1; step 1: 2 vs 0; step 2: 1 vs 0 -- each against the pair's mean, scaled by the return spread
+    assert torch.allclose(rtg[:, 0], torch.tensor([0.5, 1.0, 0.5]) / s) and torch.allclose(rtg[:, 1], -rtg[:, 0])
+    assert torch.allclose(rtg[:, 2:], torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="not a whole number of groups"):
+        group_advantages(R, 3)
 
 
 def test_collector_continues_episodes_across_rounds():

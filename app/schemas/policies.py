@@ -14,6 +14,11 @@ from .fields import BadValue, group, obs_key_names, require, setting, task_names
 ALGOS = ("ppo", "sac")
 ENVS = ("dream", "real")
 REWARD_SOURCES = ("task", "learned")
+VLA_TASKS = ("reach", "push")  # the tasks the VLA's instructions cover (``policies.vla.TRAIN_TEMPLATES``)
+
+
+def _list(xs) -> str:
+    return "[" + ",".join(str(x) for x in xs) + "]"
 
 
 @dataclass
@@ -122,6 +127,14 @@ class EvalPolicyConfig:
 
 
 @dataclass
+class TrainVLADreamHorizon:
+    """``dream_horizon:`` of ``configs/train_vla.yaml``: dreamed steps per episode, per task."""
+
+    reach: int = setting(gt=0)
+    push: int = setting(gt=0)
+
+
+@dataclass
 class TrainVLAConfig:
     """``configs/train_vla.yaml``"""
 
@@ -129,7 +142,7 @@ class TrainVLAConfig:
     seed: int = setting(ge=0)
     init: str | None = setting(exists=True)
     num_threads: int = setting(ge=1)
-    tasks: list[str] = setting(choices=task_names)
+    tasks: list[str] = setting(choices=VLA_TASKS)
     resolution: int = setting(ge=8, le=1024)
     num_envs: int = setting(ge=1)
     rounds: int = setting(ge=0)
@@ -141,11 +154,12 @@ class TrainVLAConfig:
     lr: float = setting(gt=0)
     aux_weight: float = setting(ge=0)
     world_model: str | None = setting(exists=True)
-    dream_tasks: list[str] = setting(choices=task_names)
+    dream_tasks: list[str] = setting(choices=VLA_TASKS)
     dream_envs: int = setting(ge=1)
     dream_group: int = setting(ge=1)
     dream_iterations: int = setting(ge=0)
-    dream_horizon: int = setting(gt=0)
+    dream_horizon: TrainVLADreamHorizon = group(TrainVLADreamHorizon)
+    dream_advantage: str = setting(choices=("reward_to_go", "episode"))
     dream_denoising_steps: int | None = setting(gt=0)  # null: the world model's own sampler (its sampler.json)
     dream_init_noise: float | None = setting(ge=0)
     dream_noise: float = setting(ge=0)
@@ -158,6 +172,13 @@ class TrainVLAConfig:
     def check(self) -> None:
         if not self.tasks:
             raise BadValue("tasks", "tasks=[] trains on nothing; e.g. tasks=[reach,push]")
+        missing = [t for t in self.dream_tasks if t not in self.tasks]
+        if missing:
+            raise BadValue(
+                "dream_tasks",
+                f"dream_tasks={_list(self.dream_tasks)} dreams {_list(missing)}, which tasks={_list(self.tasks)} does not clone; "
+                "add it to tasks (the dream's BC anchor needs its samples) or drop it from dream_tasks",
+            )
         if self.dream_envs % self.dream_group:
             raise BadValue("dream_group", f"dream_envs={self.dream_envs} is not a multiple of dream_group={self.dream_group}; make it one")
 
