@@ -186,7 +186,9 @@ def finetune_dream(
     tasks = list(cfg.dream_tasks)
     envs = {t: make_dream_env(world_model, t, cfg, int(rng.integers(10**9))) for t in tasks}
     keys = ("mean_return", "success", "prop_moved", "max_prop_displacement")
-    stats = {t: {"dreamed_transitions": 0, "horizon": int(cfg.dream_horizon[t]), "dream_seconds": 0.0, **{k: [] for k in keys}} for t in tasks}
+    stats = {
+        t: {"dreamed_transitions": 0, "horizon": int(cfg.dream_horizon[t]), "dream_seconds": 0.0, **{k: [] for k in keys}} for t in tasks
+    }
     rooms: set[int] = set()
     n_it = int(cfg.dream_iterations)
     for it in range(n_it):
@@ -212,6 +214,8 @@ def finetune_dream(
         st["start_real_steps"] = env.real_steps
         st["sampler"] = env.sampler_info
         st["starts"] = env.starts_info
-        log(f"  dream {task}: {st['dreamed_transitions']} dreamed transitions, {st['start_real_steps']} real start steps, {st['dream_seconds']}s")
+        log(
+            f"  dream {task}: {st['dreamed_transitions']} dreamed transitions, {st['start_real_steps']} real start steps, {st['dream_seconds']}s"
+        )
         env.close()
     return stats, rooms

@@ -333,7 +333,9 @@ def run(cfg) -> int:
     (out / "experience.json").write_text(json.dumps(experience, indent=1))
     log(f"experience: {json.dumps(experience)}")
     if dream:
-        policy.config.info = dict(policy.config.info, stage="bc+dream_awr", dream=dream, experience=experience, world_model=str(cfg.world_model))
+        policy.config.info = dict(
+            policy.config.info, stage="bc+dream_awr", dream=dream, experience=experience, world_model=str(cfg.world_model)
+        )
         policy.save_pretrained(out / "final")
     log(f"done in {time.time() - t0:.0f}s; {len(rooms)} training rooms")
     return 0

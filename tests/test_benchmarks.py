@@ -341,10 +341,39 @@ VLA = __import__("pathlib").Path(__file__).resolve().parent.parent / "policies" 
 
 
 @pytest.mark.skipif(not VLA.exists(), reason="no shipped VLA checkpoint")
-def test_bench_vla_runs_every_condition(tmp_path):
-    r = _bench("vla", f"out={tmp_path / 'v.json'}", f"checkpoint={VLA}", "tasks=[reach]", "episodes_per_condition=1", "max_steps.reach=3")
+def test_bench_vla_pairs_final_and_bc_in_every_condition(tmp_path):
+    argv = ["tasks=[reach]", "episodes_per_condition=2", "reference_episodes=1", "max_worlds=5", "max_steps.reach=3"]
+    r = _bench("vla", f"out={tmp_path / 'v.json'}", f"checkpoint={VLA}", *argv)
     from dreamgym.benchmarks.vla import CONDITIONS
 
+    reach = r["arms"]["reach"]
     assert set(r["arms"]) == {"reach", "parser_accuracy"}
-    assert all(r["arms"]["reach"][c]["episodes"] == 1 for c in CONDITIONS)
-    assert 0 <= r["summary"]["train_phrasing_success"] <= 1 and "sign_test_p" in r["summary"]["dream_gain_discordant_pairs"]
+    assert all(reach[arm][c]["episodes"] == 2 for arm in ("final", "bc") for c in CONDITIONS)
+    assert reach["random"]["episodes"] == reach["expert"]["episodes"] == 1
+    for c in CONDITIONS:
+        g = reach["final_vs_bc"][c]
+        assert g["final_only"] + g["bc_only"] + g["both"] + g["neither"] == 2
+        assert g["gain"] == reach["final"][c]["success"] - reach["bc"][c]["success"]
+        assert 0 <= g["sign_test_p"] <= 1
+    assert r["summary"]["target_met"] == {"reach": False}  # 3-step episodes: no gain of +0.15 at p < 0.01
+    assert r["summary"]["experience"] is None  # the shipped run predates experience.json
+
+
+def test_bench_vla_paired_statistics_on_hand_made_outcomes():
+    from dreamgym.benchmarks.vla import arm_success, paired_gain, target
+
+    # 20 paired episodes: 12 won by the final policy only, 1 by BC only, 3 by both, 4 by neither
+    final = [True] * 12 + [False] + [True] * 3 + [False] * 4
+    bc = [False] * 12 + [True] + [True] * 3 + [False] * 4
+    g = paired_gain(final, bc, resamples=500, seed=0)
+    assert (g["final_only"], g["bc_only"], g["both"], g["neither"], g["episodes"]) == (12, 1, 3, 4, 20)
+    assert g["gain"] == pytest.approx(11 / 20)
+    assert g["sign_test_p"] == pytest.approx(2 * 14 / 2**13)  # two-sided binomial: P(X <= 1 | n=13) twice
+    lo, hi = g["gain_ci95"]
+    assert 0 < lo < 11 / 20 < hi <= 1
+    assert target(g, 0.15, 0.01)["met"] and not target(g, 0.6, 0.01)["met"] and not target(g, 0.15, 0.001)["met"]
+    # no discordant pair: nothing tells the two apart
+    same = paired_gain([True, False], [True, False], resamples=50)
+    assert same["gain"] == 0 and same["sign_test_p"] == 1.0 and same["gain_ci95"] == [0.0, 0.0]
+    s = arm_success([True, True, False, False], [10, 20, 30, 40])
+    assert s["success"] == 0.5 and s["mean_steps"] == 25 and s["success_ci95"][0] < 0.5 < s["success_ci95"][1]

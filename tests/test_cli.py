@@ -141,6 +141,10 @@ def test_unknown_group_option_lists_the_choices(capsys, tmp_path):
         (["train-social", "scene_objects=true", "heading_head=false"], "scene_objects=true needs heading_head=true"),
         (["bench", "env", "batch_sizes=[0,16]"], "each element of batch_sizes must be >= 1"),
         (["bench", "wm", "measure_seconds=-1"], "measure_seconds=-1.0 is out of range"),
+        (
+            ["bench", "vla", "episodes_per_condition=4", "reference_episodes=8"],
+            "reference_episodes=8 is more than episodes_per_condition=4",
+        ),
     ],
 )
 def test_bad_value_is_refused_before_work(capsys, tmp_path, fake_dataset, argv, expect):

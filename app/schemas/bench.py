@@ -165,6 +165,14 @@ class BenchVLAMaxSteps:
 
 
 @dataclass
+class BenchVLATarget:
+    """``target:`` of ``configs/bench/vla.yaml``: the gain over BC a task must show, and its significance."""
+
+    min_gain: float = setting(ge=-1, le=1)
+    alpha: float = setting(gt=0, le=1)
+
+
+@dataclass
 class BenchVLAConfig:
     """``configs/bench/vla.yaml``"""
 
@@ -174,11 +182,21 @@ class BenchVLAConfig:
     num_threads: int = setting(ge=1)
     tasks: list[str] = setting(choices=("reach", "push"))
     episodes_per_condition: int = setting(gt=0)
+    reference_episodes: int = setting(ge=0)
+    max_worlds: int = setting(ge=1)
     room_seed_base: int = setting(ge=0)
     max_steps: BenchVLAMaxSteps = group(BenchVLAMaxSteps)
+    bootstrap_resamples: int = setting(ge=1)
+    target: BenchVLATarget = group(BenchVLATarget)
 
     def check(self) -> None:
         _nonempty("tasks", self.tasks, "[reach,push]")
+        if self.reference_episodes > self.episodes_per_condition:
+            raise BadValue(
+                "reference_episodes",
+                f"reference_episodes={self.reference_episodes} is more than episodes_per_condition={self.episodes_per_condition}; "
+                "the references play the first train_phrasing rooms, so give at most as many",
+            )
 
 
 def _context_policies() -> tuple[str, ...]:
