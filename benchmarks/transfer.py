@@ -64,7 +64,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dreamgym.benchmarks import transfer_stats as stats
 from dreamgym.benchmarks.runner import RESULTS_DIR, BenchRun, hash_path
+from dreamgym.envs.tasks import TASKS
 
 ARMS = ("dream", "real_n", "real_10n", "expert", "random")
 TRAINED = {"dream": "dream", "real_n": "real", "real_10n": "real"}  # arm -> env it trains in
@@ -451,6 +452,31 @@ def cell_summary(
 
 def headline(s: Mapping[str, Any], path: Path, run: BenchRun) -> dict[str, Any]:
     """A cell's line in the overview."""
+    return _headline(s, path, sorted(run.reused), run.result()["wall_s"])
+
+
+def earlier_cells(overview_path: Path, skip: Sequence[str]) -> dict[str, Any]:
+    """Headlines of the cells on record beside the overview that this run did not measure (their
+    own JSON files, written by earlier runs: each says when and on which commit)."""
+    out: dict[str, Any] = {}
+    for task in sorted(TASKS):
+        for name in ("state", "pixels"):
+            cell_name = f"{task}_{name}"
+            path = overview_path.with_name(f"{overview_path.stem}_{cell_name}.json")
+            if cell_name in skip or not path.is_file():
+                continue
+            try:
+                d = json.loads(path.read_text())
+                line = _headline(d["summary"], path, sorted(d.get("reused") or {}), d.get("wall_s"))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(
+                    f"{path}: not a bench transfer cell file ({type(e).__name__}: {e}); move it away or re-run that cell"
+                ) from e
+            out[cell_name] = line | {"earlier_run": {"created": d.get("created"), "code": d.get("code")}}
+    return out
+
+
+def _headline(s: Mapping[str, Any], path: Path, reused: list[str], wall_s: Any) -> dict[str, Any]:
     return {
         "file": str(path),
         "success": {a: f["success"] for a, f in s["arms"].items()},
@@ -464,8 +490,8 @@ def headline(s: Mapping[str, Any], path: Path, run: BenchRun) -> dict[str, Any]:
         "target_met": s["target_met"],
         "value_gap": s.get("value_gap"),
         "full_scale": s["full_scale"],
-        "reused": sorted(run.reused),
-        "wall_s": run.result()["wall_s"],
+        "reused": reused,
+        "wall_s": wall_s,
     }
 
 
@@ -523,6 +549,14 @@ def run(cfg: DictConfig) -> int:
 
     def write(overview: BenchRun, cell_run: BenchRun, cell: Cell) -> None:
         cell_run.write(cell_path(cell))
+        earlier = earlier_cells(overview_path, skip=list(overview.summary["done"]))
+        overview.arms.update(earlier)
+        on_record = sorted(set(overview.summary["done"]) | set(earlier))
+        overview.summary |= {
+            "from_earlier_runs": sorted(earlier),
+            "cells_on_record": on_record,
+            "all_cells_on_record": len(on_record) == 2 * len(TASKS),
+        }
         overview.write(overview_path)
 
     s = bench(cfg, on_cell=write)["summary"]

@@ -203,6 +203,26 @@ def test_a_rerun_reuses_every_stage_and_trains_nothing(first_run, monkeypatch):
     assert again["arms"]["reach_state"]["success"] == overview["arms"]["reach_state"]["success"]
 
 
+def test_a_run_of_one_cell_keeps_the_other_cells_on_record_in_the_overview(first_run):
+    tmp, common, overview = first_run
+    out = tmp / "one" / "t.json"
+    out.parent.mkdir()
+    earlier = json.loads((tmp / "first" / "t_reach_pixels.json").read_text())
+    (tmp / "one" / "t_reach_pixels.json").write_text(json.dumps(earlier))
+    again = _bench(tmp, f"out={out}", "inputs=[state]", *common)
+    s = again["summary"]
+    assert s["done"] == ["reach_state"] and s["from_earlier_runs"] == ["reach_pixels"]
+    assert s["cells_on_record"] == ["reach_pixels", "reach_state"] and not s["all_cells_on_record"]
+    line = again["arms"]["reach_pixels"]
+    assert line["success"] == overview["arms"]["reach_pixels"]["success"]
+    assert line["earlier_run"] == {"created": earlier["created"], "code": earlier["code"]}
+    (tmp / "one" / "t_reach_pixels.json").write_text("{")
+    from dreamgym.benchmarks.transfer import earlier_cells
+
+    with pytest.raises(ValueError, match="not a bench transfer cell file"):
+        earlier_cells(out, skip=["reach_state"])
+
+
 def test_a_stage_killed_before_it_was_recorded_continues_in_its_folder(first_run, capsys):
     tmp, common, overview = first_run
     key = overview["keys"]["reach_state/real_10n"]
