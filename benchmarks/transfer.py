@@ -4,7 +4,7 @@ equal real experience?
 A **cell** is a task (``tasks``: reach, push, social, avoid) and a policy input (``inputs``, each
 named in ``obs_keys``): ``state`` reads ``[task_obs]``; ``pixels`` reads ``[ego_rgb, motion,
 instruction]`` -- the head camera, the body's own motion and the instruction, so the policy knows
-its task, and no ``task_obs``. In each cell five arms, every one trained or measured in the run:
+its task, and no ``task_obs``. In each cell six arms, every one trained or measured in the run:
 
 - ``dream``: PPO only in ``DreamVecEnv`` on the world model (``checkpoint``, default the shipped
   one), ``dream_steps`` dreamed steps. Its real experience is **N** = ``wm_data_steps`` (the real
@@ -14,6 +14,10 @@ its task, and no ``task_obs``. In each cell five arms, every one trained or meas
   (``dream_start_steps``);
 - ``real_n``: the same PPO in ``EgoRoomVecEnv`` with N real steps;
 - ``real_10n``: the same with ``real_multiplier`` x N (10 N);
+- ``diamond``: the DIAMOND-style loop (``dreamgym diamond``) from the same world model, with
+  ``diamond.budget`` more real steps of its own to collect with and update the world model on
+  (``benchmarks/transfer_diamond.py``; its N, ``diamond_n_real_steps``, is reported beside the
+  dream arm's);
 - ``expert``: the scripted expert; ``random``: random actions.
 
 The dream arm runs first, since N is known only when its training has counted its start steps;
@@ -74,10 +78,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from dreamgym.benchmarks import transfer_stats as stats
 from dreamgym.benchmarks.runner import RESULTS_DIR, BenchRun, hash_path
+from dreamgym.benchmarks.transfer_diamond import diamond_stage
 from dreamgym.envs.tasks import TASKS
 
-ARMS = ("dream", "real_n", "real_10n", "expert", "random")
-TRAINED = {"dream": "dream", "real_n": "real", "real_10n": "real"}  # arm -> env it trains in
+ARMS = ("dream", "real_n", "real_10n", "diamond", "expert", "random")
+TRAINED = {"dream": "dream", "real_n": "real", "real_10n": "real"}  # arm -> env it trains in (PPO)
+BUILT_IN = ("expert", "random")
 PER_TASK_KEYS = ("checkpoint", "wm_data_steps", "dream_steps")
 
 
@@ -279,13 +285,13 @@ def real_eval_stage(run: BenchRun, cfg: DictConfig, cell: Cell, policies: Mappin
     max_steps = episode_steps(cell.task, cfg)
     stage_cfg = {
         "task": cell.task,
-        "policies": {a: p if a in ("expert", "random") else "trained" for a, p in policies.items()},
+        "policies": {a: p if a in BUILT_IN else "trained" for a, p in policies.items()},
         "episodes": int(cfg.eval_episodes),
         "seed": int(cfg.eval_seed),
         "max_worlds": int(cfg.eval_max_worlds),
         "max_steps": max_steps,
     }
-    inputs = {f"{a}_{k}": p for a, f in policies.items() if a in TRAINED for k, p in _policy_files(f).items()}
+    inputs = {f"{a}_{k}": p for a, f in policies.items() if a not in BUILT_IN for k, p in _policy_files(f).items()}
 
     def measure(folder: Path) -> dict[str, Any]:
         tic = time.time()
@@ -381,6 +387,8 @@ def run_cell(cfg: DictConfig, cell: Cell, run: BenchRun) -> dict[str, Any]:
         if arm in arms:
             assert n_real is not None  # check_config: the simulator arms come with the dream arm
             trained[arm] = train_stage(run, cfg, cell, arm, scaled(cfg, mult * n_real))
+    if "diamond" in arms:
+        trained["diamond"] = diamond_stage(run, cfg, cell)
     policies = {a: (trained[a]["policy"] if a in trained else a) for a in arms}
     real = real_eval_stage(run, cfg, cell, policies)
     dream = dream_eval_stage(run, cfg, cell, trained["dream"]["policy"], model) if "dream" in arms else None
@@ -400,9 +408,8 @@ def cell_summary(
     the regime, the targets, the value gap and the budgets."""
     B, seed = int(cfg.bootstrap), int(cfg.eval_seed)
     figures = {a: stats.arm_figures(s) for a, s in scores.items()}
-    comparisons = {
-        f"dream_vs_{o}": stats.compare(scores["dream"], scores[o], B, seed) for o in ("real_n", "real_10n") if {"dream", o} <= set(scores)
-    }
+    pairs = [("dream", "real_n"), ("dream", "real_10n"), ("diamond", "real_n"), ("diamond", "real_10n"), ("diamond", "dream")]
+    comparisons = {f"{a}_vs_{o}": stats.compare(scores[a], scores[o], B, seed) for a, o in pairs if {a, o} <= set(scores)}
     regime = (
         stats.regime(scores["real_n"], scores["real_10n"], float(cfg.regime_alpha), B, seed)
         if {"real_n", "real_10n"} <= set(scores)
@@ -439,6 +446,7 @@ def cell_summary(
         "wm_data_steps": cell.wm_data_steps,
         "dream_start_steps": int(trained["dream"]["real_env_steps"]) if "dream" in trained else None,
         "n_real_steps": n_real,
+        "diamond_n_real_steps": cell.wm_data_steps + int(trained["diamond"]["real_env_steps"]) if "diamond" in trained else None,
         "real_multiplier": int(cfg.real_multiplier),
         "scale": float(cfg.scale),
         "steps": {a: int(t["steps"]) for a, t in trained.items()},  # as trained: whole PPO rollouts

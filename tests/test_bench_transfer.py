@@ -16,7 +16,7 @@ from dreamgym.policies.evaluate import wilson_interval
 torch.set_num_threads(1)  # the machine is shared: one thread avoids oversubscription stalls
 
 LAYOUT = {"benchmark", "created", "code", "machine", "config", "arms", "summary", "keys", "reused", "wall_s"}
-STAGES = {"dream", "real_n", "real_10n", "eval_real", "eval_dream"}
+STAGES = {"dream", "real_n", "real_10n", "diamond", "eval_real", "eval_dream"}
 TARGETS = {
     "over_real_n": 1.0,
     "over_real_10n": 0.8,
@@ -126,7 +126,12 @@ TINY = (
     "ppo.batch_size=8",
     "ppo.n_epochs=1",
     "eval_episodes=2",
-    "eval_max_worlds=10",
+    "eval_max_worlds=12",
+    "diamond.budget=64",
+    "diamond.collect_steps=32",
+    "diamond.collect_envs=2",
+    "diamond.wm.steps=2",
+    "diamond.wm.batch_size=2",
     "eval_max_steps=12",
     "value_gap_episodes=2",
     "bootstrap=200",
@@ -161,18 +166,27 @@ def test_a_state_and_a_pixels_cell_write_their_json_and_the_overview(first_run, 
         cell = json.loads((tmp / "first" / f"t_{name}.json").read_text())
         assert set(cell) == LAYOUT and set(cell["arms"]) == STAGES and set(cell["keys"]) == STAGES and cell["reused"] == {}
         c = cell["summary"]
-        assert c["obs_keys"] == keys and set(c["arms"]) == {"dream", "real_n", "real_10n", "expert", "random"}
+        assert c["obs_keys"] == keys and set(c["arms"]) == {"dream", "real_n", "real_10n", "diamond", "expert", "random"}
         assert all(a["episodes"] == 2 and 0 <= a["success"] <= 1 and len(a["success_ci95"]) == 2 for a in c["arms"].values())
-        assert c["paired_rooms"] and set(c["comparisons"]) == {"dream_vs_real_n", "dream_vs_real_10n"}
+        assert c["paired_rooms"] and set(c["comparisons"]) == {
+            f"{a}_vs_{o}"
+            for a, o in (("dream", "real_n"), ("dream", "real_10n"), ("diamond", "real_n"), ("diamond", "real_10n"), ("diamond", "dream"))
+        }
         assert 0 <= c["comparisons"]["dream_vs_real_n"]["mcnemar"]["p"] <= 1 and isinstance(c["regime_ok"], bool)
         assert set(c["targets"]) == {"dream_vs_real_n", "dream_vs_real_10n"} and isinstance(c["target_met"], bool)
         b = c["budgets"]
         # N: the world model's data and the dream's start steps (K-1 = 1 per dreamed episode, counted in training)
         assert b["dream_start_steps"] == cell["arms"]["dream"]["real_env_steps"] >= 2
         assert b["n_real_steps"] == 8 + b["dream_start_steps"]
-        assert b["budget"] == {"dream": 16, "real_n": -(-b["n_real_steps"] // 2), "real_10n": -(-10 * b["n_real_steps"] // 2)}
-        assert all(b["steps"][a] >= b["budget"][a] for a in b["budget"]), "PPO trains whole rollouts"
+        ppo = {"dream": 16, "real_n": -(-b["n_real_steps"] // 2), "real_10n": -(-10 * b["n_real_steps"] // 2)}
+        assert b["budget"] == ppo | {"diamond": 32}  # the loop's budget is of real steps
+        assert all(b["steps"][a] >= b["budget"][a] for a in ppo), "PPO trains whole rollouts"
         assert b["real_steps"]["real_n"] == b["steps"]["real_n"] and b["world_model"] == str(tiny_world_model)
+        # the loop: its own budget (x scale) of real steps, collected and spent on dream starts, beside the model's data
+        d = cell["arms"]["diamond"]
+        assert d["real_env_steps"] == d["collected_steps"] + d["dream_start_steps"] <= 32 and d["iterations"] >= 1
+        assert b["diamond_n_real_steps"] == 8 + d["real_env_steps"] and b["steps"]["diamond"] == d["steps"] > 0
+        assert Path(d["policy_folder"], "policy.safetensors").is_file()
         assert c["value_gap"] == pytest.approx(c["dream_predicted_return"] - c["arms"]["dream"]["return"])
         assert 0 <= c["expert_dream_success"] <= 1
         head = overview["arms"][name]
@@ -253,7 +267,7 @@ def test_only_arms_scores_the_built_ins_without_training(tmp_path, tiny_world_mo
         ("tasks=[reach,jump]", "tasks=[reach,jump]: [jump] unknown; choose from avoid, push, reach, social"),
         ("inputs=[depth]", "inputs=[depth]: [depth] unknown; choose from state, pixels"),
         ("only_arms=[real_n]", "only_arms=[real_n]: the simulator arms' budget N is counted by the dream arm; add dream"),
-        ("only_arms=[dream,best]", "only_arms=[dream,best]: choose a non-empty subset of dream, real_n, real_10n, expert, random"),
+        ("only_arms=[dream,best]", "only_arms=[dream,best]: choose a non-empty subset of dream, real_n, real_10n, diamond, expert, random"),
         ("+per_task.push.steps=5", "per_task.push: [steps] unknown; a task may set checkpoint, wm_data_steps, dream_steps"),
         ("obs_keys.pixels=[ego_rgb,eyes]", "obs_keys.pixels=[ego_rgb,eyes]: unknown observation keys ['eyes']"),
         ("scale=0", "scale=0.0 is out of range; scale must be > 0"),

@@ -9,6 +9,7 @@ from typing import Any
 from .data import COMPRESSIONS, check_policy_mix
 from .fields import BadValue, group, obs_key_names, setting, task_names
 from .policies import PPOConfig
+from .top import DiamondWm
 
 
 def _nonempty(name: str, values: list[Any], example: str) -> None:
@@ -223,6 +224,18 @@ class TransferTargets:
 
 
 @dataclass
+class TransferDiamond:
+    """``diamond:`` of ``configs/bench/transfer.yaml``: the DIAMOND-style loop arm."""
+
+    budget: int = setting(gt=0)
+    collect_steps: int = setting(gt=0)
+    collect_envs: int = setting(ge=1)
+    exploration_noise: float = setting(ge=0)
+    policy_steps: int | None = setting(gt=0)
+    wm: DiamondWm = group(DiamondWm)
+
+
+@dataclass
 class BenchTransferConfig:
     """``configs/bench/transfer.yaml``"""
 
@@ -240,6 +253,7 @@ class BenchTransferConfig:
     dream_steps: int = setting(gt=0)
     per_task: dict[str, Any] = setting()
     real_multiplier: int = setting(ge=1)
+    diamond: TransferDiamond = group(TransferDiamond)
     num_envs: TransferEnvs = group(TransferEnvs)
     num_denoising_steps: int | None = setting(gt=0)  # null: the world model's own sampler (its sampler.json)
     init_noise: float | None = setting(ge=0)
