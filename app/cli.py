@@ -77,7 +77,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "diamond": (
         "diamond",
-        "dreamgym.app.diamond:run",
+        "dreamgym.policies.diamond:run",
         "DIAMOND-style loop: real collection, world-model update, policy in imagination (budget=real steps)",
     ),
 }

@@ -68,7 +68,7 @@ def diamond_cfg(cfg: DictConfig, cell: Any, folder: Path | None) -> DictConfig:
 def diamond_stage(run: BenchRun, cfg: DictConfig, cell: Any) -> dict[str, Any]:
     """The loop for the cell, cached by key (its configuration and the world model's files).
     Returns the stage's figures with ``policy``, the final policy's folder."""
-    from dreamgym.app.diamond import diamond
+    from dreamgym.policies.diamond import diamond
 
     stage_cfg = {
         k: v

@@ -240,7 +240,7 @@ def test_diamond_killed_in_a_policy_stage_resumes_it_and_says_so(tmp_path, tiny_
     """SIGKILL in the second iteration's policy stage, after its first checkpoint; the re-run takes
     the first iteration from the log, resumes that stage from its checkpoint, and ends with the
     policy and the log of an uninterrupted run."""
-    from dreamgym.app.diamond import diamond, run
+    from dreamgym.policies.diamond import diamond, run
 
     ref = diamond(_diamond_cfg(tmp_path / "ref", tiny_wm))
     ref_log = _lines(tmp_path / "ref" / "log.jsonl")
@@ -264,7 +264,7 @@ def test_diamond_killed_in_a_policy_stage_resumes_it_and_says_so(tmp_path, tiny_
 def test_diamond_killed_in_a_policy_stage_before_its_checkpoint_restarts_it(tmp_path, tiny_wm):
     """With no policy checkpoint yet (the default: checkpoint_every > policy_steps) the killed
     stage starts again from its beginning, says so, and the loop ends as an uninterrupted one."""
-    from dreamgym.app.diamond import diamond, run
+    from dreamgym.policies.diamond import diamond, run
 
     ref = diamond(_diamond_cfg(tmp_path / "ref", tiny_wm, checkpoint_every=100_000))
     out = tmp_path / "run"

@@ -235,8 +235,8 @@ def test_diamond_runs_on_the_shipped_default(tmp_path):
     """One iteration on the shipped world model (partner commands, state prior, props network):
     collection, its world-model update and a policy in its dream; a re-run continues, another
     configuration is refused."""
-    from dreamgym.app.diamond import diamond
     from dreamgym.configs import compose
+    from dreamgym.policies.diamond import diamond
     from dreamgym.worldmodel.model import DEFAULT_CHECKPOINT, WorldModel
 
     over = [f"out={tmp_path / 'run'}", "budget=40", "collect_steps=24", f"collect_envs={B}", "wm.steps=1", "wm.batch_size=4"]
@@ -259,8 +259,8 @@ def test_diamond_runs_on_the_shipped_default(tmp_path):
 
 @pytest.mark.slow
 def test_diamond_loop_respects_the_budget(tmp_path, tiny_wm):
-    from dreamgym.app.diamond import diamond
     from dreamgym.configs import compose
+    from dreamgym.policies.diamond import diamond
 
     cfg = compose(
         "diamond",
