@@ -47,7 +47,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train-vla": (
         "train_vla",
         "dreamgym.policies.vla_train:run",
-        "VLA policy: BC (DAgger) in the simulator, then AWR in the dream (out=DIR)",
+        "VLA policy: BC (DAgger) in the simulator, then AWR in the dream (out=DIR); re-run to resume",
     ),
     "train-social": (
         "train_social",

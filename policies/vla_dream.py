@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -178,20 +179,36 @@ def awr_updates(policy: VLAPolicy, opt, batch: DreamBatch, sampler: BufferSample
 
 
 def finetune_dream(
-    policy: VLAPolicy, world_model, buffer: Buffer, cfg, rng: np.random.Generator, gen: torch.Generator, log=print
+    policy: VLAPolicy,
+    world_model,
+    buffer: Buffer,
+    cfg,
+    rng: np.random.Generator,
+    gen: torch.Generator,
+    log=print,
+    out: Path | None = None,
 ) -> tuple[dict, set[int]]:
-    """The dream stage (module docstring): per-task statistics and the start rooms used."""
+    """The dream stage (module docstring): per-task statistics and the start rooms used. With
+    ``out``, every finished iteration is kept in ``out/resume`` and a re-run continues after the
+    last one (``policies.vla_resume``)."""
+    from .vla_resume import load_dream, save_dream
+
     sampler = BufferSampler(policy, buffer)
     opt = torch.optim.AdamW(policy.parameters(), lr=float(cfg.dream_lr), weight_decay=1e-4)
     tasks = list(cfg.dream_tasks)
-    envs = {t: make_dream_env(world_model, t, cfg, int(rng.integers(10**9))) for t in tasks}
     keys = ("mean_return", "success", "prop_moved", "max_prop_displacement")
     stats = {
         t: {"dreamed_transitions": 0, "horizon": int(cfg.dream_horizon[t]), "dream_seconds": 0.0, **{k: [] for k in keys}} for t in tasks
     }
     rooms: set[int] = set()
-    n_it = int(cfg.dream_iterations)
-    for it in range(n_it):
+    first, n_it = 0, int(cfg.dream_iterations)
+    resumed = load_dream(out, policy, opt, rng, gen) if out is not None else None
+    if resumed is not None:
+        first, stats, rooms = resumed
+        log(f"  dream stage: continuing after iteration {first}/{n_it} of an earlier run ({out}/resume/dream.pt)")
+    earlier = {t: int(stats[t].get("start_real_steps", 0)) for t in tasks}  # real start steps of the earlier run
+    envs = {t: make_dream_env(world_model, t, cfg, int(rng.integers(10**9))) for t in tasks}
+    for it in range(first, n_it):
         for task in tasks:
             t0 = time.time()
             batch, s = dream_rollouts(policy, envs[task], cfg, int(cfg.dream_horizon[task]), rng, gen)
@@ -208,10 +225,14 @@ def finetune_dream(
                 f"> {MOVED} m in {s['prop_moved']:.2f} (largest displacement {s['max_prop_displacement']:.3f} m), "
                 f"awr loss {loss:.4f}, {time.time() - t0:.0f}s"
             )
+        if out is not None:
+            for t in tasks:
+                stats[t]["start_real_steps"] = earlier[t] + envs[t].real_steps
+            save_dream(out, it, policy, opt, stats, rooms, rng, gen)
     for task, env in envs.items():
         st = stats[task]
         st["dream_seconds"] = round(st["dream_seconds"], 1)
-        st["start_real_steps"] = env.real_steps
+        st["start_real_steps"] = earlier[task] + env.real_steps
         st["sampler"] = env.sampler_info
         st["starts"] = env.starts_info
         log(

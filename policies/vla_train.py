@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from .vla import (
     ATTRIBUTE_GROUPS,
@@ -51,6 +52,7 @@ from .vla import (
     phrase,
     project_to_frame,
 )
+from .weights import atomic_write_json
 
 
 @dataclass
@@ -300,6 +302,49 @@ def run(cfg) -> int:
         log_file.flush()
 
     t0 = time.time()
+    from .vla_resume import check_config
+
+    check_config(out, OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg))
+    if (out / "resume" / "done.json").exists():
+        log(f"train-vla: {out} holds a finished run of these settings; nothing to do")
+        return 0
+    policy, buffer, rooms, bc_steps = _bc_stage(cfg, out, rng, gen, log)
+    if cfg.get("init") and (Path(cfg.init).parent / "train_rooms.json").exists():  # rooms the init was trained on
+        rooms |= set(json.loads((Path(cfg.init).parent / "train_rooms.json").read_text()))
+    (out / "train_rooms.json").write_text(json.dumps(sorted(rooms)))
+    log(f"behaviour cloning: {bc_steps} simulator steps, {len(buffer)} samples, {time.time() - t0:.0f}s")
+    dream: dict = {}
+    if cfg.world_model is not None and int(cfg.dream_iterations) > 0:
+        from .vla_dream import finetune_dream
+
+        dream, dream_rooms = finetune_dream(policy, cfg.world_model, buffer, cfg, rng, gen, log, out=out)
+        rooms |= dream_rooms
+        (out / "train_rooms.json").write_text(json.dumps(sorted(rooms)))
+    else:
+        log("no world model given (world_model=null): skipping dream fine-tuning")
+    experience = experience_record(bc_steps, len(buffer), dream)
+    (out / "experience.json").write_text(json.dumps(experience, indent=1))
+    log(f"experience: {json.dumps(experience)}")
+    if dream:
+        policy.config.info = dict(
+            policy.config.info, stage="bc+dream_awr", dream=dream, experience=experience, world_model=str(cfg.world_model)
+        )
+        policy.save_pretrained(out / "final")
+    atomic_write_json(out / "resume" / "done.json", {"seconds_this_run": round(time.time() - t0, 1)})
+    log(f"done in {time.time() - t0:.0f}s; {len(rooms)} training rooms")
+    return 0
+
+
+def _bc_stage(cfg, out: Path, rng: np.random.Generator, gen: torch.Generator, log) -> tuple[VLAPolicy, Buffer, set[int], int]:
+    """Behaviour cloning, or the BC stage an earlier run of the same settings kept in ``out/resume``;
+    the policy after it is in ``out/bc``."""
+    from .vla_resume import load_bc, save_bc
+
+    stored = load_bc(out, Buffer, rng, gen)
+    if stored is not None:
+        buffer, rooms, _, bc_steps = stored
+        log(f"behaviour cloning: taken from an earlier run ({out}/resume/bc.json, policy {out}/bc)")
+        return VLAPolicy.from_pretrained(out / "bc"), buffer, rooms, bc_steps
     if cfg.get("init"):  # continue from a checkpoint (e.g. only the dream stage: updates_per_round=0)
         policy = VLAPolicy.from_pretrained(cfg.init)
     else:
@@ -316,26 +361,5 @@ def run(cfg) -> int:
         "stage": "bc",
     }
     policy.save_pretrained(out / "bc")
-    if cfg.get("init") and (Path(cfg.init).parent / "train_rooms.json").exists():  # rooms the init was trained on
-        rooms |= set(json.loads((Path(cfg.init).parent / "train_rooms.json").read_text()))
-    (out / "train_rooms.json").write_text(json.dumps(sorted(rooms)))
-    log(f"behaviour cloning: {bc_steps} simulator steps, {len(buffer)} samples, {time.time() - t0:.0f}s")
-    dream: dict = {}
-    if cfg.world_model is not None and int(cfg.dream_iterations) > 0:
-        from .vla_dream import finetune_dream
-
-        dream, dream_rooms = finetune_dream(policy, cfg.world_model, buffer, cfg, rng, gen, log)
-        rooms |= dream_rooms
-        (out / "train_rooms.json").write_text(json.dumps(sorted(rooms)))
-    else:
-        log("no world model given (world_model=null): skipping dream fine-tuning")
-    experience = experience_record(bc_steps, len(buffer), dream)
-    (out / "experience.json").write_text(json.dumps(experience, indent=1))
-    log(f"experience: {json.dumps(experience)}")
-    if dream:
-        policy.config.info = dict(
-            policy.config.info, stage="bc+dream_awr", dream=dream, experience=experience, world_model=str(cfg.world_model)
-        )
-        policy.save_pretrained(out / "final")
-    log(f"done in {time.time() - t0:.0f}s; {len(rooms)} training rooms")
-    return 0
+    save_bc(out, buffer, rooms, history, bc_steps, rng, gen)
+    return policy, buffer, rooms, bc_steps

@@ -212,6 +212,46 @@ def test_train_vla_runs_bc_and_the_grouped_dream_stage_on_both_tasks(tmp_path):
     assert "dream push iteration 2/2" in log and "a prop moved" in log and "experience:" in log
 
 
+def test_a_killed_train_vla_continues_with_the_same_command(tmp_path, monkeypatch):
+    """Killed after the first dream iteration: the same command takes BC from the earlier run, goes on
+    with the second iteration and counts both; a finished run does nothing; other settings are refused."""
+    import json
+
+    import dreamgym.policies.vla_resume as resume
+    from dreamgym.app.cli import Refused, main
+    from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    wm = tmp_path / "wm"
+    WorldModel(
+        WorldModelConfig(resolution=16, data_resolution=32, frame_channels=[8], occupancy_channels=[8], dim=16, depth=1, heads=2)
+    ).save_pretrained(wm)
+    out = tmp_path / "vla"
+    args = [f"out={out}", "rounds=1", "steps_per_round=3", "num_envs=2", "updates_per_round=2", "batch=8", f"world_model={wm}"]
+    args += ["dream_envs=2", "dream_group=2", "dream_iterations=2", "dream_horizon.reach=2", "dream_horizon.push=2", "dream_updates=1"]
+    save = resume.save_dream
+
+    def killed(out_, it, *a, **k):
+        save(out_, it, *a, **k)
+        raise KeyboardInterrupt  # the kill, right after iteration 0 was kept
+
+    monkeypatch.setattr(resume, "save_dream", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train-vla", *args])
+    assert not (out / "final").exists() and (out / "resume" / "bc.json").exists()
+    monkeypatch.setattr(resume, "save_dream", save)
+    assert main(["train-vla", *args]) == 0
+    log = (out / "train_log.txt").read_text()
+    assert "behaviour cloning: taken from an earlier run" in log and "continuing after iteration 1/2" in log
+    exp = json.loads((out / "experience.json").read_text())
+    assert exp["real"]["bc_collection_steps"] == 3 * 2 * 2  # counted once, not collected again
+    assert all(n >= 2 * 1 for n in exp["real"]["dream_start_steps"].values())  # both iterations' starts
+    assert exp["dreamed"]["reach"] >= 2 * 2 and exp["dreamed"]["push"] >= 2 * 2
+    assert main(["train-vla", *args]) == 0 and "nothing to do" in (out / "train_log.txt").read_text()
+    with pytest.raises(Refused, match="holds a run with other settings .*dream_iterations: run 2, now 3"):
+        main(["train-vla", *args, "dream_iterations=3"])
+
+
 def test_group_advantages_credit_the_rewards_after_each_action():
     from dreamgym.policies.vla_dream import group_advantages
 
