@@ -14,7 +14,8 @@ Three ways to drive it:
 
 Episodes auto-reset per world in the same step ("same-step" autoreset): when world i ends, the
 observation returned for it is the first of its next episode, and the last observation of the
-finished episode is in ``infos["final_obs"]`` (rows valid where ``infos["_final_obs"]``).
+finished episode is in ``infos["final_obs"]`` (rows valid where ``infos["_final_obs"]``), and its
+per-episode infos (``objects``, ``room_seed``, ``instruction_text``, ...) in ``infos["final_info"]``.
 """
 
 from __future__ import annotations
@@ -234,7 +235,9 @@ class EgoRoomVecEnv(VectorEnv):
             for k in obs:
                 obs[k][worlds] = new[k][worlds]
             new_info = self.core.batched_infos()
-            for k in ("instruction_text", "room_seed", "partner_behaviour", "utterance", "objects"):
+            keys = ("instruction_text", "room_seed", "partner_behaviour", "utterance", "objects")
+            infos["final_info"] = {k: infos[k].copy() for k in keys}  # the ended episodes' own
+            for k in keys:
                 infos[k][w_np] = new_info[k][w_np]
         self._obs = obs
         return obs, reward, term, trunc, infos

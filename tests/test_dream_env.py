@@ -126,6 +126,21 @@ def test_dream_episodes_truncate_at_the_horizon(tiny_checkpoint):
     assert "final_obs" in info
 
 
+def test_an_ended_episode_reports_its_own_infos(tiny_checkpoint):
+    env = DreamVecEnv(tiny_checkpoint, num_envs=2, task="reach", seed=0, horizon=2, return_tensors=True)
+    _, first = env.reset_tensors()
+    _, _, _, _, mid = env.step_tensors(torch.zeros(2, 6))
+    _, _, _, trunc, info = env.step_tensors(torch.zeros(2, 6))
+    assert bool(trunc.all()) and list(info["final_info"]["room_seed"]) == list(first["room_seed"])
+    assert list(info["room_seed"]) != list(first["room_seed"]), "the restarted worlds report their new episode"
+    assert np.asarray(info["final_info"]["objects"]).shape == np.asarray(mid["objects"]).shape
+    one = DreamEnv(tiny_checkpoint, task="reach", seed=1, horizon=2)
+    _, i0 = one.reset()
+    one.step(np.zeros(6, np.float32))
+    *_, truncated, last = one.step(np.zeros(6, np.float32))
+    assert truncated and last["room_seed"] == i0["room_seed"], "a gymnasium.Env's last info belongs to its episode"
+
+
 def test_start_groups_share_a_start_and_then_follow_their_own_actions(tiny_checkpoint):
     env = DreamVecEnv(tiny_checkpoint, num_envs=4, task="reach", seed=0, start_group=2, return_tensors=True)
     obs, info = env.reset_tensors()

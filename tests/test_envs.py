@@ -358,6 +358,8 @@ def test_vec_env_auto_resets_each_world(vec_env_factory):
         assert np.allclose(info["final_obs"]["task_obs"][:, 6], 1.0), "final obs is the last step of the old episode"
         assert np.allclose(obs["task_obs"][:, 6], 0.0), "returned obs starts the new episode"
         assert (info["room_seed"] != seeds0).all(), "a new episode gets a new room"
+        assert (info["final_info"]["room_seed"] == seeds0).all(), "the ended episode's infos are kept"
+        assert set(info["final_info"]) == {"instruction_text", "room_seed", "partner_behaviour", "utterance", "objects"}
         obs2, *_ = env.step(np.zeros((2, 6), np.float32))
         assert np.allclose(obs2["task_obs"][:, 6], 1 / 6)
     finally:

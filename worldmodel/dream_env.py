@@ -25,7 +25,8 @@ Each step is sampled as the world model's own sampler says (its ``sampler.json``
 names the one in use.
 
 A world whose prediction is not finite is terminated with ``infos["dream_error"]`` set for it; the
-others go on.
+others go on. Episodes restart in the same step, as in ``EgoRoomVecEnv``: an ended world's last
+observation is in ``infos["final_obs"]``, its episode's infos (``objects``, ...) in ``infos["final_info"]``.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ __all__ = ["CONTEXT_POLICIES", "DEFAULT_CHECKPOINT", "DreamEnv", "DreamVecEnv", 
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "worldmodel" / "default"
 STATE_KEYS = ("motion", "partner_motion", "props")
-# the infos' strings, indexed by the worlds' (B,) indices in one step (no loop over the worlds)
+EPISODE_INFO = ("instruction_text", "partner_behaviour", "utterance", "room_seed", "objects")  # per-episode infos
+# ... and their strings, indexed by the worlds' (B,) indices in one step (no loop over the worlds)
 _INSTRUCTION_TEXT = np.array(INSTRUCTIONS, dtype=object)
 _BEHAVIOUR_NAMES = np.array(P.BEHAVIOURS, dtype=object)
 _UTTERANCE_TEXT = np.array(P.UTTERANCES, dtype=object)
@@ -439,7 +441,9 @@ class DreamVecEnv(VectorEnv):
                 obs[k][worlds] = new[k][worlds]
             _, behaviour, objects = self._host_snapshot()  # the restarted worlds' new episode (the others are unchanged)
             fresh_info = self._infos(success, success_host, behaviour, objects)
-            for k in ("instruction_text", "partner_behaviour", "utterance", "room_seed", "objects"):
+            # the ended episodes' own (the restarted rows of the others hold the new episodes')
+            infos["final_info"] = {k: infos[k] for k in EPISODE_INFO}
+            for k in EPISODE_INFO:
                 infos[k] = fresh_info[k]
         self._last_obs = obs
         return obs, reward.float(), term, trunc, infos
@@ -569,9 +573,10 @@ class DreamEnv(gym.Env):
         a = validate_action(action, 1, self.vec.device, batched=False)
         obs, r, term, trunc, infos = self.vec.step_tensors(a)
         info = self._info(infos, 0)
-        if "final_obs" in infos:  # report the episode's last observation, as a gymnasium.Env does
+        if "final_obs" in infos:  # report the episode's last observation and infos, as a gymnasium.Env does
             obs = infos["final_obs"]
             info["success"] = bool(infos["final_success"][0])
+            info |= self._info(infos["final_info"], 0)
         return self._one(obs), float(r[0]), bool(term[0]), bool(trunc[0]), info
 
     def _one(self, obs: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -581,7 +586,7 @@ class DreamEnv(gym.Env):
     def _info(infos: dict[str, Any], i: int) -> dict[str, Any]:
         out = {}
         for k, v in infos.items():
-            if k.startswith("_") or k in ("final_obs", "final_success"):
+            if k.startswith("_") or k in ("final_obs", "final_success", "final_info"):
                 continue
             x = v[i]
             out[k] = (
