@@ -205,7 +205,7 @@ def finetune_dream(
     resumed = load_dream(out, policy, opt, rng, gen) if out is not None else None
     if resumed is not None:
         first, stats, rooms = resumed
-        log(f"  dream stage: continuing after iteration {first}/{n_it} of an earlier run ({out}/resume/dream.pt)")
+        log(f"  dream stage: continuing after iteration {first}/{n_it} of an earlier run ({out}/resume/dream.json)")
     earlier = {t: int(stats[t].get("start_real_steps", 0)) for t in tasks}  # real start steps of the earlier run
     envs = {t: make_dream_env(world_model, t, cfg, int(rng.integers(10**9))) for t in tasks}
     for it in range(first, n_it):

@@ -7,9 +7,9 @@ half-written one never loads):
   listing the differences (``num_threads`` may change);
 - ``bc.safetensors`` + ``bc.json``: after behaviour cloning, the BC samples (the dream stage's
   anchor), the rooms played, the rounds' history, the simulator steps and both random generators;
-- ``dream.pt``: after every dream iteration, the policy's and the optimiser's
-  state, the per-task statistics so far (dreamed transitions, real start steps), the start rooms
-  and the random generators.
+- ``dream.safetensors`` + ``dream.json``: after every dream iteration, the policy's and the
+  optimiser's state, the per-task statistics so far (dreamed transitions, real start steps), the
+  start rooms and the random generators (nothing is unpickled).
 
 A re-run loads the BC stage instead of collecting again and continues the dream stage after its
 last finished iteration. The dream env's own start draws are not restored, so a continued run
@@ -101,23 +101,58 @@ def load_bc(out: Path, buffer_cls, rng, gen) -> tuple[Any, set[int], list, int] 
 
 
 def save_dream(out: Path, iteration: int, policy, opt, stats: dict, rooms: set[int], rng, gen) -> None:
-    """The dream stage after ``iteration`` (0-based) finished, in one file (``dream.pt``)."""
+    """The dream stage after ``iteration`` (0-based) finished: ``dream.safetensors`` (the policy's
+    weights and the optimiser's moments), then ``dream.json`` (which names the iteration and marks
+    the pair as complete)."""
+    from safetensors.torch import save_file
+
     folder = out / "resume"
-    tmp = folder / ".dream.pt.tmp"
-    meta = {"iteration": int(iteration), "stats": stats, "rooms": sorted(rooms), "generators": _gen_state(rng, gen)}
-    torch.save({"policy": policy.state_dict(), "optimizer": opt.state_dict(), "meta": json.dumps(meta)}, tmp)
-    _replace(tmp, folder / "dream.pt")
+    sd = opt.state_dict()
+    tensors = {f"policy.{k}": v.detach().contiguous().cpu() for k, v in policy.state_dict().items()}
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().contiguous().cpu()
+    tmp = folder / ".dream.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    _replace(tmp, folder / "dream.safetensors")
+    meta = {
+        "iteration": int(iteration),
+        "stats": stats,
+        "rooms": sorted(rooms),
+        "generators": _gen_state(rng, gen),
+        "param_groups": sd["param_groups"],
+        "weights_sha256": _sha256(folder / "dream.safetensors"),
+    }
+    atomic_write_json(folder / "dream.json", meta)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_dream(out: Path, policy, opt, rng, gen) -> tuple[int, dict, set[int]] | None:
     """Restore the dream stage's last checkpoint into ``policy`` and ``opt``: (next iteration,
     statistics so far, start rooms), or None if no iteration had finished."""
-    path = out / "resume" / "dream.pt"
-    if not path.exists():
+    from safetensors.torch import load_file
+
+    folder = out / "resume"
+    if not (folder / "dream.json").exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    meta = json.loads(state["meta"])
-    policy.load_state_dict(state["policy"])
-    opt.load_state_dict(state["optimizer"])
+    meta = json.loads((folder / "dream.json").read_text())
+    if _sha256(folder / "dream.safetensors") != meta["weights_sha256"]:  # killed between the two writes
+        raise ResumeError(
+            f"train-vla: {folder}/dream.safetensors is not the one dream.json describes (a run killed while writing it); "
+            f"delete {folder}/dream.json to redo the dream stage from its start"
+        )
+    t = load_file(str(folder / "dream.safetensors"))
+    policy.load_state_dict({k[len("policy.") :]: v for k, v in t.items() if k.startswith("policy.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in t.items():
+        if k.startswith("opt."):
+            _, i, name = k.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     _set_gen_state(meta["generators"], rng, gen)
     return int(meta["iteration"]) + 1, meta["stats"], set(meta["rooms"])

@@ -252,6 +252,34 @@ def test_a_killed_train_vla_continues_with_the_same_command(tmp_path, monkeypatc
         main(["train-vla", *args, "dream_iterations=3"])
 
 
+def test_the_dream_stage_checkpoint_restores_weights_optimiser_and_generators(tmp_path):
+    import numpy as np
+
+    from dreamgym.policies.vla_resume import ResumeError, load_dream, save_dream
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    rng, gen = np.random.default_rng(1), torch.Generator().manual_seed(2)
+    (tmp_path / "resume").mkdir()
+    save_dream(tmp_path, 4, net, opt, {"reach": {"dreamed_transitions": 7}}, {11, 12}, rng, gen)
+    want_rng, want_gen = rng.random(), torch.rand(1, generator=gen)
+    net2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.AdamW(net2.parameters(), lr=5.0)
+    rng2, gen2 = np.random.default_rng(9), torch.Generator().manual_seed(9)
+    nxt, stats, rooms = load_dream(tmp_path, net2, opt2, rng2, gen2)
+    assert nxt == 5 and stats == {"reach": {"dreamed_transitions": 7}} and rooms == {11, 12}
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] == 1e-3
+    assert all(torch.equal(a["state"][i][k], b["state"][i][k]) for i in a["state"] for k in a["state"][i])
+    assert rng2.random() == want_rng and torch.equal(torch.rand(1, generator=gen2), want_gen)
+    (tmp_path / "resume" / "dream.safetensors").write_bytes(b"cut short")
+    with pytest.raises(ResumeError, match="not the one dream.json describes"):
+        load_dream(tmp_path, net2, opt2, rng2, gen2)
+
+
 def test_group_advantages_credit_the_rewards_after_each_action():
     from dreamgym.policies.vla_dream import group_advantages
 
