@@ -21,8 +21,8 @@ controller are left as they are. Each iteration:
 3. ``group_advantages``: the worlds of a group share the start and the partner's script, so their
    decisions at window k answer the same behaviour; a decision's advantage is its credit minus
    the group's mean at k, over the group's spread (+ ``ADV_EPS``).
-4. ``awr_updates``: ``dream_updates`` steps of weighted log-likelihood of the chosen token and
-   pick and weighted regression of the executed facing direction (weights exp(A /
+4. ``awr_updates``: ``dream_updates`` steps of weighted log-likelihood of the chosen token (times
+   ``dream_token_weight``) and pick and weighted regression of the executed facing direction (weights exp(A /
    ``awr_temperature``), clipped at ``awr_max_weight``), beside an anchor to the initial avatar on
    the same inputs (``dream_anchor_weight`` x (KL of the token and pointer distributions + squared
    error of the facing direction)), so the avatar does not drift where the dream says nothing.
@@ -52,6 +52,8 @@ from .social_scenes import BEHAVIOUR_KEY, SocialSceneTask, response_checks, segm
 
 ADV_EPS = 0.1  # added to a group's spread of credits (credits are fractions of a window)
 DREAM_KEYS = ("motion", "partner_motion")
+CHECKS = ("simulator", "body")  # how the dream judges a response (``dream_rollouts``)
+SPEED_STEPS = 4  # steps over which ``body_checks`` measures the root's speed
 
 
 def check_dream_config(cfg) -> None:
@@ -72,9 +74,11 @@ def check_dream_config(cfg) -> None:
     for k in ("dream_temperature", "dream_pointer_temperature", "awr_temperature", "awr_max_weight", "dream_lr"):
         if not float(cfg.get(k)) > 0:
             raise ValueError(f"{k}={cfg.get(k)!r}: expected a number > 0")
-    for k in ("dream_heading_noise", "dream_anchor_weight"):
+    for k in ("dream_heading_noise", "dream_anchor_weight", "dream_token_weight"):
         if not float(cfg.get(k)) >= 0:
             raise ValueError(f"{k}={cfg.get(k)!r}: expected a number >= 0")
+    if cfg.get("dream_checks", "simulator") not in CHECKS:
+        raise ValueError(f"dream_checks={cfg.get('dream_checks')!r}: choose from {list(CHECKS)}")
     if not 0 <= float(cfg.dream_gamma) <= 1:
         raise ValueError(f"dream_gamma={cfg.dream_gamma!r}: expected a number in [0, 1]")
     if int(cfg.dream_rooms) < 1 or int(cfg.dream_seed_base) < 0:
@@ -180,9 +184,30 @@ def discounted(rewards: np.ndarray, gamma: float) -> np.ndarray:
     return out
 
 
-def dream_rollouts(policy: ExploringAvatar, env, steps: int) -> tuple[dict, dict]:
-    """One dreamed scene per world with exploration; the decisions (concatenated, with ``window``
-    and ``alive``) and the dream's judgement (behaviour (T, B), checks, ``rooms``)."""
+def body_checks(state, motion: torch.Tensor, point_at: torch.Tensor, past_pos: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``response_checks`` with the two judgements the world model dreams poorly replaced by ones it
+    dreams well (``dream_checks: body``): ``point`` by the *body* facing the pointed-at spot within
+    0.5 rad (the dreamed neck and head rotations, which the gaze is read from, are biased), and the
+    speed of ``turn_away`` by the root's displacement over the last ``SPEED_STEPS`` steps
+    (``past_pos``, (B, 2)) instead of the dreamed velocity channel, which is noisy."""
+    from dreamgym.envs.partner import _wrap
+    from dreamgym.envs.scene import CONTROL_DT
+    from dreamgym.envs.tasks import _hand_above_head
+
+    out = response_checks(state, motion, point_at)
+    to_t = point_at - state.agent_pos[:, :2]
+    out["point"] = _wrap(state.agent_yaw - torch.atan2(to_t[:, 1], to_t[:, 0])).abs() < 0.5
+    speed = torch.linalg.norm(state.agent_pos[:, :2] - past_pos, dim=-1) / (SPEED_STEPS * CONTROL_DT)
+    out["turn_away"] = (speed < 0.15) & (_hand_above_head(state) < -0.3)
+    return out
+
+
+def dream_rollouts(policy: ExploringAvatar, env, steps: int, checks_kind: str = "simulator") -> tuple[dict, dict]:
+    """One dreamed scene per world with exploration; the decisions (concatenated, with ``window``)
+    and the dream's judgement (behaviour (T, B), checks, ``rooms``): ``response_checks`` on the
+    dreamed state (``checks_kind="simulator"``) or ``body_checks`` (``"body"``)."""
+    if checks_kind not in CHECKS:
+        raise ValueError(f"dream_checks={checks_kind!r}: choose from {list(CHECKS)}")
     obs, info = env.reset_tensors()
     B = env.num_envs
     policy.reset()
@@ -191,12 +216,18 @@ def dream_rollouts(policy: ExploringAvatar, env, steps: int) -> tuple[dict, dict
     rooms = [int(s) for s in info["room_seed"]]
     alive = torch.ones(B, dtype=torch.bool)
     beh, checks = [], {k: [] for k in BEHAVIOUR_KEY.values()}
+    past = [env._state.agent_pos[:, :2].clone()] * SPEED_STEPS
     for _ in range(steps):
         a = policy.act(obs, utterances=list(info["utterance"]), objects=env._state.prop_pos[..., :2])
         obs, _, term, trunc, info = env.step_tensors(a)
         alive &= ~(term | trunc).cpu()  # a dream error ends a world; its later steps are not judged
         beh.append(torch.where(alive, env._state.partner_behaviour.cpu(), torch.full((B,), P.IDLE)))
-        for k, v in response_checks(env._state, obs["motion"], point_at).items():
+        if checks_kind == "body":
+            judged = body_checks(env._state, obs["motion"], point_at, past[0])
+        else:
+            judged = response_checks(env._state, obs["motion"], point_at)
+        past = past[1:] + [env._state.agent_pos[:, :2].clone()]
+        for k, v in judged.items():
             checks[k].append(v.cpu().numpy())
     rec = {k: torch.cat([r[k] for r in policy.records]) for k in policy.records[0]} if policy.records else {}
     if rec:
@@ -237,7 +268,7 @@ def awr_updates(policy: ExploringAvatar, anchor: SocialAvatarPolicy, opt, rec: d
         with torch.no_grad():
             a_logits, a_heading, a_ptr = _heads(anchor, rec, i)
         lp = F.log_softmax(logits, -1)
-        awr = -(w * lp.gather(1, rec["token"][i, None])[:, 0]).mean()
+        awr = -float(cfg.dream_token_weight) * (w * lp.gather(1, rec["token"][i, None])[:, 0]).mean()
         kl = F.kl_div(lp, F.log_softmax(a_logits, -1), log_target=True, reduction="batchmean")
         if heading is not None:
             b = rec["bearing"][i]
@@ -313,7 +344,7 @@ def finetune_dream(policy: SocialAvatarPolicy, cfg, log=print) -> tuple[Explorin
             "pointer_temperature": float(cfg.dream_pointer_temperature),
         }
         with torch.no_grad():
-            rec, judged = dream_rollouts(explorer, env, steps)
+            rec, judged = dream_rollouts(explorer, env, steps, str(cfg.get("dream_checks", "simulator")))
         explorer.explore = None
         weight, gstats = decision_weights(
             rec, judged, int(cfg.dream_group), float(cfg.dream_gamma), float(cfg.awr_temperature), float(cfg.awr_max_weight)
@@ -381,7 +412,15 @@ def run_dream_stage(policy: SocialAvatarPolicy, cfg, out: Path, init: Path | Non
     return tuned
 
 
-def dream_judge(policy: SocialAvatarPolicy, world_model, rooms: list[int], seed: int = 0, context_policy: str = "still", **sampler) -> dict:
+def dream_judge(
+    policy: SocialAvatarPolicy,
+    world_model,
+    rooms: list[int],
+    seed: int = 0,
+    context_policy: str = "still",
+    checks: str = "simulator",
+    **sampler,
+) -> dict:
     """The avatar (greedy) in dreamed scenes that start in ``rooms`` (one world each, as a simulator
     scene would): the dream's behaviour (T, B) and checks, judged as ``run_scenes`` judges the simulator."""
     from dreamgym.worldmodel.dream_env import DreamVecEnv
@@ -402,7 +441,7 @@ def dream_judge(policy: SocialAvatarPolicy, world_model, rooms: list[int], seed:
     )
     explorer = ExploringAvatar.of(policy)
     with torch.no_grad():
-        _, judged = dream_rollouts(explorer, env, task.max_steps - env.K)
+        _, judged = dream_rollouts(explorer, env, task.max_steps - env.K, checks)
     env.close()
     if judged["rooms"] != list(rooms):
         raise RuntimeError(f"the dream started in rooms {judged['rooms'][:4]}..., not the ones asked for")

@@ -224,6 +224,8 @@ class TrainSocialConfig:
     dream_batch: int = setting(ge=1)
     dream_lr: float = setting(gt=0)
     dream_anchor_weight: float = setting(ge=0)
+    dream_checks: str = setting(choices=("simulator", "body"))
+    dream_token_weight: float = setting(ge=0)
 
     def check(self) -> None:
         if self.dream_envs % self.dream_group:
