@@ -20,9 +20,11 @@ the correctness gain with a percentile bootstrap 95 % interval over scenes (scen
 with their segments), and McNemar's exact test (a two-sided sign test) on the discordant
 segments, overall and per behaviour.
 
-With ``dream_judge``, both avatars also play dreamed versions of the same scenes (the dream starts
-from the scene's first simulator step; ``world_model``), and the dream's verdict on each segment
-is set beside the simulator's: how often they agree, and the dream's correctness. Rooms the
+For each judge named in ``dream_judge`` (``simulator``: ``response_checks`` on the dreamed state;
+``body``: ``policies.social_dream.body_checks``), both avatars also play dreamed versions of the
+same scenes (the dream starts from the scene's first simulator step; ``world_model``), and so
+does the scripted responder (on the dreamed state), and the dream's verdict on each segment is set beside the simulator's: how often they agree, and the
+dream's correctness. Rooms the
 checkpoint's dream stage started in (its ``train_rooms.json``) are refused.
 """
 
@@ -130,13 +132,15 @@ def motion_quality(rec: dict, ref: dict, policy, encoder) -> dict[str, float]:
     return {"mpjpe_mm": err, "pa_mpjpe_mm": pa, "fid": fid(e, e_ref), "diversity": diversity(e), "reference_diversity": diversity(e_ref)}
 
 
-def dream_agreement(policy, world_model, seeds: Sequence[int], sim: dict, max_worlds: int, seed: int) -> dict[str, Any]:
+def dream_agreement(
+    policy, world_model, seeds: Sequence[int], sim: dict, max_worlds: int, seed: int, checks: str = "simulator"
+) -> dict[str, Any]:
     """The avatar in dreams of the same scenes: the dream's correctness and its per-segment agreement with the simulator."""
     from dreamgym.policies.social_dream import dream_judge
 
     t0, beh, chk = time.time(), [], []
     for i in range(0, len(seeds), max_worlds):
-        j = dream_judge(policy, world_model, list(seeds[i : i + max_worlds]), seed=seed)
+        j = dream_judge(policy, world_model, list(seeds[i : i + max_worlds]), seed=seed, checks=checks)
         beh.append(j["behaviour"])
         chk.append(j["checks"])
     dream = scene_segments(np.concatenate(beh, 1), {k: np.concatenate([c[k] for c in chk], 1) for k in BEHAVIOURS})
@@ -174,9 +178,10 @@ def measure(cfg, policies: dict, encoder, seeds: list[int]) -> tuple[dict, dict]
         "dream_tuned_vs_scripted": paired(segs["dream_tuned"], segs["scripted"], R, s + 1),
         "simulator_only_vs_scripted": paired(segs["simulator_only"], segs["scripted"], R, s + 2),
     }
-    if cfg.dream_judge:
-        for arm in AVATARS:
-            arms[arm]["dream_judgement"] = dream_agreement(policies[arm], cfg.world_model, seeds, recs[arm], W, s)
+    for arm in (*AVATARS, "scripted"):
+        for kind in cfg.dream_judge:
+            judged = dream_agreement(policies.get(arm), cfg.world_model, seeds, recs[arm], W, s, kind)
+            arms[arm].setdefault("dream_judgement", {})[kind] = judged
     return arms, comp
 
 

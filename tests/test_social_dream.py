@@ -166,7 +166,7 @@ def test_bench_social_tiny_end_to_end(tmp_path):
                 "max_worlds=2",
                 "bootstrap_resamples=50",
                 f"out={out}",
-                "dream_judge=false",
+                "dream_judge=[]",
             ]
         )
         == 0

@@ -369,5 +369,5 @@ class BenchSocialConfig:
     room_seed_base: int = setting(ge=0)
     max_worlds: int = setting(ge=1)
     bootstrap_resamples: int = setting(ge=1)
-    dream_judge: bool = setting()
+    dream_judge: list[str] = setting(choices=("simulator", "body"))
     world_model: str = setting(exists=True)
