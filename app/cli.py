@@ -104,6 +104,11 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "dreamgym.benchmarks.verdict:run",
         "does the dream rank policies as the simulator does? Spearman per task, sim vs dream success",
     ),
+    "social": (
+        "bench/social",
+        "dreamgym.benchmarks.social:run",
+        "the dream-fine-tuned social avatar vs the simulator-only one and the scripted responder, paired on held-out scenes",
+    ),
     "reliability": (
         "bench/reliability",
         "dreamgym.app.reliability:run",

@@ -406,11 +406,19 @@ def evaluate(pol: SocialAvatarPolicy, fe: MotionEncoder, seeds, task=None, rende
 
 
 def run_train(cfg) -> int:
-    """``dreamgym train-social out=DIR``."""
+    """``dreamgym train-social out=DIR``: the simulator stage (or ``init=CKPT``), then the dream stage with ``world_model=WM``."""
     torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    pol, fe = train(cfg)
+    init = Path(cfg.init) if cfg.get("init") else None
+    if init is not None:  # start from a trained avatar: no simulator training
+        pol, fe = SocialAvatarPolicy.from_pretrained(init), load_motion_encoder(init)
+    else:
+        pol, fe = train(cfg)
+    if cfg.get("world_model") is not None:  # the dream stage (``policies.social_dream``)
+        from .social_dream import run_dream_stage
+
+        pol = run_dream_stage(pol, cfg, out, init)
     pol.save_pretrained(out)
     from safetensors.torch import save_file
 

@@ -45,6 +45,7 @@ SCHEMAS: dict[str, str] = {
     "bench/transfer": "bench:BenchTransferConfig",
     "bench/verdict": "bench:BenchVerdictConfig",
     "bench/reliability": "bench:BenchReliabilityConfig",
+    "bench/social": "bench:BenchSocialConfig",
 }
 
 __all__ = ["SCHEMAS", "BadValue", "check", "schema_of"]

@@ -368,3 +368,20 @@ class BenchVerdictConfig:
         n = len(set(self.only)) if self.only is not None else len(names)
         if n < 3:
             raise BadValue("only" if self.only is not None else "policies", f"{n} policies chosen; a rank correlation needs at least 3")
+
+
+@dataclass
+class BenchSocialConfig:
+    """``configs/bench/social.yaml``"""
+
+    checkpoint: str = setting(exists=True)
+    baseline: str = setting(exists=True)
+    out: str | None = setting()
+    seed: int = setting(ge=0)
+    num_threads: int = setting(ge=1)
+    scenes: int = setting(gt=0)
+    room_seed_base: int = setting(ge=0)
+    max_worlds: int = setting(ge=1)
+    bootstrap_resamples: int = setting(ge=1)
+    dream_judge: list[str] = setting(choices=("simulator", "body"))
+    world_model: str = setting(exists=True)

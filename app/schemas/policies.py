@@ -206,7 +206,35 @@ class TrainSocialConfig:
     heading_weight: float = setting(ge=0)
     scene_objects: bool = setting()
     pointer_weight: float = setting(ge=0)
+    init: str | None = setting(exists=True)
+    world_model: str | None = setting(exists=True)
+    dream_iterations: int = setting(ge=0)
+    dream_envs: int = setting(ge=1)
+    dream_group: int = setting(ge=1)
+    dream_seed_base: int = setting(ge=0)
+    dream_rooms: int = setting(ge=1)
+    dream_context_policy: str = setting(choices=("noisy_expert", "expert", "random", "still"))
+    dream_temperature: float = setting(gt=0)
+    dream_heading_noise: float = setting(ge=0)
+    dream_pointer_temperature: float = setting(gt=0)
+    dream_gamma: float = setting(ge=0, le=1)
+    awr_temperature: float = setting(gt=0)
+    awr_max_weight: float = setting(gt=0)
+    dream_updates: int = setting(ge=0)
+    dream_batch: int = setting(ge=1)
+    dream_lr: float = setting(gt=0)
+    dream_anchor_weight: float = setting(ge=0)
+    dream_checks: str = setting(choices=("simulator", "body"))
+    dream_token_weight: float = setting(ge=0)
 
     def check(self) -> None:
+        if self.dream_envs % self.dream_group:
+            raise BadValue("dream_group", f"dream_envs={self.dream_envs} is not a multiple of dream_group={self.dream_group}; make it one")
+        if self.world_model is not None and self.dream_seed_base + self.dream_rooms > self.eval_seed_base:
+            raise BadValue(
+                "dream_seed_base",
+                f"dream_seed_base={self.dream_seed_base} + dream_rooms={self.dream_rooms} reaches the held-out rooms "
+                f"(eval_seed_base={self.eval_seed_base} on); the dream starts in training rooms below it",
+            )
         if self.scene_objects and not self.heading_head:
             raise BadValue("scene_objects", "scene_objects=true needs heading_head=true; set both, or scene_objects=false")
