@@ -41,7 +41,9 @@ task and for pixels on reach and push, on the success rates (``target_met``). Th
 is the return the dream predicts for the dream policy minus its real return: the dream policy is
 dreamed from the same held-out rooms (K-1 steps of ``context_policy``, then dreamed to the same
 episode length), and the expert beside it as a diagnostic of the world model
-(``expert_dream_success``: a dream that does not follow the controls fails the expert first).
+(``expert_dream_success``: a dream that does not follow the controls fails the expert first);
+every other trained arm is dreamed from the same rooms too (``in_dream``: its dreamed success
+beside its real one, which says whether the dream could carry what PPO found in the simulator).
 
 Stages (each trained policy, the real evaluation and the dreamed one) are kept in
 ``run_dir/<task>_<input>/<arm>/<key>/``, the key a hash of the code version, the stage's config
@@ -312,9 +314,11 @@ def real_eval_stage(run: BenchRun, cfg: DictConfig, cell: Cell, policies: Mappin
     return run.cached("eval_real", measure, config=stage_cfg, inputs=inputs)
 
 
-def dream_eval_stage(run: BenchRun, cfg: DictConfig, cell: Cell, dream_policy: str, model: Any) -> dict[str, Any]:
-    """The dream policy and the expert in the dream, from the real evaluation's held-out rooms
-    (``eval_dream``, cached by key: the config, the world model's and the policy's files)."""
+def dream_eval_stage(run: BenchRun, cfg: DictConfig, cell: Cell, trained: Mapping[str, str], model: Any) -> dict[str, Any]:
+    """Every trained arm's policy (``trained``: arm -> folder; the dream arm first) and the expert in
+    the dream, from the real evaluation's held-out rooms (``eval_dream``, cached by key: the
+    config, the world model's and the policies' files). The simulator arms' dreamed success says
+    whether the dream could carry what PPO found in the simulator."""
     from dreamgym.policies.evaluate import evaluate_in_dream, heldout_rooms
     from dreamgym.worldmodel.starts import SimulatorStarts
 
@@ -330,13 +334,15 @@ def dream_eval_stage(run: BenchRun, cfg: DictConfig, cell: Cell, dream_policy: s
         "context_policy": str(cfg.context_policy),
         "num_denoising_steps": cfg.get("num_denoising_steps"),
         "init_noise": cfg.get("init_noise"),
+        "arms": [*trained, "expert"],
     }
-    inputs = {"world_model": cell.world_model_path(), **{f"dream_{k}": p for k, p in _policy_files(dream_policy).items()}}
+    inputs = {"world_model": cell.world_model_path()}
+    inputs |= {f"{a}_{k}": p for a, folder in trained.items() for k, p in _policy_files(folder).items()}
 
     def measure(folder: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         t0 = time.time()
-        for name, spec in (("dream", dream_policy), ("expert", "expert")):
+        for name, spec in (*trained.items(), ("expert", "expert")):
             tic = time.time()
             starts = SimulatorStarts(str(cfg.context_policy), rooms=heldout_rooms(n, seed), seed=seed)
             r = evaluate_in_dream(
@@ -391,7 +397,8 @@ def run_cell(cfg: DictConfig, cell: Cell, run: BenchRun) -> dict[str, Any]:
         trained["diamond"] = diamond_stage(run, cfg, cell)
     policies = {a: (trained[a]["policy"] if a in trained else a) for a in arms}
     real = real_eval_stage(run, cfg, cell, policies)
-    dream = dream_eval_stage(run, cfg, cell, trained["dream"]["policy"], model) if "dream" in arms else None
+    in_dream = {a: trained[a]["policy"] for a in ("dream", "real_n", "real_10n", "diamond") if a in trained}
+    dream = dream_eval_stage(run, cfg, cell, in_dream, model) if "dream" in arms else None
     run.summary = cell_summary(cfg, cell, real["scores"], trained, dream, n_real)
     return run.summary
 
@@ -439,6 +446,12 @@ def cell_summary(
             "expert_dream_success": e["success_rate"],
             "expert_dream_return": e["mean_return"],
             "sampler": d.get("sampler"),
+            # each arm's success and return in the dream (same held-out rooms) beside the simulator's
+            "in_dream": {
+                a: {"dream_success": r["success_rate"], "dream_return": r["mean_return"], "real_success": figures[a]["success"]}
+                for a, r in dream["policies"].items()
+                if a in figures
+            },
         }
     out["budgets"] = {
         "world_model": str(cell.world_model_path()),

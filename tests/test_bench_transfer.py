@@ -189,6 +189,9 @@ def test_a_state_and_a_pixels_cell_write_their_json_and_the_overview(first_run, 
         assert Path(d["policy_folder"], "policy.safetensors").is_file()
         assert c["value_gap"] == pytest.approx(c["dream_predicted_return"] - c["arms"]["dream"]["return"])
         assert 0 <= c["expert_dream_success"] <= 1
+        assert set(c["in_dream"]) == {"dream", "real_n", "real_10n", "diamond", "expert"}  # every arm dreamed too
+        assert c["in_dream"]["dream"]["dream_success"] == c["dream_predicted_success"]
+        assert c["in_dream"]["real_10n"]["real_success"] == c["arms"]["real_10n"]["success"]
         head = overview["arms"][name]
         assert head["file"] == str(tmp / "first" / f"t_{name}.json") and head["success"]["dream"] == c["arms"]["dream"]["success"]
         assert head["n_real_steps"] == b["n_real_steps"] and head["reused"] == []
