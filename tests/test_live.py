@@ -155,3 +155,14 @@ def test_saved_session_loads_exports_and_builds_a_viewer_bundle(tmp_path):
     assert any((tmp_path / "exp").rglob("*.bvh"))
     bundle = build_bundle(tmp_path / "bundle", BundleSettings(data=str(data)), model=None, progress=False, log=lambda m: None)
     assert json.loads((bundle / "viewer.json").read_text())["episodes"][0]["streams"]["real"]["frames"] == 25
+
+
+def test_dream_backend_runs_the_same_session(tmp_path):
+    s = LiveSession("dream", room_seed=3)
+    for i in range(12):
+        r = s.frame({"type": "frame", "head": {"position": [0, 1.6, -0.03 * i], "orientation": [0, 0, 0, 1]}})
+    assert r["step"] == 12 and np.isfinite(np.array(r["agent"])).all()
+    # the person's body, not the dreamed partner, is what the avatar sees
+    np.testing.assert_allclose(s.recording.partner_motion[-1][:2], s.retargeter.prev[:2], atol=1e-4)
+    eps = __import__("dreamgym.avatars.episodes", fromlist=["x"]).iter_dataset_episodes(save_session(s, tmp_path / "d"), ["motion"])
+    assert next(eps).steps == 12

@@ -130,10 +130,11 @@ class DreamBackend:
             seed=room_seed,
             return_tensors=True,
         )
-        self.obs, self.infos = self.env.reset_tensors(room_seeds=[room_seed])
+        self.obs, self.infos = self.env.reset_tensors(seed=room_seed)  # the dream draws its start room from the seed
+        self.room_seed = int(self.infos["room_seed"][0])
         self._prev_joints: torch.Tensor | None = None
         self.mjm = mujoco.MjModel.from_xml_string(scene.build_mjcf())
-        self._qpos0 = initial_qpos(self.mjm, SceneIndex.from_model(self.mjm), scene.generate_room(room_seed)).astype(np.float32)
+        self._qpos0 = initial_qpos(self.mjm, SceneIndex.from_model(self.mjm), scene.generate_room(self.room_seed)).astype(np.float32)
         self._prop_adr = list(prop_qpos_addresses())
 
     def start_pose(self) -> tuple[np.ndarray, float]:
@@ -207,6 +208,7 @@ class LiveSession:
         self.policy = SocialAvatarPolicy.from_pretrained(avatar or SHIPPED_AVATAR)
         self.policy.reset()
         self.world = SimBackend(self.room_seed, physics) if backend == "sim" else DreamBackend(self.room_seed, world_model)
+        self.room_seed = int(getattr(self.world, "room_seed", self.room_seed))  # the dream's start room
         origin, yaw = self.world.start_pose()
         self.frame_of_room = SessionFrame((float(origin[0]), float(origin[1])), yaw)
         self.retargeter = Retargeter(self.frame_of_room, self.world.mjm)
