@@ -64,6 +64,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "dreamgym.avatars.export_cli:run",
         "SMPL-X .npz, BVH and .glb of every episode, agent and partner (data=DIR out=DIR)",
     ),
+    "live": ("live", "dreamgym.app.live:run", "a person in WebXR is the partner, the social avatar answers live (127.0.0.1 unless host=)"),
     "view": ("view", "dreamgym.avatars.viewer.server:run", "three.js/WebXR viewer of a dataset or run, real beside dream, on 127.0.0.1"),
     "train-policy": (
         "train_policy",
@@ -109,6 +110,7 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "dreamgym.benchmarks.social:run",
         "the dream-fine-tuned social avatar vs the simulator-only one and the scripted responder, paired on held-out scenes",
     ),
+    "live": ("bench/live", "dreamgym.benchmarks.live:run", "dreamgym live: server work per step and round trip over loopback at 30 Hz"),
     "reliability": (
         "bench/reliability",
         "dreamgym.app.reliability:run",

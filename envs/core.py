@@ -102,6 +102,9 @@ class EgoRoomCore:
         self._instruction_host = np.zeros(B, dtype=np.int64)
         self.steps = torch.zeros(B, dtype=torch.long, device=dev)
         self.partner_action = torch.zeros(B, ACTION_DIM, device=dev)  # the partner's command of the last step
+        # (B, N_ACT_PER_BODY) actuator controls that replace the partner's script (a live person's
+        # retargeted pose, ``EgoRoomVecEnv.set_partner_pose``); None: the script drives it
+        self.partner_ctrl: torch.Tensor | None = None
         self.fresh = torch.ones(B, dtype=torch.bool, device=dev)
         self.mat_pos = torch.zeros(B, 2, device=dev)
         self.room_half = torch.zeros(B, 2, device=dev)
@@ -169,7 +172,10 @@ class EgoRoomCore:
         ctrl[:, self.idx.agent_act] = actuator_targets(action, st.agent_yaw, self.gait_agent)
         pact = P.partner_action(self.scripts, st.partner_pos, st.partner_yaw, st.agent_pos)
         self.partner_action = pact  # the partner's command of this step (B, 6)
-        ctrl[:, self.idx.partner_act] = actuator_targets(pact, st.partner_yaw, self.gait_partner)
+        if self.partner_ctrl is None:
+            ctrl[:, self.idx.partner_act] = actuator_targets(pact, st.partner_yaw, self.gait_partner)
+        else:
+            ctrl[:, self.idx.partner_act] = self.partner_ctrl
         self.scripts.advance()
         self.steps += 1
         return ctrl

@@ -254,6 +254,28 @@ class EgoRoomVecEnv(VectorEnv):
         """The task's scripted expert actions (B, 6) for the current states."""
         return self.core.expert_action()
 
+    def set_partner_pose(self, qpos: torch.Tensor, qvel: torch.Tensor) -> None:
+        """Drive the partner kinematically from now on: its joints (B, 23) -- root x, y, z, yaw, then
+        ``scene.LIMB_JOINT_NAMES`` -- are set to ``qpos`` with velocities ``qvel`` (B, 23), and its
+        servos hold that pose through the next step, so its collider still meets props and the agent.
+        Call it before each ``step_tensors``; the partner's script no longer moves it."""
+        adr = self._partner_qpos_adr()
+        q = torch.as_tensor(qpos, dtype=self._qpos.dtype, device=self._qpos.device).reshape(self.num_envs, len(adr))
+        v = torch.as_tensor(qvel, dtype=self._qvel.dtype, device=self._qvel.device).reshape(self.num_envs, len(adr))
+        self._qpos[:, adr] = q
+        self._qvel[:, self._partner_dof_adr] = v
+        ctrl = torch.cat((v[:, :2], q[:, 2:3], v[:, 3:4], q[:, 4:]), 1)  # root: x, y velocity, z position, yaw rate
+        self.core.partner_ctrl = ctrl.to(self.device, torch.float32)
+
+    def _partner_qpos_adr(self) -> torch.Tensor:
+        if not hasattr(self, "_partner_adr"):
+            mjm = self.core.mjm
+            names = [f"p_{n}" for n in (*scene.ROOT_JOINTS, *scene.LIMB_JOINT_NAMES)]
+            ids = [mujoco.mj_name2id(mjm, mujoco.mjtObj.mjOBJ_JOINT, n) for n in names]
+            self._partner_adr = torch.as_tensor([mjm.jnt_qposadr[i] for i in ids], device=self._qpos.device)
+            self._partner_dof_adr = torch.as_tensor([mjm.jnt_dofadr[i] for i in ids], device=self._qvel.device)
+        return self._partner_adr
+
     # ------------------------------------------------------------------ gymnasium VectorEnv API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         options = options or {}

@@ -35,6 +35,8 @@ SCHEMAS: dict[str, str] = {
     "demo": "top:DemoConfig",
     "diamond": "top:DiamondConfig",
     "avatar_demo": "top:AvatarDemoConfig",
+    "live": "top:LiveConfig",
+    "bench/live": "bench:BenchLiveConfig",
     "bench/env": "bench:BenchEnvConfig",
     "bench/collect": "bench:BenchCollectConfig",
     "bench/loader": "bench:BenchLoaderConfig",

@@ -385,3 +385,17 @@ class BenchSocialConfig:
     bootstrap_resamples: int = setting(ge=1)
     dream_judge: list[str] = setting(choices=("simulator", "body"))
     world_model: str = setting(exists=True)
+
+
+@dataclass
+class BenchLiveConfig:
+    """``configs/bench/live.yaml``"""
+
+    out: str | None = setting()
+    physics: list[str] = setting(choices=("mujoco", "warp"))
+    room_seed: int = setting(ge=0)
+    steps: int = setting(gt=10)
+    rate_hz: float = setting(gt=0)
+    warmup_steps: int = setting(ge=0)
+    num_threads: int = setting(ge=1)
+    path: str | None = setting()

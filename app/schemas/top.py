@@ -130,3 +130,20 @@ class AvatarDemoConfig:
     def check(self) -> None:
         if not self.conversation:
             raise BadValue("conversation", "conversation=[] has nothing to respond to; e.g. conversation=[wave,point]")
+
+
+@dataclass
+class LiveConfig:
+    """``configs/live.yaml``"""
+
+    host: str = setting()
+    port: int = setting(ge=0, le=65535)
+    secure: bool | None = setting()
+    cert_dir: str = setting()
+    backend: str = setting(choices=("sim", "dream"))
+    physics: str = setting(choices=("mujoco", "warp"))
+    room_seed: int = setting(ge=0)
+    avatar: str | None = setting(exists=True)
+    world_model: str | None = setting(exists=True)
+    save: str | None = setting()
+    threads: int = setting(ge=1)

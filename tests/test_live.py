@@ -1,0 +1,168 @@
+"""``dreamgym live``: the session protocol over loopback, the token on a secure server, saved sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import ssl
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("websockets")
+
+from dreamgym.avatars.live.record import save_session  # noqa: E402
+from dreamgym.avatars.live.replay import play, recorded_partner  # noqa: E402
+from dreamgym.avatars.live.server import LiveServer  # noqa: E402
+from dreamgym.avatars.live.session import LiveSession  # noqa: E402
+from dreamgym.envs import partner as P  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+class Running:
+    """A ``LiveServer`` on a free loopback port, on its own thread and event loop."""
+
+    def __init__(self, server: LiveServer):
+        self.server = server
+        self.loop = asyncio.new_event_loop()
+        self.stop = self.loop.create_future()
+        ready = threading.Event()
+
+        async def serve():
+            ev = asyncio.Event()
+            task = asyncio.ensure_future(server.run(ev, self.stop))
+            await ev.wait()
+            ready.set()
+            await task
+
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(serve(),), daemon=True)
+        self.thread.start()
+        assert ready.wait(60)
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.stop.set_result, None)
+        self.thread.join(10)
+
+
+def _facing_error(reply: dict) -> float:
+    """Angle (rad) between the avatar's heading and the direction to the person, in the XR frame."""
+    a, p = np.array(reply["agent"]), np.array(reply["partner"])
+    hips = a[1] - a[2]  # left hip - right hip: the body's left
+    fwd = np.array([-hips[2], hips[0]])  # (x, z) forward, left rotated a quarter turn (y up)
+    to_p = p[0, [0, 2]] - a[0, [0, 2]]
+    ang = math.atan2(fwd[0] * to_p[1] - fwd[1] * to_p[0], fwd @ to_p)
+    return abs(ang)
+
+
+def test_session_over_loopback_turns_to_the_person_and_survives_bad_messages():
+    sessions = []
+    running = Running(LiveServer(lambda: sessions.append(LiveSession("sim", room_seed=5)) or sessions[-1], port=0))
+    try:
+        frames = recorded_partner(5, [P.APPROACH, P.WAVE], 160, LiveSession("sim", room_seed=5).frame_of_room)
+        frames[20] = "not json"
+        frames[40] = {"type": "frame", "head": {"position": [0, 1, "x"], "orientation": [0, 0, 0, 1]}}
+        frames[41] = {"type": "dance"}
+
+        async def run():
+            from websockets.asyncio.client import connect
+
+            url = f"ws://127.0.0.1:{running.server.port}/live"
+            out = await play(url, [f if isinstance(f, dict) else {"raw": f} for f in frames], rate_hz=40.0)
+            async with connect(url) as ws:  # the server is still up for the next session
+                assert json.loads(await ws.recv())["type"] == "hello"
+            return out
+
+        out = asyncio.run(run())
+    finally:
+        running.close()
+    errors = [e["error"] for e in out["errors"]]
+    assert len(errors) == 3, errors
+    assert all("\n" not in e and e for e in errors)
+    assert any("head.position" in e for e in errors) and any("'dance'" in e for e in errors)
+    replies = out["replies"]
+    assert len(replies[-1]["agent"]) == 22 and len(replies[-1]["partner"]) == 22
+    early = np.mean([_facing_error(r) for r in replies[:5]])
+    late = np.mean([_facing_error(r) for r in replies[-10:]])
+    assert late < 0.6 and late < early - 0.3, (early, late)
+    assert "Hi! Nice to see you." in [r.get("say") for r in replies]  # it answered the wave
+    assert sessions[0].steps > 60
+
+
+def test_secure_server_refuses_without_token_and_serves_with_it(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    running = Running(LiveServer(lambda: LiveSession("sim", room_seed=1), port=0, secure=True, cert_dir=tmp_path))
+    try:
+        srv = running.server
+        assert srv.fingerprint and len(srv.fingerprint.split(":")) == 32
+        ctx = ssl.create_default_context(cafile=str(next(tmp_path.glob("*.crt"))))
+        ctx.check_hostname = False
+        base = f"https://127.0.0.1:{srv.port}"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}/live.html", context=ctx, timeout=20)
+        assert e.value.code == 403
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}/live.html?token=wrong", context=ctx, timeout=20)
+        assert e.value.code == 403
+
+        async def ws_without_token():
+            from websockets.asyncio.client import connect
+            from websockets.exceptions import InvalidStatus
+
+            with pytest.raises(InvalidStatus) as err:
+                async with connect(f"wss://127.0.0.1:{srv.port}/live", ssl=ctx):
+                    pass
+            assert err.value.response.status_code == 403
+            async with connect(f"wss://127.0.0.1:{srv.port}/live?token={srv.token}", ssl=ctx) as ws:
+                return json.loads(await ws.recv())["type"]
+
+        assert asyncio.run(ws_without_token()) == "hello"
+        with pytest.raises(urllib.error.HTTPError) as e:  # with the token: past the 403 (the page may be absent)
+            urllib.request.urlopen(f"{base}/nothing-here?token={srv.token}", context=ctx, timeout=20)
+        assert e.value.code == 404
+    finally:
+        running.close()
+
+
+def test_saved_session_loads_exports_and_builds_a_viewer_bundle(tmp_path):
+    from dreamgym.app.cli import main
+    from dreamgym.avatars.episodes import iter_dataset_episodes
+    from dreamgym.avatars.viewer.bundle import BundleSettings, build_bundle
+
+    s = LiveSession("sim", room_seed=2)
+    for i in range(24):
+        s.frame(
+            {
+                "type": "frame",
+                "t": i * 0.05,
+                "head": {"position": [0, 1.6, -0.03 * i], "orientation": [0, 0, 0, 1]},
+                **({"utterance": "hello"} if i == 2 else {}),
+            }
+        )
+    data = save_session(s, tmp_path / "live")
+    save_session(s, data)  # a second session appends an episode
+    eps = list(iter_dataset_episodes(data, ["motion", "partner_motion"]))
+    assert len(eps) == 2 and eps[0].steps == s.steps == 24
+    np.testing.assert_allclose(eps[0].obs["partner_motion"], np.stack(s.recording.partner_motion))
+    said = json.loads(eps[0].attrs["utterances"])
+    assert {"who": "person", "text": "hello"}.items() <= said[0].items() and said[1]["who"] == "avatar"
+    assert main(["export", f"data={data}", f"out={tmp_path / 'exp'}", "progress=false"]) == 0
+    assert any((tmp_path / "exp").rglob("*.bvh"))
+    bundle = build_bundle(tmp_path / "bundle", BundleSettings(data=str(data)), model=None, progress=False, log=lambda m: None)
+    assert json.loads((bundle / "viewer.json").read_text())["episodes"][0]["streams"]["real"]["frames"] == 25
+
+
+def test_dream_backend_runs_the_same_session(tmp_path):
+    s = LiveSession("dream", room_seed=3)
+    for i in range(12):
+        r = s.frame({"type": "frame", "head": {"position": [0, 1.6, -0.03 * i], "orientation": [0, 0, 0, 1]}})
+    assert r["step"] == 12 and np.isfinite(np.array(r["agent"])).all()
+    # the person's body, not the dreamed partner, is what the avatar sees
+    np.testing.assert_allclose(s.recording.partner_motion[-1][:2], s.retargeter.prev[:2], atol=1e-4)
+    eps = __import__("dreamgym.avatars.episodes", fromlist=["x"]).iter_dataset_episodes(save_session(s, tmp_path / "d"), ["motion"])
+    assert next(eps).steps == 12
