@@ -1,13 +1,14 @@
 """``dreamgym bench push``: does a world model dream pushes? Scored against the simulator on real
 push episodes.
 
-The push task's scripted expert walks props onto the mat in rooms of another seed range than
-any dataset's. From windows every 8 steps, each world model dreams 16 steps (bodies and props,
+The push task's scripted expert (or ``policy``: any policy, e.g. a ``train-policy`` run, whose
+pushes may look nothing like the expert's) walks props onto the mat in rooms of another seed
+range than any dataset's. From windows every 8 steps, each world model dreams 16 steps (bodies and props,
 one denoising step) under the recorded actions and partner commands, from the real K = 2 steps
 before; the dreamed props' horizontal displacement over the window is compared with the
 simulator's, beside hold-pose (props never move) in the same run.
 
-    dreamgym bench push [checkpoints=[DIR,...]] [out=FILE.json]
+    dreamgym bench push [checkpoints=[DIR,...]] [policy=expert|DIR] [out=FILE.json]
 
 Arms: ``hold_pose`` and one per world model (``default``: the shipped one). Figures per arm: on
 the props the simulator moved more than 5 cm, the mean real and dreamed displacement, the error
@@ -26,10 +27,15 @@ from omegaconf import DictConfig
 from dreamgym.benchmarks.runner import hash_path, start
 
 
-def record(num_envs: int, steps: int, seed: int) -> dict[str, torch.Tensor]:
+def record(num_envs: int, steps: int, seed: int, policy: str = "expert") -> dict[str, torch.Tensor]:
+    """``steps`` recorded steps of ``num_envs`` push episodes acted by ``policy`` (``expert``, or
+    any policy spec ``load_policy`` reads: a ``train-policy`` run, ``random``; deterministic)."""
     from dreamgym.envs.vec_env import EgoRoomVecEnv
+    from dreamgym.policies.base import load_policy, required_obs_keys
 
-    env = EgoRoomVecEnv(num_envs=num_envs, task="push", obs_keys=["motion", "partner_motion"], return_tensors=True)
+    pol = None if policy == "expert" else load_policy(policy, task="push", seed=seed)
+    keys = ["motion", "partner_motion"] + [k for k in (required_obs_keys([pol]) if pol else ()) if k not in ("motion", "partner_motion")]
+    env = EgoRoomVecEnv(num_envs=num_envs, task="push", obs_keys=keys, return_tensors=True)
     obs, _ = env.reset_tensors(room_seeds=list(range(seed, seed + num_envs)))
     idx = env.core.idx.prop_qpos
 
@@ -42,7 +48,7 @@ def record(num_envs: int, steps: int, seed: int) -> dict[str, torch.Tensor]:
     alive = torch.ones(num_envs, dtype=torch.bool)
     alive_t = [alive.clone()]
     for _ in range(steps):
-        a = env.expert_actions().cpu().clamp(-1, 1)
+        a = (env.expert_actions() if pol is None else pol.act({k: obs[k] for k in pol.obs_keys}, deterministic=True)).cpu().clamp(-1, 1)
         obs, _, term, trunc, _ = env.step_tensors(a)
         alive &= ~(term | trunc).cpu()
         acts.append(a)
@@ -108,7 +114,7 @@ def run(cfg: DictConfig) -> int:
     torch.set_num_threads(int(cfg.threads))
     bench_run = start("push", cfg)
     horizon, stride = int(cfg.horizon), int(cfg.stride)
-    rec = record(int(cfg.num_envs), int(cfg.steps), int(cfg.seed))
+    rec = record(int(cfg.num_envs), int(cfg.steps), int(cfg.seed), str(cfg.policy))
     hold = bench_run.add("hold_pose", score(None, rec, horizon, stride))
     models = {}
     for ck in list(cfg.checkpoints or [None]):

@@ -330,6 +330,28 @@ def test_bench_push_scores_a_world_model_beside_hold_pose(tmp_path, tiny_world_m
     assert r["summary"]["models"][str(tiny_world_model)]["sha256"] == runner.hash_path(tiny_world_model)
 
 
+def test_bench_push_records_the_pushes_of_any_policy(tmp_path, tiny_world_model):
+    from dreamgym.app.cli import Refused, main
+    from dreamgym.benchmarks.push import record
+
+    rnd, exp = record(2, 6, 9000, "random"), record(2, 6, 9000, "expert")
+    assert rnd["actions"].shape == exp["actions"].shape == (2, 6, 6) and not torch.equal(rnd["actions"], exp["actions"])
+    r = _bench(
+        "push",
+        f"out={tmp_path / 'p.json'}",
+        f"checkpoints=[{tiny_world_model}]",
+        "policy=random",
+        "num_envs=2",
+        "steps=8",
+        "horizon=4",
+        "stride=4",
+    )
+    assert r["config"]["policy"] == "random" and r["arms"]["hold_pose"]["props_windows"] > 0
+    with pytest.raises(Refused, match="nowhere"):
+        main(["bench", "push", f"out={tmp_path / 'q.json'}", f"policy={tmp_path / 'nowhere'}", "num_envs=1", "steps=4"])
+    assert not (tmp_path / "q.json").exists()
+
+
 def test_unknown_benchmarks_are_named():
     from dreamgym.app.cli import main
 

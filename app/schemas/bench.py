@@ -148,6 +148,7 @@ class BenchPushConfig:
 
     out: str | None = setting()
     checkpoints: list[Any] = setting()
+    policy: str = setting()
     num_envs: int = setting(ge=1)
     steps: int = setting(gt=0)
     horizon: int = setting(gt=0)
