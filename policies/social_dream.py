@@ -303,26 +303,31 @@ def dream_correctness(judged: dict) -> dict:
     return {"overall": float(np.mean(flat)) if flat else None} | {k: (float(np.mean(v)) if v else None) for k, v in corr.items()}
 
 
-def make_dream_env(cfg, seed: int):
-    """A state-only ``DreamVecEnv`` of ``SocialSceneTask`` starting in the dream's training rooms."""
+def scene_dream(world_model, num_envs: int, rooms: list[int], context_policy: str, seed: int, **kw):
+    """A state-only ``DreamVecEnv`` of ``SocialSceneTask`` whose starts come from the simulator in
+    ``rooms`` (``kw``: ``start_group``, sampler overrides)."""
     from dreamgym.worldmodel.dream_env import DreamVecEnv
     from dreamgym.worldmodel.starts import SimulatorStarts
 
-    rooms = list(range(int(cfg.dream_seed_base), int(cfg.dream_seed_base) + int(cfg.dream_rooms)))
-    starts = SimulatorStarts(policy=str(cfg.dream_context_policy), rooms=rooms, seed=seed)
     task = SocialSceneTask()
     return DreamVecEnv(
-        cfg.world_model,
-        num_envs=int(cfg.dream_envs),
+        world_model,
+        num_envs=int(num_envs),
         task=task,
         modalities=DREAM_KEYS,
         obs_keys=DREAM_KEYS,
         horizon=task.max_steps,
         seed=seed,
         return_tensors=True,
-        start_group=int(cfg.dream_group),
-        starts=starts,
+        starts=SimulatorStarts(policy=str(context_policy), rooms=list(rooms), seed=seed),
+        **kw,
     )
+
+
+def make_dream_env(cfg, seed: int):
+    """The dream stage's env: its training rooms, ``dream_group`` worlds per start."""
+    rooms = list(range(int(cfg.dream_seed_base), int(cfg.dream_seed_base) + int(cfg.dream_rooms)))
+    return scene_dream(cfg.world_model, cfg.dream_envs, rooms, cfg.dream_context_policy, seed, start_group=int(cfg.dream_group))
 
 
 def finetune_dream(policy: SocialAvatarPolicy, cfg, log=print) -> tuple[ExploringAvatar, dict]:
@@ -430,25 +435,10 @@ def dream_judge(
     """The avatar (greedy; None: the scripted responder on the dreamed state) in dreamed scenes that
     start in ``rooms`` (one world each, as a simulator scene would): the dream's behaviour (T, B)
     and checks, judged as ``run_scenes`` judges the simulator (or by ``body_checks``)."""
-    from dreamgym.worldmodel.dream_env import DreamVecEnv
-    from dreamgym.worldmodel.starts import SimulatorStarts
-
-    task = SocialSceneTask()
-    env = DreamVecEnv(
-        world_model,
-        num_envs=len(rooms),
-        task=task,
-        modalities=DREAM_KEYS,
-        obs_keys=DREAM_KEYS,
-        horizon=task.max_steps,
-        seed=seed,
-        return_tensors=True,
-        starts=SimulatorStarts(policy=context_policy, rooms=list(rooms), seed=seed),
-        **sampler,
-    )
+    env = scene_dream(world_model, len(rooms), list(rooms), context_policy, seed, **sampler)
     actor = ExploringAvatar.of(policy) if policy is not None else ScriptedInDream(env)
     with torch.no_grad():
-        _, judged = dream_rollouts(actor, env, task.max_steps - env.K, checks)
+        _, judged = dream_rollouts(actor, env, env.task.max_steps - env.K, checks)
     env.close()
     if judged["rooms"] != list(rooms):
         raise RuntimeError(f"the dream started in rooms {judged['rooms'][:4]}..., not the ones asked for")
@@ -462,7 +452,7 @@ class ScriptedInDream:
         self.env, self.records = env, []
 
     def reset(self, worlds=None) -> None:
-        pass
+        """Nothing to reset: the responder keeps no state between steps."""
 
     def act(self, obs, utterances=None, objects=None) -> torch.Tensor:
         return self.env.expert_actions()

@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .protocol import error_message, parse_message
@@ -127,7 +128,7 @@ class LiveServer:
                 path = await asyncio.to_thread(self.save, session)
                 try:
                     await ws.send(json.dumps({"type": "saved", "path": str(path)}))
-                except Exception:  # the page may be gone already
+                except ConnectionClosed:  # the page may be gone already; the session is saved all the same
                     pass
 
     async def run(self, ready: asyncio.Event | None = None, stop: asyncio.Future | None = None) -> None:
