@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
+import time
+from pathlib import Path
 
 
 def run(cfg) -> int:
@@ -15,10 +18,22 @@ def run(cfg) -> int:
     from dreamgym.avatars.live.session import LiveSession
 
     torch.set_num_threads(int(cfg.threads))
-    make = functools.partial(
-        LiveSession, backend=cfg.backend, room_seed=int(cfg.room_seed), avatar=cfg.avatar, world_model=cfg.world_model, physics=cfg.physics
+    new_session = functools.partial(
+        LiveSession,
+        backend=cfg.backend,
+        room_seed=int(cfg.room_seed),
+        avatar=cfg.avatar,
+        world_model=cfg.world_model,
+        physics=cfg.physics,
+        gesture_words=bool(cfg.gesture_words),
     )
-    make().hello()  # a wrong backend, avatar or world model is refused now, not when the headset connects
+    count = itertools.count(1)
+
+    def make() -> LiveSession:
+        log = Path(str(cfg.log)).expanduser() / f"session-{time.strftime('%Y%m%d-%H%M%S')}-{next(count)}.jsonl" if cfg.log else None
+        return new_session(log_path=log)
+
+    new_session().hello()  # a wrong backend, avatar or world model is refused now, not when the headset connects
     save = (lambda s: save_session(s, cfg.save)) if cfg.save else None
     server = LiveServer(make, host=cfg.host, port=int(cfg.port), secure=cfg.secure, cert_dir=cfg.cert_dir, save=save)
 

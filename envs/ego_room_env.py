@@ -76,6 +76,7 @@ class EgoRoomEnv(gym.Env):
         self.obs_keys = check_obs_keys(obs_keys)
         self.grid = GridSpec(tuple(int(x) for x in occupancy_size), float(occupancy_voxel))
         self.core = EgoRoomCore(task, 1, "cpu", self.grid)
+        self.core.observe_occupancy = "occupancy" in self.obs_keys  # the grid costs more than a state-only step's physics
         self.model = self.core.mjm
         self.data = mujoco.MjData(self.model)
         self.render_mode = render_mode

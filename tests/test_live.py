@@ -166,3 +166,92 @@ def test_dream_backend_runs_the_same_session(tmp_path):
     np.testing.assert_allclose(s.recording.partner_motion[-1][:2], s.retargeter.prev[:2], atol=1e-4)
     eps = __import__("dreamgym.avatars.episodes", fromlist=["x"]).iter_dataset_episodes(save_session(s, tmp_path / "d"), ["motion"])
     assert next(eps).steps == 12
+
+
+# ------------------------------------------------------------------------ a real browser, emulated XR
+# The test's person, in the page: the IWER headset walks toward the avatar (facing it) until 1.4 m
+# away, then waves its right controller above its head (for 100 control steps, 5 s of the world,
+# about as long as a wave of the scenes the avatar learned from); the left hangs at its side. 20 Hz.
+PERSON_JS = """(() => {
+  const L = window.__live, dev = L.device, st = (L.drive = {phase: 'walk', waveStep: null});
+  const put = (c, p) => c.position.set(p[0], p[1], p[2]);
+  setInterval(() => {
+    if (!L.last) return;
+    const a = L.last.agent[0], p = [dev.position.x, dev.position.y, dev.position.z];
+    const dx = a[0] - p[0], dz = a[2] - p[2], d = Math.hypot(dx, dz), yaw = Math.atan2(-dx, -dz);
+    dev.quaternion.set(0, Math.sin(yaw / 2), 0, Math.cos(yaw / 2));
+    const f = [-Math.sin(yaw), 0, -Math.cos(yaw)], r = [Math.cos(yaw), 0, -Math.sin(yaw)];
+    if (st.phase === 'walk' && d > 1.4) { dev.position.x += dx / d * 0.04; dev.position.z += dz / d * 0.04; }
+    else if (st.phase === 'walk') { st.phase = 'wave'; st.waveStep = L.last.step; }
+    const side = (s, dy, out) => [p[0] + r[0] * s * out + f[0] * 0.12, p[1] + dy, p[2] + r[2] * s * out + f[2] * 0.12];
+    const c = dev.controllers;
+    put(c.left, side(-1, -0.7, 0.25));
+    const w = 0.12 * Math.sin(performance.now() / 1000 * 2 * Math.PI * 2);
+    put(c.right, st.phase === 'wave' ? side(1, 0.3, 0.3 + w) : side(1, -0.7, 0.25));
+    c.left.quaternion.copy(dev.quaternion); c.right.quaternion.copy(dev.quaternion);
+  }, 50);
+  return true;
+})()"""
+AGENT_BLUE = (0x3D, 0x7B, 0xF2)
+
+
+def _not_blank(png: bytes) -> tuple[np.ndarray, float]:
+    import io
+
+    from PIL import Image
+
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return img, float(img.std())
+
+
+def _blue_share(img: np.ndarray) -> float:
+    """Share of the pixels drawn in the avatar's (lit) blue."""
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    return float(((b > 140) & (b - r > 80) & (b - g > 30)).mean())
+
+
+def test_headset_in_a_browser_the_avatar_faces_comes_close_and_waves_back(tmp_path):
+    from dreamgym.avatars.viewer.headless import HeadlessChromium, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium); the browser test needs it")
+    log = tmp_path / "session.jsonl"
+    running = Running(LiveServer(lambda: LiveSession("sim", room_seed=0, log_path=log), port=0))
+    shots = {}
+    try:
+        with HeadlessChromium(width=960, height=540, timeout=120) as b:
+            b.open(f"http://127.0.0.1:{running.server.port}/live.html?emulate=quest3")
+            b.wait_for("window.__live && (window.__live.ready || !!window.__live.error)", timeout=120)
+            assert b.evaluate("window.__live.error") is None, b.console
+            assert b.evaluate("document.getElementById('VRButton').textContent") == "ENTER VR"
+            b.evaluate("document.getElementById('VRButton').click()", user_gesture=True)  # enter the immersive session
+            b.wait_for("window.__live.presenting && window.__live.received > 2", timeout=60)
+            shots["start"] = b.screenshot(tmp_path / "start.png")
+            b.evaluate(PERSON_JS)
+            b.wait_for("window.__live.drive.phase === 'wave'", timeout=180)
+            shots["near"] = b.screenshot(tmp_path / "near.png")
+            b.wait_for("window.__live.last.step - window.__live.drive.waveStep >= 100", timeout=180)
+            shots["wave"] = b.screenshot(tmp_path / "wave.png")
+            said = b.evaluate("window.__live.said")
+            assert b.evaluate("window.__live.presenting") and not b.evaluate("window.__live.errors.length")
+            assert not [c for c in b.console if c.startswith("exception")], b.console
+    finally:
+        running.close()
+    for name, png in shots.items():
+        img, spread = _not_blank(png)
+        assert spread > 15 and len(np.unique(img.reshape(-1, 3) // 16, axis=0)) > 20, f"the {name} screenshot is blank"
+    img, _ = _not_blank(shots["wave"])
+    assert _blue_share(img) > 0.01, "the avatar is not in view when the person faces it"
+
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entries[0]["facing_error"] > 1.0  # the avatar starts turned away from the person
+    wave = [e for e in entries if e["behaviour"] == "wave"]
+    assert len(wave) >= 90, f"only {len(wave)} control steps of waving reached the server"
+    answer = wave[20:]  # a second to respond, as the scenes' judge allows
+    faced = np.mean([e["facing_error"] < 0.5 for e in answer])
+    near = np.mean([0.8 <= e["distance"] <= 2.0 for e in answer])
+    waved = np.mean([e["hand_above_head"] > 0.0 for e in answer])
+    assert faced >= 0.8, f"the avatar faced the person in {faced:.2f} of the waving steps after the first 20"
+    assert near >= 0.9, f"the avatar was at conversational distance in {near:.2f} of them"
+    assert waved >= 0.5, f"the avatar's right hand was above its head in {waved:.2f} of them"  # SocialSceneTask's wave check
+    assert "Hi! Nice to see you." in said

@@ -393,10 +393,11 @@ class BenchLiveConfig:
     """``configs/bench/live.yaml``"""
 
     out: str | None = setting()
-    physics: list[str] = setting(choices=("mujoco", "warp"))
+    arms: list[str] = setting(choices=("mujoco", "warp", "dream"))
     room_seed: int = setting(ge=0)
     steps: int = setting(gt=10)
     rate_hz: float = setting(gt=0)
     warmup_steps: int = setting(ge=0)
+    wave_rooms: int = setting(ge=0)
     num_threads: int = setting(ge=1)
     path: str | None = setting()

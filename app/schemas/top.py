@@ -146,4 +146,6 @@ class LiveConfig:
     avatar: str | None = setting(exists=True)
     world_model: str | None = setting(exists=True)
     save: str | None = setting()
+    log: str | None = setting()
+    gesture_words: bool = setting()
     threads: int = setting(ge=1)

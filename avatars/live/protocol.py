@@ -18,6 +18,7 @@ Server -> page: first ``hello`` (the room, the start poses, the bones to draw), 
     {"type": "state", "step": 41, "t": 12.345,
      "agent": [[x, y, z] * 22],      # the avatar's SMPL-X skeleton joints (envs.skeleton order), WebXR frame
      "partner": [[x, y, z] * 22],    # the person's body as the simulator holds it, same frame
+     "props": [[x, y, z] * 4],       # the props' centres, same frame
      "behaviour": "wave",            # the person's behaviour as recognised (avatars.live.words)
      "say": "Hi! Nice to see you.",  # the avatar's words, only when it speaks
      "work_ms": 3.2}                 # the server's work for this frame

@@ -33,6 +33,7 @@ from dreamgym.envs.controller import MAX_FORWARD, MAX_HEAD_PITCH, MAX_LATERAL, M
 CROUCH = 0.45  # metres the pelvis may drop below standing
 IK_ITERATIONS = 8
 IK_DAMPING = 0.02
+IK_TOLERANCE = 0.005  # metres: a wrist this close to its controller is done
 XR_TO_MJ = np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # WebXR vector -> MuJoCo body frame
 HEAD, LEFT_WRIST, RIGHT_WRIST = 15, 20, 21
 ARM_JOINTS = {LEFT_WRIST: ("l_sh_flex", "l_sh_abd", "l_elbow"), RIGHT_WRIST: ("r_sh_flex", "r_sh_abd", "r_elbow")}
@@ -151,9 +152,18 @@ class Retargeter:
 
     def _solve_arms(self, q: np.ndarray, targets: dict[int, np.ndarray]) -> None:
         """Set the arm angles in ``q`` so that the wrists reach ``targets`` (world); leaves the
-        model's kinematics at the final pose."""
+        model's kinematics at the final pose. Each arm starts from its last frame's solution (a
+        hand moves little in 50 ms), and the iterations stop once every wrist is within
+        ``IK_TOLERANCE`` of its target."""
+        if self.prev is not None:
+            for j in targets:
+                cols = [4 + LIMB[n] for n in ARM_JOINTS[j]]
+                q[cols] = self.prev[cols]
         self._kinematics(q, jacobians=bool(targets))
         for _ in range(IK_ITERATIONS if targets else 0):
+            errs = {j: target - self.d.xpos[self.bodies[j]] for j, target in targets.items()}
+            if max(float(np.abs(e).max()) for e in errs.values()) < IK_TOLERANCE:
+                break
             for j, target in targets.items():
                 cols = [4 + LIMB[n] for n in ARM_JOINTS[j]]
                 err = target - self.d.xpos[self.bodies[j]]

@@ -123,6 +123,8 @@ class LiveServer:
                     await ws.send(error_message(e))
                     continue
                 await ws.send(json.dumps(reply))
+        except ConnectionClosed:  # the page went away (closed, reloaded): the session ends here
+            pass
         finally:
             if self.save is not None:
                 path = await asyncio.to_thread(self.save, session)

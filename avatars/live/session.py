@@ -13,12 +13,26 @@ partner's pose goes in kinematically, the shipped ``SocialAvatarPolicy`` acts on
   avatar's body and the props, and the partner's dreamed motion is replaced each step by the
   person's.
 
-Every step is recorded (``Recording``) so that the session can be saved as a dataset episode.
+Words. The avatar hears what the person said or typed (held for one 8-step window, the avatar's
+reading rate). The shipped avatar learned from scenes in which the partner speaks while it
+gestures (``envs.partner.UTTERANCES``: "Hi there!" with a wave), and answers a silent gesture far
+less often (``bench live``'s ``wave_back``: a recorded scripted wave, in silence, replayed through
+this session in 16 rooms, with and without the words). So while the person is silent, a
+gesture the session recognises (``words.recognise``) reaches the avatar as the words that go with
+it in those scenes (``gesture_words=True``, the default); the log says what the avatar heard.
+
+Every step is recorded (``Recording``) so that the session can be saved as a dataset episode, and
+logged (``LiveSession.log``: one ``LogEntry`` per control step -- the distance between the two,
+how far the avatar faces away from the person, whether its right hand is above its head, what it
+heard and said -- written as JSON lines to ``log_path`` when one is given).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +204,40 @@ class Recording:
         self.behaviour.append(int(behaviour))
 
 
+@dataclass
+class LogEntry:
+    """One control step of a session, measured in the room (MuJoCo world frame)."""
+
+    step: int
+    t: float | None
+    behaviour: str  # the person's, as recognised
+    heard: str  # the words the avatar read this step ("" for none)
+    distance: float  # pelvis to pelvis, metres (conversational: 0.8-2.0)
+    facing_error: float  # |bearing of the person from the avatar's heading|, radians
+    hand_above_head: float  # the avatar's right wrist above its head, metres (> 0: raised, as in a wave)
+    say: str | None
+    work_ms: float
+
+
+def _log_entry(step, t, behaviour, heard, agent_motion: torch.Tensor, person_joints: np.ndarray, say, work_ms) -> LogEntry:
+    from dreamgym.worldmodel.dream_env import body_from_motion
+
+    root, yaw, _, joints = (v[0].numpy() for v in body_from_motion(agent_motion[:1]))
+    to = person_joints[0, :2] - root[:2]
+    bearing = (math.atan2(to[1], to[0]) - float(yaw) + math.pi) % (2 * math.pi) - math.pi
+    return LogEntry(
+        step=int(step),
+        t=t,
+        behaviour=P.BEHAVIOURS[behaviour],
+        heard=heard,
+        distance=round(float(np.linalg.norm(to)), 4),
+        facing_error=round(abs(bearing), 4),
+        hand_above_head=round(float(joints[21, 2] - joints[15, 2]), 4),
+        say=say,
+        work_ms=round(float(work_ms), 3),
+    )
+
+
 class LiveSession:
     """The person, the avatar and the world of one WebSocket session (see the module docstring)."""
 
@@ -200,6 +248,8 @@ class LiveSession:
         avatar: str | Path | None = None,
         world_model: str | None = None,
         physics: str = "mujoco",
+        gesture_words: bool = True,
+        log_path: str | Path | None = None,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
@@ -220,6 +270,19 @@ class LiveSession:
         self.heard_for = 0
         self.behaviour = P.IDLE
         self.step_ms: list[float] = []  # the work of each control step (retarget + simulate + act)
+        # warm up (the words encoder loads on first use): the first frame then costs what the others do
+        self.policy.act(self.world.obs, utterances=[P.UTTERANCES[P.WAVE]], objects=torch.as_tensor(self.world.objects()))
+        self.policy.reset()
+        from dreamgym.envs.layout import SceneIndex
+
+        self._prop_adr = [int(a) for a in SceneIndex.from_model(self.world.mjm).prop_qpos]
+        self._props = self._props_of(self.world.qpos())
+        self.gesture_words = bool(gesture_words)
+        self.log: list[LogEntry] = []
+        self.log_path = None if log_path is None else Path(log_path)
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log_path.write_text("")
 
     def hello(self) -> dict[str, Any]:
         """The first message: the room, the frame and what to draw."""
@@ -237,6 +300,7 @@ class LiveSession:
             "bones": [list(b) for b in skeleton.BONES],
             "control_dt": scene.CONTROL_DT,
             "agent": self._agent_joints().round(4).tolist(),
+            "props": self._props.round(4).tolist(),
         }
 
     def _agent_joints(self) -> np.ndarray:
@@ -257,7 +321,7 @@ class LiveSession:
         if said:
             self.recording.utterances.append({"step": self.steps, "who": "avatar", "text": said[0]})
         for _ in range(n):
-            said += [s for s in [self._control_step(f)] if s]
+            said += [s for s in [self._control_step(f, t_start)] if s]
         if n == 0:  # between control steps: the person's body moves, the world waits
             self._retarget(f)
         work = (time.perf_counter() - t_start) * 1e3
@@ -270,12 +334,22 @@ class LiveSession:
             "stepped": n,
             "agent": self._agent_joints().round(4).tolist(),
             "partner": self.frame_of_room.points_from_world(self._partner_joints).round(4).tolist(),
+            "props": self._props.round(4).tolist(),
             "behaviour": P.BEHAVIOURS[self.behaviour],
             "work_ms": round(work, 3),
         }
         if said:
             out["say"] = said[-1]
         return out
+
+    def _props_of(self, qpos: np.ndarray) -> np.ndarray:
+        """The props' positions (N_PROPS, 3) in the WebXR frame."""
+        return self.frame_of_room.points_from_world(np.stack([qpos[a : a + 3] for a in self._prop_adr]))
+
+    def _qpos_now(self) -> np.ndarray:
+        q = self.world.qpos()
+        self._props = self._props_of(q)
+        return q
 
     def _steps_due(self, f: Frame) -> int:
         if f.t is None:
@@ -294,23 +368,31 @@ class LiveSession:
         self._partner_joints = pose.joints
         return pose
 
-    def _control_step(self, f: Frame) -> str | None:
+    def _control_step(self, f: Frame, t_start: float) -> str | None:
         pose = self._retarget(f)
         obs = self.world.obs
         heard = self.pending_utterance
         if heard and self.heard_for >= 8:  # the avatar reads words at its 8-step window boundary
             self.pending_utterance = heard = ""
         self.heard_for += 1
+        if not heard and self.gesture_words:  # a silent gesture: the words a scene partner says with it
+            heard = P.UTTERANCES[self.behaviour]
         if not self.recording.motion:
-            self.recording.observe(obs, self.world.qpos(), self.world.qvel(), self.behaviour)
+            self.recording.observe(obs, self._qpos_now(), self.world.qvel(), self.behaviour)
         action = self.policy.act(obs, utterances=[heard], objects=torch.as_tensor(self.world.objects()))
         obs = self.world.step(action, pose)
         self.steps += 1
         agent_pos = obs["motion"][0, ROOT_POS].numpy()
         self.behaviour = words.recognise(pose.joints, float(pose.qpos[3]), pose.qvel[:2], agent_pos)
         self.recording.actions.append(action[0].numpy().astype(np.float32))
-        self.recording.observe(obs, self.world.qpos(), self.world.qvel(), self.behaviour)
+        self.recording.observe(obs, self._qpos_now(), self.world.qvel(), self.behaviour)
         say = self.replier.step(self.behaviour)
         if say:
             self.recording.utterances.append({"step": self.steps, "who": "avatar", "text": say})
+        work = (time.perf_counter() - t_start) * 1e3
+        entry = _log_entry(self.steps, f.t, self.behaviour, heard, obs["motion"], pose.joints, say, work)
+        self.log.append(entry)
+        if self.log_path is not None:
+            with self.log_path.open("a") as fh:
+                fh.write(json.dumps(asdict(entry)) + "\n")
         return say

@@ -203,9 +203,11 @@ class HeadlessChromium:
         if result.get("errorText"):
             raise BrowserError(f"could not open {url}: {result['errorText']}")
 
-    def evaluate(self, expression: str) -> Any:
-        """The value of a JavaScript expression in the page (promises are awaited)."""
-        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, session=True)
+    def evaluate(self, expression: str, user_gesture: bool = False) -> Any:
+        """The value of a JavaScript expression in the page (promises are awaited); with
+        ``user_gesture`` it runs as if the user had clicked (what entering WebXR asks for)."""
+        params = {"expression": expression, "returnByValue": True, "awaitPromise": True, "userGesture": bool(user_gesture)}
+        result = self.send("Runtime.evaluate", params, session=True)
         if "exceptionDetails" in result:
             d = result["exceptionDetails"]
             raise BrowserError(f"{expression!r} threw: {d.get('exception', {}).get('description') or d.get('text')}")
