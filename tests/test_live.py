@@ -152,7 +152,8 @@ def test_saved_session_loads_exports_and_builds_a_viewer_bundle(tmp_path):
     said = json.loads(eps[0].attrs["utterances"])
     assert {"who": "person", "text": "hello"}.items() <= said[0].items() and said[1]["who"] == "avatar"
     assert main(["export", f"data={data}", f"out={tmp_path / 'exp'}", "progress=false"]) == 0
-    assert any((tmp_path / "exp").rglob("*.bvh"))
+    for kind in ("*.bvh", "*.glb", "agent.npz", "partner.npz"):  # BVH, glTF and AMASS-style SMPL-X
+        assert any((tmp_path / "exp").rglob(kind)), kind
     bundle = build_bundle(tmp_path / "bundle", BundleSettings(data=str(data)), model=None, progress=False, log=lambda m: None)
     assert json.loads((bundle / "viewer.json").read_text())["episodes"][0]["streams"]["real"]["frames"] == 25
 
