@@ -170,11 +170,12 @@ class EgoRoomCore:
         st = self.state
         ctrl = torch.zeros(self.B, self.mjm.nu, device=self.device)
         ctrl[:, self.idx.agent_act] = actuator_targets(action, st.agent_yaw, self.gait_agent)
-        pact = P.partner_action(self.scripts, st.partner_pos, st.partner_yaw, st.agent_pos)
-        self.partner_action = pact  # the partner's command of this step (B, 6)
         if self.partner_ctrl is None:
+            pact = P.partner_action(self.scripts, st.partner_pos, st.partner_yaw, st.agent_pos)
+            self.partner_action = pact  # the partner's command of this step (B, 6)
             ctrl[:, self.idx.partner_act] = actuator_targets(pact, st.partner_yaw, self.gait_partner)
-        else:
+        else:  # the partner is driven from outside (a person, live): it has no command of its own
+            self.partner_action = torch.zeros_like(action)
             ctrl[:, self.idx.partner_act] = self.partner_ctrl
         self.scripts.advance()
         self.steps += 1

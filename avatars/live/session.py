@@ -309,6 +309,7 @@ class LiveSession:
         world = body_from_motion(self.world.obs["motion"][:1])[3][0].numpy()
         return self.frame_of_room.points_from_world(world)
 
+    @torch.inference_mode()
     def frame(self, msg: dict) -> dict[str, Any]:
         """The reply to a ``frame`` message (``protocol``); ``ValueError`` for a bad one."""
         t_start = time.perf_counter()
