@@ -20,7 +20,7 @@ Server -> page: first ``hello`` (the room, the start poses, the bones to draw), 
      "partner": [[x, y, z] * 22],    # the person's body as the simulator holds it, same frame
      "props": [[x, y, z] * 4],       # the props' centres, same frame
      "behaviour": "wave",            # the person's behaviour as recognised (avatars.live.words)
-     "say": "Hi! Nice to see you.",  # the avatar's words, only when it speaks
+     "say": "Hi! Nice to see you.",  # the avatar's words, only when it speaks (all of this frame's)
      "work_ms": 3.2}                 # the server's work for this frame
 
 A message that cannot be read gets ``{"type": "error", "error": "<one line>"}`` and the session

@@ -340,7 +340,7 @@ class LiveSession:
             "work_ms": round(work, 3),
         }
         if said:
-            out["say"] = said[-1]
+            out["say"] = " ".join(said)  # all of this frame's words: a reply to words and one to a gesture may coincide
         return out
 
     def _props_of(self, qpos: np.ndarray) -> np.ndarray:
