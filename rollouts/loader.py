@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .dataset import STATE_KEYS, Manifest
+from .dataset import STATE_KEYS, Manifest, observation_specs
 from .episodes import DERIVED_KEYS, EpisodeReader, index_dataset
 
 SPLITS = ("train", "heldout", "all")
@@ -177,10 +177,10 @@ class WindowDataset(Dataset):
                     n = "nq" if k == "qpos" else "nv"
                     if m.data["env"][n] != ref[n]:
                         raise ValueError(f"{k} has {m.data['env'][n]} entries in {d} but {ref[n]} in {self.dirs[0]}")
-                elif m.data["env"]["observation_space"][k] != ref["observation_space"][k]:
+                elif observation_specs(m.data["env"])[k] != observation_specs(ref)[k]:
                     raise ValueError(
-                        f"observation {k!r} is {m.data['env']['observation_space'][k]} in {d} but "
-                        f"{ref['observation_space'][k]} in {self.dirs[0]}; load datasets of one resolution together"
+                        f"observation {k!r} is {observation_specs(m.data['env'])[k]} in {d} but "
+                        f"{observation_specs(ref)[k]} in {self.dirs[0]}; load datasets of one resolution together"
                     )
 
     def close(self) -> None:
