@@ -289,6 +289,17 @@ def is_gym(env: Mapping[str, Any]) -> bool:
     return env.get("kind") == "gym"
 
 
+def require_room(root: str | Path, command: str) -> None:
+    """Refuse a dataset of a Gymnasium env in a command that reads the room's episodes (its
+    bodies, cameras, physics state)."""
+    env = Manifest.load(root).data["env"]
+    if is_gym(env):
+        raise ValueError(
+            f"{root} holds episodes of the Gymnasium env {env['env_id']}; `dreamgym {command}` reads the room's "
+            "datasets (collected without env=)"
+        )
+
+
 def image_keys(env: Mapping[str, Any]) -> tuple[str, ...]:
     """The observation keys stored compressed, in image-sized chunks."""
     if is_gym(env):
