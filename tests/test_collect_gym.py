@@ -220,6 +220,9 @@ def test_changed_settings_are_refused_with_the_differences(tmp_path, capsys):
     with pytest.raises(Refused):
         _collect(out, "env=Pendulum-v1", "steps=40", "num_envs=2")
     assert "env_id: dataset 'CartPole-v1', now 'Pendulum-v1'" in capsys.readouterr().err
+    with pytest.raises(Refused):  # the room into a Gymnasium env's dataset
+        _collect(out, "steps=8", "num_envs=2")
+    assert "holds episodes of the Gymnasium env CartPole-v1, this run collects the room" in capsys.readouterr().err
 
 
 def test_dict_observations_round_trip(tmp_path):
