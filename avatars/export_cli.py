@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from dreamgym.rollouts.dataset import require_room
+
 from .episodes import dataset_episode_entries, dataset_fps, detect_source, iter_dataset_episodes
 from .exports import atomic_write_bytes, write_amass_npz, write_bvh, write_glb
 from .smplx_params import motion_to_smplx
@@ -113,6 +115,8 @@ def run(cfg) -> int:
     resolved = None
     try:
         src = detect_source(source)
+        if src.kind == "dataset":
+            require_room(src.path, "export")
         if src.kind == "checkpoint":
             raise ValueError(
                 f"{src.path} is a world-model checkpoint; to export dreams of a dataset made with it, "

@@ -32,13 +32,8 @@ How collection is organised, and why:
 
 from __future__ import annotations
 
-import fcntl
 import math
-import signal
-import threading
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +41,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .dataset import SHARD_PATTERN, Manifest, is_temp_file, room_split
+from .dataset import Manifest, room_split
+from .resume import CollectResult, run_collection
 from .writer import EpisodeBuffers, ShardWriter, _np, env_spec
 
 __all__ = [
@@ -63,6 +59,7 @@ __all__ = [
 ]
 
 BEHAVIOURS: tuple[str, ...] = ("expert", "noisy", "random", "held")
+ROOM_POLICY = "expert:0.5,noisy:0.3,random:0.2"  # the room's default behaviour mix
 EXPERT, NOISY, RANDOM, HELD = range(4)
 HOLD_STEPS = (4, 20)  # a held random action lasts this many steps (inclusive), uniformly drawn
 # Settings a resumed collection must share with the run that started the dataset.
@@ -147,53 +144,6 @@ class BehaviourMix:
         return torch.where(b == EXPERT, expert, out)
 
 
-@dataclass
-class CollectResult:
-    """What a ``collect`` call did and what the dataset now holds."""
-
-    out: Path
-    episodes: int  # in the dataset
-    steps: int  # in the dataset
-    new_episodes: int
-    new_steps: int
-    simulated_steps: int  # world-steps stepped by this call, replays included
-    seconds: float  # stepping and writing, without building the env
-    complete: bool  # the dataset holds every step asked for
-    writer_busy_seconds: float  # time the writer thread spent packing and writing shards
-    stopped: str | None = None  # "budget" (stop_after_steps) or "interrupted" (Ctrl-C, SIGTERM)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["out"] = str(self.out)
-        return d
-
-
-class _Stop(Exception):
-    pass
-
-
-def _claim(root: Path):
-    """An exclusive lock on ``root`` for this process (released by the OS if it dies)."""
-    fh = open(root / ".lock", "w")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise SystemExit(f"dreamgym collect: another collection is writing to {root}; wait for it or use another out=") from None
-    return fh
-
-
-def _clean_strays(root: Path, manifest: Manifest) -> list[str]:
-    """Remove temporary files and shards that a crash left unlisted; returns their names."""
-    listed = {s["file"] for s in manifest.shards}
-    removed = []
-    for p in root.iterdir():
-        if is_temp_file(p.name) or (SHARD_PATTERN.match(p.name) and p.name not in listed):
-            p.unlink()
-            removed.append(p.name)
-    return removed
-
-
 def _settings(task, steps, num_envs, policy, noise, seed, resolution, obs_keys, round_steps, heldout_fraction) -> dict[str, Any]:
     """The checked settings that shape a dataset (``RESUME_KEYS``); raises ValueError on a bad one."""
     from dreamgym.envs.spaces import check_obs_keys, check_resolution
@@ -224,27 +174,13 @@ def _settings(task, steps, num_envs, policy, noise, seed, resolution, obs_keys, 
     }
 
 
-def _check_resume(manifest: Manifest, settings: Mapping[str, Any], heldout_fraction: float, root: Path) -> None:
-    """Refuse to continue a dataset collected with other settings, listing every difference."""
-    have = manifest.data["collection"]
-    diff = {k: (have.get(k), settings[k]) for k in RESUME_KEYS if have.get(k) != settings[k]}
-    if abs(manifest.heldout_fraction - heldout_fraction) > 1e-12:
-        diff["heldout_fraction"] = (manifest.heldout_fraction, heldout_fraction)
-    if diff:
-        lines = ", ".join(f"{k}: dataset {a!r}, now {b!r}" for k, (a, b) in diff.items())
-        raise SystemExit(
-            f"dreamgym collect: {root} was collected with other settings ({lines}); "
-            "re-run with the dataset's settings to continue it, or choose another out="
-        )
-
-
 def collect(
     out: str | Path,
     *,
     task: str = "reach",
     steps: int = 20000,
     num_envs: int = 16,
-    policy: str | Mapping[str, float] = "expert:0.5,noisy:0.3,random:0.2",
+    policy: str | Mapping[str, float] = ROOM_POLICY,
     noise: float = 0.3,
     seed: int = 0,
     resolution: int = 64,
@@ -267,74 +203,44 @@ def collect(
     that shape the data (``RESUME_KEYS``, ``heldout_fraction``) must match the dataset's.
     ``stop_after_steps`` stops this call after that many new steps (as an interruption would).
     ``env`` reuses an ``EgoRoomVecEnv`` built with the same task, ``num_envs`` and resolution.
+    (``gym_collect.collect_gym`` collects from a Gymnasium env instead.)
     """
-    from tqdm import tqdm
-
     settings = _settings(task, steps, num_envs, policy, noise, seed, resolution, obs_keys, round_steps, heldout_fraction)
     B, res, keys = settings["num_envs"], settings["resolution"], settings["obs_keys"]
 
-    root = Path(out)
-    root.mkdir(parents=True, exist_ok=True)
-    lock = _claim(root)
-    try:
-        manifest = Manifest.load(root) if (root / "manifest.json").exists() else None
-        if manifest is not None:
-            _check_resume(manifest, settings, float(heldout_fraction), root)
-        if manifest is not None and _finished(manifest, int(steps), B, int(round_steps)):
-            n, k = manifest.num_episodes, manifest.num_steps
-            return CollectResult(
-                out=root,
-                episodes=n,
-                steps=k,
-                new_episodes=0,
-                new_steps=0,
-                simulated_steps=0,
-                seconds=0.0,
-                complete=True,
-                writer_busy_seconds=0.0,
-            )
+    def open_env():
+        nonlocal env
         if env is None:
             from dreamgym.envs.vec_env import EgoRoomVecEnv
 
             env = EgoRoomVecEnv(num_envs=B, task=task, resolution=res, seed=int(seed), obs_keys=keys, return_tensors=True)
         elif (env.num_envs, env.core.task.name, list(env.resolution), list(env.obs_keys)) != (B, task, res, keys):
             raise ValueError("the env passed to collect() does not match num_envs/task/resolution/obs_keys")
-        if manifest is None:
-            manifest = Manifest.new(root, env_spec(env, task), {**settings, "steps": int(steps)}, heldout_fraction)
-            manifest.save()
-        removed = _clean_strays(root, manifest)
-        if removed:
-            print(
-                f"removed {len(removed)} file(s) an interrupted run left behind: {', '.join(removed[:4])}{' ...' if len(removed) > 4 else ''}"
-            )
-        manifest.data["collection"]["steps"] = max(int(steps), int(manifest.data["collection"].get("steps", 0)))
-        return _collect(
-            env,
-            manifest,
-            settings,
-            int(steps),
-            stop_after_steps,
-            progress,
-            tqdm,
-            shard_episodes=shard_episodes,
-            queue_episodes=queue_episodes,
-            shard_kwargs={
-                "compression": compression or None,
-                "compression_level": compression_level,
-                "image_chunk_steps": int(image_chunk_steps),
-            },
-            heldout_fraction=float(heldout_fraction),
-        )
-    finally:
-        lock.close()
 
+        def make_collector(writer: ShardWriter, manifest: Manifest, capacity: int) -> Collector:
+            stored = {e["key"]: e["room_seed"] for _, e in manifest.episodes()}
+            return Collector(env, settings, writer, stored, float(heldout_fraction), capacity)
 
-def _plan(manifest: Manifest, per_world: int, round_steps: int) -> list[int]:
-    """Steps of every round, recorded rounds first (their length is fixed once started)."""
-    plan = [int(r["steps"]) for r in sorted(manifest.data["rounds"], key=lambda r: r["index"])]
-    while sum(plan) < per_world:
-        plan.append(min(round_steps, per_world - sum(plan)))
-    return plan
+        return env_spec(env, task), make_collector
+
+    return run_collection(
+        out,
+        settings,
+        steps=int(steps),
+        heldout_fraction=float(heldout_fraction),
+        open_env=open_env,
+        desc=f"collect {task} (stored)",
+        shard_episodes=shard_episodes,
+        queue_episodes=queue_episodes,
+        shard_kwargs={
+            "compression": compression or None,
+            "compression_level": compression_level,
+            "image_chunk_steps": int(image_chunk_steps),
+        },
+        stop_after_steps=stop_after_steps,
+        progress=progress,
+        resume_keys=RESUME_KEYS,
+    )
 
 
 class Collector:
@@ -443,99 +349,9 @@ class Collector:
         writer.put("round_end", r)
 
 
-def _finished(manifest: Manifest, steps: int, num_envs: int, round_steps: int) -> bool:
-    """Whether the dataset already holds every round that ``steps`` asks for."""
-    plan = _plan(manifest, math.ceil(steps / num_envs), round_steps)
-    done = {r["index"] for r in manifest.data["rounds"] if r.get("complete")}
-    return all(r in done for r in range(len(plan)))
-
-
-def _collect(
-    env,
-    manifest: Manifest,
-    settings: dict,
-    steps: int,
-    stop_after: int | None,
-    progress: bool,
-    tqdm,
-    shard_episodes: int,
-    queue_episodes: int,
-    shard_kwargs: dict,
-    heldout_fraction: float,
-) -> CollectResult:
-    B = settings["num_envs"]
-    plan = _plan(manifest, math.ceil(steps / B), settings["round_steps"])
-    complete = {r["index"] for r in manifest.data["rounds"] if r.get("complete")}
-    start_eps, start_steps = manifest.num_episodes, manifest.num_steps
-    writer = ShardWriter(manifest.root, manifest, shard_episodes, queue_episodes, shard_kwargs)
-    collector = Collector(env, settings, writer, {e["key"]: e["room_seed"] for _, e in manifest.episodes()}, heldout_fraction, max(plan))
-    total = sum(plan) * B
-    # the bar counts what is stored (in shards listed by the manifest): what a kill would keep
-    bar = tqdm(
-        total=total,
-        initial=min(start_steps, total),
-        unit="step",
-        disable=not progress,
-        smoothing=0.1,
-        desc=f"collect {settings['task']} (stored)",
-    )
-    stopped: str | None = None
-    t0 = time.perf_counter()
-
-    def show_stored() -> None:
-        bar.update(start_steps + writer.written_steps - bar.n)
-
-    def on_step(fresh: int, t: int) -> None:
-        show_stored()
-        if fresh == 0:
-            bar.set_postfix_str(f"replaying round {r} step {t + 1}/{plan[r]}", refresh=False)
-        else:
-            unstored = collector.new_steps - writer.written_steps
-            bar.set_postfix_str(f"{start_eps + writer.written_episodes} episodes stored, {unstored} steps not yet", refresh=False)
-        if stop_after is not None and collector.new_steps >= stop_after:
-            raise _Stop
-
-    def on_term(signum, frame):  # SIGTERM: stop like Ctrl-C, writing finished episodes first
-        raise KeyboardInterrupt
-
-    old_term = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
-    try:
-        for r in range(len(plan)):
-            if r not in complete:
-                collector.run_round(r, plan[r], on_step)
-    except _Stop:
-        stopped = "budget"
-    except KeyboardInterrupt:
-        stopped = "interrupted"
-        print(f"\ninterrupted: writing finished episodes; re-run the same command to continue {manifest.root}")
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-        try:
-            writer.close()
-            show_stored()
-            bar.set_postfix_str(f"{start_eps + writer.written_episodes} episodes stored", refresh=False)
-        finally:
-            bar.close()
-    seconds = time.perf_counter() - t0
-    rounds = manifest.data["rounds"]
-    done_all = stopped is None and len(rounds) >= len(plan) and all(r.get("complete") for r in rounds)
-    return CollectResult(
-        out=manifest.root,
-        episodes=manifest.num_episodes,
-        steps=manifest.num_steps,
-        new_episodes=manifest.num_episodes - start_eps,
-        new_steps=manifest.num_steps - start_steps,
-        simulated_steps=collector.simulated,
-        seconds=seconds,
-        complete=done_all,
-        writer_busy_seconds=writer.busy_seconds,
-        stopped=stopped,
-    )
-
-
 def collect_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """``collect`` keyword arguments from a ``configs/collect.yaml``-shaped config."""
+    """``collect`` keyword arguments from a ``configs/collect.yaml``-shaped config (``policy``
+    null: the room's default mix)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     names = (
         "task",
@@ -556,16 +372,24 @@ def collect_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "stop_after_steps",
         "progress",
     )
-    return {k: c[k] for k in names if k in c}
+    return {k: c[k] for k in names if k in c and not (k == "policy" and c[k] is None)}
 
 
 def run(cfg: DictConfig) -> int:
-    """``dreamgym collect``: see the module docstring and ``configs/collect.yaml``."""
+    """``dreamgym collect``: see the module docstring and ``configs/collect.yaml``; ``env=<id>``
+    collects from a registered Gymnasium env instead (``gym_collect``)."""
     out = cfg.get("out") or cfg.get("path")
     if not out:
         raise SystemExit("dreamgym collect: say where to write, e.g. out=data/reach")
     try:
-        result = collect(out, **collect_kwargs(cfg))
+        if cfg.get("env"):
+            from .gym_collect import collect_gym, gym_kwargs
+
+            result = collect_gym(out, **gym_kwargs(cfg))
+        else:
+            if cfg.get("env_kwargs"):
+                raise ValueError("env_kwargs= are passed to gym.make with env=<a Gymnasium id>; the room takes none (drop env_kwargs=)")
+            result = collect(out, **collect_kwargs(cfg))
     except ValueError as e:
         raise SystemExit(f"dreamgym collect: {e}") from None
     state = "complete" if result.complete else "incomplete (re-run the same command to continue)"

@@ -80,12 +80,12 @@ class Episode:
     """One recorded episode of T steps, as numpy arrays (the in-memory form of an episode group)."""
 
     observations: dict[str, np.ndarray]  # key -> (T+1, ...)
-    actions: np.ndarray  # (T, 6) float32
+    actions: np.ndarray  # (T, 6) float32 for the room; (T, *shape) float32 or (T,) int64 for a Gymnasium env
     rewards: np.ndarray  # (T,) float32
     terminations: np.ndarray  # (T,) bool
     truncations: np.ndarray  # (T,) bool
-    qpos: np.ndarray  # (T+1, nq) float32
-    qvel: np.ndarray  # (T+1, nv) float32
+    qpos: np.ndarray | None = None  # (T+1, nq) float32; None for a Gymnasium env (not stored)
+    qvel: np.ndarray | None = None  # (T+1, nv) float32; None for a Gymnasium env
     attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -258,14 +258,16 @@ def write_shard(
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["env"] = json.dumps(dict(env))
+        images = image_keys(env)
         for ep_id, ep in episodes:
             g = f.create_group(f"episode_{ep_id:06d}")
             obs = g.create_group("observations")
             for k, v in ep.observations.items():
-                image = k in IMAGE_KEYS
+                image = k in images
                 _create(obs, k, v, image_chunk_steps if image else vector_chunk_steps, compression if image else None, compression_level)
             for k in STEP_KEYS + STATE_KEYS:
-                _create(g, k, getattr(ep, k), vector_chunk_steps, None, None)
+                if getattr(ep, k) is not None:
+                    _create(g, k, getattr(ep, k), vector_chunk_steps, None, None)
             attrs = {"id": int(ep_id), "steps": ep.steps, **ep.attrs}
             for k, v in attrs.items():
                 g.attrs[k] = v
@@ -280,6 +282,34 @@ def write_shard(
     os.replace(tmp, path)
     fsync_dir(root)
     return {"file": name, "sha256": digest, "bytes": size, "steps": sum(ep.steps for _, ep in episodes), "episodes": entries}
+
+
+def is_gym(env: Mapping[str, Any]) -> bool:
+    """Whether a dataset's env spec is of a Gymnasium env (``collect env=...``), not the room."""
+    return env.get("kind") == "gym"
+
+
+def require_room(root: str | Path, command: str) -> None:
+    """Refuse a dataset of a Gymnasium env in a command that reads the room's episodes (its
+    bodies, cameras, physics state)."""
+    env = Manifest.load(root).data["env"]
+    if is_gym(env):
+        raise ValueError(
+            f"{root} holds episodes of the Gymnasium env {env['env_id']}; `dreamgym {command}` reads the room's "
+            "datasets (collected without env=)"
+        )
+
+
+def image_keys(env: Mapping[str, Any]) -> tuple[str, ...]:
+    """The observation keys stored compressed, in image-sized chunks."""
+    if is_gym(env):
+        return tuple(k for k, v in env["observations"].items() if v.get("image"))
+    return IMAGE_KEYS
+
+
+def observation_specs(env: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored observation key -> its per-step shape and dtype, for the room and Gymnasium envs."""
+    return env["observations"] if is_gym(env) else env["observation_space"]
 
 
 # What the manifest repeats of each episode, so that splits and statistics need no shard opened.
@@ -301,7 +331,7 @@ def read_episode(path: str | Path, group: str, keys: Iterable[str] | None = None
             names = list(g["observations"].keys()) if keys is None else list(keys)
             return Episode(
                 observations={k: g["observations"][k][()] for k in names},
-                **{k: g[k][()] for k in STEP_KEYS + STATE_KEYS},
+                **{k: g[k][()] for k in STEP_KEYS + STATE_KEYS if k in g},
                 attrs={k: _json_value(v) for k, v in g.attrs.items()},
             )
     except (OSError, ValueError, RuntimeError) as err:  # h5py's errors for unreadable chunks and files
@@ -394,22 +424,27 @@ def run_info(cfg) -> int:
         m = Manifest.load(cfg.path)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"dreamgym dataset info: {e}") from None
+    env = m.data["env"]
+    if is_gym(env):
+        source = {"env_id": env["env_id"], "env_kwargs": env.get("env_kwargs", {})}
+    else:
+        source = {"task": env.get("task"), "resolution": env.get("resolution")}
     stats: dict[str, Any] = {
         "episodes": m.num_episodes,
         "steps": m.num_steps,
         "shards": len(m.shards),
-        "task": m.data["env"].get("task"),
-        "resolution": m.data["env"].get("resolution"),
+        **source,
         "heldout_fraction": m.heldout_fraction,
         "by_split": {},
         "by_behaviour": {},
     }
     for _, e in m.episodes():
         for group, name in (("by_split", e["split"]), ("by_behaviour", e["behaviour"])):
-            s = stats[group].setdefault(name, {"episodes": 0, "steps": 0, "successes": 0})
+            s = stats[group].setdefault(name, {"episodes": 0, "steps": 0, **({"successes": 0} if "success" in e else {})})
             s["episodes"] += 1
             s["steps"] += e["steps"]
-            s["successes"] += int(bool(e["success"]))
+            if "success" in e:  # a Gymnasium env's episodes have no success
+                s["successes"] = s.get("successes", 0) + int(bool(e["success"]))
     rounds = m.data.get("rounds", [])
     stats["rounds_complete"] = sum(bool(r.get("complete")) for r in rounds)
     stats["rounds_started"] = len(rounds)

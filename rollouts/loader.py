@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .dataset import STATE_KEYS, Manifest
+from .dataset import STATE_KEYS, Manifest, is_gym, observation_specs
 from .episodes import DERIVED_KEYS, EpisodeReader, index_dataset
 
 SPLITS = ("train", "heldout", "all")
@@ -111,6 +111,10 @@ class WindowDataset(Dataset):
             self.reader.preload()
 
     def _choose_keys(self, manifests: list[Manifest], keys: Sequence[str] | None) -> tuple[str, ...]:
+        sources = [_source(m.data["env"]) for m in manifests]
+        if len(set(sources)) > 1:
+            mixed = ", ".join(f"{d}: {s}" for d, s in zip(self.dirs, sources))
+            raise ValueError(f"the datasets come from different envs ({mixed}); load datasets of one env together")
         order = list(manifests[0].data["env"]["obs_keys"])
         available = set.intersection(*(set(m.data["env"]["obs_keys"]) for m in manifests))
         chosen = tuple(sorted(available, key=order.index)) if keys is None else tuple(keys)
@@ -177,14 +181,19 @@ class WindowDataset(Dataset):
                     n = "nq" if k == "qpos" else "nv"
                     if m.data["env"][n] != ref[n]:
                         raise ValueError(f"{k} has {m.data['env'][n]} entries in {d} but {ref[n]} in {self.dirs[0]}")
-                elif m.data["env"]["observation_space"][k] != ref["observation_space"][k]:
+                elif observation_specs(m.data["env"])[k] != observation_specs(ref)[k]:
                     raise ValueError(
-                        f"observation {k!r} is {m.data['env']['observation_space'][k]} in {d} but "
-                        f"{ref['observation_space'][k]} in {self.dirs[0]}; load datasets of one resolution together"
+                        f"observation {k!r} is {observation_specs(m.data['env'])[k]} in {d} but "
+                        f"{observation_specs(ref)[k]} in {self.dirs[0]}; load datasets of one resolution together"
                     )
 
     def close(self) -> None:
         self.reader.close()
+
+
+def _source(env: dict) -> str:
+    """The env a dataset was collected from: the room, or a Gymnasium id."""
+    return f"Gymnasium env {env['env_id']}" if is_gym(env) else "the room"
 
 
 def make_loader(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from .dataset import CorruptShardError, Manifest, check_shard, read_episode
+from .dataset import CorruptShardError, Manifest, check_shard, read_episode, require_room
 
 # free, static, movable, partner, agent (envs.occupancy.CLASS_NAMES); partner and agent in their bodies' colours (scene.PARTNER_RGBA, scene.AGENT_RGBA)
 OCCUPANCY_COLOURS = np.array([[236, 236, 236], [96, 96, 96], [232, 160, 40], [242, 90, 140], [64, 140, 242]], np.uint8)
@@ -76,6 +76,7 @@ def write_video(root: str | Path, episode: int, out: str | Path, size: int = 256
     os.environ.setdefault("MUJOCO_GL", "egl")
     import imageio.v2 as imageio
 
+    require_room(root, "video")
     size = int(size) // 2 * 2  # H.264 wants even sizes
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

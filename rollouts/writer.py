@@ -150,28 +150,44 @@ class ShardWriter:
 
 # ---------------------------------------------------------------------------------------- buffers
 class EpisodeBuffers:
-    """Per-world episode buffers, written for all B worlds at once each step (no per-world loop)."""
+    """Per-world episode buffers, written for all B worlds at once each step (no per-world loop).
 
-    def __init__(self, B: int, capacity: int, obs_space, nq: int, nv: int):
+    ``obs_space``: a Dict space (or a mapping key -> space) of one world's observation. ``nq`` and
+    ``nv`` None: no physics state is kept (a Gymnasium env's episodes). ``action_shape`` and
+    ``action_dtype``: one action's (the room's (6,) float32 by default).
+    """
+
+    def __init__(
+        self,
+        B: int,
+        capacity: int,
+        obs_space,
+        nq: int | None,
+        nv: int | None,
+        action_shape: tuple[int, ...] = (6,),
+        action_dtype=np.float32,
+    ):
         self.B, self.capacity = B, int(capacity)
         n = self.capacity + 1
-        self.obs = {k: np.zeros((B, n, *s.shape), dtype=s.dtype) for k, s in obs_space.spaces.items()}
-        self.qpos = np.zeros((B, n, nq), np.float32)
-        self.qvel = np.zeros((B, n, nv), np.float32)
-        self.actions = np.zeros((B, self.capacity, 6), np.float32)
+        spaces = getattr(obs_space, "spaces", obs_space)
+        self.obs = {k: np.zeros((B, n, *s.shape), dtype=s.dtype) for k, s in spaces.items()}
+        self.qpos = None if nq is None else np.zeros((B, n, nq), np.float32)
+        self.qvel = None if nv is None else np.zeros((B, n, nv), np.float32)
+        self.actions = np.zeros((B, self.capacity, *action_shape), action_dtype)
         self.rewards = np.zeros((B, self.capacity), np.float32)
         self.terminations = np.zeros((B, self.capacity), bool)
         self.truncations = np.zeros((B, self.capacity), bool)
         self.pos = np.zeros(B, np.int64)  # steps taken in each world's current episode
         self.rows = np.arange(B)
 
-    def put_obs(self, rows: np.ndarray, obs: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray]) -> None:
-        """Observation and physics state of ``rows`` at their current position."""
+    def put_obs(self, rows: np.ndarray, obs: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray] | None = None) -> None:
+        """Observation (and physics state, if kept) of ``rows`` at their current position."""
         t = self.pos[rows]
         for k, v in obs.items():
             self.obs[k][rows, t] = v[rows]
-        self.qpos[rows, t] = state["qpos"][rows]
-        self.qvel[rows, t] = state["qvel"][rows]
+        if self.qpos is not None:
+            self.qpos[rows, t] = state["qpos"][rows]
+            self.qvel[rows, t] = state["qvel"][rows]
 
     def put_transition(self, actions: np.ndarray, rewards: np.ndarray, term: np.ndarray, trunc: np.ndarray) -> None:
         if int(self.pos.max()) >= self.capacity:
@@ -192,8 +208,8 @@ class EpisodeBuffers:
             rewards=self.rewards[w, :T].copy(),
             terminations=self.terminations[w, :T].copy(),
             truncations=self.truncations[w, :T].copy(),
-            qpos=self.qpos[w, : T + 1].copy(),
-            qvel=self.qvel[w, : T + 1].copy(),
+            qpos=None if self.qpos is None else self.qpos[w, : T + 1].copy(),
+            qvel=None if self.qvel is None else self.qvel[w, : T + 1].copy(),
             attrs=attrs,
         )
 

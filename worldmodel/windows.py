@@ -70,11 +70,18 @@ class DatasetSource:
     """
 
     def __init__(self, dirs: str | Path | Sequence[str | Path], split: str, cache_bytes: int | None = None):
+        from dreamgym.rollouts.dataset import Manifest, is_gym
         from dreamgym.rollouts.episodes import index_dataset
 
         self.dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
         self.split = split
         self.cache_bytes = cache_bytes
+        gym = [(d, m.data["env"]["env_id"]) for d, m in zip(self.dirs, map(Manifest.load, self.dirs)) if is_gym(m.data["env"])]
+        if gym:
+            raise ValueError(
+                f"{gym[0][0]} holds episodes of the Gymnasium env {gym[0][1]}; this world model trains on the room's "
+                "datasets (collected without env=)"
+            )
         self.index = index_dataset(self.dirs, split, verify="sha256")
         self.name = ", ".join(map(str, self.dirs))
         env = self.index.manifests[0].data["env"]

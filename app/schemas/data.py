@@ -14,9 +14,11 @@ COMPRESSIONS = ("gzip", "lzf")
 
 
 def check_policy_mix(name: str, spec: Any) -> None:
-    """A behaviour mix of ``collect`` (``"expert:0.5,random:0.5"`` or a mapping)."""
+    """A behaviour mix of ``collect`` (``"expert:0.5,random:0.5"`` or a mapping; None: the default)."""
     from dreamgym.rollouts.collect import parse_policy
 
+    if spec is None:
+        return
     try:
         parse_policy(spec)
     except ValueError as e:
@@ -38,6 +40,8 @@ class CollectConfig:
     """``configs/collect.yaml``"""
 
     out: str | None = setting()
+    env: str | None = setting()
+    env_kwargs: Any = setting()
     task: str = setting(choices=task_names)
     steps: int = setting(gt=0)
     num_envs: int = setting(ge=1)
@@ -61,6 +65,17 @@ class CollectConfig:
         require(self, "out", "path", hint="say where to write, e.g. `dreamgym collect out=data/reach`")
         check_policy_mix("policy", self.policy)
         check_resolution("resolution", self.resolution)
+        if self.env_kwargs is not None and not isinstance(self.env_kwargs, dict):
+            raise BadValue("env_kwargs", f"env_kwargs={self.env_kwargs!r} is not a mapping; write it as 'env_kwargs={{g:9.81}}'")
+        if self.env_kwargs and not self.env:
+            raise BadValue("env_kwargs", "env_kwargs are passed to gym.make and need env=<a Gymnasium id>; the room takes none")
+        if self.env:
+            from dreamgym.rollouts.gym_collect import parse_gym_policy
+
+            try:
+                parse_gym_policy(self.policy, self.env)
+            except ValueError as e:
+                raise BadValue("policy", str(e)) from None
         if self.obs_keys is not None and not self.obs_keys:
             raise BadValue("obs_keys", "obs_keys=[] names no observation; give some keys or obs_keys=null for all")
 

@@ -295,11 +295,12 @@ def build_bundle(
     """
     from tqdm import tqdm
 
-    from ...rollouts.dataset import Manifest
+    from ...rollouts.dataset import Manifest, require_room
 
     out = Path(out)
     initial_notes = list(notes)
     data = Path(settings.data)
+    require_room(data, "view")
     env = Manifest.load(data).data["env"]
     if model is not None:
         _check_model_fits(model, env, settings)
