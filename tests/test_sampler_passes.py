@@ -100,3 +100,7 @@ def test_an_older_sampler_json_samples_as_it_did(tmp_path):
     (tmp_path / "sampler.json").write_text(json.dumps(old))
     _, s = read_configs(tmp_path / "config.json")
     assert (s.num_steps, s.frame_num_steps, s.frame_init_noise, s.sample_agent) == (3, None, None, True)
+    assert s.precision == "float32"  # its network ran in full precision
+    # a format-4 file written before ``precision`` existed samples in float32 too
+    (tmp_path / "sampler.json").write_text(json.dumps(old | {"format_version": 4}))
+    assert read_configs(tmp_path / "config.json")[1].precision == "float32"

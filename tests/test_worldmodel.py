@@ -884,14 +884,16 @@ def test_a_loaded_checkpoint_is_checked_like_a_built_config(tmp_path):
 
 # ----------------------------------------------------------------------------- format 1 -> 2
 def test_upgrade_splits_the_format_1_config_into_architecture_and_sampler():
-    from dreamgym.worldmodel.config import FORMAT1_DEFAULTS, SAMPLER_BEFORE_4, upgrade
+    from dreamgym.worldmodel.config import FORMAT1_DEFAULTS, SAMPLER_BEFORE_4, SAMPLER_BEFORE_PRECISION, upgrade
 
     old = json.loads((Path(__file__).parent / "data" / "wm_default_config_format1.json").read_text())
     assert old["format_version"] == 1
     arch, sampler = upgrade(old, "old/config.json")
     # the format-1 default: today's architecture without the later options, its sampler as it sampled
     assert ArchitectureConfig.from_dict(arch) == ArchitectureConfig(ego_render=False)
-    assert SamplerConfig.from_dict(sampler) == SamplerConfig(num_steps=1, init_noise=0.0, sigma_min=0.002, **SAMPLER_BEFORE_4)
+    assert SamplerConfig.from_dict(sampler) == SamplerConfig(
+        num_steps=1, init_noise=0.0, sigma_min=0.002, **SAMPLER_BEFORE_4, **SAMPLER_BEFORE_PRECISION
+    )
     # a file written before an option existed has the architecture from before it
     bare = {k: old[k] for k in ("format_version", "resolution", "data_resolution", "context", "frame_channels", "dim")}
     arch, sampler = upgrade(bare, "older/config.json")
@@ -906,7 +908,13 @@ def test_upgrade_splits_the_format_1_config_into_architecture_and_sampler():
     )
     assert (a.context, a.dim, a.depth, a.occupancy_channels) == (2, 96, FORMAT1_DEFAULTS["depth"], FORMAT1_DEFAULTS["occupancy_channels"])
     assert s == SamplerConfig(
-        num_steps=1, init_noise=1.0, sigma_min=0.002, props_rest_threshold=0.0, props_contact_radius=0.0, **SAMPLER_BEFORE_4
+        num_steps=1,
+        init_noise=1.0,
+        sigma_min=0.002,
+        props_rest_threshold=0.0,
+        props_contact_radius=0.0,
+        **SAMPLER_BEFORE_4,
+        **SAMPLER_BEFORE_PRECISION,
     )
     with pytest.raises(ValueError, match=r"^old/config\.json: learn_success = True is invalid \(expected false"):
         upgrade(old | {"learn_success": True}, "old/config.json")
@@ -916,14 +924,14 @@ def test_upgrade_splits_the_format_1_config_into_architecture_and_sampler():
 
 def test_a_format_1_checkpoint_loads_as_it_was_saved(tmp_path):
     """A checkpoint saved with one format-1 config.json (no sampler.json) loads to the same model."""
-    from dreamgym.worldmodel.config import FORMAT1_DEFAULTS, SAMPLER_BEFORE_4
+    from dreamgym.worldmodel.config import FORMAT1_DEFAULTS, SAMPLER_BEFORE_4, SAMPLER_BEFORE_PRECISION
 
-    # a format-1 model sampled every modality in one schedule, the agent included
-    m = tiny_model(state_prior=16, sampler=dict(num_steps=1, init_noise=0.5, **SAMPLER_BEFORE_4)).eval()
+    # a format-1 model sampled every modality in one schedule, the agent included, in float32
+    m = tiny_model(state_prior=16, sampler=dict(num_steps=1, init_noise=0.5, **SAMPLER_BEFORE_4, **SAMPLER_BEFORE_PRECISION)).eval()
     d = m.save_pretrained(tmp_path / "ck")
     (d / "sampler.json").unlink()
     old = {"format_version": 1, **m.config.to_dict(), **m.sampler.to_dict(), "learn_success": False, "root_loss_weight": 10.0}
-    for k in ("num_steps", *SAMPLER_BEFORE_4):  # format 1 had no sampler steps, nor the later fields
+    for k in ("num_steps", *SAMPLER_BEFORE_4, *SAMPLER_BEFORE_PRECISION):  # format 1 had no sampler steps, nor the later fields
         del old[k]
     assert set(old) <= set(FORMAT1_DEFAULTS) | {"format_version"}
     (d / "config.json").write_text(json.dumps(old))
@@ -1000,7 +1008,9 @@ def test_draw_noise_reads_a_training_config_a_noise_config_or_a_mapping():
 def test_the_shipped_model_dreams_its_reference():
     """The shipped default's dream on two held-out windows equals the one recorded with these
     weights (tests/data/wm_default_reference.safetensors, written by make_wm_default_reference.py:
-    inputs and outputs, each call with its own fixed generator)."""
+    inputs and outputs, each call with its own fixed generator), with the network in float32: the
+    shipped bfloat16 is checked against float32 in test_precision.py, and bfloat16 kernels round
+    differently from one CPU to another."""
     import importlib.util
 
     from safetensors.torch import load_file
@@ -1015,6 +1025,7 @@ def test_the_shipped_model_dreams_its_reference():
     inp = {k.split(".", 1)[1]: v for k, v in ref.items() if k.startswith("input.")}
     m = load_default()
     assert m.sampler == SamplerConfig() and m.config == ArchitectureConfig()
+    m.sampler = dataclasses.replace(m.sampler, precision="float32")
     got = maker.reference_outputs(m, inp)
     want = {k: v for k, v in ref.items() if not k.startswith("input.")}
     assert sorted(got) == sorted(want)

@@ -245,8 +245,31 @@ def task_table(task: str, section: dict, horizons: Sequence[int]) -> list[str]:
         if ceiling is not None:  # the probe on the real frames: what a perfect dream would score
             lines.append("| | real frames (probe) | " + " | ".join(_cell(ceiling, j) for j in range(len(horizons))) + " |")
     push = {k: v for k, v in (section.get("push") or {}).items() if not (k == "mean" and section.get("sampler_is_mean"))}
-    lines += _push_lines(push) + _generative_lines(section.get("generative"), horizons)
+    lines += (
+        _push_lines(push) + _generative_lines(section.get("generative"), horizons) + _precision_lines(section.get("precision"), horizons)
+    )
     return lines
+
+
+def _precision_lines(prec: dict | None, horizons: Sequence[int]) -> list[str]:
+    """What the shipped sampler's reduced precision changes: its cells that differ from the same
+    sampler in float32 by a paired test at 95 %, or that none does."""
+    if not prec:
+        return []
+    cells, better, worse = 0, [], []
+    for metric, per_h in prec["tests"].items():
+        for j, t in enumerate(per_h):
+            if t is None or t.get("p") is None:
+                continue
+            cells += 1
+            lo, hi = t["ci"]
+            if lo is not None and (lo > 0 or hi < 0):  # the interval excludes 0
+                (better if t["won"] else worse).append(f"{label(metric)} h = {horizons[j]} ({_num(t['diff'])})")
+    head = f"Precision: the sampler's network in {prec['sampler']} against the same sampler in float32, {cells} metric cells, paired tests at 95 %: "
+    if not better and not worse:
+        return ["", head + "no cell differs."]
+    parts = ([f"better in {', '.join(better)}"] if better else []) + ([f"worse in {', '.join(worse)}"] if worse else [])
+    return ["", head + "; ".join(parts) + "; no other cell differs."]
 
 
 def _push_lines(push: dict | None) -> list[str]:

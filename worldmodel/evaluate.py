@@ -161,6 +161,9 @@ class Arm:
     follows: str | None = None  # a rider: rolled out in the pass of this arm, following its dreamed state
 
 
+FLOAT32_ARM = "sampler_float32"  # the shipped sampler with its network in float32
+
+
 def _sampler_is_mean(model: Any) -> bool:
     s = getattr(model, "sampler", None)
     return s is None or (int(s.num_steps) == 1 and float(s.init_noise) == 0.0)
@@ -178,6 +181,11 @@ def build_arms(model: Any, mse_model: Any | None, mods: list[str], episodes: Seq
             Arm("sampler", model, {}, mods, {"sampler": None}, True),
             Arm("mean", model, {"num_steps": 1, "init_noise": 0.0}, mods, {"mean": None}, True),
         ]
+    if getattr(getattr(model, "sampler", None), "precision", "float32") != "float32":
+        # the shipped sampler's network runs in a reduced precision: the same sampler in float32
+        # beside it (``precision`` section: what the faster number format costs)
+        full = dataclasses.replace(model.sampler, precision="float32")
+        arms.insert(1, Arm(FLOAT32_ARM, model, {"sampler": full}, mods, {FLOAT32_ARM: None}, True))
     arms.append(
         Arm(
             "hold_last",
@@ -337,6 +345,12 @@ def evaluate_task(
         "baselines": {b: summaries[b] for b in base_names},
         "comparison": {m: compare(metrics[m], {b: metrics[b] for b in base_names}, summaries, st.stats()) for m in model_names},
     }
+    if FLOAT32_ARM in metrics:  # the shipped (reduced-precision) sampler against the same sampler in float32
+        section["precision"] = {
+            "sampler": arms[0].model.sampler.precision,
+            "against": FLOAT32_ARM,
+            "tests": compare(metrics["sampler"], {FLOAT32_ARM: metrics[FLOAT32_ARM]}, summaries, st.stats()),
+        }
     if real is not None:
         section["real_frames"] = summarise(ArmMetrics(real, targets), st.stats())
     if "props" in mods:

@@ -8,6 +8,7 @@ those as defaults, and explicit arguments (or a whole ``sampler=``) override the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 
@@ -19,6 +20,14 @@ from . import data as D
 from . import edm
 from .config import SamplerConfig, check_sampler
 from .network import MEMORY_KEYS, OBS_KEYS, OCC_MEMORY_KEYS
+
+
+def network_precision(s: SamplerConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context the denoiser runs in under sampler ``s`` (``s.precision``): none for
+    float32, bfloat16 autocast on ``device``'s type otherwise."""
+    if s.precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, s.precision))
 
 
 class SamplingMixin:
@@ -220,8 +229,9 @@ class SamplingMixin:
             # the last call computes only what the step keeps (a discarded estimate is zero: never
             # read); earlier calls' estimates are all next inputs of the sampler
             last = c.deterministic or calls[0] == s.num_steps
-            out = self.denoise(ctx, xx, ss, outputs=[m for m in x if not (last and m in discarded)])
-            out = {m: out[m] if m in out else torch.zeros_like(v) for m, v in x.items()}
+            with network_precision(s, self.device):
+                out = self.denoise(ctx, xx, ss, outputs=[m for m in x if not (last and m in discarded)])
+            out = {m: out[m].float() if m in out else torch.zeros_like(v) for m, v in x.items()}
             if first:
                 out |= {m: ctx[f"prior_{m}"] for m in prior_first}
             return out
