@@ -165,8 +165,8 @@ class SamplerConfig:
     # network models; 0: off): props are passive.
     props_contact_radius: float = 0.5
     # The number format of the denoiser's network (the token transformer and the U-Nets) while
-    # dreaming: "bfloat16" runs it under autocast (about 2x faster on CPUs with AVX512-BF16 and
-    # on GPUs; the small MLPs, the geometry and the sampler's arithmetic stay float32).
+    # dreaming: "bfloat16" runs it under autocast (fast on CPUs with AVX512-BF16 and on GPUs; the
+    # small MLPs, the geometry and the sampler's arithmetic stay float32).
     precision: str = "bfloat16"
 
     def __post_init__(self) -> None:
