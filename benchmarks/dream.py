@@ -17,12 +17,19 @@ dream env draws from the simulator, K-1 real steps each) fall outside the timed 
 model is ``checkpoint``'s, the shipped default, or -- when neither exists -- the default
 architecture (``configs/worldmodel/default.yaml``) with random weights: speed does not depend on
 the weights. It dreams with its own sampler (``sampler.json``) unless ``num_denoising_steps`` or
-``init_noise`` override it; ``summary.sampler`` (and each dream arm's ``sampler``) says which.
-``summary.dream_over_sim`` is the state-only ratio of the medians at the largest B (64 by default).
+``init_noise`` override it; ``summary.sampler`` (and each dream arm's ``sampler``) says which,
+with the ``network_precision`` its ``precision`` resolved to on this machine ("auto": bfloat16
+only where the CPU multiplies it natively). ``summary.dream_over_sim`` is the state-only ratio of
+the medians at the largest B (64 by default).
+
+The same sampler with its network in other number formats is timed beside it in the same run
+(``precisions``; default: float32 when the own precision resolves to bfloat16), as arms
+``dream_<obs>_B<B>_<precision>``, with their ratios in ``summary.dream_over_sim_by_precision``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,30 +69,37 @@ def dream_rate(
     timing: Timing,
     seed: int,
     init_noise: float | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """``DreamVecEnv`` transitions/s at B worlds generating what ``obs_keys`` need, and the
-    ``sampler`` it dreamed with (``num_steps`` and ``init_noise`` None: the model's own)."""
+    ``sampler`` it dreamed with (``num_steps``, ``init_noise`` and ``precision`` None: the model's own)."""
     from dreamgym.policies.train import dream_modalities
     from dreamgym.worldmodel.dream_env import DreamVecEnv
 
-    env = DreamVecEnv(
-        model,
-        num_envs=B,
-        task=task,
-        modalities=dream_modalities(obs_keys),
-        obs_keys=obs_keys,
-        num_denoising_steps=num_steps,
-        init_noise=init_noise,
-        seed=seed,
-        return_tensors=True,
-    )
-    env.reset_tensors(seed=seed)
-    gen = torch.Generator().manual_seed(seed)
+    own = model.sampler
+    if precision is not None:  # the same sampler, its network in another number format
+        model.sampler = dataclasses.replace(own, precision=precision)
+    env = None
     try:
+        env = DreamVecEnv(
+            model,
+            num_envs=B,
+            task=task,
+            modalities=dream_modalities(obs_keys),
+            obs_keys=obs_keys,
+            num_denoising_steps=num_steps,
+            init_noise=init_noise,
+            seed=seed,
+            return_tensors=True,
+        )
+        env.reset_tensors(seed=seed)
+        gen = torch.Generator().manual_seed(seed)
         r = timed(lambda: env.step_tensors(torch.rand(B, 6, generator=gen) * 2 - 1), timing, per_call=B, unit="transitions_per_s")
         return r | {"sampler": env.sampler_info}
     finally:
-        env.close()
+        model.sampler = own
+        if env is not None:
+            env.close()
 
 
 def sim_rate(B: int, task: str, resolution: int, obs_keys: Sequence[str], timing: Timing, seed: int) -> dict[str, Any]:
@@ -113,9 +127,13 @@ def bench(
     progress: Callable[[str], None] = print,
     run: BenchRun | None = None,
     init_noise: float | None = None,
+    precisions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Arms ``sim_<obs>_B<B>`` and ``dream_<obs>_B<B>`` (see the module docstring); returns the JSON-ready result.
-    ``num_denoising_steps`` and ``init_noise`` None: the world model's own sampler."""
+    """Arms ``sim_<obs>_B<B>``, ``dream_<obs>_B<B>`` and ``dream_<obs>_B<B>_<precision>`` (see the
+    module docstring); returns the JSON-ready result. ``num_denoising_steps``, ``init_noise`` None:
+    the world model's own sampler; ``precisions`` None: float32 beside a reduced own precision."""
+    from dreamgym.worldmodel.sampling import network_dtype
+
     timing = timing or Timing()
     run = run or BenchRun("dream", {"checkpoint": checkpoint, "batch_sizes": list(batch_sizes), "task": task})
     model, source = bench_model(checkpoint, resolution)
@@ -123,6 +141,9 @@ def bench(
     has_frames = "ego" in model.config.modalities
     sets = {"state_only": STATE_OBS} | ({"frames": STATE_OBS + FRAME_OBS} if frames and has_frames else {})
     ratio: dict[str, dict[str, float]] = {k: {} for k in sets}
+    own = network_dtype(model.sampler, "cpu")
+    extra = [p for p in dict.fromkeys(["float32"] if precisions is None else precisions) if p != own]
+    by_precision: dict[str, dict[str, float]] = {p: {} for p in [own, *extra]}
     for B in batch_sizes:
         for name, keys in sets.items():
             progress(f"B={B} {name}: simulator ...")
@@ -134,9 +155,20 @@ def bench(
                 | {"batch_size": B, "observations": list(keys)},
             )
             ratio[name][str(B)] = d["median"] / s["median"]
-            progress(f"  dream {d['median']:.1f} vs simulator {s['median']:.1f} transitions/s ({ratio[name][str(B)]:.2f}x)")
+            progress(f"  dream {d['median']:.1f} vs simulator {s['median']:.1f} transitions/s ({ratio[name][str(B)]:.2f}x, {own})")
+            by_precision[own][name] = ratio[name][str(B)]
+            for prec in extra:
+                e = run.add(
+                    f"dream_{name}_B{B}_{prec}",
+                    dream_rate(model, B, task, keys, num_denoising_steps, timing, seed, init_noise, prec)
+                    | {"batch_size": B, "observations": list(keys)},
+                )
+                by_precision[prec][name] = e["median"] / s["median"]
+                progress(f"  dream in {prec} {e['median']:.1f} transitions/s ({by_precision[prec][name]:.2f}x)")
     top = str(max(batch_sizes))
     run.summary |= {
+        "network_precision": own,
+        "dream_over_sim_by_precision": by_precision,  # at the largest B, per number format of the network
         "dream_over_sim": ratio["state_only"][top],
         "dream_over_sim_frames": ratio["frames"][top] if "frames" in ratio else None,
         "ratio_batch_size": int(top),
@@ -173,6 +205,7 @@ def run(cfg: DictConfig) -> int:
         int(cfg.resolution),
         run=bench_run,
         init_noise=cfg.get("init_noise"),
+        precisions=None if cfg.get("precisions") is None else [str(p) for p in cfg.precisions],
     )
     path = bench_run.write(cfg.out)
     s = r["summary"]

@@ -277,7 +277,10 @@ def stage_dream(fig: Figures, device: str, sizes: dict, work: Path) -> None:
         "frames": (state + ["ego_rgb", "ego_depth"], ["motion", "partner_motion", "ego_rgb", "ego_depth"]),
     }
     fig.set(["resolution"], res)
-    fig.set(["sampler"], model.sampler.to_dict())  # the dream env samples as the model's own sampler says
+    from dreamgym.worldmodel.sampling import network_dtype
+
+    # the dream env samples as the model's own sampler says ("auto" precision resolved on this GPU)
+    fig.set(["sampler"], model.sampler.to_dict() | {"network_precision": network_dtype(model.sampler, device)})
     for B in sizes["batches"]:
         for name, (keys, mods) in sets.items():
             t0 = time.perf_counter()

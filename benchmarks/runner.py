@@ -167,6 +167,8 @@ def machine_info() -> dict[str, Any]:
     """CPU model, cores, threads, RAM, load, library versions and the accelerator, if any."""
     import torch
 
+    from dreamgym.worldmodel.sampling import native_bfloat16
+
     accelerator = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": _cpu_model(),
@@ -177,6 +179,8 @@ def machine_info() -> dict[str, Any]:
         "ram_gb": _ram_gb(),
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "platform": platform.platform(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the widest vector ISA torch uses (AVX2, AVX512, ...)
+        "native_bfloat16": native_bfloat16("cpu"),  # AVX512-BF16 or AMX: what "auto" precision resolves by
         "device": "cuda" if accelerator else "cpu",
         "accelerator": accelerator,
         "versions": versions(),

@@ -311,14 +311,26 @@ def test_bench_wm_times_a_checkpoint_beside_the_simulator(tmp_path, tiny_world_m
 
 
 def test_bench_dream_times_the_dream_env_beside_the_simulator(tmp_path, tiny_world_model):
-    r = _bench("dream", f"out={tmp_path / 'd.json'}", f"checkpoint={tiny_world_model}", "batch_sizes=[1,2]", *TINY_TIMING)
-    assert {f"{w}_{o}_B{b}" for w in ("sim", "dream") for o in ("state_only", "frames") for b in (1, 2)} == set(r["arms"])
+    from dreamgym.worldmodel.sampling import network_dtype
+
+    sampler = WorldModel.from_pretrained(tiny_world_model).sampler
+    here = network_dtype(sampler, "cpu")  # "auto" resolves by this CPU
+    other = "bfloat16" if here == "float32" else "float32"
+    over = ("batch_sizes=[1,2]", "precisions=[float32,bfloat16]")
+    r = _bench("dream", f"out={tmp_path / 'd.json'}", f"checkpoint={tiny_world_model}", *over, *TINY_TIMING)
+    base = {f"{w}_{o}_B{b}" for w in ("sim", "dream") for o in ("state_only", "frames") for b in (1, 2)}
+    assert base | {f"dream_{o}_B{b}_{other}" for o in ("state_only", "frames") for b in (1, 2)} == set(r["arms"])
     s = r["summary"]
     assert s["ratio_batch_size"] == 2
     assert s["dream_over_sim"] == pytest.approx(r["arms"]["dream_state_only_B2"]["median"] / r["arms"]["sim_state_only_B2"]["median"])
     assert s["world_model"]["sha256"] == runner.hash_path(tiny_world_model)
-    own = WorldModel.from_pretrained(tiny_world_model).sampler.to_dict()
+    own = sampler.to_dict() | {"network_precision": here}
     assert s["num_denoising_steps"] is None and s["sampler"] == own and r["arms"]["dream_frames_B1"]["sampler"] == own
+    # the same sampler with its network in the other number format, timed in the same run
+    assert r["arms"][f"dream_frames_B1_{other}"]["sampler"] == own | {"precision": other, "network_precision": other}
+    assert s["network_precision"] == here and set(s["dream_over_sim_by_precision"]) == {here, other}
+    by = s["dream_over_sim_by_precision"][other]["state_only"]
+    assert by == pytest.approx(r["arms"][f"dream_state_only_B2_{other}"]["median"] / r["arms"]["sim_state_only_B2"]["median"])
 
 
 def test_bench_push_scores_a_world_model_beside_hold_pose(tmp_path, tiny_world_model):

@@ -208,7 +208,7 @@ def test_eval_with_copy_last_stand_in_matches_the_baselines_and_closed_form(tmp_
         counterfactual=None,
         resamples=200,
     )
-    assert set(res) == {"horizons", "frame_horizon", "grid_horizon", "tasks", "counterfactual", "notes"}
+    assert set(res) == {"horizons", "frame_horizon", "grid_horizon", "tasks", "network_precision", "counterfactual", "notes"}
     assert res["horizons"] == horizons and list(res["tasks"]) == ["reach"]
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(res))

@@ -15,6 +15,7 @@ import torch
 
 from dreamgym.policies.base import ExpertPolicy, Policy, RandomPolicy, SB3Policy, load_policy, register_policy_loader
 from dreamgym.policies.evaluate import HELDOUT_ROOM_BASE, evaluate_policies, heldout_rooms, t_interval, wilson_interval
+from dreamgym.worldmodel.sampling import network_dtype
 
 torch.set_num_threads(1)  # the machine is shared
 
@@ -194,7 +195,8 @@ def test_train_policy_gives_a_loadable_checkpoint(tmp_path, tiny_wm, env, algo):
     if env == "real":
         assert meta["real_env_steps"] == meta["steps"] and meta["sampler"] is None
     else:  # every simulator step run for the dream's starts (K = 2: one per start), whole batches of B
-        assert meta["sampler"] == WorldModel.from_pretrained(tiny_wm).sampler.to_dict()  # the model's own: nothing overrode it
+        own = WorldModel.from_pretrained(tiny_wm).sampler  # the model's own: nothing overrode it
+        assert meta["sampler"] == own.to_dict() | {"network_precision": network_dtype(own, "cpu")}
         assert meta["real_env_steps"] == meta["starts"]["real_steps"] >= B + meta["episodes"]
         assert meta["real_env_steps"] % B == 0 and meta["starts"]["kind"] == "simulator"
     assert list((tmp_path / "run" / "tb").iterdir())  # tensorboard logs
@@ -245,7 +247,8 @@ def test_diamond_runs_on_the_shipped_default(tmp_path):
     s = diamond(compose("diamond", over))
     assert s["iterations"] == 1 and s["real_steps_used"] <= 40
     wm = WorldModel.from_pretrained(s["world_model"])
-    assert s["sampler"] == wm.sampler.to_dict(), "the policy dreamed with the updated model's own sampler"
+    own = wm.sampler.to_dict() | {"network_precision": network_dtype(wm.sampler, "cpu")}
+    assert s["sampler"] == own, "the policy dreamed with the updated model's own sampler"
     shipped = WorldModel.from_pretrained(DEFAULT_CHECKPOINT)
     assert wm.config == shipped.config and wm.config.partner_actions and wm.config.state_prior
     assert any(not torch.equal(v, shipped.state_dict()[k]) for k, v in wm.state_dict().items() if v.is_floating_point())

@@ -69,7 +69,10 @@ def test_the_dream_env_dreams_with_the_models_own_sampler(model, calls):
     from dreamgym.worldmodel.dream_env import DreamVecEnv
 
     env = DreamVecEnv(model, num_envs=2, task="reach", obs_keys=["motion", "task_obs"], seed=0, return_tensors=True)
-    assert env.sampler == model.sampler and env.sampler_info == model.sampler.to_dict()
+    from dreamgym.worldmodel.sampling import network_dtype
+
+    assert env.sampler == model.sampler
+    assert env.sampler_info == model.sampler.to_dict() | {"network_precision": network_dtype(model.sampler, "cpu")}
     env.reset_tensors(seed=0)
     obs, *_ = env.step_tensors(torch.zeros(2, 6))
     assert [c["sampler"] for c in calls] == [model.sampler]
@@ -114,7 +117,13 @@ def test_the_policy_paths_dream_with_the_models_own_sampler(model, calls):
     assert env.sampler == model.sampler
     env.close()
     r = evaluate_in_dream("expert", world_model=model, task="reach", episodes=2, horizon=2, progress=False)
-    assert r["sampler"] == model.sampler.to_dict() and calls and all(c["sampler"] == model.sampler for c in calls)
+    from dreamgym.worldmodel.sampling import network_dtype
+
+    assert (
+        r["sampler"] == model.sampler.to_dict() | {"network_precision": network_dtype(model.sampler, "cpu")}
+        and calls
+        and all(c["sampler"] == model.sampler for c in calls)
+    )
 
 
 # ------------------------------------------------------------------------------ viewer and export

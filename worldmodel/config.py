@@ -132,7 +132,7 @@ class ArchitectureConfig:
         return _from_dict(cls, d, source, "architecture config fields", hint_for=_sampler_field_names())
 
 
-PRECISIONS = ("float32", "bfloat16")  # a sampler's network number formats
+PRECISIONS = ("auto", "float32", "bfloat16")  # a sampler's network number formats ("auto": see SamplerConfig)
 
 
 @dataclass
@@ -165,9 +165,11 @@ class SamplerConfig:
     # network models; 0: off): props are passive.
     props_contact_radius: float = 0.5
     # The number format of the denoiser's network (the token transformer and the U-Nets) while
-    # dreaming: "bfloat16" runs it under autocast (fast on CPUs with AVX512-BF16 and on GPUs; the
-    # small MLPs, the geometry and the sampler's arithmetic stay float32).
-    precision: str = "bfloat16"
+    # dreaming: "bfloat16" runs it under autocast (the small MLPs, the geometry and the sampler's
+    # arithmetic stay float32); "auto" is bfloat16 on a device that multiplies it natively (a GPU
+    # with bfloat16, a CPU with AVX512-BF16 or AMX) and float32 elsewhere, where bfloat16 is
+    # emulated and several times slower (``sampling.network_dtype`` resolves it).
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         check_fields(self, type(self).__name__)

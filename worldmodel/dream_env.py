@@ -20,9 +20,8 @@ command is computed from the script and the dreamed bodies (``envs.partner.partn
 a world model conditioned on the partner's commands (``config.partner_actions``) gets it, so the
 dreamed partner does what ``infos["partner_behaviour"]`` says. Episodes truncate at ``horizon`` steps.
 
-Each step is sampled as the world model's own sampler says (its ``sampler.json``: the sampler that
-``eval-wm`` scored), unless ``num_denoising_steps`` or ``init_noise`` override it; ``sampler``
-names the one in use.
+Each step is sampled as the world model's own sampler says (its ``sampler.json``, the one ``eval-wm``
+scored), unless ``num_denoising_steps`` or ``init_noise`` override it; ``sampler`` names it.
 
 A world whose prediction is not finite is terminated with ``infos["dream_error"]`` set for it; the
 others go on. Episodes restart in the same step, as in ``EgoRoomVecEnv``: an ended world's last
@@ -53,6 +52,7 @@ from dreamgym.envs.tasks import INSTRUCTIONS, EpisodeParams, Task, WorldState, m
 
 from .config import SamplerConfig
 from .protocol import DreamModel
+from .sampling import network_dtype
 from .starts import CONTEXT_POLICIES, Starts, StartSource, StartSpec, make_start_source
 
 __all__ = ["CONTEXT_POLICIES", "DEFAULT_CHECKPOINT", "DreamEnv", "DreamVecEnv", "body_from_motion", "load_world_model"]
@@ -283,9 +283,9 @@ class DreamVecEnv(VectorEnv):
 
     @property
     def sampler_info(self) -> dict[str, Any] | None:
-        """``sampler`` as a JSON-ready dict (what a run records as ``sampler``)."""
+        """``sampler`` as a JSON-ready dict (what a run records), with ``network_precision`` resolved here."""
         s = self.sampler
-        return None if s is None else s.to_dict()
+        return None if s is None else s.to_dict() | {"network_precision": network_dtype(s, self.device)}
 
     def _model_inputs(self) -> set[str]:
         keys = set(STATE_KEYS)

@@ -77,6 +77,7 @@ from .eval_stats import interval, mean_of
 from .eval_summary import ArmMetrics, compare, push_displacement, summarise
 from .eval_tasks import OBJECT_NAMES, Start, sample_starts, split_by_task, target_object, task_seed
 from .eval_video import load_video_scorer
+from .sampling import network_dtype
 
 __all__ = [
     "ENV_OBS_KEYS",
@@ -164,6 +165,15 @@ class Arm:
 FLOAT32_ARM = "sampler_float32"  # the shipped sampler with its network in float32
 
 
+def _network_dtype(model: Any) -> str:
+    """The number format ``model``'s sampler runs its network in on the model's device ("float32"
+    for a model-like object without a sampler)."""
+    s = getattr(model, "sampler", None)
+    if s is None or not hasattr(s, "precision"):
+        return "float32"
+    return network_dtype(s, getattr(model, "device", "cpu"))
+
+
 def _sampler_is_mean(model: Any) -> bool:
     s = getattr(model, "sampler", None)
     return s is None or (int(s.num_steps) == 1 and float(s.init_noise) == 0.0)
@@ -181,9 +191,9 @@ def build_arms(model: Any, mse_model: Any | None, mods: list[str], episodes: Seq
             Arm("sampler", model, {}, mods, {"sampler": None}, True),
             Arm("mean", model, {"num_steps": 1, "init_noise": 0.0}, mods, {"mean": None}, True),
         ]
-    if getattr(getattr(model, "sampler", None), "precision", "float32") != "float32":
-        # the shipped sampler's network runs in a reduced precision: the same sampler in float32
-        # beside it (``precision`` section: what the faster number format costs)
+    if _network_dtype(model) != "float32":
+        # the shipped sampler's network runs in a reduced precision here: the same sampler in
+        # float32 beside it (``precision`` section: what the faster number format costs)
         full = dataclasses.replace(model.sampler, precision="float32")
         arms.insert(1, Arm(FLOAT32_ARM, model, {"sampler": full}, mods, {FLOAT32_ARM: None}, True))
     arms.append(
@@ -347,7 +357,8 @@ def evaluate_task(
     }
     if FLOAT32_ARM in metrics:  # the shipped (reduced-precision) sampler against the same sampler in float32
         section["precision"] = {
-            "sampler": arms[0].model.sampler.precision,
+            "sampler": _network_dtype(arms[0].model),
+            "setting": arms[0].model.sampler.precision,
             "against": FLOAT32_ARM,
             "tests": compare(metrics["sampler"], {FLOAT32_ARM: metrics[FLOAT32_ARM]}, summaries, st.stats()),
         }
@@ -454,6 +465,7 @@ def evaluate(
         "frame_horizon": st.frame_horizon,
         "grid_horizon": st.grid_horizon,
         "tasks": sections,
+        "network_precision": _network_dtype(model),  # what the sampler's network ran in (``precision`` resolved)
         "counterfactual": _strip_points(cf_out),
         "notes": notes,
     }

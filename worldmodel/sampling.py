@@ -22,12 +22,33 @@ from .config import SamplerConfig, check_sampler
 from .network import MEMORY_KEYS, OBS_KEYS, OCC_MEMORY_KEYS
 
 
-def network_precision(s: SamplerConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context the denoiser runs in under sampler ``s`` (``s.precision``): none for
-    float32, bfloat16 autocast on ``device``'s type otherwise."""
-    if s.precision == "float32":
+def native_bfloat16(device: str | torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA GPU that supports it, or a
+    CPU with AVX512-BF16 or AMX tiles. Elsewhere bfloat16 is emulated and slower than float32."""
+    d = torch.device(device)
+    if d.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if d.type == "cpu":
+        checks = (getattr(torch.cpu, f, None) for f in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return any(bool(f()) for f in checks if f is not None)
+    return False
+
+
+def network_dtype(s: SamplerConfig, device: str | torch.device) -> str:
+    """The number format the denoiser runs in under sampler ``s`` on ``device``: ``s.precision``,
+    with "auto" resolved by ``native_bfloat16``."""
+    if s.precision != "auto":
+        return s.precision
+    return "bfloat16" if native_bfloat16(device) else "float32"
+
+
+def network_precision(s: SamplerConfig, device: str | torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context the denoiser runs in under sampler ``s`` on ``device``
+    (``network_dtype``): none for float32, bfloat16 autocast on ``device``'s type otherwise."""
+    dtype = network_dtype(s, device)
+    if dtype == "float32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, s.precision))
+    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
 
 
 class SamplingMixin:

@@ -132,6 +132,7 @@ class BenchDreamConfig:
     batch_sizes: list[int] = setting(ge=1)
     num_denoising_steps: int | None = setting(gt=0)  # null: the world model's own sampler (its sampler.json)
     init_noise: float | None = setting(ge=0)
+    precisions: list[str] | None = setting(choices=("float32", "bfloat16"))  # extra dream arms; null: float32 beside a reduced own
     frames: bool = setting()
     repeats: int = setting(ge=3)
     warmup_calls: int = setting(ge=0)
