@@ -176,6 +176,7 @@ def test_train_vla_runs_bc_and_the_grouped_dream_stage_on_both_tasks(tmp_path):
     from dreamgym.app.cli import main
     from dreamgym.policies.vla import VLAPolicy
     from dreamgym.worldmodel.model import WorldModel, WorldModelConfig
+    from dreamgym.worldmodel.sampling import network_dtype
 
     torch.manual_seed(0)
     wm = tmp_path / "wm"
@@ -194,7 +195,8 @@ def test_train_vla_runs_bc_and_the_grouped_dream_stage_on_both_tasks(tmp_path):
     assert 2 * 4 <= stats["reach"]["dreamed_transitions"] <= 2 * 4 * 2
     assert 2 * 4 <= stats["push"]["dreamed_transitions"] <= 2 * 4 * 3
     assert all(len(s["success"]) == 2 and len(s["max_prop_displacement"]) == 2 for s in stats.values())
-    assert all(s["sampler"] == WorldModel.from_pretrained(wm).sampler.to_dict() for s in stats.values())  # the model's own
+    own = WorldModel.from_pretrained(wm).sampler  # the model's own, with the precision it resolved to here
+    assert all(s["sampler"] == own.to_dict() | {"network_precision": network_dtype(own, "cpu")} for s in stats.values())
     assert not torch.equal(bc.head[-1].weight, final.head[-1].weight)  # the dream stage changed the policy
     exp = json.loads((out / "experience.json").read_text())
     assert exp == final.config.info["experience"]
