@@ -2,9 +2,10 @@
 
 Importing this package registers the Gymnasium ids ``dreamgym/EgoRoom-v0`` (C MuJoCo, one world)
 ``dreamgym/EgoRoomVec-v0`` (MuJoCo Warp, B worlds, via ``gymnasium.make_vec``) and
-``dreamgym/Dream-v0`` (the world model as a single-world env, ``dreamgym.worldmodel.dream_env``,
-registered by name so that this package never imports the model; with default arguments it has
-``EgoRoom-v0``'s spaces).
+``dreamgym/Dream-v0`` (the world model as an env, ``dreamgym.worldmodel.dream_factory``, one world
+with ``gymnasium.make`` or B with ``gymnasium.make_vec``; registered by name so that this package
+never imports the model; with default arguments it has ``EgoRoom-v0``'s spaces, and with
+``source_env=<id>`` it dreams that Gymnasium env from its vector world model).
 """
 
 from gymnasium.envs.registration import register, registry
@@ -29,6 +30,10 @@ def __getattr__(name):  # lazy: importing the package must not start Warp or Ope
 if "dreamgym/EgoRoom-v0" not in registry:
     register(id="dreamgym/EgoRoom-v0", entry_point="dreamgym.envs.ego_room_env:EgoRoomEnv")
 if "dreamgym/Dream-v0" not in registry:
-    register(id="dreamgym/Dream-v0", entry_point="dreamgym.worldmodel.dream_env:DreamEnv")
+    register(
+        id="dreamgym/Dream-v0",
+        entry_point="dreamgym.worldmodel.dream_factory:make_dream_env",
+        vector_entry_point="dreamgym.worldmodel.dream_factory:make_dream_vec_env",
+    )
 if "dreamgym/EgoRoomVec-v0" not in registry:
     register(id="dreamgym/EgoRoomVec-v0", vector_entry_point="dreamgym.envs.vec_env:EgoRoomVecEnv")

@@ -1,7 +1,9 @@
 """Stable-Baselines3 ``VecEnv`` adapter for any dreamgym batched env (real or dream).
 
 The wrapped env must offer ``num_envs``, ``single_observation_space``, ``single_action_space``
-and ``step_tensors`` / ``reset_tensors`` with same-step autoreset, as ``EgoRoomVecEnv`` does.
+and ``step_tensors`` / ``reset_tensors`` with same-step autoreset, as ``EgoRoomVecEnv`` does
+(observations a dict of tensors, or one tensor for a Box space, as a foreign env's dream,
+``worldmodel.vector_dream.VectorDreamVecEnv``, gives them).
 """
 
 from __future__ import annotations
@@ -42,12 +44,13 @@ class SB3VecEnv(VecEnv):
         out_infos: list[dict[str, Any]] = [{} for _ in range(n)]
         if "final_obs" in infos:
             final = _np(infos["final_obs"])
-            fs = infos["final_success"]
+            fs = infos.get("final_success")  # None: the env has no notion of success (a foreign env's dream)
             fs = fs.cpu().numpy() if isinstance(fs, torch.Tensor) else fs
             for i in np.nonzero(dones)[0]:
-                out_infos[i]["terminal_observation"] = {k: v[i] for k, v in final.items()}
+                out_infos[i]["terminal_observation"] = {k: v[i] for k, v in final.items()} if isinstance(final, dict) else final[i]
                 out_infos[i]["TimeLimit.truncated"] = bool(trunc_np[i])
-                out_infos[i]["is_success"] = bool(fs[i])
+                if fs is not None:
+                    out_infos[i]["is_success"] = bool(fs[i])
         for i in range(n):
             if succ is not None and "is_success" not in out_infos[i]:
                 out_infos[i]["is_success"] = bool(succ[i])
@@ -78,5 +81,8 @@ class SB3VecEnv(VecEnv):
         return [indices] if isinstance(indices, int) else list(indices)
 
 
-def _np(obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+def _np(obs: dict[str, torch.Tensor] | torch.Tensor) -> dict[str, np.ndarray] | np.ndarray:
+    """Observations as numpy: a dict of keys, or one array (an env whose observation space is a Box)."""
+    if not isinstance(obs, dict):
+        return obs.cpu().numpy() if isinstance(obs, torch.Tensor) else np.asarray(obs)
     return {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in obs.items()}

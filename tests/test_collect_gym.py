@@ -309,7 +309,7 @@ def test_spaces_json_round_trip():
         space_to_json(spaces.MultiBinary(3))
 
 
-@pytest.mark.parametrize("argv", [["video", "episode=0"], ["export"], ["train-wm"], ["view"]])
+@pytest.mark.parametrize("argv", [["video", "episode=0"], ["export"], ["view"]])  # train-wm trains its vector model: test_vector_wm
 def test_room_readers_refuse_a_gymnasium_dataset(tmp_path, capsys, argv):
     data = tmp_path / "cartpole"
     assert _collect(data, "env=CartPole-v1", "steps=20", "num_envs=2") == 0

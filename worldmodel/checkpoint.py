@@ -71,7 +71,13 @@ def read_configs(config: Path) -> tuple[ArchitectureConfig, SamplerConfig]:
     ``sampler.json`` beside it, when present, gives the sampler (over a format-1 file's own
     sampling settings); without one the sampler is the format-1 file's or ``SamplerConfig()``.
     """
-    arch_d, sampler_d = upgrade(_read_json(config), str(config))
+    raw_arch = _read_json(config)
+    if raw_arch.get("kind") == "vector":
+        raise ValueError(
+            f"{config}: a vector world model of the Gymnasium env {raw_arch.get('env_id')}, not the room's; "
+            "load it with dreamgym.worldmodel.load.load_world_model"
+        )
+    arch_d, sampler_d = upgrade(raw_arch, str(config))
     arch = ArchitectureConfig.from_dict(arch_d, source=str(config))
     source = str(config)
     sampler_file = config.parent / SAMPLER_NAME

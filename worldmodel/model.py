@@ -119,6 +119,42 @@ class WorldModel(SamplingMixin, LossMixin, DecodingMixin, WorldModelNetwork):
         c = self.config
         return edm.EDMParams(sigma_data=c.sigma_data, sigma_min=sampler.sigma_min, sigma_max=c.sigma_max, rho=sampler.rho)
 
+    # ------------------------------------------------------------------ the trainer's hooks
+    # ``worldmodel.trainer`` trains any model with these (``vector.VectorWorldModel`` has its own).
+    def check_training_windows(self, item, noise, source: str) -> None:
+        """Raise naming ``source`` when a training window lacks what this model trains on."""
+        from .windows import check_windows
+
+        check_windows(item, self.config, noise, source)
+
+    def training_noise(self, training, step: int, positions: list[int], seed: int):
+        """This step's unit noise, sigmas and branches (``noise.draw_noise``)."""
+        from .noise import draw_noise
+
+        return draw_noise(self.config, training, step, positions, seed)
+
+    @property
+    def statistics_fitted(self) -> bool:
+        return bool(self.norm.fitted)
+
+    def fit_statistics(self, chunks) -> None:
+        """Normalisation statistics (and the props features) from ``chunks()``, batches of windows."""
+        c = self.config
+        self.norm.fit(chunks(), c.resolution, c.ego_depth, warp=c.ego_warp)
+        if c.props_dynamics:
+            self.fit_props_features(chunks())
+
+    def heldout_metrics(self, batch, num_steps: int, seed: int):
+        """One-step held-out metrics beside the trivial baselines, and a frame grid (``trainer.heldout_metrics``)."""
+        from .trainer import heldout_metrics
+
+        return heldout_metrics(self, batch, num_steps, seed)
+
+    @staticmethod
+    def read_configs(config: Path) -> tuple[ArchitectureConfig, SamplerConfig]:
+        """The checked architecture and sampler of a checkpoint's ``config.json``."""
+        return read_configs(config)
+
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write ``model.safetensors``, ``config.json`` and ``sampler.json`` into ``directory`` (created)."""

@@ -135,12 +135,59 @@ def train(cfg: DictConfig) -> Path:
     check_training_config(training, options)
     torch.set_num_threads(int(cfg.num_threads))
     cache = _cache_bytes(cfg)
+    env = gym_dataset_env(cfg.data)
+    if env is not None:
+        return _train_vector(cfg, env, training, options, cache)
     source = window_source(cfg.data, "train", cache)
     if source is None:
         raise ValueError(f"{cfg.data}: no training episodes")
     # the held-out batch is read once: nothing of it is cached
     held = window_source(cfg.heldout_data, None, 0) if cfg.get("heldout_data") else window_source(cfg.data, "heldout", 0)
     model, record = _model(cfg, data_resolution(source, int(cfg.worldmodel.resolution)))
+    return train_world_model(model, source, training, cfg.out, held, options, record)
+
+
+# ----------------------------------------------------------------------------- a Gymnasium env's data
+def gym_dataset_env(data: Any) -> dict[str, Any] | None:
+    """The manifest ``env`` entry of a ``collect env=<id>`` dataset (the first of a list), else None."""
+    from dreamgym.rollouts.dataset import MANIFEST, Manifest, is_gym
+
+    first = data[0] if isinstance(data, (list, tuple)) or (hasattr(data, "__len__") and not isinstance(data, (str, Path))) else data
+    p = Path(str(first)) if first is not None else None
+    if p is None or not p.is_dir() or not (p / MANIFEST).is_file():
+        return None
+    env = Manifest.load(p).data["env"]
+    return env if is_gym(env) else None
+
+
+def _train_vector(cfg: DictConfig, env: Mapping[str, Any], training: Any, options: TrainerOptions, cache: int | None) -> Path:
+    """train-wm on a Gymnasium env's dataset: the vector world model (``worldmodel.vector``), sized by ``vector.*``."""
+    import dataclasses
+
+    from .vector import VectorWorldModel
+    from .vector_config import VectorArchitecture
+
+    v = cfg.vector
+    source = window_source(cfg.data, "train", cache, gym=True)
+    if source is None:
+        raise ValueError(f"{cfg.data}: no training episodes")
+    held = (
+        window_source(cfg.heldout_data, None, 0, gym=True) if cfg.get("heldout_data") else window_source(cfg.data, "heldout", 0, gym=True)
+    )
+    training = dataclasses.replace(training, batch_size=int(v.batch_size), prior_batch=0, prior_rollout=0, props_rollout_steps=0)
+    init = cfg.get("init")
+    torch.manual_seed(int(cfg.seed))
+    if init:
+        if str(init) == "default":
+            raise ValueError("init=default is the room's model; a Gymnasium env's model starts fresh or from a vector model's folder")
+        pre = VectorWorldModel.from_pretrained(str(init))
+        if pre.config.env_id != env["env_id"] or pre.config.observation_space != env["observation_space"]:
+            raise ValueError(f"init={init} models {pre.config.env_id}, but {cfg.data} holds {env['env_id']} (or other spaces)")
+        model, record = VectorWorldModel(pre.config, pre.sampler), {"init": str(init)}
+        model.load_state_dict(pre.state_dict())
+    else:
+        sizes = {k: v[k] for k in ("context", "width", "depth", "sigma_max")}
+        model, record = VectorWorldModel(VectorArchitecture.from_manifest(env, **sizes)), {"init": None}
     return train_world_model(model, source, training, cfg.out, held, options, record)
 
 

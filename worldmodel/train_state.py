@@ -265,10 +265,10 @@ def open_run_folder(out: Path, record: Mapping[str, Any], start: int, steps: int
 
 def _holds(folder: Path, model: WorldModel, state_dict: Mapping[str, torch.Tensor]) -> bool:
     """Whether ``folder`` already holds exactly these weights under this model's configs."""
-    from .checkpoint import SAMPLER_NAME, WEIGHTS_NAME, read_configs
+    from .checkpoint import SAMPLER_NAME, WEIGHTS_NAME
 
     try:
-        arch, sampler = read_configs(folder / CONFIG_NAME)
+        arch, sampler = type(model).read_configs(folder / CONFIG_NAME)
         had = load_safetensors(folder / WEIGHTS_NAME) if (folder / SAMPLER_NAME).is_file() else {}
     except (OSError, ValueError):
         return False

@@ -69,7 +69,7 @@ from .train_state import (
     save_checkpoint,
     write_result,
 )
-from .windows import OBS_KEYS, PRIOR_KEYS, WindowSource, check_windows
+from .windows import OBS_KEYS, PRIOR_KEYS, WindowSource
 
 
 class NonFiniteLossError(RuntimeError):
@@ -281,7 +281,7 @@ class Trainer:
             if o.stop_after is not None and done >= int(o.stop_after):
                 break
         bar.close()
-        if done >= tc.steps and self.cfg.props_dynamics and tc.props_rollout_steps and acc.is_main_process:
+        if done >= tc.steps and getattr(self.cfg, "props_dynamics", False) and tc.props_rollout_steps and acc.is_main_process:
             self._props_stage(writer)
         return self._finish(done, writer)
 
@@ -312,10 +312,10 @@ class Trainer:
         self.ds = self.windows.windows(K + 1)
         if len(self.ds) == 0:
             raise ValueError(f"{name}: no training window of {K + 1} steps (episodes too short for context={K})")
-        check_windows(self.ds[0], c, tc.noise, name)
+        self.raw.check_training_windows(self.ds[0], tc.noise, name)
         if tc.batch_size % self.world:
             raise ValueError(f"batch_size={tc.batch_size} must be divisible by the number of processes ({self.world})")
-        self.PB = int(tc.prior_batch) if c.state_prior else 0
+        self.PB = int(tc.prior_batch) if getattr(c, "state_prior", False) else 0
         if self.PB % self.world:
             raise ValueError(f"prior_batch={self.PB} must be divisible by the number of processes ({self.world})")
         # the state prior's own batches: state-only windows (cheap to slice and to run), long
@@ -342,14 +342,11 @@ class Trainer:
     def _prepare(self, ckpt: Path | None) -> int:
         """Statistics (for an unfitted model), optimizer, EMA and the checkpoint's state; returns the first step."""
         tc, raw = self.tc, self.raw
-        if ckpt is None and not bool(raw.norm.fitted):
+        if ckpt is None and not raw.statistics_fitted:
             # statistics from a fixed sample of training windows (the same on every process)
             n_stat = min(len(self.ds), int(tc.stats_windows))
             idx = torch.randperm(len(self.ds), generator=torch.Generator().manual_seed(tc.seed))[:n_stat].tolist()
-            chunks = lambda: (D.collate([self.ds[i] for i in idx[j : j + 64]]) for j in range(0, n_stat, 64))  # noqa: E731
-            raw.norm.fit(chunks(), self.cfg.resolution, self.cfg.ego_depth, warp=self.cfg.ego_warp)
-            if self.cfg.props_dynamics:
-                raw.fit_props_features(chunks())
+            raw.fit_statistics(lambda: (D.collate([self.ds[i] for i in idx[j : j + 64]]) for j in range(0, n_stat, 64)))
         raw.train()
         self.opt = torch.optim.AdamW(raw.parameters(), lr=float(tc.lr), weight_decay=float(tc.weight_decay), betas=(0.9, 0.99))
         self.ema = EMA(raw, float(tc.ema_decay))
@@ -418,7 +415,7 @@ class Trainer:
         """One optimisation step (see the module docstring); returns the global batch's losses."""
         acc, tc = self.acc, self.tc
         positions = list(range(self.rank, tc.batch_size, self.world))
-        noise, sigma, branches = draw_training_noise(self.cfg, tc, step, positions, tc.seed)
+        noise, sigma, branches = self.raw.training_noise(tc, step, positions, tc.seed)
         prior_window = self._prior_window(step)
         for group in self.opt.param_groups:
             group["lr"] = self._lr(step)
@@ -460,7 +457,7 @@ class Trainer:
     def _evaluate(self, done: int, held_batch: Mapping[str, torch.Tensor], writer) -> None:
         ema_model = copy.deepcopy(self.raw)
         ema_model.load_state_dict(self.ema.shadow)
-        mets, grid = heldout_metrics(ema_model, held_batch, self.o.eval_num_steps, self.tc.seed)
+        mets, grid = ema_model.heldout_metrics(held_batch, self.o.eval_num_steps, self.tc.seed)
         if writer is not None:
             for k, v in mets.items():
                 writer.add_scalar(f"heldout/{k}", v, done)
@@ -492,10 +489,11 @@ def train_world_model(
     options: TrainerOptions | None = None,
     record: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Train ``model`` (a ``WorldModel``; or a checkpoint folder, None or ``"default"`` to fine-tune
+    """Train ``model`` (a ``WorldModel`` or a ``vector.VectorWorldModel``: anything with the trainer's
+    hooks, see ``WorldModel.check_training_windows``; or a checkpoint folder, None or ``"default"`` to fine-tune
     that one, see ``load_init``) on ``windows`` as ``training`` says, in ``out``; returns
     ``<out>/final`` (the EMA weights). ``record``: more entries for ``run.json`` (e.g. ``init``)."""
-    if not isinstance(model, WorldModel):
+    if not isinstance(model, torch.nn.Module):
         model = load_init(model)
     return Trainer(model, windows, training, Path(out), heldout, options or TrainerOptions(), dict(record or {})).train()
 

@@ -69,22 +69,35 @@ class DatasetSource:
     in memory (None: all). The shards are checked by checksum once, when the source is made.
     """
 
-    def __init__(self, dirs: str | Path | Sequence[str | Path], split: str, cache_bytes: int | None = None):
+    def __init__(self, dirs: str | Path | Sequence[str | Path], split: str, cache_bytes: int | None = None, gym: bool = False):
         from dreamgym.rollouts.dataset import Manifest, is_gym
         from dreamgym.rollouts.episodes import index_dataset
 
         self.dirs = [Path(dirs)] if isinstance(dirs, (str, Path)) else [Path(d) for d in dirs]
         self.split = split
         self.cache_bytes = cache_bytes
-        gym = [(d, m.data["env"]["env_id"]) for d, m in zip(self.dirs, map(Manifest.load, self.dirs)) if is_gym(m.data["env"])]
-        if gym:
+        envs = [m.data["env"] for m in map(Manifest.load, self.dirs)]
+        wrong = [(d, e) for d, e in zip(self.dirs, envs) if is_gym(e) != gym]
+        if wrong and not gym:
             raise ValueError(
-                f"{gym[0][0]} holds episodes of the Gymnasium env {gym[0][1]}; this world model trains on the room's "
+                f"{wrong[0][0]} holds episodes of the Gymnasium env {wrong[0][1]['env_id']}; this world model trains on the room's "
                 "datasets (collected without env=)"
+            )
+        if wrong:
+            raise ValueError(
+                f"{wrong[0][0]} holds the room's episodes; a Gymnasium env's world model trains on `collect env=<id>` datasets"
+            )
+        if gym and len({(e["env_id"], repr(e.get("env_kwargs"))) for e in envs}) > 1:
+            raise ValueError(
+                f"data: the datasets hold different envs ({sorted({e['env_id'] for e in envs})}); train one env's model at a time"
             )
         self.index = index_dataset(self.dirs, split, verify="sha256")
         self.name = ", ".join(map(str, self.dirs))
         env = self.index.manifests[0].data["env"]
+        self.env = env
+        if gym:
+            self.keys, self.task = tuple(env["obs_keys"]), ""
+            return
         have = set.intersection(*(set(m.data["env"]["obs_keys"]) for m in self.index.manifests))
         self.keys = tuple(k for k in OBS_KEYS if k in have) + ("props",)
         if all(m.data["env"].get("task") for m in self.index.manifests) and {"motion", "partner_motion"} <= have:
@@ -148,22 +161,27 @@ def _check_path(path: str | Path) -> Path:
     return p
 
 
-def window_source(path: str | Path | Sequence[str | Path], split: str | None, cache_bytes: int | None = None) -> WindowSource | None:
+def window_source(
+    path: str | Path | Sequence[str | Path], split: str | None, cache_bytes: int | None = None, gym: bool = False
+) -> WindowSource | None:
     """The windows of a dataset directory or a list of them (its ``split``; None: all) or of an episodes
     ``.safetensors`` file (which holds no split: ``train`` and None take it all, ``heldout``
-    nothing, None returned). None also when the split has no episode."""
+    nothing, None returned). None also when the split has no episode. ``gym``: the datasets are
+    ``collect env=<id>`` ones (of one env), read with their own observation keys."""
     if isinstance(path, (list, tuple)) or hasattr(path, "__len__") and not isinstance(path, (str, Path)):
         dirs = [_check_path(str(d)) for d in path]
         if not dirs:
             raise ValueError("data=[]: give at least one dataset directory")
         if any(d.is_file() for d in dirs):
             raise ValueError(f"data: a list holds dataset directories only; {[str(d) for d in dirs if d.is_file()]} are files")
-        src = DatasetSource(dirs, split or "all", cache_bytes)
+        src = DatasetSource(dirs, split or "all", cache_bytes, gym)
         return src if len(src) else None
     p = _check_path(path)
     if p.is_file():
+        if gym:
+            raise ValueError(f"{p}: a Gymnasium env's world model trains on a `collect env=<id>` dataset directory, not an episodes file")
         return EpisodeSource(_episodes_from_safetensors(p), name=str(p)) if split in ("train", None) else None
-    src = DatasetSource(p, split or "all", cache_bytes)
+    src = DatasetSource(p, split or "all", cache_bytes, gym)
     return src if len(src) else None
 
 

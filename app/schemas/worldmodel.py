@@ -33,6 +33,17 @@ class TrainingNoise:
 
 
 @dataclass
+class VectorModel:
+    """``vector:`` of ``configs/train_wm.yaml``: the sizes of a Gymnasium env's vector world model."""
+
+    context: int = setting(ge=1)
+    width: int = setting(ge=8)
+    depth: int = setting(ge=1)
+    sigma_max: float = setting(gt=0)
+    batch_size: int = setting(gt=0)
+
+
+@dataclass
 class TrainWmConfig:
     """``configs/train_wm.yaml``"""
 
@@ -57,6 +68,7 @@ class TrainWmConfig:
     props_rollout_horizon: int = setting(gt=0)
     props_rollout_batch: int = setting(gt=0)
     props_rollout_lr: float = setting(gt=0)
+    vector: VectorModel = group(VectorModel)
     cache_mb: int | None = setting(ge=0)
     num_workers: int = setting(ge=0)
     seed: int = setting(ge=0)
