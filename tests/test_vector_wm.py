@@ -213,3 +213,39 @@ def test_a_policy_trained_only_in_the_dream_runs_in_the_source_env_unchanged(car
         random_returns.append(ret)
     assert trained > 4 * np.mean(random_returns)  # random play: about 20; a learned balance lasts far longer
     assert dream.real_steps < 0.1 * 10_000  # its real experience: the dataset and the starts' single steps
+
+
+class _Drift(gym.Env):
+    """A point drifting under Box actions, observed as a Dict of two vectors (position, velocity)."""
+
+    observation_space = spaces.Dict(
+        {"position": spaces.Box(-5.0, 5.0, (2,), np.float32), "velocity": spaces.Box(-np.inf, np.inf, (2,), np.float32)}
+    )
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.p = self.np_random.uniform(-1, 1, size=2).astype(np.float32)
+        self.v = np.zeros(2, np.float32)
+        return self._obs(), {}
+
+    def _obs(self):
+        return {"position": self.p.copy(), "velocity": self.v.copy()}
+
+    def step(self, action):
+        self.v = (0.9 * self.v + 0.1 * np.asarray(action, np.float32)).astype(np.float32)
+        self.p = np.clip(self.p + self.v, -5, 5).astype(np.float32)
+        return self._obs(), float(-np.abs(self.p).sum()), bool(np.abs(self.p).max() >= 5), False, {}
+
+
+def test_a_dict_of_vectors_is_dreamed_key_by_key(tmp_path):
+    if "dreamgym-test/Drift-v0" not in gym.registry:
+        gym.register(id="dreamgym-test/Drift-v0", entry_point=_Drift, max_episode_steps=50)
+    _collect(tmp_path / "data", "dreamgym-test/Drift-v0", 1500)
+    final = _train(tmp_path / "data", tmp_path / "run", 150)
+    env = gym.make("dreamgym/Dream-v0", source_env="dreamgym-test/Drift-v0", checkpoint=str(final))
+    assert env.observation_space == _Drift.observation_space
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    obs, r, *_ = env.step(np.ones(2, np.float32))
+    assert set(obs) == {"position", "velocity"} and obs["velocity"].dtype == np.float32 and np.isfinite(r)
