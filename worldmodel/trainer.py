@@ -135,14 +135,6 @@ def check_training_config(tc: TrainingConfig, options: TrainerOptions) -> None:
         raise ValueError(f"{options.name}: device=cuda, but this machine has no CUDA device; use device=cpu")
 
 
-def draw_training_noise(model_config: Any, training: TrainingConfig, step: int, positions: list[int], seed: int):
-    """Unit noise and sigmas per modality and sample, and the branches that run at ``step``
-    (``noise.draw_noise`` with the training config's noise settings)."""
-    from .noise import draw_noise
-
-    return draw_noise(model_config, training, step, positions, seed)
-
-
 def load_init(init: Any) -> WorldModel:
     """The model to fine-tune: a ``WorldModel`` (copied), a checkpoint folder, or None / ``"default"``
     for the shipped default."""

@@ -188,11 +188,7 @@ class VectorWorldModel(nn.Module):
             raise ValueError(f"imagine needs {K} context rows of observations and actions, got {obs.shape[1]} and {act.shape[1]}")
         ctx = self._context(obs, act)
         scale = s.init_noise if init_noise is None else float(init_noise)
-        z = (
-            torch.randn(obs.shape[0], self.obs_dim, generator=generator, device=obs.device)
-            if generator is not None
-            else torch.randn_like(obs[:, 0])
-        )
+        z = torch.randn(obs.shape[0], self.obs_dim, generator=generator, device=obs.device)
         params = edm.EDMParams(sigma_data=self.config.sigma_data, sigma_min=s.sigma_min, sigma_max=self.config.sigma_max, rho=s.rho)
         y = edm.sample(
             lambda x, sig: {"obs": self.denoise(x["obs"], sig["obs"], ctx)},

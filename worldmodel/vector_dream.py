@@ -183,12 +183,9 @@ class VectorDreamVecEnv(VectorEnv):
             self._np_rng = np.random.default_rng(int(seed))
         B, K = self.num_envs, self.K
         self._obs = {p.key: torch.zeros((B, K, *p.shape), dtype=getattr(torch, p.dtype), device=self.device) for p in self.model.parts}
-        a_shape = () if self.model.config.discrete_actions() else tuple(self.single_action_space.shape)
-        self._act = torch.zeros(
-            (B, K, *a_shape),
-            dtype=torch.long if not a_shape and self.model.config.discrete_actions() else torch.float32,
-            device=self.device,
-        )
+        discrete = self.model.config.discrete_actions()
+        a_shape = () if discrete else tuple(self.single_action_space.shape)
+        self._act = torch.zeros((B, K, *a_shape), dtype=torch.long if discrete else torch.float32, device=self.device)
         for i in range(B):
             self._start(i, int(self._np_rng.integers(2**31)))
         return self._current(), {}
@@ -198,7 +195,7 @@ class VectorDreamVecEnv(VectorEnv):
         return last if self.is_dict else last[self.model.output_keys()[0]]
 
     def _clip(self, actions: Any) -> torch.Tensor:
-        a = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions, device=self.device)
+        a = torch.as_tensor(actions, device=self.device)
         if self.model.config.discrete_actions():
             space = self.single_action_space
             a = a.reshape(self.num_envs).long()
