@@ -328,9 +328,10 @@ def run(cfg: DictConfig) -> int:
         check_config(cfg)
         torch.set_num_threads(int(cfg.num_threads))
         res = _evaluate(cfg, str(spec))
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"dreamgym eval-policy: {e}") from None
-    out = {"policy": str(spec), "task": cfg.task, "env": cfg.env, "seed": int(cfg.seed), **res}
+    task = cfg.task if cfg.get("source_env") is None else None
+    out = {"policy": str(spec), "task": task, "env": cfg.env, "seed": int(cfg.seed), **res}
     text = json.dumps(out, indent=2)
     print(text)
     if cfg.out:
@@ -340,6 +341,21 @@ def run(cfg: DictConfig) -> int:
 
 
 def _evaluate(cfg: DictConfig, spec: str) -> dict[str, Any]:
+    if cfg.get("source_env") is not None:
+        if cfg.env != "real":
+            raise ConfigError("source_env= scores in the env itself (env=real); a Gymnasium env's dream has no held-out judge")
+        from .gym_eval import evaluate_gym_policy
+
+        return evaluate_gym_policy(
+            spec,
+            str(cfg.source_env),
+            dict(cfg.env_kwargs or {}),
+            episodes=int(cfg.episodes),
+            seed=int(cfg.seed),
+            max_worlds=int(cfg.max_worlds),
+            deterministic=bool(cfg.deterministic),
+            device=str(cfg.device),
+        )
     if cfg.env == "real":
         return evaluate_policy(
             spec,

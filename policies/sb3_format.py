@@ -50,15 +50,27 @@ def _classes() -> dict[str, dict[str, type]]:
     }
 
 
-def policy_class(algo: str) -> type:
-    """The SB3 policy class of ``algo``'s ``MultiInputPolicy``."""
-    from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+def policy_classes(algo: str) -> dict[str, type]:
+    """The SB3 policy classes ``algo`` may save as, by name: its ``MultiInputPolicy`` (Dict
+    observations: the room) and its ``MlpPolicy`` (a Box: a Gymnasium env's own observations)."""
+    from stable_baselines3.common.policies import ActorCriticPolicy, MultiInputActorCriticPolicy
     from stable_baselines3.sac.policies import MultiInputPolicy as SACMultiInputPolicy
+    from stable_baselines3.sac.policies import SACPolicy
 
-    table = {"ppo": MultiInputActorCriticPolicy, "sac": SACMultiInputPolicy}
+    table = {"ppo": (MultiInputActorCriticPolicy, ActorCriticPolicy), "sac": (SACMultiInputPolicy, SACPolicy)}
     if algo not in table:
         raise CheckpointError(f"unknown algo {algo!r}; valid: {list(table)}")
-    return table[algo]
+    return {c.__name__: c for c in table[algo]}
+
+
+def policy_class(algo: str, name: str | None = None) -> type:
+    """The SB3 policy class called ``name`` of ``algo`` (None: its ``MultiInputPolicy``)."""
+    classes = policy_classes(algo)
+    if name is None:
+        return next(iter(classes.values()))
+    if name not in classes:
+        raise CheckpointError(f"policy_class {name!r} is not one a {algo} policy saves as ({list(classes)})")
+    return classes[name]
 
 
 # ----------------------------------------------------------------------------- spaces as JSON
@@ -214,8 +226,8 @@ def save_sb3_policy(network: Any, algo: str, out: str | Path, meta: Mapping[str,
     The JSON is written first and the weights last, each atomically: a folder with the weights
     holds a config that fits them.
     """
-    if type(network) is not policy_class(algo):
-        raise ValueError(f"a {algo} policy saves as {policy_class(algo).__name__}, got {type(network).__name__}")
+    if type(network) not in policy_classes(algo).values():
+        raise ValueError(f"a {algo} policy saves as one of {list(policy_classes(algo))}, got {type(network).__name__}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {
@@ -258,7 +270,7 @@ def build_sb3_network(cfg: Mapping[str, Any], cfg_file: Path | str = CONFIG) -> 
     try:
         kwargs = policy_kwargs_from_json(cfg["policy_kwargs"])
         obs_space, act_space = kwargs.pop("observation_space"), kwargs.pop("action_space")
-        return policy_class(str(cfg["algo"]))(obs_space, act_space, lambda _: 0.0, **kwargs)
+        return policy_class(str(cfg["algo"]), cfg.get("policy_class"))(obs_space, act_space, lambda _: 0.0, **kwargs)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{cfg_file}: cannot rebuild the policy network from it ({type(e).__name__}: {e})") from None
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,30 @@ def make_env(
             return_tensors=True,
         )
     raise ValueError(f"env must be 'real' or 'dream', got {env!r}")
+
+
+def make_source_env(cfg: DictConfig) -> Any:
+    """``cfg.source_env``'s batched env of the shared step API: the env itself (env=real,
+    ``rollouts.gym_vec.GymTensorVecEnv``) or its dream (env=dream, ``VectorDreamVecEnv`` on ``checkpoint``)."""
+    kwargs = dict(cfg.env_kwargs or {})
+    if cfg.env == "real":
+        from dreamgym.rollouts.gym_vec import GymTensorVecEnv
+
+        return GymTensorVecEnv(str(cfg.source_env), int(cfg.num_envs), kwargs, seed=int(cfg.seed))
+    from dreamgym.worldmodel.vector_dream import VectorDreamVecEnv
+
+    env = VectorDreamVecEnv(
+        checkpoint=str(cfg.checkpoint),
+        num_envs=int(cfg.num_envs),
+        source_env=str(cfg.source_env),
+        env_kwargs=kwargs or None,
+        starts=str(cfg.starts),
+        device=str(cfg.device),
+        num_denoising_steps=cfg.num_denoising_steps,
+        init_noise=cfg.init_noise,
+    )
+    env.reset_tensors(seed=int(cfg.seed))
+    return env
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -181,6 +205,36 @@ def check_config(cfg: DictConfig) -> None:
             _check_init(cfg, init)
     if cfg.env == "dream" and cfg.checkpoint is not None and not Path(str(cfg.checkpoint)).exists():
         raise ConfigError(f"checkpoint={cfg.checkpoint}: no such world-model checkpoint")
+    if cfg.get("source_env") is not None:
+        _check_source_env(cfg)
+
+
+def _check_source_env(cfg: DictConfig) -> None:
+    """A Gymnasium env to train on: registered, and for env=dream a vector world model of it."""
+    import gymnasium as gym
+
+    src = cfg.source_env
+    if not isinstance(src, str) or not src:
+        raise ConfigError(f"source_env={src!r}: expected a registered Gymnasium id, e.g. source_env=Hopper-v5")
+    try:
+        gym.spec(src)
+    except gym.error.Error:
+        raise ConfigError(
+            f"source_env={src} is not a registered Gymnasium id; give one of gymnasium.registry, e.g. source_env=CartPole-v1"
+        ) from None
+    if cfg.env_kwargs is not None and not isinstance(cfg.env_kwargs, Mapping):
+        raise ConfigError(f"env_kwargs={cfg.env_kwargs!r} is not a mapping; write it as 'env_kwargs={{g:9.81}}'")
+    if cfg.env == "real":
+        return
+    if cfg.checkpoint is None:
+        raise ConfigError(f"source_env={src} env=dream: give checkpoint=<a train-wm run's final/ folder> of a `collect env={src}` dataset")
+    from dreamgym.worldmodel.load import checkpoint_kind
+
+    if checkpoint_kind(str(cfg.checkpoint)) != "vector":
+        raise ConfigError(f"checkpoint={cfg.checkpoint} is the room's world model; source_env={src} needs a vector world model of it")
+    starts = str(cfg.starts)
+    if starts != "live" and not starts.startswith("dataset:"):
+        raise ConfigError(f"starts={starts!r}: expected live or dataset:<dir>[:<split>]")
 
 
 def _check_init(cfg: DictConfig, init: Path) -> None:
@@ -189,14 +243,17 @@ def _check_init(cfg: DictConfig, init: Path) -> None:
 
     icfg = read_policy_config(policy_files(init)[1])
     kw = icfg["policy_kwargs"]
+    source = cfg.get("source_env")
+    if source is not None and icfg.get("source_env") != source:
+        raise ConfigError(f"init={init}: a policy of {icfg.get('source_env') or 'the room'}, but source_env={source}")
     try:
-        keys = sorted(k for k, _ in kw["observation_space"]["space"]["spaces"])
+        keys = None if source is not None else sorted(k for k, _ in kw["observation_space"]["space"]["spaces"])
         arch = kw.get("net_arch")
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"{policy_files(init)[1]}: its observation_space is not a Dict space") from None
     if icfg["algo"] != cfg.algo:
         raise ConfigError(f"init={init}: a {icfg['algo']} policy, but algo={cfg.algo}")
-    if keys != sorted(cfg.obs_keys):
+    if keys is not None and keys != sorted(cfg.obs_keys):
         raise ConfigError(f"init={init}: the policy reads {keys}, but obs_keys={sorted(cfg.obs_keys)}")
     if arch != list(cfg[cfg.algo].net_arch):
         raise ConfigError(f"init={init}: its layers are net_arch={arch}, but {cfg.algo}.net_arch={list(cfg[cfg.algo].net_arch)}")
@@ -229,22 +286,26 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the model
 def _build_model(cfg: DictConfig, venv: Any, out: Path, stats: dict | None) -> Any:
+    from gymnasium import spaces
+
     from .networks import ObsExtractor
 
     algo = str(cfg.algo)
     hp = OmegaConf.to_container(cfg[algo], resolve=True)
     assert isinstance(hp, dict)
     hp.pop("algo", None)
-    policy_kwargs: dict[str, Any] = dict(
-        net_arch=list(hp.pop("net_arch")),
-        features_extractor_class=ObsExtractor,
-        features_extractor_kwargs={"stats": stats} if stats is not None else {},
-        normalize_images=False,
-    )
+    policy_kwargs: dict[str, Any] = dict(net_arch=list(hp.pop("net_arch")))
+    if cfg.get("source_env") is None:  # the room's keys, normalised by the measured statistics
+        policy_kwargs |= dict(
+            features_extractor_class=ObsExtractor,
+            features_extractor_kwargs={"stats": stats} if stats is not None else {},
+            normalize_images=False,
+        )
     if "log_std_init" in hp:
         policy_kwargs["log_std_init"] = float(hp.pop("log_std_init"))
+    kind = "MultiInputPolicy" if isinstance(venv.observation_space, spaces.Dict) else "MlpPolicy"
     return sb3_algo_class(algo)(
-        "MultiInputPolicy",
+        kind,
         venv,
         seed=int(cfg.seed),
         device=cfg.device,
@@ -325,6 +386,22 @@ def train_policy(cfg: DictConfig | dict) -> Path:
         folder.release()
 
 
+def _room_env(cfg: DictConfig) -> Any:
+    return make_env(
+        cfg.env,
+        cfg.task,
+        int(cfg.num_envs),
+        tuple(cfg.obs_keys),
+        int(cfg.seed),
+        cfg.checkpoint,
+        cfg.num_denoising_steps,
+        cfg.horizon,
+        str(cfg.reward_source),
+        cfg.device,
+        cfg.init_noise,
+    )
+
+
 def _train(cfg: DictConfig, folder: RunFolder, rec: dict[str, Any], ckpt: Path | None) -> None:
     """Steps 3-6 of the module docstring, for a run whose folder is claimed and recorded."""
     from stable_baselines3.common.vec_env import VecMonitor
@@ -335,22 +412,11 @@ def _train(cfg: DictConfig, folder: RunFolder, rec: dict[str, Any], ckpt: Path |
     from .train_callback import TrainCallback, recent_return, restart_episodes
 
     out, algo, steps, B = folder.root, str(cfg.algo), int(cfg.steps), int(cfg.num_envs)
-    obs_keys = tuple(cfg.obs_keys)
-    env = make_env(
-        cfg.env,
-        cfg.task,
-        B,
-        obs_keys,
-        int(cfg.seed),
-        cfg.checkpoint,
-        cfg.num_denoising_steps,
-        cfg.horizon,
-        str(cfg.reward_source),
-        cfg.device,
-        cfg.init_noise,
-    )
+    source = cfg.get("source_env")
+    obs_keys = tuple(cfg.obs_keys) if source is None else None
+    env = make_source_env(cfg) if source is not None else _room_env(cfg)
     venv = VecMonitor(SB3VecEnv(env))
-    fresh = ckpt is None and cfg.init is None
+    fresh = ckpt is None and cfg.init is None and source is None
     model = _build_model(cfg, venv, out, measure_obs_stats(env, int(cfg.stats_steps), int(cfg.seed)) if fresh else None)
     init_steps = _load_init(cfg, model) if cfg.init is not None and ckpt is None else int(rec.get("init_steps") or 0)
     cb: TrainCallback
@@ -360,9 +426,10 @@ def _train(cfg: DictConfig, folder: RunFolder, rec: dict[str, Any], ckpt: Path |
         mean, _ = recent_return(model)
         return {
             "run_id": rec["run_id"],
-            "task": cfg.task,
+            "task": cfg.task if source is None else None,
             "env": cfg.env,
-            "obs_keys": list(obs_keys),
+            **({} if source is None else {"source_env": source, "env_kwargs": dict(cfg.env_kwargs or {})}),
+            "obs_keys": None if obs_keys is None else list(obs_keys),
             "world_model": None if cfg.env == "real" else str(cfg.checkpoint or "default"),
             "steps": done,
             "total_steps": init_steps + done,

@@ -143,8 +143,12 @@ def _obs_dict(obs: Any) -> dict[str, np.ndarray]:
 class GymBehaviours:
     """The behaviour of each world's current episode and its actions, seeded per episode."""
 
-    def __init__(self, action_space, mix: Mapping[str, float], num_envs: int):
+    def __init__(self, action_space, mix: Mapping[str, float], num_envs: int, actor=None):
         import gymnasium as gym
+
+        if "actor" in mix and actor is None:
+            raise ValueError("the behaviour mix names actor, but no actor was given")
+        self.actor = actor
 
         self.B = int(num_envs)
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
@@ -164,11 +168,15 @@ class GymBehaviours:
         self.left[w] = 0
         return self.behaviour[w]
 
-    def actions(self) -> np.ndarray:
-        """(B,) int64 or (B, *shape) float32: every world's next action."""
+    def actions(self, obs: Any = None) -> np.ndarray:
+        """(B,) int64 or (B, *shape) float32: every world's next action (``obs``: every world's
+        current observation, which the actor reads)."""
+        acted = self.actor(obs) if self.actor is not None and "actor" in self.behaviour else None
         out = []
         for w in range(self.B):
-            if self.behaviour[w] == "held":
+            if self.behaviour[w] == "actor":
+                out.append(np.asarray(acted[w]))
+            elif self.behaviour[w] == "held":
                 if self.left[w] <= 0:
                     self.held[w] = self.spaces[w].sample()
                     self.left[w] = int(self.rngs[w].integers(HOLD_STEPS[0], HOLD_STEPS[1] + 1))
@@ -185,11 +193,18 @@ class GymCollector:
     replayed but not written."""
 
     def __init__(
-        self, env, settings: Mapping[str, Any], writer: ShardWriter, stored: Mapping[str, int], heldout_fraction: float, capacity: int
+        self,
+        env,
+        settings: Mapping[str, Any],
+        writer: ShardWriter,
+        stored: Mapping[str, int],
+        heldout_fraction: float,
+        capacity: int,
+        actor=None,
     ):
         import gymnasium as gym
 
-        self.env, self.settings, self.writer = env, settings, writer
+        self.env, self.settings, self.writer, self.actor = env, settings, writer, actor
         self.stored = dict(stored)
         self.heldout_fraction = float(heldout_fraction)
         self.B = env.num_envs
@@ -206,7 +221,8 @@ class GymCollector:
         env, buf, B, writer = self.env, self.buf, self.B, self.writer
         seed, env_id = int(self.settings["seed"]), self.settings["env_id"]
         writer.put("round_start", {"index": r, "steps": L})
-        policy = GymBehaviours(env.single_action_space, self.settings["policy"], B)
+        policy = GymBehaviours(env.single_action_space, self.settings["policy"], B, self.actor)
+        last: list[Any] = [None]  # every world's current observation (the actor reads it)
         ep_count = np.zeros(B, np.int64)
         meta: list[dict[str, Any]] = [{} for _ in range(B)]
 
@@ -244,6 +260,7 @@ class GymCollector:
             mask = np.zeros(B, bool)
             mask[worlds] = True
             obs, _ = env.reset(seed=seeds, options={"reset_mask": mask} if len(worlds) < B else None)
+            last[0] = obs
             buf.pos[worlds] = 0
             buf.put_obs(worlds, _obs_dict(obs))
             for w in worlds:
@@ -251,8 +268,9 @@ class GymCollector:
 
         reset(buf.rows)
         for t in range(L):
-            act = policy.actions()
+            act = policy.actions(last[0])
             obs, rew, term, trunc, _ = env.step(act)
+            last[0] = obs
             fresh = sum(m["key"] not in self.stored for m in meta)
             term, trunc = np.asarray(term, bool), np.asarray(trunc, bool)
             buf.put_transition(act, np.asarray(rew, np.float32), term, trunc)
@@ -274,7 +292,7 @@ class GymCollector:
         writer.put("round_end", r)
 
 
-def _gym_settings(env_id, env_kwargs, steps, num_envs, policy, seed, round_steps, heldout_fraction) -> dict[str, Any]:
+def _gym_settings(env_id, env_kwargs, steps, num_envs, policy, seed, round_steps, heldout_fraction, actor_name=None) -> dict[str, Any]:
     if not isinstance(env_id, str) or not env_id:
         raise ValueError(f"env must be a registered Gymnasium id such as env=CartPole-v1, got {env_id!r}")
     if int(num_envs) < 1 or int(steps) < 1 or int(round_steps) < 1:
@@ -288,8 +306,9 @@ def _gym_settings(env_id, env_kwargs, steps, num_envs, policy, seed, round_steps
         "env_kwargs": _json_kwargs(env_kwargs),
         "num_envs": int(num_envs),
         "seed": int(seed),
-        "policy": parse_gym_policy(policy, env_id),
+        "policy": {"actor": 1.0} if actor_name is not None else parse_gym_policy(policy, env_id),
         "round_steps": int(round_steps),
+        **({"actor": str(actor_name)} if actor_name is not None else {}),
     }
 
 
@@ -311,9 +330,16 @@ def collect_gym(
     queue_episodes: int = 16,
     stop_after_steps: int | None = None,
     progress: bool = True,
+    actor=None,
+    actor_name: str | None = None,
 ) -> CollectResult:
     """Collect (or continue collecting) ``steps`` transitions of the Gymnasium env ``env``
     (``gym.make(env, **env_kwargs)``) into the dataset at ``out``; ``policy`` None: random.
+
+    ``actor`` (Python callers, such as ``diamond env=<id>``): ``actor(obs) -> actions``, a batch
+    of every world's observations in, a batch of actions out; it acts in every episode (behaviour
+    ``actor``) instead of the ``policy`` mix. ``actor_name`` names it in the manifest, and a
+    resumed collection must name the same one.
 
     Resuming, extending and the refusal of other settings (``GYM_RESUME_KEYS``,
     ``heldout_fraction``) work as for the room's ``collect``. Raises ValueError (one line) for an
@@ -321,7 +347,9 @@ def collect_gym(
     """
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-    settings = _gym_settings(env, env_kwargs, steps, num_envs, policy, seed, round_steps, heldout_fraction)
+    if (actor is None) != (actor_name is None):
+        raise ValueError("give actor and actor_name together (the name is what a resumed collection checks)")
+    settings = _gym_settings(env, env_kwargs, steps, num_envs, policy, seed, round_steps, heldout_fraction, actor_name)
     env_id, kwargs, B = settings["env_id"], settings["env_kwargs"], settings["num_envs"]
     first = make_env(env_id, kwargs)
     try:
@@ -335,7 +363,7 @@ def collect_gym(
     def open_env():
         def make_collector(writer: ShardWriter, manifest: Manifest, capacity: int) -> GymCollector:
             stored = {e["key"]: int(e["steps"]) for _, e in manifest.episodes()}
-            return GymCollector(vec, settings, writer, stored, float(heldout_fraction), capacity)
+            return GymCollector(vec, settings, writer, stored, float(heldout_fraction), capacity, actor)
 
         return spec, make_collector
 
@@ -356,7 +384,7 @@ def collect_gym(
             },
             stop_after_steps=stop_after_steps,
             progress=progress,
-            resume_keys=GYM_RESUME_KEYS,
+            resume_keys=GYM_RESUME_KEYS + (("actor",) if actor is not None else ()),
             kind="gym",
         )
     finally:

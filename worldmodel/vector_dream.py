@@ -130,6 +130,11 @@ class VectorDreamVecEnv(VectorEnv):
     def starts_info(self) -> dict[str, Any]:
         return {k: v for k, v in self.starts.items() if k != "windows"}
 
+    @property
+    def sampler_info(self) -> dict[str, Any]:
+        """The sampler each dreamed step runs (the model's own, with this env's overrides), as a run records it."""
+        return self.model.sampler.to_dict() | {k: v for k, v in self.sample_kw.items() if v is not None}
+
     def _live_start(self, seed: int) -> tuple[dict[str, np.ndarray], list[Any], int]:
         """K real rows: the source env reset with ``seed``, then K - 1 random steps (re-drawn if it ends)."""
         if self._source is None:

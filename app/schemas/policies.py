@@ -71,6 +71,9 @@ class TrainPolicyConfig:
     ppo: PPOConfig = group(PPOConfig)
     sac: SACConfig = group(SACConfig)
     env: str = setting(choices=ENVS)
+    source_env: str | None = setting()  # a Gymnasium id: train on it (env=real) or on its dream (env=dream)
+    env_kwargs: Any = setting()
+    starts: str = setting()
     task: str = setting(choices=task_names)
     checkpoint: str | None = setting(exists=True)  # null: the shipped default
     algo: str = setting(choices=ALGOS)
@@ -97,6 +100,10 @@ class TrainPolicyConfig:
 
     def check(self) -> None:
         require(self, "out", hint="give out=<run dir>, e.g. `dreamgym train-policy out=runs/ppo`")
+        if self.env_kwargs is not None and not isinstance(self.env_kwargs, dict):
+            raise BadValue("env_kwargs", f"env_kwargs={self.env_kwargs!r} is not a mapping; write it as 'env_kwargs={{g:9.81}}'")
+        if self.env_kwargs and not self.source_env:
+            raise BadValue("env_kwargs", "env_kwargs are passed to gym.make and need source_env=<a Gymnasium id>")
         if not self.obs_keys:
             raise BadValue("obs_keys", "obs_keys=[] gives the policy nothing to read; e.g. obs_keys=[task_obs]")
 
@@ -108,6 +115,8 @@ class EvalPolicyConfig:
     policy: str | None = setting()
     allow_pickle: bool = setting()
     env: str = setting(choices=ENVS)
+    source_env: str | None = setting()
+    env_kwargs: Any = setting()
     task: str = setting(choices=task_names)
     episodes: int = setting(gt=0)
     seed: int = setting(ge=0)
