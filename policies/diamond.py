@@ -189,6 +189,11 @@ def diamond(cfg: DictConfig | dict) -> dict[str, Any]:
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     if cfg.out is None:
         raise SystemExit("dreamgym diamond: give out=<run dir>")
+    if cfg.get("env") is not None:  # a Gymnasium env of the user's: policies.gym_diamond
+        from .gym_diamond import gym_diamond
+
+        torch.set_num_threads(int(cfg.num_threads))
+        return gym_diamond(cfg)
     torch.set_num_threads(int(cfg.num_threads))
     out = Path(cfg.out)
     _check_config(out, cfg)

@@ -6,6 +6,7 @@ Each field mirrors the key of the same name in ``configs/<command>.yaml``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .data import check_policy_mix
 from .fields import BadValue, behaviour_names, group, obs_key_names, require, setting, task_names, validate_keys
@@ -83,6 +84,9 @@ class DiamondConfig:
     ppo: PPOConfig = group(PPOConfig)
     sac: SACConfig = group(SACConfig)
     task: str = setting(choices=task_names)
+    env: str | None = setting()  # a Gymnasium id: the loop on that env (policies.gym_diamond)
+    env_kwargs: Any = setting()
+    gym_wm_steps: int = setting(gt=0)
     budget: int = setting(gt=0)
     out: str | None = setting()
     checkpoint: str | None = setting(exists=True)
