@@ -100,6 +100,11 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "dreamgym.benchmarks.transfer:run",
         "PPO in the dream vs PPO in the simulator on N and 10 N real steps, expert, random: every task, state and pixels",
     ),
+    "gym": (
+        "bench/gym",
+        "dreamgym.benchmarks.gym_loop:run",
+        "the loop (diamond env=<id>) vs SB3 PPO and SAC on the same real-step budget: InvertedPendulum, Hopper, HalfCheetah",
+    ),
     "verdict": (
         "bench/verdict",
         "dreamgym.benchmarks.verdict:run",

@@ -46,6 +46,7 @@ SCHEMAS: dict[str, str] = {
     "bench/vla": "bench:BenchVLAConfig",
     "bench/transfer": "bench:BenchTransferConfig",
     "bench/verdict": "bench:BenchVerdictConfig",
+    "bench/gym": "bench:BenchGymConfig",
     "bench/reliability": "bench:BenchReliabilityConfig",
     "bench/social": "bench:BenchSocialConfig",
 }

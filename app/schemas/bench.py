@@ -8,7 +8,7 @@ from typing import Any
 
 from .data import COMPRESSIONS, check_policy_mix
 from .fields import BadValue, group, obs_key_names, setting, task_names
-from .policies import PPOConfig
+from .policies import PPOConfig, SACConfig
 from .top import DiamondWm
 
 
@@ -402,3 +402,54 @@ class BenchLiveConfig:
     wave_rooms: int = setting(ge=0)
     num_threads: int = setting(ge=1)
     path: str | None = setting()
+
+
+@dataclass
+class BenchGymPPO(PPOConfig):
+    """``ppo:`` of ``configs/bench/gym.yaml``: SB3 PPO's settings and its worlds in the env."""
+
+    num_envs: int = setting(ge=1)
+
+
+@dataclass
+class BenchGymSAC(SACConfig):
+    """``sac:`` of ``configs/bench/gym.yaml``."""
+
+    num_envs: int = setting(ge=1)
+
+
+@dataclass
+class BenchGymLoop:
+    """``loop:`` of ``configs/bench/gym.yaml``: the loop's settings (``configs/diamond.yaml`` keys)."""
+
+    collect_steps: int = setting(gt=0)
+    collect_envs: int = setting(ge=1)
+    exploration_noise: float = setting(ge=0)
+    gym_wm_steps: int = setting(gt=0)
+    policy_steps: int = setting(gt=0)
+    num_envs: int = setting(ge=1)
+
+
+@dataclass
+class BenchGymConfig:
+    """``configs/bench/gym.yaml``"""
+
+    out: str | None = setting()
+    run_dir: str = setting()
+    reuse: bool = setting()
+    envs: list[str] = setting()
+    seeds: list[int] = setting(ge=0)
+    budget: int = setting(gt=0)
+    arms: list[str] = setting(choices=("loop", "ppo", "sac"))
+    eval_episodes: int = setting(gt=0)
+    eval_seed: int = setting(ge=0)
+    ppo: BenchGymPPO = group(BenchGymPPO)
+    sac: BenchGymSAC = group(BenchGymSAC)
+    loop: BenchGymLoop = group(BenchGymLoop)
+    threads: int = setting(ge=1)
+    progress: bool = setting()
+    path: str | None = setting()
+
+    def check(self) -> None:
+        _nonempty("envs", self.envs, "[InvertedPendulum-v5]")
+        _nonempty("seeds", self.seeds, "[0,1,2]")
