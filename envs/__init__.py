@@ -5,7 +5,9 @@ Importing this package registers the Gymnasium ids ``dreamgym/EgoRoom-v0`` (C Mu
 ``dreamgym/Dream-v0`` (the world model as an env, ``dreamgym.worldmodel.dream_factory``, one world
 with ``gymnasium.make`` or B with ``gymnasium.make_vec``; registered by name so that this package
 never imports the model; with default arguments it has ``EgoRoom-v0``'s spaces, and with
-``source_env=<id>`` it dreams that Gymnasium env from its vector world model).
+``source_env=<id>`` it dreams that Gymnasium env from its vector world model) and
+``dreamgym/Pixels-v0`` (any rendering Gymnasium env observed through its frames only,
+``dreamgym.rollouts.gym_pixels``).
 """
 
 from gymnasium.envs.registration import register, registry
@@ -37,3 +39,5 @@ if "dreamgym/Dream-v0" not in registry:
     )
 if "dreamgym/EgoRoomVec-v0" not in registry:
     register(id="dreamgym/EgoRoomVec-v0", vector_entry_point="dreamgym.envs.vec_env:EgoRoomVecEnv")
+if "dreamgym/Pixels-v0" not in registry:  # any rendering Gymnasium env, observed through its frames only
+    register(id="dreamgym/Pixels-v0", entry_point="dreamgym.rollouts.gym_pixels:make_pixels_env", disable_env_checker=True)

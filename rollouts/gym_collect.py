@@ -95,6 +95,8 @@ def make_env(env_id: str, env_kwargs: Mapping[str, Any]):
     """``gym.make(env_id, **env_kwargs)``; a ValueError naming what was wrong if it fails."""
     import gymnasium as gym
 
+    import dreamgym.envs  # noqa: F401  (registers dreamgym/Pixels-v0 and the room's ids)
+
     try:
         gym.spec(env_id)
     except gym.error.Error as e:
@@ -114,20 +116,34 @@ def _check_spaces(env, env_id: str) -> None:
     check_action_space(env.action_space, env_id)
 
 
+def _time_limit(env) -> int | None:
+    """The env's time limit: its registration's, else a ``TimeLimit`` wrapper's inside it."""
+    import gymnasium as gym
+
+    spec = getattr(env, "spec", None)
+    if spec is not None and spec.max_episode_steps is not None:
+        return int(spec.max_episode_steps)
+    e = env
+    while isinstance(e, gym.Wrapper):
+        if isinstance(e, gym.wrappers.TimeLimit):
+            return int(e._max_episode_steps)
+        e = e.env
+    return None
+
+
 def gym_env_spec(env_id: str, env_kwargs: Mapping[str, Any], env) -> dict[str, Any]:
     """What a dataset records of the Gymnasium env that produced it (also in every shard's attrs)."""
     import gymnasium as gym
 
     layout = observation_layout(env.observation_space)
     discrete = isinstance(env.action_space, gym.spaces.Discrete)
-    spec = getattr(env, "spec", None)
     return {
         "kind": "gym",
         "env_id": env_id,
         "env_kwargs": dict(env_kwargs),
         "gymnasium_version": gym.__version__,
         "obs_layout_version": FORMAT_VERSION,
-        "max_episode_steps": None if spec is None or spec.max_episode_steps is None else int(spec.max_episode_steps),
+        "max_episode_steps": _time_limit(env),
         "observation_space": space_to_json(env.observation_space),
         "action_space": space_to_json(env.action_space),
         "observations": layout,

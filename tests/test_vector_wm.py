@@ -168,23 +168,26 @@ def test_bad_input_is_refused_in_one_line(pendulum, cartpole, tmp_path):
         main(["train-wm", f"data={pendulum[0] / 'data'}", f"out={tmp_path / 'x'}", f"init={cfinal}", "steps=10", *QUIET])
 
 
-class _Picture(gym.Env):
-    observation_space = spaces.Box(0, 255, (8, 8, 3), np.uint8)
+class _TwoPictures(gym.Env):
+    observation_space = spaces.Dict({"a": spaces.Box(0, 255, (8, 8, 3), np.uint8), "b": spaces.Box(0, 255, (8, 8, 3), np.uint8)})
     action_space = spaces.Discrete(2)
+
+    def _obs(self):
+        return {"a": np.zeros((8, 8, 3), np.uint8), "b": np.zeros((8, 8, 3), np.uint8)}
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        return np.zeros((8, 8, 3), np.uint8), {}
+        return self._obs(), {}
 
     def step(self, action):
-        return np.zeros((8, 8, 3), np.uint8), 0.0, False, False, {}
+        return self._obs(), 0.0, False, False, {}
 
 
-def test_image_observations_are_refused_by_name(tmp_path):
-    if "dreamgym-test/Picture-v0" not in gym.registry:
-        gym.register(id="dreamgym-test/Picture-v0", entry_point=_Picture, max_episode_steps=20)
-    _collect(tmp_path / "data", "dreamgym-test/Picture-v0", 200)
-    with pytest.raises(Refused, match="is an image"):
+def test_two_image_keys_are_refused_by_name(tmp_path):
+    if "dreamgym-test/TwoPictures-v0" not in gym.registry:
+        gym.register(id="dreamgym-test/TwoPictures-v0", entry_point=_TwoPictures, max_episode_steps=20)
+    _collect(tmp_path / "data", "dreamgym-test/TwoPictures-v0", 200)
+    with pytest.raises(Refused, match="2 image keys; the model dreams one image key"):
         main(["train-wm", f"data={tmp_path / 'data'}", f"out={tmp_path / 'run'}", "steps=10", *QUIET])
 
 

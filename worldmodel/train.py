@@ -174,7 +174,9 @@ def _train_vector(cfg: DictConfig, env: Mapping[str, Any], training: Any, option
     held = (
         window_source(cfg.heldout_data, None, 0, gym=True) if cfg.get("heldout_data") else window_source(cfg.data, "heldout", 0, gym=True)
     )
-    training = dataclasses.replace(training, batch_size=int(v.batch_size), prior_batch=0, prior_rollout=0, props_rollout_steps=0)
+    images = any(bool(o.get("image")) for o in env.get("observations", {}).values())
+    batch = int(v.image_batch_size if images else v.batch_size)
+    training = dataclasses.replace(training, batch_size=batch, prior_batch=0, prior_rollout=0, props_rollout_steps=0)
     init = cfg.get("init")
     torch.manual_seed(int(cfg.seed))
     if init:
@@ -186,7 +188,7 @@ def _train_vector(cfg: DictConfig, env: Mapping[str, Any], training: Any, option
         model, record = VectorWorldModel(pre.config, pre.sampler), {"init": str(init)}
         model.load_state_dict(pre.state_dict())
     else:
-        sizes = {k: v[k] for k in ("context", "width", "depth", "sigma_max")}
+        sizes = {k: v[k] for k in ("context", "width", "depth", "sigma_max", "frame_channels")}
         model, record = VectorWorldModel(VectorArchitecture.from_manifest(env, **sizes)), {"init": None}
     return train_world_model(model, source, training, cfg.out, held, options, record)
 

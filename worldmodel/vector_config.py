@@ -72,6 +72,7 @@ class VectorArchitecture:
     depth: int = 3  # residual blocks of the denoiser
     sigma_data: float = 1.0  # targets are normalised to unit variance
     sigma_max: float = 20.0
+    frame_channels: int = 32  # base channels of the image branch's U-Net and encoders (worldmodel.vector_frames)
 
     def check(self, source: str = "VectorArchitecture") -> None:
         _check(
@@ -84,6 +85,7 @@ class VectorArchitecture:
                 ("depth", self.depth, isinstance(self.depth, int) and self.depth >= 1, "an integer >= 1"),
                 ("sigma_data", self.sigma_data, self.sigma_data > 0, "> 0"),
                 ("sigma_max", self.sigma_max, self.sigma_max > 0, "> 0"),
+                ("frame_channels", self.frame_channels, isinstance(self.frame_channels, int) and self.frame_channels >= 4, "an integer >= 4"),
                 (
                     "max_episode_steps",
                     self.max_episode_steps,
@@ -93,6 +95,8 @@ class VectorArchitecture:
             ],
         )
         self.observation_parts()  # the spaces must be ones the model can read
+        if len(self.image_parts()) > 1:
+            raise ValueError(f"{source}: {self.env_id} has {len(self.image_parts())} image keys; the model dreams one image key")
         self.action_size()
 
     def __post_init__(self) -> None:
@@ -128,24 +132,39 @@ class VectorArchitecture:
 
         return space_from_json(self.observation_space), space_from_json(self.action_space)
 
-    def observation_parts(self) -> list[ObsPart]:
-        """The stored keys as parts of one flat float vector; image observations are refused."""
+    def _boxes(self) -> dict[str, Any]:
         from dreamgym.rollouts.gym_spaces import space_from_json
 
         space = space_from_json(self.observation_space)
         boxes = dict(space.spaces) if self.observation_space.get("type") == "Dict" else {"obs": space}
         if list(boxes) != list(self.obs_keys):
             raise ValueError(f"{self.env_id}: obs_keys {self.obs_keys} do not match the observation space's keys {list(boxes)}")
+        return boxes
+
+    @staticmethod
+    def _is_image(box: Any) -> bool:
+        return box.dtype == np.uint8 and len(box.shape) == 3
+
+    def observation_parts(self) -> list[ObsPart]:
+        """The stored vector keys as parts of one flat float vector (image keys: ``image_parts``)."""
         parts, start = [], 0
-        for key, box in boxes.items():
-            if box.dtype == np.uint8 and len(box.shape) == 3:
-                raise ValueError(
-                    f"{self.env_id}: observation {key!r} is an image {box.shape}; the vector world model reads vectors "
-                    "(Box observations of numbers), not images"
-                )
+        for key, box in self._boxes().items():
+            if self._is_image(box):
+                continue
             size = int(np.prod(box.shape)) if box.shape else 1
             parts.append(ObsPart(key, start, size, tuple(box.shape), str(box.dtype), box.low.reshape(-1), box.high.reshape(-1)))
             start += size
+        return parts
+
+    def image_parts(self) -> list[ObsPart]:
+        """The stored image keys ((H, W, C) uint8 Boxes), dreamed by the U-Net branch."""
+        parts = []
+        for key, box in self._boxes().items():
+            if self._is_image(box):
+                h, w, c = box.shape
+                if min(h, w) < 8:
+                    raise ValueError(f"{self.env_id}: image {key!r} is {box.shape}; the U-Net needs at least 8 x 8 pixels")
+                parts.append(ObsPart(key, 0, int(np.prod(box.shape)), tuple(box.shape), "uint8", box.low.reshape(-1), box.high.reshape(-1)))
         return parts
 
     def obs_size(self) -> int:

@@ -187,7 +187,7 @@ class VectorDreamVecEnv(VectorEnv):
             self._gen.manual_seed(int(seed))
             self._np_rng = np.random.default_rng(int(seed))
         B, K = self.num_envs, self.K
-        self._obs = {p.key: torch.zeros((B, K, *p.shape), dtype=getattr(torch, p.dtype), device=self.device) for p in self.model.parts}
+        self._obs = {p.key: torch.zeros((B, K, *p.shape), dtype=getattr(torch, p.dtype), device=self.device) for p in self.model.all_parts}
         discrete = self.model.config.discrete_actions()
         a_shape = () if discrete else tuple(self.single_action_space.shape)
         self._act = torch.zeros((B, K, *a_shape), dtype=torch.long if discrete else torch.float32, device=self.device)

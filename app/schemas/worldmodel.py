@@ -41,6 +41,8 @@ class VectorModel:
     depth: int = setting(ge=1)
     sigma_max: float = setting(gt=0)
     batch_size: int = setting(gt=0)
+    frame_channels: int = setting(ge=4)
+    image_batch_size: int = setting(gt=0)
 
 
 @dataclass
