@@ -345,11 +345,12 @@ def _evaluate(cfg: DictConfig, spec: str) -> dict[str, Any]:
         if cfg.env != "real":
             raise ConfigError("source_env= scores in the env itself (env=real); a Gymnasium env's dream has no held-out judge")
         from .gym_eval import evaluate_gym_policy
+        from .weights import plain_kwargs
 
         return evaluate_gym_policy(
             spec,
             str(cfg.source_env),
-            dict(cfg.env_kwargs or {}),
+            plain_kwargs(cfg.env_kwargs),
             episodes=int(cfg.episodes),
             seed=int(cfg.seed),
             max_worlds=int(cfg.max_worlds),

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .weights import atomic_write_json
+from .weights import atomic_write_json, plain_kwargs
 
 
 def _actor(policy: Path, env_id: str, action_space: Any, noise: float, seed: int):
@@ -69,7 +69,7 @@ def _collect(cfg: DictConfig, it: int, n: int, policy: Path | None, data: Path) 
         m = Manifest.load(data)
         if m.num_steps < n:  # cut short: a stochastic actor would not replay it, so collect it again
             shutil.rmtree(data)
-    probe = make_env(str(cfg.env), dict(cfg.env_kwargs or {}))
+    probe = make_env(str(cfg.env), plain_kwargs(cfg.env_kwargs))
     space = probe.action_space
     probe.close()
     kw: dict[str, Any] = {}
@@ -81,7 +81,7 @@ def _collect(cfg: DictConfig, it: int, n: int, policy: Path | None, data: Path) 
     res = collect_gym(
         data,
         env=str(cfg.env),
-        env_kwargs=dict(cfg.env_kwargs or {}),
+        env_kwargs=plain_kwargs(cfg.env_kwargs),
         steps=n,
         num_envs=B,
         seed=int(cfg.seed) * 1000 + it,
@@ -121,7 +121,7 @@ def _policy_cfg(cfg: DictConfig, out: Path, world_model: Path, starts: Path, ini
     algo = str(cfg.algo)
     return {
         "source_env": str(cfg.env),
-        "env_kwargs": dict(cfg.env_kwargs or {}) or None,
+        "env_kwargs": plain_kwargs(cfg.env_kwargs) or None,
         "env": "dream",
         "checkpoint": str(world_model),
         "starts": f"dataset:{starts}:all",
@@ -202,7 +202,7 @@ def gym_diamond(cfg: DictConfig) -> dict[str, Any]:
     }
     if int(cfg.eval_episodes) > 0:
         summary["eval"] = evaluate_gym_policy(
-            policy, str(cfg.env), dict(cfg.env_kwargs or {}), episodes=int(cfg.eval_episodes), seed=seed, device=str(cfg.device)
+            policy, str(cfg.env), plain_kwargs(cfg.env_kwargs), episodes=int(cfg.eval_episodes), seed=seed, device=str(cfg.device)
         )
     atomic_write_json(out / "summary.json", summary)
     return summary

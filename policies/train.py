@@ -43,7 +43,7 @@ from .errors import CheckpointError, ConfigError, RunMismatchError, UnsafeCheckp
 from .run_record import MACHINE_KEYS, RUN, RunFolder, check_finished, code_versions, describe, differences, file_digests
 from .sb3_format import ALGOS, WEIGHTS, load_sb3_network, policy_files, policy_kwargs_to_json
 from .train_state import CHECKPOINTS, list_checkpoints, load_train_state
-from .weights import atomic_write_json, read_json
+from .weights import atomic_write_json, plain_kwargs, read_json
 
 STATE_OBS = ("motion", "partner_motion", "occupancy", "ego_rgb", "ego_depth")
 
@@ -98,7 +98,7 @@ def make_env(
 def make_source_env(cfg: DictConfig) -> Any:
     """``cfg.source_env``'s batched env of the shared step API: the env itself (env=real,
     ``rollouts.gym_vec.GymTensorVecEnv``) or its dream (env=dream, ``VectorDreamVecEnv`` on ``checkpoint``)."""
-    kwargs = dict(cfg.env_kwargs or {})
+    kwargs = plain_kwargs(cfg.env_kwargs)
     if cfg.env == "real":
         from dreamgym.rollouts.gym_vec import GymTensorVecEnv
 
@@ -428,7 +428,7 @@ def _train(cfg: DictConfig, folder: RunFolder, rec: dict[str, Any], ckpt: Path |
             "run_id": rec["run_id"],
             "task": cfg.task if source is None else None,
             "env": cfg.env,
-            **({} if source is None else {"source_env": source, "env_kwargs": dict(cfg.env_kwargs or {})}),
+            **({} if source is None else {"source_env": source, "env_kwargs": plain_kwargs(cfg.env_kwargs)}),
             "obs_keys": None if obs_keys is None else list(obs_keys),
             "world_model": None if cfg.env == "real" else str(cfg.checkpoint or "default"),
             "steps": done,

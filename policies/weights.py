@@ -113,3 +113,12 @@ def read_json(path: str | Path, what: str = "config") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def plain_kwargs(kwargs: Any) -> dict[str, Any]:
+    """Keyword arguments from a config (nested DictConfigs included) as plain JSON-ready dicts; None: {}."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if kwargs is None:
+        return {}
+    return dict(OmegaConf.to_container(kwargs, resolve=True)) if isinstance(kwargs, DictConfig) else dict(kwargs)

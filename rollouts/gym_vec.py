@@ -32,6 +32,8 @@ def _tensors(obs: Any) -> Any:
 class GymTensorVecEnv:
     """``num_envs`` worlds of one registered Gymnasium env behind the tensor step API (see the module docstring)."""
 
+    render_mode = None  # SB3's VecEnv asks for it; these worlds are not rendered
+
     def __init__(self, env_id: str, num_envs: int = 1, env_kwargs: Mapping[str, Any] | None = None, seed: int | None = None):
         from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
