@@ -38,10 +38,17 @@ def _learner(cfg: DictConfig, algo: str, dreamed_worlds: int | None = None) -> d
     return hp
 
 
+def _kwargs(cfg: DictConfig, env: str) -> dict[str, Any]:
+    from dreamgym.policies.weights import plain_kwargs
+
+    kw = cfg.get("env_kwargs")
+    return {} if kw is None else plain_kwargs(kw[list(cfg.envs).index(env)])
+
+
 def _score(cfg: DictConfig, policy: Path, env: str) -> dict[str, Any]:
     from dreamgym.policies.gym_eval import evaluate_gym_policy
 
-    r = evaluate_gym_policy(policy, env, episodes=int(cfg.eval_episodes), seed=int(cfg.eval_seed))
+    r = evaluate_gym_policy(policy, env, _kwargs(cfg, env), episodes=int(cfg.eval_episodes), seed=int(cfg.eval_seed))
     return {k: r[k] for k in ("episodes", "mean_return", "return_ci95", "returns", "mean_length", "wall_s")}
 
 
@@ -53,6 +60,7 @@ def _baseline(cfg: DictConfig, env: str, algo: str, seed: int):
         policy = train_policy(
             {
                 "source_env": env,
+                "env_kwargs": _kwargs(cfg, env) or None,
                 "env": "real",
                 "algo": algo,
                 "out": str(folder / "policy"),
@@ -78,6 +86,7 @@ def _loop(cfg: DictConfig, env: str, seed: int):
         d = compose("diamond", [])
         over = {
             "env": env,
+            "env_kwargs": _kwargs(cfg, env) or None,
             "budget": int(cfg.budget),
             "out": str(folder / "loop"),
             "seed": seed,
@@ -127,16 +136,17 @@ def summarise(arms: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
 
 def bench_env(cfg: DictConfig, env: str) -> Path:
     """Every arm and seed of one env; the env's JSON, rewritten after each stage."""
-    run = BenchRun(
-        f"gym_{env}", OmegaConf.to_container(cfg, resolve=True) | {"env": env}, cache_dir=Path(cfg.run_dir) / env, reuse=bool(cfg.reuse)
-    )
-    out = f"{cfg.out}_{env}.json" if cfg.out else None
+    name = env.replace("/", "_")  # dreamgym/Pixels-v0 -> dreamgym_Pixels-v0
+    config = OmegaConf.to_container(cfg, resolve=True) | {"env": env}
+    run = BenchRun(f"gym_{name}", config, cache_dir=Path(cfg.run_dir) / name, reuse=bool(cfg.reuse))
+    out = f"{cfg.out}_{name}.json" if cfg.out else None
     seeds = [int(s) for s in cfg.seeds]
     for arm in cfg.arms:
         if arm not in ("loop", "ppo", "sac"):
             raise ValueError(f"bench gym: arm {arm!r} is not one of loop, ppo, sac")
         for seed in seeds:
-            stage = {"env": env, "arm": arm, "seed": seed, "budget": int(cfg.budget), "eval": [int(cfg.eval_episodes), int(cfg.eval_seed)]}
+            stage = {"env": env, "env_kwargs": _kwargs(cfg, env), "arm": arm, "seed": seed, "budget": int(cfg.budget)}
+            stage["eval"] = [int(cfg.eval_episodes), int(cfg.eval_seed)]
             if arm == "loop":
                 stage |= {"loop": OmegaConf.to_container(cfg.loop, resolve=True), "ppo": _learner(cfg, "ppo", int(cfg.loop.num_envs))}
                 measure = _loop(cfg, env, seed)

@@ -30,9 +30,7 @@ class PixelsEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"]}
 
-    def __init__(
-        self, env: str, size: int = 64, stack: int = 1, env_kwargs: dict[str, Any] | None = None, render_mode: str | None = None
-    ):
+    def __init__(self, env: str, size: int = 64, stack: int = 1, env_kwargs: dict[str, Any] | None = None, render_mode: str | None = None):
         if not isinstance(env, str) or not env:
             raise ValueError(f"dreamgym/Pixels-v0 needs env=<a registered Gymnasium id>, got {env!r}")
         if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 512:

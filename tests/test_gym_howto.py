@@ -161,3 +161,8 @@ def test_bench_gym_pairs_the_loop_with_each_baseline_seed_by_seed():
     assert s["loop_minus_ppo"]["per_seed"] == [10.0, -10.0] and s["loop_at_least_ppo"] is True
     assert s["loop_minus_sac"]["seeds"] == [0] and s["loop_at_least_sac"] is False  # only seed 0 has both
     assert s["complete"] is False  # sac has one seed of two
+
+
+def test_bench_gym_takes_one_kwargs_mapping_per_env_and_refuses_a_mismatch():
+    with pytest.raises(Refused, match="one mapping .* per entry of envs"):
+        main(["bench", "gym", "envs=[CartPole-v1,Pendulum-v1]", "env_kwargs=[{g:1}]", "out=/tmp/never"])

@@ -85,7 +85,12 @@ class VectorArchitecture:
                 ("depth", self.depth, isinstance(self.depth, int) and self.depth >= 1, "an integer >= 1"),
                 ("sigma_data", self.sigma_data, self.sigma_data > 0, "> 0"),
                 ("sigma_max", self.sigma_max, self.sigma_max > 0, "> 0"),
-                ("frame_channels", self.frame_channels, isinstance(self.frame_channels, int) and self.frame_channels >= 4, "an integer >= 4"),
+                (
+                    "frame_channels",
+                    self.frame_channels,
+                    isinstance(self.frame_channels, int) and self.frame_channels >= 4,
+                    "an integer >= 4",
+                ),
                 (
                     "max_episode_steps",
                     self.max_episode_steps,

@@ -438,6 +438,7 @@ class BenchGymConfig:
     run_dir: str = setting()
     reuse: bool = setting()
     envs: list[str] = setting()
+    env_kwargs: Any = setting()
     seeds: list[int] = setting(ge=0)
     budget: int = setting(gt=0)
     arms: list[str] = setting(choices=("loop", "ppo", "sac"))
@@ -452,4 +453,9 @@ class BenchGymConfig:
 
     def check(self) -> None:
         _nonempty("envs", self.envs, "[InvertedPendulum-v5]")
+        kw = self.env_kwargs
+        if kw is not None and (not isinstance(kw, (list, tuple)) or len(kw) != len(self.envs)):
+            raise BadValue("env_kwargs", f"env_kwargs={kw!r}: give one mapping (or null) per entry of envs={list(self.envs)}, in its order")
+        if kw is not None and not all(k is None or isinstance(k, dict) for k in kw):
+            raise BadValue("env_kwargs", f"env_kwargs={kw!r}: each entry is a mapping of gym.make keyword arguments or null")
         _nonempty("seeds", self.seeds, "[0,1,2]")
