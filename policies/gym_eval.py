@@ -2,8 +2,8 @@
 
 ``evaluate_gym_policy(policy, env_id)`` runs ``episodes`` whole episodes of ``gym.make(env_id,
 **env_kwargs)``, ``max_worlds`` at a time, and reports the mean return and length with 95 % t
-intervals. Episode ``i`` of evaluation seed ``s`` resets with ``HELDOUT_SEED_BASE + s * 100000 + i``:
-seeds at 2**31 and above, which ``collect env=<id>`` never draws (its reset seeds are below 2**31),
+intervals. Episode ``i`` of evaluation seed ``s`` resets with ``2**31 + s * 100000 + i``:
+seeds at 2**31 and above (``evaluate.heldout_rooms``), which ``collect env=<id>`` never draws (its reset seeds are below 2**31),
 so a score is always on starts no world model or policy was trained from.
 
 ``policy`` is a ``train-policy source_env=<id>`` run (its folder or ``policy.safetensors``; nothing
@@ -19,19 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import t_interval
+from .evaluate import heldout_rooms, t_interval
 
-HELDOUT_SEED_BASE = 2**31
-SEEDS_PER_EVAL = 100_000
-
-
-def heldout_seeds(n: int, seed: int = 0) -> list[int]:
-    """Reset seeds of ``n`` evaluation episodes for evaluation seed ``seed``."""
-    if not 0 <= n <= SEEDS_PER_EVAL:
-        raise ValueError(f"at most {SEEDS_PER_EVAL} evaluation episodes per seed, asked for {n}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    return [HELDOUT_SEED_BASE + int(seed) * SEEDS_PER_EVAL + i for i in range(n)]
+# the room's held-out scheme, applied to reset seeds: 2**31 + seed * 100000 + i
+heldout_seeds = heldout_rooms
 
 
 class _Network:
