@@ -1,4 +1,4 @@
-"""Policy networks: the features extractor of the SB3 policies (state MLP input, optional small CNN).
+"""Policy networks: the features extractors of the SB3 policies (state MLP input, optional small CNN; pixels).
 
 ``ObsExtractor`` standardises each state key with fixed statistics measured once before training
 (``measure_obs_stats``), so the 227-float ``motion`` vector and the 8-float ``task_obs`` arrive at
@@ -42,6 +42,25 @@ class _SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.net(x))
+
+
+class PixelExtractor(BaseFeaturesExtractor):
+    """Features of one image observation (a Gymnasium env's pixels) by ``_SmallCNN``.
+
+    SB3's own ``NatureCNN`` needs images of at least 36x36; this one takes any size from 8x8 up, so
+    ``dreamgym/Pixels-v0`` at 24x24 gets a convolutional policy. SB3 hands it the image channels
+    first and scaled to [0, 1] (its ``VecTransposeImage`` and ``normalize_images``).
+    """
+
+    def __init__(self, observation_space: spaces.Box, features_dim: int = 128):
+        if len(observation_space.shape) != 3:
+            raise ValueError(f"PixelExtractor: an image space (C, H, W) is needed, got shape {observation_space.shape}")
+        c, h, w = observation_space.shape
+        super().__init__(observation_space, features_dim=int(features_dim))
+        self.cnn = _SmallCNN(int(c), int(h), int(w), out=int(features_dim))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.cnn(obs.float())
 
 
 class ObsExtractor(BaseFeaturesExtractor):

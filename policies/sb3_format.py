@@ -41,12 +41,12 @@ def _classes() -> dict[str, dict[str, type]]:
     """The classes a policy.json may name, per role (nothing else can be built from a file)."""
     from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor
 
-    from .networks import ObsExtractor
+    from .networks import ObsExtractor, PixelExtractor
 
     return {
         "activation_fn": {c.__name__: c for c in (nn.ReLU, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.GELU, nn.SiLU)},
         "optimizer_class": {c.__name__: c for c in (torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop, torch.optim.SGD)},
-        "features_extractor_class": {c.__name__: c for c in (ObsExtractor, FlattenExtractor, CombinedExtractor)},
+        "features_extractor_class": {c.__name__: c for c in (ObsExtractor, PixelExtractor, FlattenExtractor, CombinedExtractor)},
     }
 
 

@@ -73,3 +73,25 @@ def test_a_dream_of_pixels_has_the_envs_spaces_and_passes_check_env(pixels):
     assert obs.shape == (3, 16, 16, 6) and env.real_steps == 0
     one = gym.make("dreamgym/Dream-v0", source_env="dreamgym/Pixels-v0", checkpoint=str(final), starts=f"dataset:{root / 'data'}:all")
     check_env(one.unwrapped, skip_render_check=True)
+
+
+@pytest.mark.parametrize("algo,env", [("ppo", "dream"), ("sac", "real")])
+def test_a_pixel_policy_is_convolutional_and_scores_in_the_pixel_env(pixels, tmp_path, algo, env):
+    from dreamgym.policies.gym_eval import evaluate_gym_policy
+    from dreamgym.policies.sb3_format import load_sb3_network
+
+    root, final = pixels
+    out = tmp_path / f"{algo}_{env}"
+    args = ["train-policy", "source_env=dreamgym/Pixels-v0", PIXELS, f"env={env}", f"algo={algo}", f"out={out}", "num_envs=2"]
+    if env == "dream":
+        args += [f"checkpoint={final}", f"starts=dataset:{root / 'data'}:all", "steps=128", "ppo.n_steps=32", "ppo.batch_size=32"]
+    else:
+        args += ["steps=200", "sac.learning_starts=50", "sac.buffer_size=1000", "sac.batch_size=32"]
+    assert main([*args, *QUIET]) == 0
+    network, cfg = load_sb3_network(out)
+    fx = network.actor.features_extractor if algo == "sac" else network.features_extractor
+    assert type(fx).__name__ == "PixelExtractor"  # SB3's NatureCNN cannot take 16x16
+    assert network.observation_space.shape == (6, 16, 16)  # channels first, as SB3 transposes images
+    kw = {"env": "InvertedPendulum-v5", "size": 16, "stack": 2, "env_kwargs": {"width": 16, "height": 16}}
+    r = evaluate_gym_policy(out, "dreamgym/Pixels-v0", kw, episodes=4, seed=0)
+    assert r["episodes"] == 4 and np.isfinite(r["mean_return"]) and r["mean_return"] >= 1
