@@ -132,6 +132,7 @@ def _policy_cfg(cfg: DictConfig, out: Path, world_model: Path, starts: Path, ini
         "seed": seed,
         "num_denoising_steps": cfg.get("num_denoising_steps"),
         "init_noise": cfg.get("init_noise"),
+        "horizon": cfg.get("horizon"),
         "init": None if init is None else str(init),
         "checkpoint_every": int(cfg.checkpoint_every),
         "device": str(cfg.device),

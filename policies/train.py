@@ -114,6 +114,7 @@ def make_source_env(cfg: DictConfig) -> Any:
         device=str(cfg.device),
         num_denoising_steps=cfg.num_denoising_steps,
         init_noise=cfg.init_noise,
+        horizon=cfg.horizon,
     )
     env.reset_tensors(seed=int(cfg.seed))
     return env

@@ -166,3 +166,25 @@ def test_bench_gym_pairs_the_loop_with_each_baseline_seed_by_seed():
 def test_bench_gym_takes_one_kwargs_mapping_per_env_and_refuses_a_mismatch():
     with pytest.raises(Refused, match="one mapping .* per entry of envs"):
         main(["bench", "gym", "envs=[CartPole-v1,Pendulum-v1]", "env_kwargs=[{g:1}]", "out=/tmp/never"])
+
+
+def test_a_dream_horizon_truncates_episodes_counted_from_their_start(howto):
+    from dreamgym.worldmodel.vector_dream import VectorDreamVecEnv
+
+    root, data, wm, pol = howto
+    env = VectorDreamVecEnv(checkpoint=wm / "final", num_envs=4, starts=f"dataset:{data}:all", horizon=3)
+    env.reset_tensors(seed=0)
+    ends = []
+    for t in range(1, 10):
+        _, _, term, trunc, _ = env.step_tensors(torch.ones(4, dtype=torch.long) * (t % 2))  # alternate: the pole stays up
+        ends.append((term, trunc))
+    # every world ends within 3 dreamed steps of its start; where it was not terminated, it was truncated
+    last = torch.zeros(4, dtype=torch.long)
+    for t, (term, trunc) in enumerate(ends, 1):
+        done = term | trunc
+        assert bool((t - last[~done] < 3).all())
+        assert not bool((term & trunc).any())
+        last[done] = t
+    assert bool(ends[2][1].any())  # some world reached the horizon at its third step
+    with pytest.raises(ValueError, match="horizon=0: expected a whole number >= 1"):
+        VectorDreamVecEnv(checkpoint=wm / "final", num_envs=1, starts=f"dataset:{data}", horizon=0)

@@ -18,7 +18,9 @@ source env unchanged.
   model dreams the next observation (clipped to the observation space's finite bounds), the reward
   and termination from its heads. A prediction that is not finite ends the episode
   (terminated, ``info["dream_error"]``). Episodes are truncated at the source env's time limit,
-  counted from its reset (the start's K - 1 real steps included).
+  counted from its reset (the start's K - 1 real steps included), and with ``horizon=H`` also after
+  H dreamed steps (truncated, not terminated: a learner bootstraps from its value there, so a short
+  horizon from recorded starts keeps a policy away from far-drifted dreams).
 - **Seeding.** ``reset(seed=s)`` reseeds the starts and the sampler noise, so a seeded episode
   under the same actions is dreamed the same way.
 """
@@ -74,6 +76,7 @@ class VectorDreamVecEnv(VectorEnv):
         num_denoising_steps: int | None = None,
         init_noise: float | None = None,
         autoreset: bool = True,
+        horizon: int | None = None,
     ):
         if checkpoint is not None:
             if world_model is not None:
@@ -93,7 +96,10 @@ class VectorDreamVecEnv(VectorEnv):
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.is_dict = isinstance(self.single_observation_space, gym.spaces.Dict)
+        if horizon is not None and (isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1):
+            raise ValueError(f"horizon={horizon!r}: expected a whole number >= 1 or None (the source env's time limit)")
         self.max_steps = arch.max_episode_steps
+        self.horizon = None if horizon is None else int(horizon)
         self.sample_kw = {"num_steps": num_denoising_steps, "init_noise": init_noise}
         self.autoreset = bool(autoreset)
         self.starts = self._starts(starts)
@@ -104,6 +110,7 @@ class VectorDreamVecEnv(VectorEnv):
         self._obs: dict[str, torch.Tensor] = {}
         self._act: torch.Tensor | None = None
         self._elapsed = torch.zeros(num_envs, dtype=torch.long)
+        self._dreamed = torch.zeros(num_envs, dtype=torch.long)
 
     # ------------------------------------------------------------------ starts
     def _starts(self, starts: str) -> dict[str, Any]:
@@ -180,6 +187,7 @@ class VectorDreamVecEnv(VectorEnv):
         if act is not None:
             self._act[i, : self.K - 1] = act.to(self._act).reshape(self._act[i, : self.K - 1].shape)
         self._elapsed[i] = elapsed
+        self._dreamed[i] = 0
 
     # ------------------------------------------------------------------ the tensor API
     def reset_tensors(self, seed: int | None = None) -> tuple[Any, dict[str, Any]]:
@@ -226,7 +234,11 @@ class VectorDreamVecEnv(VectorEnv):
         reward = torch.where(finite, out["reward"], torch.zeros_like(out["reward"]))
         term = out["terminated"] | ~finite
         self._elapsed += 1
-        trunc = (self._elapsed >= self.max_steps).to(term.device) & ~term if self.max_steps else torch.zeros_like(term)
+        self._dreamed += 1
+        limit = self._elapsed >= self.max_steps if self.max_steps else torch.zeros_like(self._elapsed, dtype=torch.bool)
+        if self.horizon is not None:
+            limit |= self._dreamed >= self.horizon
+        trunc = limit.to(term.device) & ~term
         for k in keys:
             nxt = torch.where(finite.view(-1, *[1] * (out[k].dim() - 1)), out[k], self._obs[k][:, -1])
             self._obs[k] = torch.cat([self._obs[k][:, 1:], nxt[:, None]], 1)

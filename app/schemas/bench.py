@@ -428,6 +428,7 @@ class BenchGymLoop:
     gym_wm_steps: int = setting(gt=0)
     policy_steps: int = setting(gt=0)
     num_envs: int = setting(ge=1)
+    horizon: int | None = setting(gt=0)
 
 
 @dataclass
