@@ -286,15 +286,9 @@ def run_settings(cfg: DictConfig) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- the model
-def _is_image(space: Any) -> bool:
-    """An image observation as SB3 sees one: a 3-D uint8 Box over 0..255."""
-    from stable_baselines3.common.preprocessing import is_image_space
-
-    return is_image_space(space)
-
-
 def _build_model(cfg: DictConfig, venv: Any, out: Path, stats: dict | None) -> Any:
     from gymnasium import spaces
+    from stable_baselines3.common.preprocessing import is_image_space
 
     from .networks import ObsExtractor, PixelExtractor
 
@@ -309,7 +303,7 @@ def _build_model(cfg: DictConfig, venv: Any, out: Path, stats: dict | None) -> A
             features_extractor_kwargs={"stats": stats} if stats is not None else {},
             normalize_images=False,
         )
-    elif _is_image(venv.observation_space):  # a Gymnasium env's pixels: a small CNN (SB3's NatureCNN needs >= 36x36)
+    elif is_image_space(venv.observation_space):  # a Gymnasium env's pixels: a small CNN (SB3's NatureCNN needs >= 36x36)
         policy_kwargs |= dict(features_extractor_class=PixelExtractor)
     if "log_std_init" in hp:
         policy_kwargs["log_std_init"] = float(hp.pop("log_std_init"))
