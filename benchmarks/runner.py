@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -263,12 +264,25 @@ def _plain(x: Any) -> Any:
     return x
 
 
+def _finite(x: Any) -> Any:
+    """``x`` with every non-finite float (NaN, an interval's +-inf over one seed) as None, so that
+    the file is strict JSON (``null``), which every JSON reader accepts."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, Mapping):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
 def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` atomically (a temporary file renamed into place)."""
+    """Write ``data`` atomically (a temporary file renamed into place) as strict JSON: a
+    non-finite float (an undefined figure) is written as ``null``."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(_finite(_plain(data)), indent=2, default=str, allow_nan=False) + "\n")
     os.replace(tmp, out)
     return out
 

@@ -411,3 +411,11 @@ def test_bench_vla_paired_statistics_on_hand_made_outcomes():
     assert same["gain"] == 0 and same["sign_test_p"] == 1.0 and same["gain_ci95"] == [0.0, 0.0]
     s = arm_success([True, True, False, False], [10, 20, 30, 40])
     assert s["success"] == 0.5 and s["mean_steps"] == 25 and s["success_ci95"][0] < 0.5 < s["success_ci95"][1]
+
+
+def test_a_result_with_an_undefined_figure_is_written_as_strict_json(tmp_path):
+    # an interval over one seed is (-inf, inf) and a mean over nothing NaN: both are written as null
+    path = runner.write_json(tmp_path / "r.json", {"ci95": (float("-inf"), float("inf")), "mean": float("nan"), "n": [1, 2.5]})
+    text = path.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"ci95": [None, None], "mean": None, "n": [1, 2.5]}
