@@ -188,3 +188,43 @@ def test_a_dream_horizon_truncates_episodes_counted_from_their_start(howto):
     assert bool(ends[2][1].any())  # some world reached the horizon at its third step
     with pytest.raises(ValueError, match="horizon=0: expected a whole number >= 1"):
         VectorDreamVecEnv(checkpoint=wm / "final", num_envs=1, starts=f"dataset:{data}", horizon=0)
+
+
+def test_eval_wm_scores_a_users_env_model_beside_fitted_baselines(howto, tmp_path):
+    root, data, wm, pol = howto
+    out = tmp_path / "eval"
+    args = ["eval-wm", f"checkpoint={wm / 'final'}", f"data={data}", f"out={out}", "horizons=[1,4,16]", "mlp_steps=300", "resamples=200"]
+    assert main([*args, "best_of_starts=8", "threads=1", "progress=false"]) == 0
+    text = (out / "eval.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    r = json.loads(text)
+    assert r["env_id"] == "CartPole-v1" and r["split"] == "heldout" and r["starts"] > 16
+    arms = set(r["metrics"]["obs_nrmse"])
+    assert arms == {"sampler", "mean", "copy_last", "constant_velocity", "linear", "mlp"}
+    ns = [c["n"] for c in r["metrics"]["obs_nrmse"]["sampler"]]
+    assert ns[0] == r["starts"] and ns == sorted(ns, reverse=True)  # fewer starts have 16 steps left than 1
+    for cells in r["metrics"]["obs_nrmse"].values():
+        for c in cells:
+            assert c["ci"][0] <= c["value"] <= c["ci"][1]
+    one = {a: cells[0]["value"] for a, cells in r["metrics"]["obs_nrmse"].items()}
+    assert one["sampler"] < one["copy_last"]  # 600 training steps already beat holding the last observation
+    best = r["strongest_baseline"]["obs_nrmse"][0]
+    assert best["value"] == min(v for a, v in one.items() if a not in ("sampler", "mean"))
+    assert set(r["paired"]["obs_nrmse"]["sampler"][0]) >= {"diff", "ci", "p", "won"}
+    assert r["metrics"]["termination_f1"]["sampler"][-1]["value"] is not None  # CartPole's poles fall within 16 steps
+    assert (out / "EVAL.md").read_text().startswith("# CartPole-v1")
+
+
+def test_eval_wm_of_a_users_env_refuses_bad_data_in_one_line(howto, tmp_path):
+    root, data, wm, pol = howto
+    heldout_only = tmp_path / "scoring"
+    assert (
+        main(["collect", "env=CartPole-v1", "steps=200", "num_envs=2", f"out={heldout_only}", "heldout_fraction=0", "progress=false"]) == 0
+    )
+    base = ["eval-wm", f"checkpoint={wm / 'final'}", f"out={tmp_path / 'e'}", "progress=false", "threads=1"]
+    with pytest.raises(SystemExit, match="no episode in the heldout split"):
+        main([*base, f"data={heldout_only}"])
+    other = tmp_path / "pendulum"
+    assert main(["collect", "env=Pendulum-v1", "steps=200", "num_envs=2", f"out={other}", "progress=false"]) == 0
+    with pytest.raises(SystemExit, match="holds episodes of Pendulum-v1, but the world model dreams CartPole-v1"):
+        main([*base, f"data={other}", "split=all"])

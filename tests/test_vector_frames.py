@@ -95,3 +95,16 @@ def test_a_pixel_policy_is_convolutional_and_scores_in_the_pixel_env(pixels, tmp
     kw = {"env": "InvertedPendulum-v5", "size": 16, "stack": 2, "env_kwargs": {"width": 16, "height": 16}}
     r = evaluate_gym_policy(out, "dreamgym/Pixels-v0", kw, episodes=4, seed=0)
     assert r["episodes"] == 4 and np.isfinite(r["mean_return"]) and r["mean_return"] >= 1
+
+
+def test_eval_wm_scores_an_image_model_by_frame_psnr_beside_the_held_frame(pixels, tmp_path):
+    root, wm = pixels
+    out = tmp_path / "eval"
+    args = ["eval-wm", f"checkpoint={wm}", f"data={root / 'data'}", "split=all", f"out={out}", "horizons=[1,4]", "starts_per_task=16"]
+    assert main([*args, "resamples=100", "threads=1", "progress=false"]) == 0
+    r = json.loads((out / "eval.json").read_text())
+    assert "obs_nrmse" not in r["metrics"]  # frames only: no vector to score or fit baselines on
+    psnr = r["metrics"]["frame_psnr_db"]
+    assert set(psnr) == {"sampler", "mean", "copy_last"} and r["best_of"] is None
+    assert all(c["value"] is not None and c["n"] > 0 for cells in psnr.values() for c in cells)
+    assert r["strongest_baseline"]["frame_psnr_db"][0]["arm"] == "copy_last"

@@ -534,6 +534,16 @@ def run(cfg) -> int:
     data = OmegaConf.to_container(cfg.data, resolve=True) if OmegaConf.is_config(cfg.data) else cfg.data
     data = str(data) if isinstance(data, (str, Path)) else [str(d) for d in data]
     try:
+        from .load import checkpoint_kind
+
+        vector = checkpoint_kind(str(cfg.checkpoint)) == "vector"
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"dreamgym eval-wm: {e}") from None
+    if vector:  # a Gymnasium env's world model: worldmodel.eval_gym
+        from .eval_gym import run_gym
+
+        return run_gym(cfg, str(cfg.checkpoint), data)
+    try:
         model = _load_model(str(cfg.checkpoint), cfg.device)
         mse = _load_model(str(cfg.mse_checkpoint), cfg.device) if cfg.get("mse_checkpoint") else None
         episodes = load_episodes(data, split=cfg.split, max_episodes=int(cfg.max_episodes) if cfg.get("max_episodes") else None)

@@ -152,6 +152,8 @@ class EvalWmConfig:
     probe: str | None = setting(exists=True)
     push: PushWindows = group(PushWindows)
     max_episodes: int | None = setting(gt=0)
+    fit_data: Any = setting()  # a dataset directory or a list of them (a Gymnasium env's model)
+    mlp_steps: int = setting(gt=0)
     num_videos: int = setting(ge=0)
     seed: int = setting(ge=0)
     device: str = setting(device=True)
@@ -169,5 +171,10 @@ class EvalWmConfig:
             raise BadValue("data", f"data={self.data!r} is not a dataset directory or a list of them; {hint}")
         for d in dirs:
             check_dataset("data", d)
+        fits = self.fit_data if isinstance(self.fit_data, (list, tuple)) else [] if self.fit_data is None else [self.fit_data]
+        if not all(isinstance(d, str) for d in fits):
+            raise BadValue("fit_data", f"fit_data={self.fit_data!r} is not a dataset directory or a list of them")
+        for d in fits:
+            check_dataset("fit_data", d)
         if not self.horizons:
             raise BadValue("horizons", "horizons=[] has no horizon; give some, e.g. horizons=[1,4,16,64]")
