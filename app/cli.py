@@ -105,6 +105,11 @@ BENCHES: dict[str, tuple[str, str, str]] = {
         "dreamgym.benchmarks.gym_loop:run",
         "the loop (diamond env=<id>) vs SB3 PPO and SAC on the same real-step budget: InvertedPendulum, Hopper, HalfCheetah",
     ),
+    "gym_verdict": (
+        "bench/gym_verdict",
+        "dreamgym.benchmarks.gym_verdict:run",
+        "does a Gymnasium env's dream rank policies (a loop's iterations) as the env does? Spearman of returns",
+    ),
     "verdict": (
         "bench/verdict",
         "dreamgym.benchmarks.verdict:run",

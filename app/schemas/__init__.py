@@ -47,6 +47,7 @@ SCHEMAS: dict[str, str] = {
     "bench/transfer": "bench:BenchTransferConfig",
     "bench/verdict": "bench:BenchVerdictConfig",
     "bench/gym": "bench:BenchGymConfig",
+    "bench/gym_verdict": "bench:BenchGymVerdictConfig",
     "bench/reliability": "bench:BenchReliabilityConfig",
     "bench/social": "bench:BenchSocialConfig",
 }

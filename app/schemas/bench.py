@@ -405,6 +405,33 @@ class BenchLiveConfig:
 
 
 @dataclass
+class BenchGymVerdictConfig:
+    """``configs/bench/gym_verdict.yaml``"""
+
+    out: str | None = setting()
+    loop: str | None = setting(exists=True)
+    env: str | None = setting()
+    env_kwargs: dict[str, Any] | None = setting()
+    checkpoint: str | None = setting(exists=True)
+    policies: list[str] = setting()
+    random: bool = setting()
+    episodes: int = setting(ge=2)
+    seed: int = setting(ge=0)
+    worlds: int = setting(ge=1)
+    bootstrap: int = setting(gt=0)
+    device: str = setting(device=True)
+    threads: int = setting(ge=1)
+    path: str | None = setting()
+
+    def check(self) -> None:
+        if self.loop is None and (self.env is None or self.checkpoint is None):
+            raise BadValue("loop", "give loop=<a diamond env=<id> run>, or env=<id> and checkpoint=<its world model> with policies=[...]")
+        for p in self.policies:
+            if p != "random" and not Path(p).exists():
+                raise BadValue("policies", f"policies: {p}: no such file or directory; give train-policy source_env=<id> runs")
+
+
+@dataclass
 class BenchGymPPO(PPOConfig):
     """``ppo:`` of ``configs/bench/gym.yaml``: SB3 PPO's settings and its worlds in the env."""
 
