@@ -86,6 +86,17 @@ def test_the_loop_runs_in_one_command_and_a_rerun_continues_it(tmp_path):
     assert (out / "iter_01" / "policy" / "policy.safetensors").read_bytes() == weights
     with pytest.raises(Refused, match="another configuration"):
         main([c for c in cmd if not c.startswith("gym_wm_steps=")] + ["gym_wm_steps=300"])
+    # the loop's own policies and random, scored in the env and in the loop's last dream
+    verdict = tmp_path / "verdict.json"
+    bench = ["bench", "gym_verdict", f"loop={out}", "episodes=8", "worlds=8", "bootstrap=50", f"out={verdict}", "threads=1"]
+    assert main(bench) == 0
+    v = json.loads(verdict.read_text())
+    assert set(v["arms"]) == {"iter_00", "iter_01", "random"} and v["config"]["checkpoint"] == log[-1]["world_model"]
+    for arm in v["arms"].values():
+        assert len(arm["real"]["returns"]) == len(arm["dream"]["returns"]) == 8
+    assert v["summary"]["policies"] == 3 and -1 <= v["summary"]["spearman"] <= 1
+    with pytest.raises(SystemExit, match="at least 3"):
+        main([*bench[:3], "random=false", f"out={verdict}"])
 
 
 def test_a_killed_loop_continues_from_its_log(tmp_path, monkeypatch):
