@@ -315,6 +315,8 @@ class VectorWorldModel(nn.Module):
             cols["rew"].append(b["rewards"][:, K - 1].float().reshape(-1, 1))
         for name, parts in cols.items():
             x = torch.cat(parts).double()
+            if x.shape[-1] == 0:  # no vector observation (an image-only env): nothing to fit
+                continue
             mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(STD_FLOOR)
             if name == "act" and self.config.discrete_actions():
                 mean, std = torch.zeros_like(mean), torch.ones_like(std)
