@@ -29,8 +29,9 @@ of step h, ``return_abs_error`` (the summed reward of steps 1..h against the rea
 learner's value is built from) and ``termination_f1`` (pooled over starts: whether the episode
 ended by step h). A cell is won only against the strongest baseline at that metric and horizon,
 by a paired bootstrap test. ``best_of``: ``best_of`` samples of the sampler from each of
-``best_of_starts`` starts: the best sample's and a typical sample's ``obs_nrmse`` and the spread
-across samples (RMS over dimensions of their standard deviation, in the same units).
+``best_of_starts`` of the starts (a seeded random subset): the best sample's and a typical
+sample's ``obs_nrmse`` and the spread across samples (RMS over dimensions of their standard
+deviation, in the same units).
 
 Writes ``<out>/eval.json`` and ``<out>/EVAL.md``.
 """
@@ -395,7 +396,7 @@ def evaluate_gym(model: Any, episodes: list[Any], fit_episodes: list[Any], out: 
         "metrics": table,
         "strongest_baseline": strongest,
         "paired": won,
-        "best_of": _best_of(model, episodes, flat, st[: int(best_of_starts)], horizons, best_of, seed, resamples)
+        "best_of": _best_of(model, episodes, flat, _subset(st, int(best_of_starts), seed), horizons, best_of, seed, resamples)
         if model.obs_dim and best_of_starts
         else None,
         "wall_s": time.time() - tic,
@@ -405,6 +406,13 @@ def evaluate_gym(model: Any, episodes: list[Any], fit_episodes: list[Any], out: 
     (out / "eval.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     (out / "EVAL.md").write_text(markdown(result))
     return result
+
+
+def _subset(starts: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` of the starts, drawn at random (seeded), not the first ``n`` in collection order."""
+    if n >= len(starts):
+        return starts
+    return starts[np.sort(np.random.default_rng([seed, 1]).choice(len(starts), n, replace=False))]
 
 
 def _best_of(
