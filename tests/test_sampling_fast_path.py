@@ -39,3 +39,24 @@ def test_a_state_step_of_the_shipped_sampler_runs_no_denoiser():
         assert calls  # a sampled step still denoises
     finally:
         hook.remove()
+
+
+def test_a_noiseless_step_draws_nothing_from_the_generator():
+    """``init_noise=0`` (the shipped frame pass's start) starts from zeros without drawing: the
+    generator's state is the same after the step, and the step is the same with or without it."""
+    from safetensors.torch import load_file
+
+    from dreamgym.worldmodel.model import load_default
+
+    ref = load_file(str(Path(__file__).parent / "data" / "wm_default_reference.safetensors"))
+    inp = {k.split(".", 1)[1]: v for k, v in ref.items() if k.startswith("input.")}
+    m = load_default()
+    state = {k: inp[k] for k in ("motion", "partner_motion", "props", "instruction")}
+    gen = torch.Generator().manual_seed(3)
+    before = gen.get_state()
+    kw = dict(num_steps=2, init_noise=0.0, partner_actions=inp["partner_actions"][:, :2], modalities=["motion", "partner_motion", "props"])
+    out = m.imagine(state, inp["actions"][:, :2], generator=gen, **kw)
+    assert torch.equal(gen.get_state(), before)
+    again = m.imagine(state, inp["actions"][:, :2], **kw)
+    for k in ("motion", "partner_motion", "props"):
+        assert torch.equal(out[k], again[k]), k

@@ -144,18 +144,23 @@ class AdaLNBlock(nn.Module):
     ) -> torch.Tensor:
         """``x`` (B, T, d) -> (B, T, d); with ``q_index`` (T',) long only those tokens' outputs (B, T', d)
         (every token still attended to: the same numbers as the full block's rows)."""
-        rows = self.mod(F.silu(cond))
-        mod = rows if cond_index is None else rows.index_select(1, cond_index)
-        s1, b1, g1, s2, b2, g2 = mod.chunk(6, dim=-1)
-        h = self.norm1(x) * (1 + s1) + b1
+        # the modulation per row, then gathered per token: ``1 + scale`` costs a row, not a token,
+        # and each gathered factor is contiguous (the same numbers as gathering first)
+        s1, b1, g1, s2, b2, g2 = self.mod(F.silu(cond)).chunk(6, dim=-1)
+        s1, g1, s2, g2 = 1 + s1, 1 + g1, 1 + s2, 1 + g2
+
+        def per_token(v: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+            return v if index is None else v.index_select(1, index)
+
+        h = self.norm1(x) * per_token(s1, cond_index) + per_token(b1, cond_index)
         att = self._attention(h, q_index)
+        idx = cond_index
         if q_index is not None:
             x = x.index_select(1, q_index)
             idx = q_index if cond_index is None else cond_index.index_select(0, q_index)
-            _, _, g1, s2, b2, g2 = rows.index_select(1, idx).chunk(6, dim=-1)
-        x = x + (1 + g1) * att
-        h = self.norm2(x) * (1 + s2) + b2
-        return x + (1 + g2) * self.mlp(h)
+        x = x + per_token(g1, idx) * att
+        h = self.norm2(x) * per_token(s2, idx) + per_token(b2, idx)
+        return x + per_token(g2, idx) * self.mlp(h)
 
 
 class TokenTransformer(nn.Module):

@@ -136,12 +136,14 @@ def render_grid(
     )  # (B, N, 3)
     d = NEAR + step * torch.arange(int((far - NEAR) / step) + 1, device=dev, dtype=torch.float32)  # (S,)
     S = d.shape[0]
-    p = o[:, None, None, :] + dl[:, :, None, :] * d[None, None, :, None]  # (B, N, S, 3)
-    ix = p[..., 0].floor_().clamp_(0, Xp - 1).to(torch.int32)
-    iy = p[..., 1].floor_().clamp_(0, Yp - 1).to(torch.int32)
-    iz = p[..., 2].floor_().clamp_(0, Zp - 1).to(torch.int32)
+
+    def cell(axis: int, size: int) -> torch.Tensor:
+        # the samples' voxel index along one axis (B, N, S): one contiguous pass per axis, several
+        # times faster than the (B, N, S, 3) points with the axis innermost (the same numbers)
+        return (dl[..., axis, None] * d).add_(o[:, axis, None, None]).floor_().clamp_(0, size - 1).to(torch.int32)
+
     V = Zp * Xp * Yp
-    lin = (iz * Xp + ix) * Yp + iy + (torch.arange(B, device=dev, dtype=torch.int32) * V).view(B, 1, 1)
+    lin = (cell(2, Zp) * Xp + cell(0, Xp)) * Yp + cell(1, Yp) + (torch.arange(B, device=dev, dtype=torch.int32) * V).view(B, 1, 1)
     code = codes.view(-1)[lin.view(-1)].view(B, -1, S)  # (B, N, S)
     code = torch.where((code == R_AGENT + 1) & (d < SELF_NEAR), torch.zeros_like(code), code)
     hit = code > 0

@@ -273,7 +273,10 @@ class SamplingMixin:
                 )["motion"]
             rest = [m for m in gen_order if m != "motion"]
             return self._sample(ctx, dict(clean) | {"motion": agent}, rest, s, generator) | {"motion": agent}
-        noise = {m: torch.randn(shapes[m], generator=generator, device=self.device) * s.init_noise for m in gen_order}
+        if s.init_noise == 0.0:  # a noiseless start (the frame pass's): no draw (the frames' would cost as much as a small conv)
+            noise = {m: torch.zeros(shapes[m], device=self.device) for m in gen_order}
+        else:
+            noise = {m: torch.randn(shapes[m], generator=generator, device=self.device) * s.init_noise for m in gen_order}
         mean_bodies = c.state_prior and s.num_steps == 1 and s.init_noise == 0.0
         # what the step keeps of the denoiser's output: not the bodies of a one-step mean (the
         # prior's, below), nor the props of a props network model (``_decode_step`` moves them)
